@@ -1,0 +1,116 @@
+"""Evaluation: loss, accuracy, confusion matrix, per-class accuracy and prediction samples.
+
+Works with any nn.Module and any loader of (images, labels) batches: the
+Accelerate-prepared torchvision DataLoader, whose duplicated tail samples
+`gather_for_metrics` drops, or the DeviceLoader, whose padding carries label -1
+and is dropped here after gathering. Either way the counts are exact on any
+number of processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PredictionSamples:
+    """Images picked for the predictions grid: uint8 (K, 32, 32, 3), with predicted/true labels and confidence."""
+
+    images: np.ndarray
+    predictions: np.ndarray
+    labels: np.ndarray
+    confidences: np.ndarray
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    num_samples: int
+    confusion: np.ndarray  # (C, C) int64: rows are true classes, columns predictions
+    samples: PredictionSamples | None = None
+
+    @property
+    def per_class_accuracy(self) -> np.ndarray:
+        totals = self.confusion.sum(axis=1)
+        return np.divide(np.diag(self.confusion), totals, out=np.zeros(len(totals)), where=totals > 0)
+
+
+def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, C) counts, rows true class, columns predicted, via one bincount."""
+    flat = labels.long() * num_classes + predictions.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+class _SamplePool:
+    """Keeps, on the device, the most confident mistakes and the first correct predictions seen."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.wrong: list[torch.Tensor] | None = None  # [images, preds, labels, conf]
+        self.right: list[torch.Tensor] | None = None
+
+    @staticmethod
+    def _merge(pool, new, size, by_confidence):
+        merged = new if pool is None else [torch.cat([a, b]) for a, b in zip(pool, new)]
+        if by_confidence:
+            keep = merged[3].topk(min(size, len(merged[3]))).indices
+            return [t[keep] for t in merged]
+        return [t[:size] for t in merged]
+
+    def add(self, images, predictions, labels, confidences):
+        valid = labels >= 0
+        wrong = valid & (predictions != labels)
+        right = valid & (predictions == labels)
+        batch = (images, predictions, labels, confidences)
+        self.wrong = self._merge(self.wrong, [t[wrong] for t in batch], self.size, True)
+        if self.right is None or len(self.right[0]) < self.size:
+            self.right = self._merge(self.right, [t[right] for t in batch], self.size, False)
+
+    def result(self, mean, std) -> PredictionSamples | None:
+        if self.wrong is None:
+            return None
+        # Half mistakes (most confident first), half correct; either side fills in when the other runs short.
+        n_wrong = min(len(self.wrong[0]), max(self.size // 2, self.size - len(self.right[0])))
+        n_right = min(len(self.right[0]), self.size - n_wrong)
+        parts = [torch.cat([w[:n_wrong], r[:n_right]]).cpu() for w, r in zip(self.wrong, self.right)]
+        images = parts[0].float() * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+        images = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return PredictionSamples(images, parts[1].numpy(), parts[2].numpy(), parts[3].float().numpy())
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, num_classes: int, num_samples: int = 0, mean=None, std=None) -> EvalResult:
+    """Evaluate `model` over `loader` on every process; the result is identical on all of them.
+
+    `num_samples` > 0 also picks images for the predictions grid (main process;
+    `mean`/`std` undo the normalisation for display).
+    """
+    model.eval()
+    pool = _SamplePool(num_samples) if num_samples and accelerator.is_main_process else None
+    outputs: list[tuple[torch.Tensor, ...]] = []
+    for images, labels in loader:
+        with accelerator.autocast():
+            logits = model(images)
+        losses = F.cross_entropy(logits.float(), labels.clamp_min(0), reduction="none")  # padding dropped below
+        confidences, predictions = logits.float().softmax(dim=1).max(dim=1)
+        if pool is not None:
+            pool.add(images, predictions, labels, confidences)
+        outputs.append(accelerator.gather_for_metrics((predictions, labels, losses)))
+    model.train()
+    predictions, labels, losses = (torch.cat(column) for column in zip(*outputs))
+    valid = labels >= 0
+    predictions, labels, losses = predictions[valid], labels[valid], losses[valid]
+    count = int(labels.numel())
+    confusion = confusion_matrix(labels, predictions, num_classes).cpu().numpy()
+    return EvalResult(
+        loss=float(losses.sum()) / max(count, 1),
+        accuracy=float(np.trace(confusion)) / max(count, 1),
+        num_samples=count,
+        confusion=confusion,
+        samples=pool.result(mean, std) if pool is not None else None,
+    )
