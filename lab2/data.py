@@ -107,7 +107,7 @@ def _unpickle(path: Path) -> dict:
                 f"{path} asks to run code on load ({str(exc).removeprefix('forbidden ')}), which a CIFAR-10 file "
                 f"never does; refusing it as unsafe. {refetch}"
             ) from None
-        raise UserError(f"{path} is not a readable CIFAR-10 batch ({exc}); it may be truncated or corrupt. {refetch}") from None
+        raise UserError(f"{path} is not a CIFAR-10 batch file ({exc}); it may be truncated or corrupt. {refetch}") from None
     except Exception as exc:  # EOFError, ValueError, UnicodeDecodeError...: all mean a broken file
         raise UserError(
             f"{path} is not a CIFAR-10 batch file ({type(exc).__name__}: {exc}); it may be truncated or corrupt. {refetch}"

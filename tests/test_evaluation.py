@@ -1,0 +1,42 @@
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from lab2.device_data import DeviceLoader
+from lab2.evaluation import confusion_matrix, evaluate
+
+
+class LabelFromPixel(nn.Module):
+    """A 'model' whose prediction is read off the image: pixel (0,0,0) holds the class (or a wrong one)."""
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(x[:, 0, 0, 0].round().long().clamp(0, 9), 10).float() * 5
+
+
+def test_confusion_matrix_counts():
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    preds = torch.tensor([0, 1, 1, 2, 0, 2])
+    cm = confusion_matrix(labels, preds, 3).numpy()
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def test_evaluate_is_exact_with_padding_and_builds_prediction_samples():
+    n = 203  # not divisible by the batch size
+    labels = torch.arange(n) % 10
+    predicted = labels.clone()
+    predicted[::4] = (labels[::4] + 1) % 10  # every fourth image is wrong
+    # Images whose first pixel, after normalisation is undone by the model below, carries the prediction.
+    images = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
+    images[:, 0, 0, 0] = predicted.to(torch.uint8)
+    loader = DeviceLoader(images, labels, 50, train=False, mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255), channels_last=False)
+    accelerator = Accelerator(cpu=True)
+    result = evaluate(LabelFromPixel(), loader, accelerator, 10, num_samples=8, mean=(0, 0, 0), std=(1, 1, 1))
+    wrong = len(range(0, n, 4))
+    assert result.num_samples == n
+    assert result.confusion.sum() == n and np.trace(result.confusion) == n - wrong
+    assert abs(result.accuracy - (n - wrong) / n) < 1e-12
+    assert result.per_class_accuracy.shape == (10,)
+    samples = result.samples
+    assert len(samples.images) == 8 and samples.images.dtype == np.uint8 and samples.images.shape[1:] == (32, 32, 3)
+    assert (samples.predictions != samples.labels).sum() == 4  # half mistakes, half correct

@@ -1,0 +1,96 @@
+import torch
+import torch.nn.functional as F
+
+from lab2.flow import FlowCollector, FlowHealth, FlowSnapshot, read_flow_history, tracked_parameters
+from lab2.models import SimpleCNN
+from lab2.outputs import append_jsonl
+
+
+def _batch():
+    torch.manual_seed(0)
+    return torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+
+
+def test_tracks_weights_not_biases_or_norm_weights():
+    names = [n for n, _ in tracked_parameters(SimpleCNN())]
+    assert names == ["features.0.weight", "features.3.weight", "features.7.weight", "features.10.weight", "classifier.1.weight", "classifier.4.weight"]
+
+
+def test_snapshot_values_match_a_direct_computation():
+    torch.manual_seed(1)
+    model = SimpleCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = _batch()
+    F.cross_entropy(model(x), y).backward()
+    collector = FlowCollector(model)
+    weight = model.classifier[1].weight
+    expected_grad = weight.grad.abs().mean().item(), weight.grad.abs().max().item()
+    before = weight.detach().clone()
+    collector.before_step()
+    optimizer.step()
+    snapshot = collector.after_step(step=1)
+    i = snapshot.layers.index("classifier.1")
+    assert abs(snapshot.grad_mean[i] - expected_grad[0]) < 1e-9 and abs(snapshot.grad_max[i] - expected_grad[1]) < 1e-9
+    assert abs(snapshot.weight_mean[i] - before.abs().mean().item()) < 1e-7
+    ratio = ((weight.detach() - before).norm() / before.norm()).item()
+    assert abs(snapshot.update_ratio[i] - ratio) < 1e-6
+    assert collector.matrix("grad_mean").shape == (6, 1)
+
+
+def test_scaled_gradients_are_read_unscaled():
+    """What the loop does under fp16: unscale the GradScaler's gradients, then read them."""
+    x, y = _batch()
+    torch.manual_seed(2)
+    reference = SimpleCNN()
+    scaled = SimpleCNN()
+    scaled.load_state_dict(reference.state_dict())
+    opt_ref = torch.optim.Adam(reference.parameters())
+    opt_scaled = torch.optim.Adam(scaled.parameters())
+    torch.manual_seed(5)  # the same dropout mask for both models
+    F.cross_entropy(reference(x), y).backward()
+    ref_collector = FlowCollector(reference)
+    ref_collector.before_step()
+    opt_ref.step()
+    ref = ref_collector.after_step(1)
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    torch.manual_seed(5)
+    scaler.scale(F.cross_entropy(scaled(x), y)).backward()
+    collector = FlowCollector(scaled)
+    collector.before_step()  # reading before unscaling shows gradients 4096x too large
+    wrong = collector.after_step(0)
+    scaler.unscale_(opt_scaled)  # accelerator.unscale_gradients() does exactly this
+    collector.before_step()
+    scaler.step(opt_scaled)  # knows the gradients are unscaled already: no double unscale
+    scaler.update()
+    right = collector.after_step(1)
+    assert all(abs(w / r - 4096) < 1 for w, r in zip(wrong.grad_mean, ref.grad_mean))
+    for a, b in zip(right.grad_mean, ref.grad_mean):
+        assert abs(a - b) <= 1e-6 * b
+    for a, b in zip(right.update_ratio, ref.update_ratio):
+        assert abs(a - b) <= 1e-4 * b  # the same Adam step was taken
+
+
+def _snapshot(step, grad, ratio):
+    return FlowSnapshot(step, ["a", "b"], [grad, 1e-3], [grad, 1e-3], [1.0, 1.0], [1.0, 1.0], [ratio, 1e-3])
+
+
+def test_health_warns_once_after_consecutive_bad_snapshots():
+    health = FlowHealth(patience=2)
+    assert health.check(_snapshot(1, 1e-9, 1e-3)) == []  # one bad snapshot is not yet a trend
+    assert health.check(_snapshot(2, 1e-3, 1e-3)) == []  # the streak is broken
+    assert health.check(_snapshot(3, 1e-9, 1e-3)) == []
+    warnings = health.check(_snapshot(4, 1e-9, 1e-3))
+    assert len(warnings) == 1 and "layer a" in warnings[0] and "vanishing" not in warnings[0] and "< 1e-07" in warnings[0]
+    assert health.check(_snapshot(5, 1e-9, 1e-3)) == []  # warned once only
+    health.check(_snapshot(6, 5e3, 0.5))
+    messages = health.check(_snapshot(7, 5e3, 0.5))
+    assert any("> 1000" in m for m in messages) and any("update ratio" in m for m in messages)
+
+
+def test_flow_jsonl_round_trip(tmp_path):
+    snapshot = _snapshot(200, 1e-4, 1e-3)
+    append_jsonl(tmp_path / "flow.jsonl", snapshot.to_record())
+    append_jsonl(tmp_path / "flow.jsonl", _snapshot(400, 2e-4, 2e-3).to_record())
+    history = read_flow_history(tmp_path / "flow.jsonl")
+    assert [s.step for s in history] == [200, 400] and history[0] == snapshot
