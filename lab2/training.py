@@ -352,11 +352,7 @@ class Trainer:
             bar.update(1)
             if p.global_step % cfg.logging_steps == 0:
                 self._check_interval(first_bad)
-                mean_loss = float(interval_loss) / (p.global_step - interval_start)
-                self.tracking.log({"train/loss": mean_loss}, step=p.global_step)
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-                interval_loss.zero_()
-                interval_start = p.global_step
+                interval_start = self._log_train_loss(interval_loss, interval_start, bar)
             every = cfg.checkpoint_every_steps
             if every and p.global_step % every == 0:
                 self._check_interval(first_bad)
@@ -368,8 +364,18 @@ class Trainer:
                 return False
         bar.close()
         self._check_interval(first_bad)
+        if p.global_step > interval_start:  # the epoch's last partial interval
+            self._log_train_loss(interval_loss, interval_start, bar)
         p.loss_sum, p.correct, p.seen = float(loss_sum), float(correct), seen
         return True
+
+    def _log_train_loss(self, interval_loss: torch.Tensor, interval_start: int, bar) -> int:
+        """Log the mean loss since `interval_start` as train/loss (one sync); return the new interval start."""
+        mean_loss = float(interval_loss) / (self.progress.global_step - interval_start)
+        self.tracking.log({"train/loss": mean_loss}, step=self.progress.global_step)
+        bar.set_postfix(loss=f"{mean_loss:.4f}")
+        interval_loss.zero_()
+        return self.progress.global_step
 
     def _save(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: float) -> Path:
         """Checkpoint mid-epoch: the running sums are summed over processes into progress."""
