@@ -290,10 +290,11 @@ class Trainer:
             raise Diverged(bad)
 
     def _stop_requested(self) -> bool:
+        """Whether any process got SIGINT/SIGTERM; a plain flag read with one process, a collective with more."""
+        if self.accelerator.num_processes == 1:
+            return self.stop.signal_name is not None
         flag = torch.tensor([1 if self.stop.signal_name else 0], device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            flag = self.accelerator.gather(flag)
-        return bool(flag.max())
+        return bool(self.accelerator.gather(flag).max())
 
     def _flow_snapshot(self) -> None:
         """Gradients are unscaled first (fp16), then read before the optimizer step by the collector."""
@@ -329,40 +330,41 @@ class Trainer:
         check_every = 1 if acc.num_processes == 1 else cfg.logging_steps  # a stop check is a collective with >1 process
         self.model.train()
         bar = tqdm(total=len(loader), initial=p.batch_in_epoch, desc=f"epoch {epoch + 1}/{cfg.num_train_epochs}", disable=not self.main, mininterval=1.0, leave=False)
-        for images, labels in batches:
-            logits = self.model(images)
-            loss = F.cross_entropy(logits.float(), labels)
-            acc.backward(loss)
-            take_flow = cfg.flow_log_steps and (p.global_step + 1) % cfg.flow_log_steps == 0
-            if take_flow:
-                self._flow_snapshot()
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            p.global_step += 1
-            p.batch_in_epoch += 1
-            if take_flow and self.flow is not None:
-                self._record_flow(p.global_step)
-            # Metrics stay on the device: no .item() in the hot loop.
-            detached = loss.detach()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), p.global_step, first_bad)
-            loss_sum += detached * len(labels)
-            interval_loss += detached
-            correct += (logits.argmax(dim=1) == labels).sum()
-            seen += len(labels)
-            bar.update(1)
-            if p.global_step % cfg.logging_steps == 0:
-                self._check_interval(first_bad)
-                interval_start = self._log_train_loss(interval_loss, interval_start, bar)
-            every = cfg.checkpoint_every_steps
-            if every and p.global_step % every == 0:
-                self._check_interval(first_bad)
-                self._save(loss_sum, correct, seen)
-            if p.global_step % check_every == 0 and self._stop_requested():
-                self._check_interval(first_bad)
-                self._save(loss_sum, correct, seen)
-                bar.close()
-                return False
-        bar.close()
+        try:
+            for images, labels in batches:
+                logits = self.model(images)
+                loss = F.cross_entropy(logits.float(), labels)
+                acc.backward(loss)
+                take_flow = cfg.flow_log_steps and (p.global_step + 1) % cfg.flow_log_steps == 0
+                if take_flow:
+                    self._flow_snapshot()
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                p.global_step += 1
+                p.batch_in_epoch += 1
+                if take_flow and self.flow is not None:
+                    self._record_flow(p.global_step)
+                # Metrics stay on the device: no .item() in the hot loop.
+                detached = loss.detach()
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), p.global_step, first_bad)
+                loss_sum += detached * len(labels)
+                interval_loss += detached
+                correct += (logits.argmax(dim=1) == labels).sum()
+                seen += len(labels)
+                bar.update(1)
+                if p.global_step % cfg.logging_steps == 0:
+                    self._check_interval(first_bad)
+                    interval_start = self._log_train_loss(interval_loss, interval_start, bar)
+                every = cfg.checkpoint_every_steps
+                if every and p.global_step % every == 0:
+                    self._check_interval(first_bad)
+                    self._save(loss_sum, correct, seen)
+                if p.global_step % check_every == 0 and self._stop_requested():
+                    self._check_interval(first_bad)
+                    self._save(loss_sum, correct, seen)
+                    return False
+        finally:
+            bar.close()  # before any message, so it does not share a line with the bar
         self._check_interval(first_bad)
         if p.global_step > interval_start:  # the epoch's last partial interval
             self._log_train_loss(interval_loss, interval_start, bar)

@@ -1,0 +1,44 @@
+import dataclasses
+
+import pytest
+
+from lab2.config import TrainConfig, build_parser, config_from_dict, parse_args
+from lab2.errors import UserError
+
+
+def test_every_field_is_a_flag_with_its_default_in_help():
+    text = build_parser().format_help()
+    for field in dataclasses.fields(TrainConfig):
+        assert f"--{field.name}" in text
+    assert "(default: 128)" in text and "(default: 0.001)" in text and "(default: ./data)" in text
+
+
+def test_defaults_follow_the_seed_and_design():
+    cfg = parse_args([])
+    assert (cfg.num_train_epochs, cfg.per_device_train_batch_size, cfg.learning_rate, cfg.seed) == (30, 128, 1e-3, 42)
+    assert cfg.data_pipeline == "device" and cfg.report_to == "wandb" and cfg.flow_log_steps == 200
+    assert cfg.output_dir.startswith("runs/simple_cnn-")
+
+
+def test_round_trip_through_config_json():
+    cfg = parse_args(["--max_train_samples", "100", "--overwrite_output_dir"])
+    assert config_from_dict({**cfg.to_dict(), "from_the_future": 1}) == cfg
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size"),
+        (["--learning_rate", "-1"], "--learning_rate"),
+        (["--max_eval_samples", "0"], "--max_eval_samples"),
+        (["--checkpointing_steps", "0"], "--checkpointing_steps"),
+    ],
+)
+def test_invalid_values_name_the_flag(argv, fragment):
+    with pytest.raises(UserError, match=fragment):
+        parse_args(argv)
+
+
+def test_checkpoint_every_steps():
+    assert parse_args(["--checkpointing_steps", "500"]).checkpoint_every_steps == 500
+    assert parse_args([]).checkpoint_every_steps is None
