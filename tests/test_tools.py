@@ -1,0 +1,98 @@
+"""lab2-eval, lab2-predict and lab2-report on a real finished run; the report rendered in headless Chromium."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import BIN, assert_clean_error, run_cli, train_cmd, write_synthetic_folder
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tools")
+    data = write_synthetic_folder(root / "data", num_train=640, num_test=203)
+    out = root / "run"
+    result = run_cli(train_cmd("--data_dir", data, "--output_dir", out, "--num_train_epochs", 2, "--report_to", "none", "--flow_log_steps", 2))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_eval_reproduces_the_runs_final_accuracy(run_dir, tmp_path):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    result = run_cli([str(BIN / "lab2-eval"), "--model_path", run_dir / "model.safetensors", "--output_dir", tmp_path / "eval"])
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["accuracy"] == summary["final_eval_acc"] and report["num_samples"] == 203
+    assert f"accuracy: {100 * summary['final_eval_acc']:.2f}%" in result.stdout and "airplane" in result.stdout
+    assert {p.name for p in (tmp_path / "eval").iterdir()} >= {"confusion_matrix.png", "class_accuracy.png", "predictions.png", "eval.json"}
+
+
+def test_eval_with_a_missing_model_is_one_clear_line(tmp_path):
+    result = run_cli([str(BIN / "lab2-eval"), "--model_path", tmp_path / "nothing"])
+    assert_clean_error(result, "no such file")
+
+
+def test_predict_prints_top3_and_survives_a_bad_image(run_dir, tmp_path):
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8)).save(big)
+    small = tmp_path / "small.jpg"
+    Image.fromarray(np.full((32, 32, 3), 120, dtype=np.uint8)).save(small)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    result = run_cli([str(BIN / "lab2-predict"), "--model_path", run_dir, big, broken, small])
+    assert result.returncode == 1  # one image failed, the others were predicted
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"{big}: ") and lines[0].count("%") == 3 and lines[1].startswith(f"{small}: ")
+    assert "Traceback" not in result.stderr and "broken.png: not a readable image" in result.stderr
+    as_json = run_cli([str(BIN / "lab2-predict"), "--model_path", run_dir, "--json", big, small])
+    assert as_json.returncode == 0
+    records = json.loads(as_json.stdout)
+    assert [len(r["top_k"]) for r in records] == [3, 3]
+    assert all(abs(sum(t["probability"] for t in r["top_k"])) <= 1.0 + 1e-6 for r in records)
+
+
+def test_report_holds_every_section(run_dir):
+    page = (run_dir / "report.html").read_text()  # written automatically at the end of training
+    for fragment in ("Training log", "FLOPs per layer", "161,163,264", "Configuration", "--learning_rate", "Accuracy per class"):
+        assert fragment in page
+    assert page.count("data:image/png;base64,") == 10 and "src='http" not in page and 'src="http' not in page
+    result = run_cli([str(BIN / "lab2-report"), str(run_dir)])
+    assert result.returncode == 0 and result.stdout.strip().endswith("report.html")
+
+
+CHECKER = """<script>
+window.addEventListener('load', () => {
+  const images = [...document.images];
+  const loaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.setAttribute('data-check', `images=${images.length} loaded=${loaded} height=${document.body.scrollHeight}`);
+});
+</script></body>"""
+
+
+@pytest.mark.browser
+def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("no headless Chromium installed (.ci/run installs Debian's chromium)")
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    # The real page plus a checker script that records, after load, how many images decoded.
+    probe = tmp_path / "probe.html"
+    probe.write_text((run_dir / "report.html").read_text().replace("</body>", CHECKER))
+    dom = subprocess.run([*flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'data-check="images=10 loaded=10' in dom, dom[-500:]
+    height = int(dom.split("height=")[1].split('"')[0])
+    assert height > 2000  # a long, non-empty page
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,2400", (run_dir / "report.html").as_uri()], capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.std() > 10  # not a blank page
+    pdf = tmp_path / "report.pdf"
+    subprocess.run([*flags, f"--print-to-pdf={pdf}", (run_dir / "report.html").as_uri()], capture_output=True, timeout=120)
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 50_000
