@@ -248,6 +248,10 @@ class Trainer:
             self.accelerator.load_state(str(path))
         except (RuntimeError, ValueError, KeyError, OSError) as exc:
             raise UserError(f"checkpoint {path} does not fit this run ({str(exc).splitlines()[0]}); check --model or pick another checkpoint.") from None
+        for group in self.optimizer.param_groups:  # the command line wins over the checkpoint's learning rate
+            if group["lr"] != self.cfg.learning_rate:
+                self.accelerator.print(f"note: --learning_rate {self.cfg.learning_rate:g} replaces the checkpoint's {group['lr']:g}")
+                group["lr"] = self.cfg.learning_rate
         self.progress = Progress(**{k: saved[k] for k in asdict(Progress()) if k in saved})
         self.progress.world_size = self.accelerator.num_processes
         if not self.main:  # rank 0 carries the saved running sums; the epoch-end reduce adds them once
