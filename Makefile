@@ -1,5 +1,5 @@
 # make train  - set up .venv (first time) and train SimpleCNN on CIFAR-10 (downloads it into ./data)
-# make test   - set up .venv (first time) and run the test suite (CPU only, ~6 minutes on 2 cores)
+# make test   - set up .venv (first time) and run the test suite (CPU only, about 6 minutes on 2 cores)
 # make smoke  - a 1-epoch CPU run on a small subset, to see the whole pipeline work
 # make bench  - the throughput benchmark against the seed recipe (bench/train_throughput.py)
 
@@ -33,8 +33,9 @@ smoke: $(STAMP)
 	$(BIN)/accelerate launch --quiet --config_file accelerate_configs/cpu.yaml train_accelerate.py \
 		$(SMOKE_DATA) --num_train_epochs 1 --max_train_samples 2048 --output_dir runs/smoke --overwrite_output_dir
 
+# Two workers: the end-to-end tests spend much of their time starting processes, which overlaps well.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

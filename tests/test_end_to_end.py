@@ -18,7 +18,7 @@ from lab2.data import read_cifar10_folder
 from lab2.device_data import DeviceLoader
 from lab2.evaluation import evaluate
 from lab2.models import create_model
-from wandb_reader import history_keys, run_file
+from wandb_reader import history_keys, read_records, run_file
 
 pytestmark = pytest.mark.slow
 
@@ -70,9 +70,10 @@ def test_two_process_torchrun_is_exact_and_writes_once(mini_dir, tmp_path):
     assert evaluate_saved_weights(out, mini_dir, max_eval=1001).accuracy == summary["final_eval_acc"]
     assert result.stdout.count("done: final eval accuracy") == 1  # rank 0 alone reports
     assert result.stdout.count("161,163,264") == 1  # the FLOPs counter ran on rank 0 only
-    assert len(list((out / "wandb").glob("offline-run-*"))) == 1
-    cm = json.loads((out / "summary.json").read_text())["class_accuracy"]
-    assert len(cm) == 10
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 1  # rank 0 alone tracks
+    assert len(summary["class_accuracy"]) == 10
+    assert sum(map(sum, summary["confusion_matrix"])) == 1001  # gathered exactly: no padding, no duplicates
+    assert {p.stem for p in (out / "figures").glob("*.png")} == FIGURES
     flow = (out / "flow.jsonl").read_text().splitlines()
     assert len(flow) == 2  # 4 steps per process at batch 128 over 512 images; every 2 steps; rank 0 only
     # Resume the 2-process checkpoint on 2 processes for a second epoch.
@@ -80,6 +81,11 @@ def test_two_process_torchrun_is_exact_and_writes_once(mini_dir, tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2] and metrics[1]["global_step"] == 8
+    # The resumed W&B run keeps the run id, and its steps continue from where the first stopped.
+    first, second = sorted((out / "wandb").glob("offline-run-*"), key=lambda p: p.stat().st_mtime)
+    assert first.name.split("-")[-1] == second.name.split("-")[-1]
+    steps = lambda run: [r.history.step.num for r in read_records(next(run.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "history"]
+    assert min(steps(second)) >= max(steps(first)) == 4
 
 
 def _weights(run_dir):
@@ -174,3 +180,38 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(mini_
     assert list_checkpoints(out / "checkpoints")[-1] == good  # nothing saved after it went bad
     # The 1-epoch run's results stay as they were: the NaN weights were never exported.
     assert ((out / "summary.json").read_bytes(), (out / "model.safetensors").read_bytes()) == finished
+
+
+def _worker_pid(rank: int, marker: str) -> int | None:
+    """The pid of the torchrun worker with RANK=rank whose command line mentions marker."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if "train_accelerate.py" in cmdline and marker in cmdline and f"RANK={rank}".encode() in environ:
+            return int(proc.name)
+    return None
+
+
+def test_when_one_rank_dies_the_other_does_not_hang(mini_dir, tmp_path):
+    out = tmp_path / "dies"
+    args = ["--data_dir", mini_dir, "--num_train_epochs", 5, "--output_dir", out, "--report_to", "none", "--dist_timeout_s", 30, "--logging_steps", 2]
+    torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29534", "train_accelerate.py"]
+    env = cli_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    proc = subprocess.Popen([*torchrun, *map(str, args)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert _wait_for(lambda: (out / "config.json").exists() or proc.poll() is not None)
+    time.sleep(2)  # into the training loop
+    victim = _worker_pid(1, str(out))
+    assert victim, "rank 1 not found"
+    started = time.time()
+    os.kill(victim, signal.SIGKILL)
+    try:
+        proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert time.time() - started < 150  # torchrun tears the group down; nobody waits forever

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import BIN, assert_clean_error, run_cli, train_cmd, write_synthetic_folder
+from conftest import BIN, assert_clean_error, cli_env, run_cli, train_cmd, write_synthetic_folder
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +31,16 @@ def test_eval_reproduces_the_runs_final_accuracy(run_dir, tmp_path):
     assert report["accuracy"] == summary["final_eval_acc"] and report["num_samples"] == 203
     assert f"accuracy: {100 * summary['final_eval_acc']:.2f}%" in result.stdout and "airplane" in result.stdout
     assert {p.name for p in (tmp_path / "eval").iterdir()} >= {"confusion_matrix.png", "class_accuracy.png", "predictions.png", "eval.json"}
+
+
+def test_eval_on_two_processes_matches_too(run_dir, tmp_path):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29535", "-m", "lab2.eval_cli"]
+    result = run_cli([*torchrun, "--model_path", str(run_dir), "--output_dir", str(tmp_path / "eval2")], env=cli_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "eval2" / "eval.json").read_text())
+    assert report["num_samples"] == 203 and report["accuracy"] == summary["final_eval_acc"]
+    assert result.stdout.count("accuracy:") == 1
 
 
 def test_eval_with_a_missing_model_is_one_clear_line(tmp_path):
