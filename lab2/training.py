@@ -554,6 +554,8 @@ class Trainer:
             "global_step": self.progress.global_step,
             "train_time_s": time_s,
             "train_images_per_s": images / time_s if time_s else 0.0,
+            "train_tflops": (images / time_s if time_s else 0.0) * (self.flops.training_flops or 0) / 1e12,
+            "mfu": (images / time_s) * self.flops.training_flops / peak if time_s and self.flops.training_flops and (peak := peak_flops(self.accelerator.device, self.precision)) else None,
             "device": str(self.accelerator.device) + (f" ({torch.cuda.get_device_name()})" if self.accelerator.device.type == "cuda" else ""),
             "world_size": self.accelerator.num_processes,
             "precision": self.precision,
