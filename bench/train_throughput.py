@@ -102,7 +102,7 @@ def lab2_run(data_dir: Path, epochs: int, config: str, out: Path, extra: list[st
         "steady_images_per_s": steady_rate,
         "eval_acc": summary["final_eval_acc"],
         "train_time_s": summary["train_time_s"],
-        "precision": {"no": "fp32"}.get(summary["precision"], summary["precision"]),
+        "precision": summary["precision"],
         "device": summary["device"],
     }
 

@@ -37,9 +37,9 @@ from lab2.tracking import Tracking, log_with_for, tracker_init_kwargs
 
 # Dense peak FLOP/s by device-name fragment and precision, for model FLOPs utilisation (MFU) on CUDA.
 PEAK_FLOPS = {
-    "H200": {"bf16": 989e12, "fp16": 989e12, "no": 67e12},
-    "H100": {"bf16": 989e12, "fp16": 989e12, "no": 67e12},
-    "A100": {"bf16": 312e12, "fp16": 312e12, "no": 19.5e12},
+    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
 }
 
 
@@ -227,7 +227,7 @@ class Trainer:
         self.health = FlowHealth()
         self.progress = Progress(model=cfg.model, num_classes=self.splits.num_classes, world_size=accelerator.num_processes)
         self.tracking = Tracking(accelerator, printer=accelerator.print)
-        self.precision = str(accelerator.mixed_precision)
+        self.precision = {"no": "fp32"}.get(str(accelerator.mixed_precision), str(accelerator.mixed_precision))
 
     def _make_loaders(self):
         cfg, acc = self.cfg, self.accelerator
