@@ -328,6 +328,7 @@ class Trainer:
         seen = p.seen
         first_bad = torch.tensor(-1, device=device)
         interval_loss, interval_start = torch.zeros((), device=device), p.global_step
+        final_epoch = epoch == cfg.num_train_epochs - 1
         check_every = 1 if acc.num_processes == 1 else cfg.logging_steps  # a stop check is a collective with >1 process
         self.model.train()
         bar = tqdm(total=len(loader), initial=p.batch_in_epoch, desc=f"epoch {epoch + 1}/{cfg.num_train_epochs}", disable=not self.main, mininterval=1.0, leave=False)
@@ -336,7 +337,8 @@ class Trainer:
                 logits = self.model(images)
                 loss = F.cross_entropy(logits.float(), labels)
                 acc.backward(loss)
-                take_flow = cfg.flow_log_steps and (p.global_step + 1) % cfg.flow_log_steps == 0
+                # Every --flow_log_steps steps, and once at the very end of training.
+                take_flow = cfg.flow_log_steps and ((p.global_step + 1) % cfg.flow_log_steps == 0 or (final_epoch and p.batch_in_epoch + 1 == len(loader)))
                 if take_flow:
                     self._flow_snapshot()
                 self.optimizer.step()

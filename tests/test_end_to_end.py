@@ -38,11 +38,13 @@ def evaluate_saved_weights(run_dir: Path, data_dir: Path, max_eval=None):
 
 def test_accelerate_launch_one_epoch_on_the_mini_slice(mini_dir, tmp_path):
     out = tmp_path / "run"
-    result = run_cli(train_cmd("--data_dir", mini_dir, "--num_train_epochs", 1, "--output_dir", out, "--flow_log_steps", 10, launcher="accelerate"))
+    result = run_cli(train_cmd("--data_dir", mini_dir, "--num_train_epochs", 1, "--output_dir", out, launcher="accelerate"))
     assert result.returncode == 0, result.stdout + result.stderr
     for name in ("metrics.jsonl", "summary.json", "config.json", "model.safetensors", "flops.json", "flow.jsonl", "training_log.txt", "report.html"):
         assert (out / name).is_file(), name
     assert {p.stem for p in (out / "figures").glob("*.png")} == FIGURES
+    # 40 steps and the default interval of 200: flow is still taken once, at the end.
+    assert [json.loads(line)["step"] for line in (out / "flow.jsonl").read_text().splitlines()] == [40]
     summary = json.loads((out / "summary.json").read_text())
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and set(metrics[0]) >= {"epoch", "train_loss", "train_acc", "eval_loss", "eval_acc", "lr", "epoch_time_s", "train_images_per_s"}
