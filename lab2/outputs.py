@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 
-@dataclass(frozen=True)
 class RunPaths:
     """Every file a run writes, under one output folder (the layout in DESIGN.md)."""
 
-    root: Path
-
     def __init__(self, root: str | Path):
-        object.__setattr__(self, "root", Path(root))
+        self.root = Path(root)
 
     config = property(lambda self: self.root / "config.json")
     metrics = property(lambda self: self.root / "metrics.jsonl")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -112,8 +112,6 @@ def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> None:
     except OSError as exc:
         raise UserError(f"cannot write to --output_dir {paths.root} ({exc.strerror}); choose a writable folder.") from None
     if cfg.overwrite_output_dir and accelerator.is_main_process:
-        import shutil
-
         for artefact in paths.artefacts():
             if artefact.is_dir():
                 shutil.rmtree(artefact)

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from conftest import BIN, cli_env, run_cli, train_cmd
+from conftest import cli_env, run_cli, train_cmd
 from lab2.training import cpu_has_fast_bf16
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,6 @@
 
 import socket
 
-import pytest
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 
