@@ -68,11 +68,8 @@ def run_eval(args) -> dict:
         if accelerator.is_main_process:
             out = Path(args.output_dir) if args.output_dir else loaded.path.parent / "eval"
             out.mkdir(parents=True, exist_ok=True)
-            plots.save_figure(plots.confusion_matrix_figure(result.confusion, splits.class_names), out / "confusion_matrix.png")
-            plots.save_figure(plots.class_accuracy_figure(result.per_class_accuracy, splits.class_names), out / "class_accuracy.png")
-            if result.samples is not None and len(result.samples.images):
-                s = result.samples
-                plots.save_figure(plots.predictions_figure(s.images, s.predictions, s.labels, s.confidences, splits.class_names), out / "predictions.png")
+            for name, fig in plots.evaluation_figures(result.confusion, result.per_class_accuracy, result.samples, splits.class_names).items():
+                plots.save_figure(fig, out / f"{name}.png")
             write_json(out / "eval.json", report)
             print(f"accuracy: {100 * result.accuracy:.2f}% ({round(result.accuracy * result.num_samples)}/{result.num_samples}), loss {result.loss:.4f}")
             for name, value in report["class_accuracy"].items():

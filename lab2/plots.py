@@ -138,6 +138,20 @@ def predictions_figure(images: np.ndarray, predictions, labels, confidences, cla
     return fig
 
 
+def evaluation_figures(confusion: np.ndarray, class_accuracy, samples, class_names: Sequence[str]) -> dict[str, Figure]:
+    """confusion_matrix, class_accuracy and (when `samples` holds images) predictions, keyed by their file/tracker names.
+
+    `samples` has .images, .predictions, .labels and .confidences (lab2.evaluation.PredictionSamples) or is None.
+    """
+    figures = {
+        "confusion_matrix": confusion_matrix_figure(confusion, class_names),
+        "class_accuracy": class_accuracy_figure(class_accuracy, class_names),
+    }
+    if samples is not None and len(samples.images):
+        figures["predictions"] = predictions_figure(samples.images, samples.predictions, samples.labels, samples.confidences, class_names)
+    return figures
+
+
 def curves_figure(metrics: Sequence[dict]) -> Figure:
     """Loss and accuracy per epoch, train vs eval, from metrics.jsonl records."""
     epochs = [m["epoch"] for m in metrics]

@@ -61,7 +61,6 @@ class Progress:
     loss_sum: float = 0.0  # running sums of the epoch in progress, over all processes
     correct: float = 0.0
     seen: float = 0.0
-    train_time_s: float = 0.0
     model: str = ""
     num_classes: int = 0
     world_size: int = 1
@@ -380,19 +379,23 @@ class Trainer:
         interval_loss.zero_()
         return self.progress.global_step
 
+    def _sum_over_processes(self, loss_sum, correct, seen) -> tuple[float, float, float]:
+        """The epoch's running sums (tensors or numbers) added over all processes."""
+        local = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.accelerator.device) for v in (loss_sum, correct, seen)])
+        return tuple(float(t) for t in self.accelerator.reduce(local, "sum"))
+
     def _save(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: float) -> Path:
         """Checkpoint mid-epoch: the running sums are summed over processes into progress."""
-        totals = self.accelerator.reduce(torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=loss_sum.device)]), "sum")
+        totals = self._sum_over_processes(loss_sum, correct, seen)
         progress = asdict(self.progress)
-        progress.update(loss_sum=float(totals[0]), correct=float(totals[1]), seen=float(totals[2]))
+        progress.update(loss_sum=totals[0], correct=totals[1], seen=totals[2])
         return save_checkpoint(self.accelerator, self.paths.checkpoints, progress, self.cfg.checkpoints_total_limit)
 
     # ----------------------------------------------------------------- epochs
 
     def end_epoch(self, epoch: int, epoch_time: float, result: EvalResult, lr: float) -> dict:
         acc, p = self.accelerator, self.progress
-        totals = acc.reduce(torch.tensor([p.loss_sum, p.correct, p.seen], device=acc.device), "sum")
-        loss_sum, correct, seen = (float(t) for t in totals)
+        loss_sum, correct, seen = self._sum_over_processes(p.loss_sum, p.correct, p.seen)
         record = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(seen, 1),
@@ -430,6 +433,14 @@ class Trainer:
         p.loss_sum = p.correct = p.seen = 0.0
         return record
 
+    def _evaluate(self, num_samples: int) -> EvalResult:
+        """Evaluate on the test split with rank 0's BatchNorm statistics (the ones the saved weights carry)."""
+        sync_buffers(self.accelerator, self.model)
+        return evaluate(
+            self.accelerator.unwrap_model(self.model), self.eval_loader, self.accelerator, self.splits.num_classes,
+            num_samples=num_samples, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+        )
+
     def fit(self) -> int:
         cfg, acc, p = self.cfg, self.accelerator, self.progress
         result = None
@@ -440,21 +451,15 @@ class Trainer:
             except Diverged as bad:
                 return self._diverged(bad.step, epoch)
             epoch_time = time.perf_counter() - started
-            p.train_time_s += epoch_time
             if not finished:
                 return self._interrupted()
-            sync_buffers(acc, self.model)
             last = epoch == cfg.num_train_epochs - 1
-            result = evaluate(
-                acc.unwrap_model(self.model), self.eval_loader, acc, self.splits.num_classes,
-                num_samples=cfg.num_prediction_samples if last else 0, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-            )
+            result = self._evaluate(num_samples=cfg.num_prediction_samples if last else 0)
             self.end_epoch(epoch, epoch_time, result, self.optimizer.param_groups[0]["lr"])
             if cfg.checkpointing_steps == "epoch" or (last and cfg.checkpointing_steps != "none"):
                 save_checkpoint(acc, self.paths.checkpoints, asdict(p), cfg.checkpoints_total_limit)
         if result is None:  # resumed from a finished run's last checkpoint: evaluate once for the final files
-            sync_buffers(acc, self.model)
-            result = evaluate(acc.unwrap_model(self.model), self.eval_loader, acc, self.splits.num_classes, cfg.num_prediction_samples, CIFAR10_MEAN, CIFAR10_STD)
+            result = self._evaluate(num_samples=cfg.num_prediction_samples)
         self.finish(result)
         return 0
 
@@ -516,14 +521,7 @@ class Trainer:
         write_report(paths.root)
 
     def _final_figures(self, result: EvalResult, metrics: list[dict]) -> dict:
-        names = self.splits.class_names
-        figures = {
-            "confusion_matrix": plots.confusion_matrix_figure(result.confusion, names),
-            "class_accuracy": plots.class_accuracy_figure(result.per_class_accuracy, names),
-        }
-        if result.samples is not None and len(result.samples.images):
-            s = result.samples
-            figures["predictions"] = plots.predictions_figure(s.images, s.predictions, s.labels, s.confidences, names)
+        figures = plots.evaluation_figures(result.confusion, result.per_class_accuracy, result.samples, self.splits.class_names)
         if metrics:
             figures["curves"] = plots.curves_figure(metrics)
         history = self.flow.history if self.flow is not None else []
