@@ -13,7 +13,7 @@ def _batch():
 
 def test_tracks_weights_not_biases_or_norm_weights():
     names = [n for n, _ in tracked_parameters(SimpleCNN())]
-    assert names == ["features.0.weight", "features.3.weight", "features.7.weight", "features.10.weight", "classifier.1.weight", "classifier.4.weight"]
+    assert names == ["conv1.weight", "conv2.weight", "conv3.weight", "conv4.weight", "fc1.weight", "fc2.weight"]
 
 
 def test_snapshot_values_match_a_direct_computation():
@@ -23,13 +23,13 @@ def test_snapshot_values_match_a_direct_computation():
     x, y = _batch()
     F.cross_entropy(model(x), y).backward()
     collector = FlowCollector(model)
-    weight = model.classifier[1].weight
+    weight = model.fc1.weight
     expected_grad = weight.grad.abs().mean().item(), weight.grad.abs().max().item()
     before = weight.detach().clone()
     collector.before_step()
     optimizer.step()
     snapshot = collector.after_step(step=1)
-    i = snapshot.layers.index("classifier.1")
+    i = snapshot.layers.index("fc1")
     assert abs(snapshot.grad_mean[i] - expected_grad[0]) < 1e-9 and abs(snapshot.grad_max[i] - expected_grad[1]) < 1e-9
     assert abs(snapshot.weight_mean[i] - before.abs().mean().item()) < 1e-7
     ratio = ((weight.detach() - before).norm() / before.norm()).item()
