@@ -121,11 +121,18 @@ def export_model(accelerator, model, path: str | Path, metadata: dict) -> Path:
     state = accelerator.get_state_dict(model)  # gathers and unwraps (DDP, torch.compile) on every process
     path = Path(path)
     if accelerator.is_main_process:
-        tmp = path.with_name(f".{path.name}.tmp")
-        # safetensors refuses shared or non-contiguous storage; copies are cheap at this size.
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
-        tmp.replace(path)
+        save_model_file(state, path, metadata)
     accelerator.wait_for_everyone()
+    return path
+
+
+def save_model_file(state: dict[str, torch.Tensor], path: str | Path, metadata: dict) -> Path:
+    """Write a state dict as safetensors with string `metadata`, atomically (temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    # safetensors refuses shared or non-contiguous storage; copies are cheap at this size.
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
+    tmp.replace(path)
     return path
 
 

@@ -1,6 +1,7 @@
 """`lab2-eval`: evaluate a saved model on the test split with Accelerate, on any device and any number of processes.
 
     lab2-eval --model_path runs/<run> [--data_dir DIR | --dataset_name ID] [--output_dir FOLDER]
+    lab2-eval --model_path model_final.pth --data_dir DIR      (the course lab's saved state dict)
 
 The data source, --max_eval_samples and memory format default to the training
 run's own (from the safetensors metadata), so the accuracy it prints matches
@@ -20,13 +21,13 @@ from lab2.data import CIFAR10_MEAN, CIFAR10_STD, load_splits
 from lab2.device_data import DeviceLoader, use_channels_last
 from lab2.errors import UserError, exit_with_user_error
 from lab2.evaluation import evaluate
-from lab2.inference import load_exported_model
+from lab2.export import load_model_file
 from lab2.outputs import write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lab2-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_path", required=True, help="a run folder or its model.safetensors")
+    parser.add_argument("--model_path", required=True, help="a run folder, its model.safetensors, or the course lab's model_final.pth")
     parser.add_argument("--data_dir", default=None, help="folder holding cifar-10-batches-py/ (default: the run's)")
     parser.add_argument("--dataset_name", default=None, help="a Hub id or save_to_disk folder (default: the run's)")
     parser.add_argument("--dataset", default=None, choices=("cifar10", "fake"), help="default: the run's")
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_eval(args) -> dict:
     from accelerate import Accelerator
 
-    loaded = load_exported_model(args.model_path)
+    loaded = load_model_file(args.model_path)
     cfg = loaded.config
     overrides = {k: getattr(args, k) for k in ("data_dir", "dataset_name", "dataset", "max_eval_samples") if getattr(args, k) is not None}
     if "data_dir" in overrides and "dataset_name" not in overrides:
