@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -94,3 +95,35 @@ def test_flow_jsonl_round_trip(tmp_path):
     append_jsonl(tmp_path / "flow.jsonl", _snapshot(400, 2e-4, 2e-3).to_record())
     history = read_flow_history(tmp_path / "flow.jsonl")
     assert [s.step for s in history] == [200, 400] and history[0] == snapshot
+
+
+def test_histograms_match_numpy_and_come_with_the_snapshot():
+    torch.manual_seed(3)
+    model = SimpleCNN()
+    x, y = _batch()
+    F.cross_entropy(model(x), y).backward()
+    collector = FlowCollector(model)
+    grad, weight = model.fc2.weight.grad.clone(), model.fc2.weight.detach().clone()
+    collector.before_step()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    snapshot = collector.after_step(step=7)
+    assert set(snapshot.histograms) == {f"{kind}/{name}" for kind in ("gradients", "parameters") for name, _ in tracked_parameters(model)}
+    for key, tensor in (("gradients/fc2.weight", grad), ("parameters/fc2.weight", weight)):
+        histogram = snapshot.histograms[key]
+        values = tensor.double().numpy().ravel()
+        counts, edges = np.histogram(values, bins=64, range=(values.min(), values.max()))
+        assert len(histogram.counts) == 64 and histogram.num == values.size
+        np.testing.assert_allclose(histogram.edges, edges, rtol=1e-6)
+        # Values on a bin edge may fall either side after float32 rounding; nothing else may differ.
+        assert np.abs(histogram.counts - counts).sum() <= 2
+        assert abs(histogram.total - values.sum()) < 1e-3 * np.abs(values).sum()
+        assert abs(histogram.total_squares - np.square(values).sum()) < 1e-4 * np.square(values).sum()
+
+
+def test_histograms_can_be_turned_off():
+    model = SimpleCNN()
+    x, y = _batch()
+    F.cross_entropy(model(x), y).backward()
+    collector = FlowCollector(model, histograms=False)
+    collector.before_step()
+    assert collector.after_step(step=1).histograms == {}
