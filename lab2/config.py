@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab2.errors import UserError
+from lab2.tracker_choice import parse_report_to
 
 DATASETS = ("cifar10", "fake")
 DATA_PIPELINES = ("device", "torchvision")
-TRACKERS = ("wandb", "tensorboard", "none")
 CHANNELS_LAST = ("auto", "on", "off")
 
 
@@ -57,9 +57,13 @@ class TrainConfig:
     output_dir: str = _flag("everything a run writes goes here (default: runs/<run_name>)", default="")
     run_name: str = _flag("name of the run (default: <model>-<date>-<time>)", default="")
     project_name: str = _flag("tracker project (the W&B project)", default="lab2")
-    report_to: str = _flag("wandb, tensorboard or none (W&B goes offline without credentials)", TRACKERS, default="wandb")
+    report_to: str = _flag(
+        "wandb, tensorboard, mlflow, a comma list of them, all (every installed one) or none (W&B goes offline without credentials)",
+        default="wandb",
+    )
     logging_steps: int = _flag("check the loss for NaN/inf and log train/loss every N optimizer steps", default=50)
     flow_log_steps: int = _flag("gradient/weight flow every N optimizer steps (0 turns it off)", default=200)
+    log_histograms: str = _flag("gradient and weight histograms at every flow snapshot: on or off", ("on", "off"), default="on")
     num_prediction_samples: int = _flag("images in the predictions grid", default=24)
     # Checkpoints
     checkpointing_steps: str = _flag("epoch, an integer number of optimizer steps, or none", default="epoch")
@@ -101,6 +105,7 @@ def _validate(cfg: TrainConfig) -> None:
     for name in ("flow_log_steps", "num_workers", "num_prediction_samples"):
         if getattr(cfg, name) < 0:
             raise UserError(f"--{name} must be 0 or more, got {getattr(cfg, name)}.")
+    parse_report_to(cfg.report_to)  # unknown names and missing tracker packages
     steps = cfg.checkpointing_steps
     if steps not in ("epoch", "none") and not (steps.isdigit() and int(steps) > 0):
         raise UserError(f"--checkpointing_steps must be 'epoch', 'none' or a positive integer, got {steps!r}.")

@@ -56,6 +56,16 @@ def update_ratio_figure(layers: Sequence[str], ratios: Sequence[float], step: in
     return fig
 
 
+def flow_figures(snapshot) -> dict[str, Figure]:
+    """The `gradients`, `weights` and `update_ratio` bar charts of one lab2.flow.FlowSnapshot, keyed by their names."""
+    s = snapshot
+    return {
+        "gradients": flow_bar_figure(s.layers, s.grad_mean, s.grad_max, "grad", s.step),
+        "weights": flow_bar_figure(s.layers, s.weight_mean, s.weight_max, "weight", s.step),
+        "update_ratio": update_ratio_figure(s.layers, s.update_ratio, s.step),
+    }
+
+
 def flow_heatmap_figure(layers: Sequence[str], steps: Sequence[int], values: np.ndarray, statistic: str) -> Figure:
     """Heatmap of one flow statistic, layers x snapshots, log colour scale: the whole history in one picture."""
     values = np.asarray(values, dtype=float)

@@ -21,9 +21,13 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from lab2 import tracker_media
 from lab2.plots import figure_to_array
+from lab2.tracker_choice import parse_report_to
 
 WANDB_RUN_FILE = "wandb_run.json"  # keeps the run id, so a resumed run continues the same W&B run
+MLFLOW_DIR = "mlruns"  # the local MLflow file store, inside the run folder
+MLFLOW_RUN_FILE = "mlflow_run.json"  # the MLflow run id, for the same reason
 
 
 def _has_wandb_credentials() -> bool:
@@ -75,20 +79,39 @@ def _wandb_init_kwargs(output_dir: Path, run_name: str, mode: str, resume: bool)
     }
 
 
-def log_with_for(report_to: str) -> str | None:
-    """The Accelerator's `log_with` for --report_to."""
-    return None if report_to == "none" else report_to
+def log_with_for(report_to: str) -> list[str] | None:
+    """The Accelerator's `log_with` for --report_to (a name, a comma list, all or none)."""
+    return parse_report_to(report_to) or None
+
+
+def _mlflow_init_kwargs(output_dir: Path, run_name: str, resume: bool) -> dict:
+    """A local MLflow file store under the run folder (no server), unless MLFLOW_TRACKING_URI names one."""
+    import mlflow
+
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        # MLflow 3 keeps the file store only on request; it is what needs no server and no database packages.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        mlflow.set_tracking_uri((output_dir / MLFLOW_DIR).resolve().as_uri())
+    record = output_dir / MLFLOW_RUN_FILE
+    kwargs = {"run_name": run_name}
+    if resume and record.exists():  # continue the same MLflow run, as W&B does
+        kwargs["run_id"] = json.loads(record.read_text())["id"]
+    return kwargs
 
 
 def tracker_init_kwargs(report_to: str, output_dir: Path, run_name: str, resume: bool) -> tuple[dict, str | None]:
     """(init_kwargs for init_trackers, notice line or None). Call on the main process after output_dir exists."""
-    if report_to != "wandb":
-        return {}, None
+    trackers = parse_report_to(report_to)
+    kwargs, notice = {}, None
+    if "mlflow" in trackers:
+        kwargs["mlflow"] = _mlflow_init_kwargs(output_dir, run_name, resume)
+    if "wandb" not in trackers:
+        return kwargs, None
     mode, reason = choose_wandb_mode()
-    notice = None
     if reason:
         notice = f"W&B: {reason}; logging offline to {output_dir / 'wandb'} (upload later with `wandb sync {output_dir / 'wandb'}/offline-run-*`)."
-    return {"wandb": _wandb_init_kwargs(output_dir, run_name, mode, resume)}, notice
+    kwargs["wandb"] = _wandb_init_kwargs(output_dir, run_name, mode, resume)
+    return kwargs, notice
 
 
 class Tracking:
@@ -98,6 +121,16 @@ class Tracking:
         self.accelerator = accelerator
         self.printer = printer
         self.active = bool(accelerator.log_with) and accelerator.is_main_process
+        self._noted: set[str] = set()  # one-time notes already printed
+
+    def _note_once(self, key: str, message: str) -> None:
+        if key not in self._noted:
+            self._noted.add(key)
+            self.printer(message)
+
+    @property
+    def tracker_names(self) -> list[str]:
+        return [tracker.name for tracker in self.accelerator.trackers] if self.active else []
 
     def _guard(self, action: str, call) -> None:
         if not self.active:
@@ -108,7 +141,7 @@ class Tracking:
             self.active = False
             self.printer(f"tracking: {action} failed ({type(exc).__name__}: {exc}); tracking is off for the rest of the run, local files are still written.")
 
-    def start(self, project_name: str, config: dict, init_kwargs: dict) -> None:
+    def start(self, project_name: str, config: dict, init_kwargs: dict, run_folder: Path | None = None) -> None:
         # init_trackers is collective-free, but only the main process has real trackers.
         if not self.accelerator.log_with:
             return
@@ -118,24 +151,66 @@ class Tracking:
             self.active = False
             if self.accelerator.is_main_process:
                 self.printer(f"tracking: could not start ({type(exc).__name__}: {exc}); training goes on with local files only.")
+            return
+        if run_folder is not None and "mlflow" in self.tracker_names:  # so a resumed run continues this MLflow run
+            run_id = self.accelerator.get_tracker("mlflow", unwrap=True).info.run_id
+            (Path(run_folder) / MLFLOW_RUN_FILE).write_text(json.dumps({"id": run_id}))
 
     def log(self, values: dict, step: int) -> None:
         self._guard("logging", lambda: self.accelerator.log(values, step=step))
 
+    def _each_tracker(self, action: str, send) -> None:
+        """Call `send(tracker)` for every tracker, guarded."""
+        self._guard(action, lambda: [send(tracker) for tracker in self.accelerator.trackers])
+
     def log_figures(self, figures: dict, step: int) -> None:
-        """Log matplotlib figures as images under their keys."""
+        """Log matplotlib figures as images under their keys (MLflow: as figures/<key>.png artifacts)."""
         if not self.active or not figures:
             return
         arrays = {key: figure_to_array(fig) for key, fig in figures.items()}
+        self._each_tracker("logging images", lambda tracker: tracker_media.send_figures(tracker, arrays, step))
 
-        def send():
-            for tracker in self.accelerator.trackers:
-                if tracker.name == "wandb":
-                    tracker.log_images({k: [v] for k, v in arrays.items()}, step=step)
-                elif tracker.name == "tensorboard":
-                    tracker.log_images({k: v[None] for k, v in arrays.items()}, step=step, dataformats="NHWC")
+    def log_histograms(self, histograms: dict, step: int) -> None:
+        """Log lab2.flow.Histogram values (`gradients/<param>`, `parameters/<param>`); trackers without histograms skip them, with one note."""
+        if not self.active or not histograms:
+            return
 
-        self._guard("logging images", send)
+        def send(tracker):
+            if not tracker_media.send_histograms(tracker, histograms, step):
+                self._note_once(f"histograms-{tracker.name}", f"note: {tracker.name} has no histograms; gradient and weight histograms go to {' and '.join(tracker_media.HISTOGRAM_TRACKERS)} only.")
+
+        self._each_tracker("logging histograms", send)
+
+    def prepare_flow_images(self, arrays: dict, step: int) -> dict:
+        """Encode one snapshot's flow images for each tracker; thread-safe, meant for the figure worker's thread."""
+        return tracker_media.prepare_flow_images(self.tracker_names, arrays, step)
+
+    def log_flow_images(self, prepared: dict, snapshot_step: int, reached_step: int) -> None:
+        """Send images made by `prepare_flow_images` (on the main thread: W&B steps must not go backwards)."""
+        if self.active:
+            self._each_tracker("logging flow images", lambda tracker: tracker_media.send_flow_images(tracker, prepared, snapshot_step, reached_step))
+
+    def log_model(self, run_name: str, files: list[Path], metadata: dict) -> None:
+        """The final model (model.safetensors + config.json) as a W&B artifact of type `model` and MLflow artifacts."""
+        if self.active:
+            self._each_tracker("logging the model artifact", lambda tracker: tracker_media.send_model(tracker, run_name, files, metadata))
+
+    def log_summary(self, summary: dict, step: int) -> None:
+        """The run's summary numbers (W&B run summary, MLflow metrics)."""
+        if self.active:
+            self._each_tracker("logging the summary", lambda tracker: tracker_media.send_summary(tracker, summary, step))
+
+    def log_training_log(self, metrics: list[dict], text: str, step: int) -> None:
+        """The Table-1 training log (epoch, train loss/acc, val loss/acc) as a table or text."""
+        columns = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
+        rows = [[m["epoch"], m["train_loss"], m["train_acc"], m["eval_loss"], m["eval_acc"]] for m in metrics]
+        if self.active:
+            self._each_tracker("logging the training log", lambda tracker: tracker_media.send_training_log(tracker, columns, rows, text, step))
+
+    def log_run_files(self, files: list[Path]) -> None:
+        """The run folder's other files, for trackers that keep files (MLflow)."""
+        if self.active:
+            self._each_tracker("logging the run files", lambda tracker: tracker_media.send_run_files(tracker, files))
 
     def log_confusion_matrix(self, confusion: np.ndarray, class_names, step: int) -> None:
         """On W&B, also the interactive confusion matrix (rebuilt exactly from the counts)."""
