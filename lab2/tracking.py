@@ -207,6 +207,19 @@ class Tracking:
         if self.active:
             self._each_tracker("logging the training log", lambda tracker: tracker_media.send_training_log(tracker, columns, rows, text, step))
 
+    def log_results(self, run_name: str, paths, summary: dict, metrics: list[dict], training_log: str, step: int) -> None:
+        """Everything a finished run gives the trackers besides figures: the model artifact (model.safetensors +
+        config.json, with final/best accuracy, GFLOPs, params and model name), the summary, the Table-1 log,
+        and (MLflow) the run's other files. `paths` is the run's lab2.outputs.RunPaths."""
+        metadata = {
+            "model": json.loads(paths.config.read_text())["model"],
+            **{key: summary[key] for key in ("final_eval_acc", "best_eval_acc", "gflops_per_sample", "params")},
+        }
+        self.log_model(run_name, [paths.model, paths.config], metadata)
+        self.log_summary(summary, step)
+        self.log_training_log(metrics, training_log, step)
+        self.log_run_files([paths.summary, paths.metrics, paths.flops, paths.flow, paths.training_log, paths.report])
+
     def log_run_files(self, files: list[Path]) -> None:
         """The run folder's other files, for trackers that keep files (MLflow)."""
         if self.active:
