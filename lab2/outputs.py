@@ -32,7 +32,7 @@ class RunPaths:
         return [
             self.config, self.metrics, self.summary, self.flops, self.flow, self.figures, self.model,
             self.checkpoints, self.training_log, self.report, self.tensorboard, self.wandb,
-            self.root / "wandb_run.json",
+            self.root / "wandb_run.json", self.root / "mlruns", self.root / "mlflow_run.json",
         ]
 
 

@@ -48,7 +48,8 @@ def prepare_flow_images(tracker_names: list[str], arrays: dict[str, np.ndarray],
         if name == "wandb":
             import wandb
 
-            prepared[name] = {key: wandb.Image(array, caption=f"step {step}") for key, array in arrays.items()}
+            # A one-image list, as the final figures go through Accelerate's log_images: one media type per key.
+            prepared[name] = {key: [wandb.Image(array, caption=f"step {step}")] for key, array in arrays.items()}
         elif name == "tensorboard":
             from torch.utils.tensorboard.summary import image
 

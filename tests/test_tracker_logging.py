@@ -81,7 +81,7 @@ def test_every_tracker_gets_histograms_images_artifact_summary_and_log(tmp_path,
     # W&B offline run file
     assert wandb_steps(tmp_path, "gradients/conv1.weight") == [5, 10] and wandb_steps(tmp_path, "parameters/fc2.weight") == [5, 10]
     assert wandb_value_type(tmp_path, "gradients/conv1.weight") == "histogram"
-    assert wandb_steps(tmp_path, "gradients") == [5, 10] and wandb_value_type(tmp_path, "update_ratio") == "image-file"
+    assert wandb_steps(tmp_path, "gradients") == [5, 10] and wandb_value_type(tmp_path, "update_ratio") == "images/separated"
     (artifact,) = [a for a in wandb_artifacts(tmp_path) if a.type == "model"]
     assert artifact.name == "unit-run" and {m.path for m in artifact.manifest.contents} == {"model.safetensors", "config.json"}
     assert json.loads(artifact.metadata) == {"final_eval_acc": 0.25, "model": "simple_cnn"}

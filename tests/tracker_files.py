@@ -5,10 +5,16 @@ from pathlib import Path
 from wandb_reader import read_records, run_file
 
 
-def wandb_steps(output_dir, key: str) -> list[int]:
+def _records(run):
+    """Records of a W&B run file, given the file or a run's output folder (its newest offline run)."""
+    run = Path(run)
+    return read_records(run if run.suffix == ".wandb" else run_file(run))
+
+
+def wandb_steps(run, key: str) -> list[int]:
     """History steps at which `key` (a scalar, or a histogram/image whose fields nest under it) was logged."""
     steps = []
-    for record in read_records(run_file(output_dir)):
+    for record in _records(run):
         if record.WhichOneof("record_type") != "history":
             continue
         keys = {item.key or "/".join(item.nested_key) for item in record.history.item}
@@ -17,9 +23,9 @@ def wandb_steps(output_dir, key: str) -> list[int]:
     return steps
 
 
-def wandb_value_type(output_dir, key: str) -> str:
-    """The `_type` W&B recorded for a media/histogram key ("histogram", "image-file", ...)."""
-    for record in read_records(run_file(output_dir)):
+def wandb_value_type(run, key: str) -> str:
+    """The `_type` W&B recorded for a media/histogram key ("histogram", "images/separated", ...)."""
+    for record in _records(run):
         if record.WhichOneof("record_type") == "history":
             for item in record.history.item:
                 if (item.key or "/".join(item.nested_key)) == f"{key}/_type":
@@ -27,13 +33,13 @@ def wandb_value_type(output_dir, key: str) -> str:
     return ""
 
 
-def wandb_artifacts(output_dir) -> list:
-    return [r.artifact for r in read_records(run_file(output_dir)) if r.WhichOneof("record_type") == "artifact"]
+def wandb_artifacts(run) -> list:
+    return [r.artifact for r in _records(run) if r.WhichOneof("record_type") == "artifact"]
 
 
-def wandb_summary_keys(output_dir) -> set[str]:
+def wandb_summary_keys(run) -> set[str]:
     keys = set()
-    for record in read_records(run_file(output_dir)):
+    for record in _records(run):
         if record.WhichOneof("record_type") == "summary":
             keys |= {item.key or "/".join(item.nested_key) for item in record.summary.update}
     return keys
