@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lab2.device_data import DeviceLoader  # noqa: E402
+from lab2.device_data import DeviceDataset, device_dataloader  # noqa: E402
 from lab2.flow_reporter import FlowReporter  # noqa: E402
 from lab2.models import SimpleCNN  # noqa: E402
 from lab2.tracking import Tracking, log_with_for, tracker_init_kwargs  # noqa: E402
@@ -103,7 +103,7 @@ def main() -> None:
         count = 8 * args.batch_size
         images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8)
         labels = torch.randint(0, 10, (count,))
-        batches = list(DeviceLoader(images, labels, args.batch_size, train=True, device=device, channels_last=True))
+        batches = list(device_dataloader(DeviceDataset(images, labels, train=True, device=device, channels_last=True), args.batch_size, shuffle=True))
         model = SimpleCNN().to(device).to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), fused=device.type in ("cpu", "cuda"))
         tracking = Tracking(accelerator)
