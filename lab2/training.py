@@ -26,9 +26,10 @@ from lab2.device_data import device_loaders, use_channels_last
 from lab2.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UserError
 from lab2.evaluation import EvalResult, evaluate
 from lab2.flops import count_flops
-from lab2.flow import STATISTICS, FlowCollector, FlowHealth, read_flow_history
+from lab2.flow import read_flow_history
+from lab2.flow_reporter import FlowReporter
 from lab2.models import create_model
-from lab2.outputs import RunPaths, append_jsonl, keep_jsonl, write_json
+from lab2.outputs import RunPaths, keep_jsonl, write_json
 from lab2.results import RunResults
 from lab2.run_setup import StopRequest, check_output_dir, create_accelerator, ensure_cpu_threads, prepare_output_dir, warn_slow_bf16
 from lab2.sources import load_splits
@@ -95,10 +96,12 @@ class Trainer:
                                      device=accelerator.device, seed=cfg.seed, channels_last=channels_last)
         # One prepare for every path: Accelerate shards, evens out, reshuffles per epoch and places the batches.
         self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(model, optimizer, *loaders)
-        self.flow = FlowCollector(accelerator.unwrap_model(self.model)) if self.main and cfg.flow_log_steps else None
-        self.health = FlowHealth()
         self.progress = Progress(model=cfg.model, num_classes=self.splits.num_classes, world_size=accelerator.num_processes)
         self.tracking = Tracking(accelerator, printer=accelerator.print)
+        self.flow = None  # flow statistics, histograms and images: main process only
+        if self.main and cfg.flow_log_steps:
+            self.flow = FlowReporter(accelerator.unwrap_model(self.model), self.tracking, paths.flow,
+                                     histograms=cfg.log_histograms == "on", printer=accelerator.print)
         precision = {"no": "fp32"}.get(str(accelerator.mixed_precision), str(accelerator.mixed_precision))
         self.results = RunResults(cfg, accelerator, paths, self.splits, self.flops, self.tracking, precision)
 
@@ -138,7 +141,7 @@ class Trainer:
                 self.accelerator.print(notice)
         else:
             init_kwargs = {}
-        self.tracking.start(cfg.project_name, cfg.to_dict(), init_kwargs)
+        self.tracking.start(cfg.project_name, cfg.to_dict(), init_kwargs, run_folder=self.paths.root)
         if self.main and self.progress.global_step == 0:
             self.tracking.log({"model/gflops_per_sample": self.flops.gflops_per_sample, "model/params": self.flops.params}, step=0)
 
@@ -164,15 +167,6 @@ class Trainer:
         self.accelerator.unscale_gradients()
         if self.flow is not None:
             self.flow.before_step()
-
-    def _record_flow(self, step: int) -> None:
-        snapshot = self.flow.after_step(step)
-        append_jsonl(self.paths.flow, snapshot.to_record())
-        values = {f"flow/{stat}/{layer}": getattr(snapshot, stat)[i] for stat in STATISTICS for i, layer in enumerate(snapshot.layers)}
-        self.tracking.log(values, step=step)
-        for message in self.health.check(snapshot):
-            self.accelerator.print(message)
-            self.tracking.log({"flow/warning": message}, step=step)
 
     def train_one_epoch(self, epoch: int) -> bool:
         """Train one epoch from progress.batch_in_epoch; return False when a stop was requested."""
@@ -205,8 +199,10 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 p.global_step += 1
                 p.batch_in_epoch += 1
-                if take_flow and self.flow is not None:
-                    self._record_flow(p.global_step)
+                if self.flow is not None:
+                    if take_flow:  # file, scalars, histograms, warnings; its images render on the worker thread
+                        self.flow.after_step(p.global_step)
+                    self.flow.poll(p.global_step)  # logs finished images; never waits
                 # Metrics stay on the device: no .item() in the hot loop.
                 detached = loss.detach()
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), p.global_step, first_bad)
@@ -329,6 +325,8 @@ def run(cfg: TrainConfig) -> int:
             return trainer.fit()
     finally:
         if trainer is not None:
+            if trainer.flow is not None:  # stopped early: still log the images already rendering
+                trainer.flow.close(trainer.progress.global_step)
             trainer.tracking.finish()
         else:
             accelerator.end_training()  # still tear down the process group
