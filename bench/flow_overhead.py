@@ -12,7 +12,11 @@ logged when ready. Two measurements, both medians over alternating blocks:
   default interval = lost / (interval x step). Budget: 2%.
 - The training thread's own time per snapshot (before_step + after_step +
   the poll that logs its images, synchronised): it must stay <= 10 ms, so that
-  a 1 ms GPU step loses at most 5% at --flow_log_steps 200.
+  a 1 ms GPU step loses at most 5% at --flow_log_steps 200. It is printed in
+  parts (statistics and histograms, finishing and logging the snapshot,
+  logging its images, idle polls). On a CPU the first part is the CPU reading
+  all 4.4M parameters and gradients; on a GPU it is a few hundred kernel
+  launches and the one host copy.
 
     python bench/flow_overhead.py [--rounds 5] [--block 10] [--interval 200] [--report_to wandb]
 """
@@ -44,10 +48,33 @@ def sync() -> None:
 
 
 class Bench:
+    """Runs blocks of training steps and times, on the training thread, each part of the flow work."""
+
+    PARTS = ("statistics + histograms (before_step)", "snapshot finish + file + scalars + histograms logged (after_step)",
+             "image logging (polls that logged a snapshot's images)", "idle polls")
+
     def __init__(self, batches, reporter: FlowReporter):
         self.batches, self.reporter = batches, reporter
         self.step = 0
         self.thread_times: list[float] = []  # the training thread's own time per snapshot
+        self.parts: dict[str, list[float]] = {part: [] for part in self.PARTS}
+        self.images_logged = 0
+        log_flow_images = reporter.tracking.log_flow_images
+
+        def counted(*args, **kwargs):  # to tell polls that logged images from idle ones
+            self.images_logged += 1
+            return log_flow_images(*args, **kwargs)
+
+        reporter.tracking.log_flow_images = counted
+
+    def _timed(self, part: str, call) -> float:
+        sync()
+        mark = time.perf_counter()
+        call()
+        sync()
+        spent = time.perf_counter() - mark
+        self.parts[part].append(spent)
+        return spent
 
     def run_block(self, model, optimizer, steps: int, snapshot: bool) -> float:
         """Seconds for `steps` training steps; with `snapshot`, the first step takes a flow snapshot."""
@@ -61,21 +88,20 @@ class Bench:
             loss.backward()
             take = snapshot and i == 0
             if take:
-                sync()
-                mark = time.perf_counter()
-                self.reporter.before_step()
-                sync()
-                spent += time.perf_counter() - mark
+                spent += self._timed(self.PARTS[0], self.reporter.before_step)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if take:
+                spent += self._timed(self.PARTS[1], lambda: self.reporter.after_step(self.step))
             if snapshot:  # polling (and logging finished images) is part of the cost
+                before = self.images_logged
                 sync()
                 mark = time.perf_counter()
-                if take:
-                    self.reporter.after_step(self.step)
                 self.reporter.poll(self.step)
                 sync()
-                spent += time.perf_counter() - mark
+                polled = time.perf_counter() - mark
+                self.parts[self.PARTS[2] if self.images_logged > before else self.PARTS[3]].append(polled)
+                spent += polled
         sync()
         if snapshot:
             self.thread_times.append(spent)
@@ -114,6 +140,7 @@ def main() -> None:
         bench.run_block(model, optimizer, args.block, snapshot=True)  # warm-up: kernels, the worker thread, W&B media
         reporter.close(bench.step)
         bench.thread_times.clear()
+        bench.parts = {part: [] for part in Bench.PARTS}
         plain, flowed = [], []
         for _ in range(args.rounds):
             plain.append(bench.run_block(model, optimizer, args.block, snapshot=False))
@@ -126,6 +153,9 @@ def main() -> None:
     print(f"device {device}, batch {args.batch_size}, trackers {args.report_to}: training step {1000 * step:.1f} ms")
     print(f"per snapshot: {1000 * lost:.1f} ms of training time lost (A/B, statistics + histograms + images, "
           f"{args.rounds} rounds of {args.block} steps), of which the training thread itself spent {1000 * thread:.1f} ms (budget 10 ms)")
+    for part, times in bench.parts.items():
+        if times:
+            print(f"  {part}: median {1000 * statistics.median(times):.2f} ms x {len(times)}")
     print(f"overhead at --flow_log_steps {args.interval}: {100 * lost / (args.interval * step):.3f}% of training time (budget 2%)")
     print(f"for a 1 ms GPU step at --flow_log_steps {args.interval}: the training thread's share would be {100 * thread / (args.interval * 1e-3):.1f}%")
 
