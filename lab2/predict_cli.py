@@ -16,7 +16,8 @@ import torch
 
 from lab2.data import test_transform
 from lab2.errors import UserError, exit_with_user_error
-from lab2.inference import load_exported_model, top_k
+from lab2.export import load_model_file
+from lab2.inference import top_k
 
 
 def read_image(path: str) -> torch.Tensor:
@@ -37,13 +38,13 @@ def read_image(path: str) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lab2-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_path", required=True, help="a run folder or its model.safetensors")
+    parser.add_argument("--model_path", required=True, help="a run folder, its model.safetensors, or the course lab's model_final.pth")
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     parser.add_argument("--top_k", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args(argv)
     try:
-        loaded = load_exported_model(args.model_path)
+        loaded = load_model_file(args.model_path)
     except UserError as error:
         exit_with_user_error(error, "lab2-predict")
     results, failed = [], 0

@@ -9,8 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import REPO
-from lab2 import eval_cli, export
+from lab2 import eval_cli, export, predict_cli
 from lab2.checkpoint import read_exported_model
+from lab2.data import CIFAR10_CLASSES
 from lab2.errors import UserError
 from lab2.export import load_lab_model, read_lab_state_dict
 from lab2.inference import load_exported_model
@@ -119,3 +120,22 @@ def test_a_state_dict_of_another_model_is_a_clear_error(tmp_path, capsys):
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("lab2-export: error:") and "does not hold a simple_cnn state dict" in err and "conv1" in err
     assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_lab2_predict_takes_the_labs_file(lab_checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    path, _, _ = lab_checkpoint
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (32, 32), (200, 120, 40)).save(image)
+    with pytest.raises(SystemExit) as exit_info:
+        predict_cli.main(["--model_path", str(path), str(image), "--json"])
+    assert exit_info.value.code == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    lab_model = LabSimpleCNN()
+    lab_model.load_state_dict(torch.load(path, weights_only=True))
+    with torch.no_grad():
+        expected = lab_model.eval()(predict_cli.read_image(str(image))[None]).softmax(dim=1)[0]
+    top = result["top_k"][0]
+    assert len(result["top_k"]) == 3 and top["class"] == CIFAR10_CLASSES[int(expected.argmax())]
+    assert abs(top["probability"] - float(expected.max())) < 1e-6
