@@ -157,7 +157,11 @@ def main() -> None:
         if times:
             print(f"  {part}: median {1000 * statistics.median(times):.2f} ms x {len(times)}")
     print(f"overhead at --flow_log_steps {args.interval}: {100 * lost / (args.interval * step):.3f}% of training time (budget 2%)")
-    print(f"for a 1 ms GPU step at --flow_log_steps {args.interval}: the training thread's share would be {100 * thread / (args.interval * 1e-3):.1f}%")
+    if device.type == "cuda":
+        print(f"for a 1 ms step at --flow_log_steps {args.interval}: the training thread's share is {100 * thread / (args.interval * 1e-3):.1f}%")
+    else:
+        print("(on a CPU the statistics and histograms are the CPU reading every parameter and gradient; "
+              "run this on a GPU for the training thread's time against a 1 ms step)")
 
 
 if __name__ == "__main__":
