@@ -27,6 +27,24 @@ def artifact_name(run_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", run_name).strip("-.") or "model"
 
 
+def store_config(tracker, config: dict) -> None:
+    """The run's configuration as each tracker keeps it (Accelerate's store_init_configuration).
+
+    A resumed MLflow run already holds parameters and MLflow refuses to change one, so there
+    only new keys become parameters and changed values (say --num_train_epochs) become
+    `resumed.<key>` tags.
+    """
+    if tracker.name == "mlflow":
+        import mlflow
+
+        existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+        if existing:
+            mlflow.log_params({k: v for k, v in config.items() if k not in existing})
+            mlflow.set_tags({f"resumed.{k}": str(v) for k, v in config.items() if k in existing and existing[k] != str(v)})
+            return
+    tracker.store_init_configuration(config)
+
+
 def send_histograms(tracker, histograms: dict, step: int) -> bool:
     """Log lab2.flow.Histogram values under their keys; False for a tracker without histograms."""
     if tracker.name == "wandb":

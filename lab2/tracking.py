@@ -146,12 +146,14 @@ class Tracking:
         if not self.accelerator.log_with:
             return
         try:
-            self.accelerator.init_trackers(project_name, config=config, init_kwargs=init_kwargs)
+            self.accelerator.init_trackers(project_name, config=None, init_kwargs=init_kwargs)
         except Exception as exc:
             self.active = False
             if self.accelerator.is_main_process:
                 self.printer(f"tracking: could not start ({type(exc).__name__}: {exc}); training goes on with local files only.")
             return
+        # Stored per tracker: a resumed MLflow run refuses changed parameter values, which would stop every tracker.
+        self._each_tracker("storing the configuration", lambda tracker: tracker_media.store_config(tracker, config))
         if run_folder is not None and "mlflow" in self.tracker_names:  # so a resumed run continues this MLflow run
             run_id = self.accelerator.get_tracker("mlflow", unwrap=True).info.run_id
             (Path(run_folder) / MLFLOW_RUN_FILE).write_text(json.dumps({"id": run_id}))

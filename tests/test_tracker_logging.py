@@ -103,3 +103,19 @@ def test_every_tracker_gets_histograms_images_artifact_summary_and_log(tmp_path,
     artifacts = mlflow_artifact_paths(client, run.info.run_id)
     assert {"model/model.safetensors", "model/config.json", "training_log.txt"} <= artifacts
     assert sum(p.startswith("images/gradients+step+") and p.endswith(".png") for p in artifacts) == 2
+
+
+def test_a_resumed_run_continues_its_mlflow_run_with_changed_flags(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for attempt, epochs in enumerate((1, 2)):
+        accelerator = Accelerator(cpu=True, log_with=["mlflow"])
+        init_kwargs, _ = tracker_init_kwargs("mlflow", tmp_path, f"attempt-{attempt}", resume=attempt > 0)
+        notes = []
+        tracking = Tracking(accelerator, printer=notes.append)
+        tracking.start("lab2-test", {"num_train_epochs": epochs, "seed": 42}, init_kwargs, run_folder=tmp_path)
+        tracking.log({"eval/accuracy": 0.1 * epochs}, step=10 * epochs)
+        tracking.finish()
+        assert notes == []  # MLflow's refusal to change a parameter did not switch tracking off
+    client, run = mlflow_run(tmp_path / "mlruns")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")] == [10, 20]
+    assert run.data.params["num_train_epochs"] == "1" and run.data.tags["resumed.num_train_epochs"] == "2"
