@@ -119,3 +119,13 @@ def test_a_resumed_run_continues_its_mlflow_run_with_changed_flags(tmp_path, mon
     client, run = mlflow_run(tmp_path / "mlruns")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")] == [10, 20]
     assert run.data.params["num_train_epochs"] == "1" and run.data.tags["resumed.num_train_epochs"] == "2"
+
+
+def test_the_flags_parse_and_a_bad_tracker_is_a_user_error():
+    from lab2.config import parse_args
+
+    cfg = parse_args(["--report_to", "wandb,tensorboard", "--log_histograms", "off"])
+    assert cfg.report_to == "wandb,tensorboard" and cfg.log_histograms == "off"
+    assert parse_args([]).log_histograms == "on"
+    with pytest.raises(UserError, match="unknown tracker 'tensorbord'"):
+        parse_args(["--report_to", "tensorbord"])
