@@ -28,6 +28,7 @@ from lab2.tracker_choice import parse_report_to
 WANDB_RUN_FILE = "wandb_run.json"  # keeps the run id, so a resumed run continues the same W&B run
 MLFLOW_DIR = "mlruns"  # the local MLflow file store, inside the run folder
 MLFLOW_RUN_FILE = "mlflow_run.json"  # the MLflow run id, for the same reason
+_OWN_MLFLOW_URIS: set[str] = set()  # the file stores this process pointed MLflow at
 
 
 def _has_wandb_credentials() -> bool:
@@ -88,10 +89,13 @@ def _mlflow_init_kwargs(output_dir: Path, run_name: str, resume: bool) -> dict:
     """A local MLflow file store under the run folder (no server), unless MLFLOW_TRACKING_URI names one."""
     import mlflow
 
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not user_uri or user_uri in _OWN_MLFLOW_URIS:  # set_tracking_uri exports the variable: an earlier run's is not the user's
         # MLflow 3 keeps the file store only on request; it is what needs no server and no database packages.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        mlflow.set_tracking_uri((output_dir / MLFLOW_DIR).resolve().as_uri())
+        uri = (output_dir / MLFLOW_DIR).resolve().as_uri()
+        _OWN_MLFLOW_URIS.add(uri)
+        mlflow.set_tracking_uri(uri)
     record = output_dir / MLFLOW_RUN_FILE
     kwargs = {"run_name": run_name}
     if resume and record.exists():  # continue the same MLflow run, as W&B does

@@ -2,6 +2,7 @@
 TensorBoard, an MLflow file store), read back from their files; and --report_to parsing."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -44,7 +45,7 @@ def test_a_tracker_whose_package_is_missing_names_the_package(monkeypatch):
 def test_every_tracker_gets_histograms_images_artifact_summary_and_log(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # restored after the test: MLflow exports the URI it is given
     accelerator = Accelerator(cpu=True, log_with=parse_report_to("all"),
                               project_config=ProjectConfiguration(project_dir=str(tmp_path), logging_dir=str(tmp_path / "tensorboard")))
     init_kwargs, _ = tracker_init_kwargs("all", tmp_path, "unit-run", resume=False)
@@ -106,7 +107,7 @@ def test_every_tracker_gets_histograms_images_artifact_summary_and_log(tmp_path,
 
 
 def test_a_resumed_run_continues_its_mlflow_run_with_changed_flags(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # restored after the test: MLflow exports the URI it is given
     for attempt, epochs in enumerate((1, 2)):
         accelerator = Accelerator(cpu=True, log_with=["mlflow"])
         init_kwargs, _ = tracker_init_kwargs("mlflow", tmp_path, f"attempt-{attempt}", resume=attempt > 0)
@@ -129,3 +130,14 @@ def test_the_flags_parse_and_a_bad_tracker_is_a_user_error():
     assert parse_args([]).log_histograms == "on"
     with pytest.raises(UserError, match="unknown tracker 'tensorbord'"):
         parse_args(["--report_to", "tensorbord"])
+
+
+def test_a_second_run_in_one_process_gets_its_own_mlflow_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    tracker_init_kwargs("mlflow", tmp_path / "first", "first", resume=False)
+    assert os.environ["MLFLOW_TRACKING_URI"].endswith("first/mlruns")  # what MLflow itself exports
+    tracker_init_kwargs("mlflow", tmp_path / "second", "second", resume=False)
+    assert os.environ["MLFLOW_TRACKING_URI"].endswith("second/mlruns")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")  # the user's own server wins
+    tracker_init_kwargs("mlflow", tmp_path / "third", "third", resume=False)
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://mlflow.example:5000"
