@@ -43,6 +43,10 @@ class FlowReporter:
     def history(self, snapshots: list[FlowSnapshot]) -> None:
         self.collector.history = snapshots
 
+    def matrix(self, statistic: str):
+        """(layers, snapshots) values of one statistic over the whole history, for the heatmaps."""
+        return self.collector.matrix(statistic)
+
     def _render(self, snapshot: FlowSnapshot) -> dict:
         """Runs on the worker thread: figures (object API, Agg) -> arrays -> each tracker's encoded images."""
         arrays = {name: figure_to_array(fig) for name, fig in flow_figures(snapshot).items()}

@@ -151,7 +151,7 @@ class RunResults:
             figures.update(plots.flow_figures(last))
             steps = [s.step for s in history]
             for stat in ("grad_mean", "weight_mean", "update_ratio"):
-                figures[f"heatmap_{stat}"] = plots.flow_heatmap_figure(last.layers, steps, flow.collector.matrix(stat).numpy(), stat)
+                figures[f"heatmap_{stat}"] = plots.flow_heatmap_figure(last.layers, steps, flow.matrix(stat).numpy(), stat)
         return figures
 
     def summary(self, result: EvalResult, metrics: list[dict], progress) -> dict:
