@@ -152,6 +152,8 @@ class FlowCollector:
             for j, prefix in enumerate(("gradients", "parameters")):
                 row = rows[2 * i + j]
                 counts, (low, high, total, squares) = row[: self.bins], row[self.bins :]
+                if not np.isfinite(row).all():  # a diverging step (NaN/inf): no histogram, the loss check reports it
+                    continue
                 num = int(counts.sum())  # every value falls in a bin (the range is the tensor's own min..max)
                 histograms[f"{prefix}/{name}"] = Histogram(counts, float(low), float(high), num, float(total), float(squares))
         return histograms

@@ -127,3 +127,14 @@ def test_histograms_can_be_turned_off():
     collector = FlowCollector(model, histograms=False)
     collector.before_step()
     assert collector.after_step(step=1).histograms == {}
+
+
+def test_a_non_finite_tensor_gets_no_histogram():
+    model = SimpleCNN()
+    x, y = _batch()
+    F.cross_entropy(model(x), y).backward()
+    model.fc2.weight.grad[0, 0] = float("nan")
+    collector = FlowCollector(model)
+    collector.before_step()
+    histograms = collector.after_step(step=1).histograms
+    assert "gradients/fc2.weight" not in histograms and "parameters/fc2.weight" in histograms and "gradients/fc1.weight" in histograms
