@@ -18,15 +18,44 @@ import pytest
 import torch
 
 from conftest import BIN, REPO, cli_env, run_cli
+from lab2.distributed import is_peer_lost, peer_lost_message, place_on_cpu_without_gpu
 from saved_weights import evaluate_saved_weights
-
-pytestmark = pytest.mark.slow
 
 # Open MPI refuses to start as root without both; they change nothing for other users.
 MPI_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 DIST_TIMEOUT_S = 20
 
 
+# What gloo raised on the surviving node when the other was killed (torch 2.14, measured here).
+GLOO_RESET = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:52405: "
+              "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application. "
+              "Check the logs of the remote worker before reporting an error. GLHF!")
+
+
+def test_a_lost_peer_is_told_from_a_bug():
+    two = {"WORLD_SIZE": "2", "RANK": "1"}
+    assert is_peer_lost(RuntimeError(GLOO_RESET), two)
+    assert is_peer_lost(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 20000ms for recv operation to complete"), two)
+    assert is_peer_lost(torch.distributed.DistBackendError("anything the backend says"), two)
+    assert not is_peer_lost(RuntimeError(GLOO_RESET), {})  # one process: nobody to lose, so a bug
+    assert not is_peer_lost(RuntimeError("DataLoader worker (pid 1) timed out"), two)  # not from torch.distributed
+    assert not is_peer_lost(ValueError(GLOO_RESET), two)
+    message = peer_lost_message(RuntimeError(GLOO_RESET), "runs/x", two)
+    assert "2-process run (rank 1 saw: Read error [127.0.0.1]:52405: Connection reset by peer)" in message
+    assert "GLHF" not in message and "--output_dir runs/x --resume_from_checkpoint latest" in message and "\n" not in message
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="the CPU placement applies to machines without a GPU")
+def test_a_multi_process_launch_without_a_gpu_goes_to_the_cpu():
+    env = {"WORLD_SIZE": "2"}
+    assert "running them on the CPU (gloo)" in place_on_cpu_without_gpu(env) and env["ACCELERATE_USE_CPU"] == "1"
+    assert place_on_cpu_without_gpu(env) is None  # already set: left alone
+    assert place_on_cpu_without_gpu({"OMPI_COMM_WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "0"}) is None  # the user's choice
+    single = {}
+    assert place_on_cpu_without_gpu(single) is None and single == {}  # one process: nothing to place
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI is not installed (apt-get install openmpi-bin; .ci/run does)")
 def test_accelerate_launch_multi_cpu_trains_two_ranks_through_open_mpi(mini_dir, tmp_path):
     out = tmp_path / "mpi"
@@ -179,6 +208,7 @@ def namespace_error() -> str | None:
         probe.delete()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("network", ["netns", "loopback"])
 def test_two_nodes_train_exactly_write_once_and_report_a_lost_node(network, namespace_error, mini_dir, tmp_path):
     if network == "netns" and namespace_error:
