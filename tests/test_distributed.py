@@ -256,6 +256,8 @@ def test_two_nodes_train_exactly_write_once_and_report_a_lost_node(network, name
         # The finished first run's results were not touched by the failed continuation.
         assert ((out / "summary.json").read_bytes(), (out / "model.safetensors").read_bytes()) == finished
     finally:
-        nodes.stop_all()
-        if nodes.isolated:
-            nodes.delete()
+        try:
+            nodes.stop_all()
+        finally:
+            if nodes.isolated:
+                nodes.delete()
