@@ -52,3 +52,19 @@ def test_input_the_command_line_rejects_is_a_value_error_too(tmp_path):
     not_a_folder.write_text("")
     with pytest.raises(ValueError, match="--output_dir .* is a file"):
         lab2.train(output_dir=not_a_folder, dataset="fake")
+
+
+@pytest.mark.slow
+def test_a_diverged_run_raises_training_diverged(tmp_path):
+    # In a subprocess: a run creates Accelerate's process-wide state, which must not leak into other tests.
+    code = (
+        "import lab2\n"
+        f"lab2.train(dataset='fake', data_dir={str(tmp_path / 'data')!r}, output_dir={str(tmp_path / 'nan')!r}, report_to='none',\n"
+        "           fake_train_samples=128, fake_test_samples=32, per_device_train_batch_size=32, num_train_epochs=1,\n"
+        "           learning_rate=1e30, logging_steps=1, flow_log_steps=0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "lab2.api.TrainingDiverged: the loss became NaN/inf" in result.stderr
+    assert "NaN/inf at step" in result.stdout  # the run's own message says where
+    assert not (tmp_path / "nan" / "model.safetensors").exists()  # the bad weights were never exported
