@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 
 from lab2.config import config_from_flags
-from lab2.distributed import launched_rank, place_on_cpu_without_gpu
+from lab2.distributed import launched_rank, prepare_process
 from lab2.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UserError
 from lab2.outputs import RunPaths
 
@@ -50,9 +50,7 @@ def train(**flags) -> dict | None:
         cfg = config_from_flags(**flags)
     except UserError as error:
         raise ValueError(str(error)) from None
-    note = place_on_cpu_without_gpu()
-    if note and launched_rank() == 0:
-        print(note, flush=True)
+    prepare_process()
     from lab2.training import run  # torch and the training stack load here, not at `import lab2`
 
     try:

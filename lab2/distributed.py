@@ -67,6 +67,16 @@ def place_on_cpu_without_gpu(env: MutableMapping[str, str] = os.environ) -> str 
     )
 
 
+def prepare_process(env: MutableMapping[str, str] = os.environ) -> None:
+    """What every entry point (the command line, lab2.train) adjusts before its Accelerator exists.
+
+    Today: the CPU placement above, announced once, by rank 0.
+    """
+    note = place_on_cpu_without_gpu(env)
+    if note and launched_rank(env) == 0:
+        print(note, flush=True)
+
+
 def is_peer_lost(error: BaseException, env: MutableMapping[str, str] = os.environ) -> bool:
     """Whether `error` says another process of this distributed run is gone (killed, disconnected, timed out).
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 import sys
 
 from lab2.config import parse_args
-from lab2.distributed import is_peer_lost, launched_rank, peer_lost_message, place_on_cpu_without_gpu
+from lab2.distributed import is_peer_lost, launched_rank, peer_lost_message, prepare_process
 from lab2.errors import EXIT_PEER_LOST, EXIT_USER_ERROR, UserError, exit_with_user_error
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         cfg = parse_args(argv)
-        note = place_on_cpu_without_gpu()
-        if note and launched_rank() == 0:
-            print(note, flush=True)
+        prepare_process()
         from lab2.training import run
 
         code = run(cfg)
