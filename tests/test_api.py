@@ -68,3 +68,20 @@ def test_a_diverged_run_raises_training_diverged(tmp_path):
     assert "lab2.api.TrainingDiverged: the loss became NaN/inf" in result.stderr
     assert "NaN/inf at step" in result.stdout  # the run's own message says where
     assert not (tmp_path / "nan" / "model.safetensors").exists()  # the bad weights were never exported
+
+
+@pytest.mark.slow
+def test_train_from_a_worker_thread_returns_the_summary(tmp_path):
+    # Only the main thread may install signal handlers: a run from a thread keeps the caller's handling.
+    code = (
+        "import threading, lab2\n"
+        "out = {}\n"
+        f"flags = dict(dataset='fake', data_dir={str(tmp_path / 'data')!r}, output_dir={str(tmp_path / 'run')!r}, report_to='none',\n"
+        "             fake_train_samples=128, fake_test_samples=32, per_device_train_batch_size=64, num_train_epochs=1)\n"
+        "worker = threading.Thread(target=lambda: out.update(lab2.train(**flags)))\n"
+        "worker.start(); worker.join()\n"
+        "print('num_eval_samples', out['num_eval_samples'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "num_eval_samples 32" in result.stdout
