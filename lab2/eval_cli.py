@@ -16,23 +16,33 @@ from pathlib import Path
 import torch
 
 from lab2 import plots
+from lab2.config import TrainConfig
 from lab2.data import CIFAR10_MEAN, CIFAR10_STD, load_splits
 from lab2.device_data import DeviceLoader, use_channels_last
 from lab2.errors import UserError, exit_with_user_error
 from lab2.evaluation import evaluate
+from lab2.flag_types import Parser, int_flag
 from lab2.inference import load_exported_model
 from lab2.outputs import write_json
 
 
+TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _flag_type(name: str):
+    """The same checked type and range as the training flag of that name."""
+    return int_flag(f"--{name}", **TRAIN_FIELDS[name].metadata["bounds"])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lab2-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="lab2-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", required=True, help="a run folder or its model.safetensors")
     parser.add_argument("--data_dir", default=None, help="folder holding cifar-10-batches-py/ (default: the run's)")
     parser.add_argument("--dataset_name", default=None, help="a Hub id or save_to_disk folder (default: the run's)")
     parser.add_argument("--dataset", default=None, choices=("cifar10", "fake"), help="default: the run's")
-    parser.add_argument("--max_eval_samples", type=int, default=None, help="default: the run's")
-    parser.add_argument("--per_device_eval_batch_size", type=int, default=512)
-    parser.add_argument("--num_prediction_samples", type=int, default=24)
+    parser.add_argument("--max_eval_samples", type=_flag_type("max_eval_samples"), default=None, help="default: the run's")
+    parser.add_argument("--per_device_eval_batch_size", type=_flag_type("per_device_eval_batch_size"), default=512)
+    parser.add_argument("--num_prediction_samples", type=_flag_type("num_prediction_samples"), default=24)
     parser.add_argument("--output_dir", default=None, help="where figures and eval.json go (default: <run folder>/eval)")
     return parser
 

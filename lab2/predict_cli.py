@@ -16,6 +16,7 @@ import torch
 
 from lab2.data import test_transform
 from lab2.errors import UserError, exit_with_user_error
+from lab2.flag_types import Parser, int_flag
 from lab2.inference import load_exported_model, top_k
 
 
@@ -36,10 +37,10 @@ def read_image(path: str) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lab2-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="lab2-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", required=True, help="a run folder or its model.safetensors")
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
-    parser.add_argument("--top_k", type=int, default=3)
+    parser.add_argument("--top_k", type=int_flag("--top_k", minimum=1, maximum=1000), default=3, help="classes to show per image")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args(argv)
     try:

@@ -7,13 +7,13 @@ URIs, so the page is a single file with no external requests.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
 from pathlib import Path
 
 from lab2.errors import UserError, exit_with_user_error
+from lab2.flag_types import Parser
 from lab2.outputs import RunPaths, read_jsonl
 
 # Figures in reading order, with their captions; missing ones are skipped.
@@ -124,7 +124,7 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lab2-report", description="Write RUN_DIR/report.html, a self-contained page for one run.")
+    parser = Parser(prog="lab2-report", description="Write RUN_DIR/report.html, a self-contained page for one run.")
     parser.add_argument("run_dir", help="a run's --output_dir")
     args = parser.parse_args(argv)
     try:
