@@ -117,7 +117,7 @@ def _validate(cfg: TrainConfig) -> None:
     """
     for f in dataclasses.fields(TrainConfig):
         kind, value = _numeric_kind(f), getattr(cfg, f.name)
-        if kind is None or value is None:
+        if kind is None or (value is None and f.type.startswith("typing.Optional")):
             continue
         check = check_int if kind == "int" else check_float
         setattr(cfg, f.name, check(f"--{f.name}", value, **f.metadata["bounds"]))
@@ -132,6 +132,18 @@ def _validate(cfg: TrainConfig) -> None:
             "--resume_from_checkpoint and --overwrite_output_dir conflict: resuming continues the run in "
             "--output_dir, overwriting starts it afresh; give one of them."
         )
+
+
+def validate_config(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` checked as the command line checks flags (types, ranges, conflicts); for configs read from files."""
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if _numeric_kind(f) is None and not isinstance(value, bool if f.type == "bool" else str):
+            raise UserError(f"--{f.name} must be {'true or false' if f.type == 'bool' else 'text'}, got {value!r}.")
+        if f.metadata["choices"] and value not in f.metadata["choices"]:
+            raise UserError(f"--{f.name} must be one of {', '.join(f.metadata['choices'])}, got {value!r}.")
+    _validate(cfg)
+    return cfg
 
 
 def _argparse_type(f: dataclasses.Field):

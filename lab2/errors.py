@@ -19,6 +19,14 @@ class UserError(Exception):
     exit_code = EXIT_USER_ERROR
 
 
+class UserErrors(UserError):
+    """Several independent problems with one input: each is printed as its own `error:` line."""
+
+    def __init__(self, subject: str, problems: list[str]):
+        super().__init__(f"{subject}: " + "; ".join(problems))
+        self.lines = [f"{subject}: {problem}" for problem in problems]
+
+
 class DiskFull(UserError):
     """The disk filled up while lab2 wrote a file; the message says where and what survived."""
 
@@ -52,6 +60,7 @@ def is_disk_full(exc: BaseException, folder=None) -> bool:
 
 def exit_with_user_error(error: UserError, prog: str = "lab2") -> "NoReturn":  # noqa: F821
     """Print `error` as one line on stderr and exit with its code (EXIT_USER_ERROR, or EXIT_DISK_FULL)."""
-    message = " ".join(str(error).split())  # one line, whatever the message held
-    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    for line in getattr(error, "lines", None) or [str(error)]:
+        message = " ".join(line.split())  # one line, whatever the message held
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     sys.exit(error.exit_code)
