@@ -338,6 +338,16 @@ def synthetic_images(num: int, num_classes: int, seed: int) -> tuple[np.ndarray,
     return images, labels
 
 
+def _remove_partial_fake_set(folder: Path) -> None:
+    """Delete a half-written fake set left by an interrupted run, but never a folder holding other files."""
+    if not folder.exists():
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in (*TRAIN_FILES, TEST_FILE, META_FILE)) if folder.is_dir() else [folder.name]
+    if foreign:
+        raise UserError(f"{folder} holds files lab2 did not write ({', '.join(foreign[:4])}); move them away or choose another --data_dir.")
+    shutil.rmtree(folder)
+
+
 def make_fake_cifar10(data_dir: str | Path, num_train: int, num_test: int, seed: int = 0) -> Path:
     """Write (once) a synthetic set in the official format under data_dir; return its folder."""
     folder = Path(data_dir) / f"lab2-fake-{num_train}-{num_test}-{seed}" / CIFAR10_FOLDER
@@ -346,8 +356,8 @@ def make_fake_cifar10(data_dir: str | Path, num_train: int, num_test: int, seed:
         test = synthetic_images(num_test, 10, seed + 1)
         # Written under a temporary name and renamed, so an interrupted run never leaves half a set.
         tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        _remove_partial_fake_set(tmp)
+        _remove_partial_fake_set(folder)
         write_cifar10_folder(tmp, *train, *test)
         tmp.rename(folder)
     return folder

@@ -24,6 +24,7 @@ from lab2.evaluation import evaluate
 from lab2.flag_types import Parser, int_flag
 from lab2.inference import load_exported_model
 from lab2.outputs import write_json
+from lab2.run_folder import check_eval_output_dir, claim
 from lab2.sources import load_splits
 
 
@@ -52,6 +53,8 @@ def run_eval(args) -> dict:
     from accelerate import Accelerator
 
     loaded = load_exported_model(args.model_path)
+    out = Path(args.output_dir) if args.output_dir else loaded.path.parent / "eval"
+    check_eval_output_dir(out)  # before any work: never write over files lab2-eval did not write
     cfg = loaded.config
     overrides = {k: getattr(args, k) for k in ("data_dir", "dataset_name", "dataset", "max_eval_samples") if getattr(args, k) is not None}
     if "data_dir" in overrides and "dataset_name" not in overrides:
@@ -76,8 +79,7 @@ def run_eval(args) -> dict:
             "class_accuracy": dict(zip(splits.class_names, map(float, result.per_class_accuracy))),
         }
         if accelerator.is_main_process:
-            out = Path(args.output_dir) if args.output_dir else loaded.path.parent / "eval"
-            out.mkdir(parents=True, exist_ok=True)
+            claim(out, "eval")
             for name, fig in plots.evaluation_figures(result.confusion, result.per_class_accuracy, result.samples, splits.class_names).items():
                 plots.save_figure(fig, out / f"{name}.png")
             write_json(out / "eval.json", report)

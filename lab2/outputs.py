@@ -30,14 +30,6 @@ class RunPaths:
     tensorboard = property(lambda self: self.root / "tensorboard")
     wandb = property(lambda self: self.root / "wandb")
 
-    def artefacts(self) -> list[Path]:
-        """What a run writes: removed by --overwrite_output_dir (nothing else in the folder is touched)."""
-        return [
-            self.config, self.metrics, self.summary, self.flops, self.flow, self.figures, self.model,
-            self.checkpoints, self.training_log, self.report, self.tensorboard, self.wandb,
-            self.root / "wandb_run.json",
-        ]
-
 
 def write_json(path: str | Path, data) -> None:
     """Write JSON through a temporary file and a rename, so readers never see half a file."""
