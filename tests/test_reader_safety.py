@@ -20,20 +20,25 @@ def _images(n):
     return np.zeros((n, 3072), dtype=np.uint8)
 
 
+def _refused_within(path, match, limit_bytes):
+    """read_cifar_batch(path) is a UserError matching `match`, allocating less than `limit_bytes` on the way."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError, match=match):
+            read_cifar_batch(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < limit_bytes, f"reading {path.stat().st_size:,} bytes peaked at {peak / 2**20:.0f} MiB"
+
+
 def test_shared_nested_lists_are_refused_before_they_expand(tmp_path):
     level = list(range(10))
     for _ in range(7):  # 10**8 labels from a few hundred bytes: each level holds 10 references to the one below
         level = [level] * 10
     path = _write(tmp_path / "bomb", {"data": _images(10), "labels": level})
     assert path.stat().st_size < 40_000
-    tracemalloc.start()
-    try:
-        with pytest.raises(UserError, match="more elements than the file"):
-            read_cifar_batch(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 32 * 2**20, f"reading a 31 kB file peaked at {peak / 2**20:.0f} MiB"
+    _refused_within(path, "more elements than the file", 32 * 2**20)
 
 
 def test_a_self_referencing_structure_is_refused(tmp_path):
@@ -56,14 +61,7 @@ def test_codec_chains_cannot_blow_up(tmp_path):
 
     path = tmp_path / "hex"
     path.write_bytes(pickle.dumps({"data": Hex(24), "labels": []}, protocol=2))
-    tracemalloc.start()
-    try:
-        with pytest.raises(UserError, match="hex_codec"):
-            read_cifar_batch(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 8 * 2**20
+    _refused_within(path, "hex_codec", 8 * 2**20)
 
 
 @pytest.mark.parametrize("train, test", [(3, 1), (1, 1), (7, 2)])
