@@ -34,9 +34,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lab2.checkpoint_check import PROGRESS_FILE, checkpoint_problem, validate_progress, write_manifest
+from lab2.checkpoint_check import MANIFEST_FILE, PROGRESS_FILE, checkpoint_problem, validate_progress, write_manifest
 from lab2.errors import DiskFull, UserError, is_disk_full
 from lab2.outputs import write_json
+from lab2.run_folder import remove_checkpoint_files
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)$")
 MODEL_FILE = "model.safetensors"
@@ -53,7 +54,9 @@ def list_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
     folder = Path(checkpoints_dir)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)) and p.is_dir()]
+    # A folder with neither file is not a checkpoint (e.g. only someone's own files left after pruning).
+    found = [(int(m.group(1)), p) for p in folder.iterdir()
+             if (m := CHECKPOINT_PATTERN.match(p.name)) and ((p / MANIFEST_FILE).exists() or (p / PROGRESS_FILE).exists())]
     return [p for _, p in sorted(found)]
 
 
@@ -99,11 +102,14 @@ def save_checkpoint(accelerator, checkpoints_dir: str | Path, progress: dict, to
             shutil.rmtree(old, ignore_errors=True)
             final.rename(old)
             tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
+            if not remove_checkpoint_files(old):  # files lab2 did not write were in it: they stay in the same place
+                for leftover in old.iterdir():
+                    leftover.rename(final / leftover.name)
+                old.rmdir()
         else:
             tmp.rename(final)
         for stale in list_checkpoints(checkpoints_dir)[:-total_limit]:
-            shutil.rmtree(stale, ignore_errors=True)
+            remove_checkpoint_files(stale)  # by name: anything else in the folder stays
     accelerator.wait_for_everyone()
     return final
 

@@ -35,6 +35,9 @@ CHECKPOINT_ENTRY = re.compile(r"^(\.tmp-|\.old-)?checkpoint_\d+$")
 WANDB_ENTRY = re.compile(r"^((offline-)?run-\d{8}_\d{6}-\w+|latest-run|debug(-internal|-core)?\.log)$")
 TENSORBOARD_ENTRY = re.compile(r"^events\.out\.tfevents\..+")
 TEMPORARY = re.compile(r"^\.(.+)\.tmp$|^\.write-test-\d+$")
+# Files inside a checkpoint folder: Accelerate's save_state names, lab2's progress and manifest, temporary JSON.
+CHECKPOINT_FILE = re.compile(r"^((model|optimizer|scheduler|scaler|sampler|random_states|custom_checkpoint|dl_state_dict|pytorch_model)"
+                             r"(_\d+)?\.(safetensors|bin|pt|pkl)|progress\.json|manifest\.json|\.(progress|manifest)\.json\.tmp)$")
 
 
 def is_marked(folder: str | Path) -> bool:
@@ -69,7 +72,7 @@ def check_output_dir(root: str | Path, resume: bool, overwrite: bool, flag: str 
     paths = RunPaths(root)
     if paths.summary.exists():
         raise UserError(f"{flag} {root} holds a finished run; pass --overwrite_output_dir to replace it, or choose another {flag}.")
-    if paths.checkpoints.is_dir() and any(CHECKPOINT_ENTRY.match(p.name) for p in paths.checkpoints.iterdir()):
+    if paths.checkpoints.is_dir() and any(CHECKPOINT_ENTRY.match(p.name) and p.name.startswith("checkpoint_") for p in paths.checkpoints.iterdir()):
         raise UserError(
             f"{flag} {root} holds an unfinished run's checkpoints; add --resume_from_checkpoint latest to continue it, "
             "or --overwrite_output_dir to start afresh."
@@ -89,11 +92,12 @@ def owned_files(root: str | Path) -> list[Path]:
     root = Path(root)
     found = [root / name for name in RUN_FILES]
     found += [root / "figures" / f"{name}.png" for name in FIGURE_NAMES]
-    found += [root / "eval" / name for name in EVAL_FILES]
+    found += [root / "eval" / name for name in (*EVAL_FILES, MARKER)]
     found += [p for p in root.iterdir() if TEMPORARY.match(p.name)] if root.is_dir() else []
-    for sub, pattern in (("checkpoints", CHECKPOINT_ENTRY), ("wandb", WANDB_ENTRY)):
-        folder = root / sub
-        found += [p for p in folder.iterdir() if pattern.match(p.name)] if folder.is_dir() else []
+    checkpoints, wandb = root / "checkpoints", root / "wandb"
+    for checkpoint in (p for p in checkpoints.iterdir() if CHECKPOINT_ENTRY.match(p.name)) if checkpoints.is_dir() else ():
+        found += [p for p in checkpoint.iterdir() if CHECKPOINT_FILE.match(p.name)] if checkpoint.is_dir() else [checkpoint]
+    found += [p for p in wandb.iterdir() if WANDB_ENTRY.match(p.name)] if wandb.is_dir() else []
     tensorboard = root / "tensorboard"
     if tensorboard.is_dir():
         found += [p for p in tensorboard.rglob("*") if p.is_file() and TENSORBOARD_ENTRY.match(p.name)]
@@ -119,6 +123,22 @@ def remove_owned_files(root: str | Path) -> list[Path]:
             except OSError:
                 pass
     return removed
+
+
+def remove_checkpoint_files(folder: str | Path) -> bool:
+    """Delete lab2's files from a checkpoint folder, and the folder once empty; return whether it is gone.
+
+    A file someone else put into a checkpoint folder is left where it is.
+    """
+    folder = Path(folder)
+    for path in folder.iterdir():
+        if CHECKPOINT_FILE.match(path.name) and path.is_file():
+            path.unlink()
+    try:
+        folder.rmdir()
+        return True
+    except OSError:
+        return False
 
 
 def check_eval_output_dir(out: str | Path) -> None:

@@ -151,3 +151,13 @@ def test_report_never_replaces_a_report_it_did_not_write(tmp_path, capsys):
     assert (run / "report.html").read_text() == "<p>mine</p>"
     report.main([str(run), "--output", str(tmp_path / "page.html")])
     assert "<html" in (tmp_path / "page.html").read_text()
+
+
+def test_eval_never_writes_into_a_folder_it_did_not_start(tmp_path, capsys, model_parts):
+    model = _model_file(tmp_path, model_parts)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "confusion_matrix.png").write_bytes(b"my own figure")
+    code, lines, _ = _errors(capsys, eval_cli.main, ["--model_path", str(model), "--output_dir", str(out)])
+    assert code == 2 and len(lines) == 1 and "not a lab2-eval folder" in lines[0]
+    assert (out / "confusion_matrix.png").read_bytes() == b"my own figure"

@@ -88,3 +88,15 @@ def test_label_problems_get_the_right_message(tmp_path, labels, message):
     path = _write(tmp_path / "batch", {"data": _images(4), "labels": labels})
     with pytest.raises(UserError, match=message):
         read_cifar_batch(path)
+
+
+def test_a_half_written_fake_set_is_replaced_but_a_folder_with_other_files_is_not(tmp_path):
+    folder = tmp_path / "lab2-fake-3-1-0" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    (folder / "data_batch_1").write_bytes(b"half")  # an interrupted run's leftover: lab2's own name
+    assert make_fake_cifar10(tmp_path, 3, 1) == folder
+    (folder / "batches.meta").unlink()
+    (folder / "my_notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="my_notes.txt"):
+        make_fake_cifar10(tmp_path, 3, 1)
+    assert (folder / "my_notes.txt").read_text() == "mine"

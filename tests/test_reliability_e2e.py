@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import assert_clean_error, cli_env, run_cli, train_cmd, BIN, REPO
+from conftest import BIN, REPO, assert_clean_error, cli_env, run_cli, train_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +42,16 @@ def _files(folder):
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+def test_overwrite_knows_every_file_a_run_writes(finished):
+    """--overwrite_output_dir removes by name: every file of a real run must be on lab2's list (a new figure too)."""
+    from lab2.run_folder import MARKER, owned_files
+
+    _, run = finished
+    owned = owned_files(run)
+    unknown = [p for p in run.rglob("*") if p.is_file() and p.name != MARKER and not any(p == o or o in p.parents for o in owned)]
+    assert not unknown, f"files a run writes that --overwrite_output_dir would leave behind: {unknown}"
+
+
 def test_a_folder_lab2_did_not_start_is_refused_and_untouched(finished, tmp_path):
     data, _ = finished
     out = tmp_path / "mine"
@@ -71,7 +81,7 @@ def test_overwrite_keeps_user_files_everywhere_and_a_signal_while_finishing_is_r
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("epoch 1/1:"):  # the last step is done: the final checkpoint, weights, figures and report follow
+        if line.startswith("epoch 1/1: train loss"):  # the last step is done: the final checkpoint, weights, figures and report follow
             proc.send_signal(signal.SIGTERM)
             break
     output = "".join(lines) + proc.stdout.read()
