@@ -17,7 +17,7 @@ truncated file, a deleted one, an edit) is caught before a resume uses it:
 `--resume_from_checkpoint latest` takes the newest checkpoint that verifies.
 
 A full disk during a save or the final export is a DiskFull error (exit code
-5): the temporary folder or file is removed and the message names the last
+6): the temporary folder or file is removed and the message names the last
 good checkpoint to resume from.
 """
 

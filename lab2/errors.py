@@ -10,7 +10,8 @@ import sys
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 3
 EXIT_DIVERGED = 4
-EXIT_DISK_FULL = 5
+EXIT_PEER_LOST = 5  # a distributed run lost another process (killed node, network, timeout)
+EXIT_DISK_FULL = 6  # the disk filled up; the message names the last good checkpoint
 
 
 class UserError(Exception):

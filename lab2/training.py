@@ -326,7 +326,7 @@ class Trainer:
 def run(cfg: TrainConfig) -> int:
     """Train as `cfg` says; return the process exit code.
 
-    A full disk anywhere in the run becomes one DiskFull error (exit code 5) naming the
+    A full disk anywhere in the run becomes one DiskFull error (exit code 6) naming the
     last good checkpoint; a signal during the final files is reported once they are written.
     """
     paths = RunPaths(cfg.output_dir)

@@ -140,7 +140,7 @@ def test_full_disk_during_a_checkpoint(small_disk):
         save_checkpoint(accelerator, folder, {**PROGRESS, "global_step": 4}, total_limit=3)
     message = str(error.value)
     assert "disk is full" in message and str(first) in message and "\n" not in message, message
-    assert getattr(error.value, "exit_code", None) == 5
+    assert getattr(error.value, "exit_code", None) == 6
     assert sorted(p.name for p in folder.iterdir()) == [first.name]  # no .tmp-checkpoint_* left behind
     assert resolve_resume_path("latest", small_disk / "run", report=lambda line: None) == first
 
@@ -153,7 +153,7 @@ def test_full_disk_during_the_final_export(small_disk):
     with pytest.raises(UserError) as error:
         export_model(accelerator, model, run / "model.safetensors", {"model": "linear"})
     assert "disk is full" in str(error.value) and str(first) in str(error.value)
-    assert getattr(error.value, "exit_code", None) == 5
+    assert getattr(error.value, "exit_code", None) == 6
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]  # no .model.safetensors.tmp
 
 
