@@ -60,7 +60,7 @@ class TrainConfig:
     num_train_epochs: int = _flag("epochs to train", bounds={"minimum": 1, "maximum": 100_000}, default=30)
     per_device_train_batch_size: int = _flag("training batch size per process", bounds=BATCH, default=128)
     per_device_eval_batch_size: int = _flag("evaluation batch size per process", bounds=BATCH, default=512)
-    learning_rate: float = _flag("Adam learning rate, as in the seed", bounds={"above": 0.0, "maximum": 10.0}, default=1e-3)
+    learning_rate: float = _flag("Adam learning rate, as in the seed", bounds={"above": 0.0}, default=1e-3)
     seed: int = _flag("seed for weights, data order and augmentation", bounds={"minimum": 0, "maximum": 2**32 - 1}, default=42)
     channels_last: str = _flag("memory format: auto (on for CPU and CUDA), on, off", CHANNELS_LAST, default="auto")
     torch_compile: bool = _flag("wrap the model in torch.compile (helps on GPUs, hurts on CPUs)", default=False)
@@ -137,15 +137,17 @@ def _validate(cfg: TrainConfig) -> None:
 
 
 def validate_config(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` checked as the command line checks flags (types, ranges, conflicts); for configs read from files."""
+    """`cfg` checked as the command line checks flags (types, choices, ranges, conflicts); for configs read from files."""
     for f in dataclasses.fields(TrainConfig):
-        value = getattr(cfg, f.name)
-        if _numeric_kind(f) is None and not isinstance(value, bool if f.type == "bool" else str):
-            raise UserError(f"--{f.name} must be {'true or false' if f.type == 'bool' else 'text'}, got {value!r}.")
-        if f.metadata["choices"] and value not in f.metadata["choices"]:
-            raise UserError(f"--{f.name} must be one of {', '.join(f.metadata['choices'])}, got {value!r}.")
+        setattr(cfg, f.name, _checked_value(f, getattr(cfg, f.name)))
     _validate(cfg)
     return cfg
+
+
+def _annotation_type(annotation: str):
+    """The Python type of a field annotation (annotations are strings here)."""
+    base = annotation.replace("typing.Optional[", "").rstrip("]")
+    return {"int": int, "float": float, "str": str, "bool": bool}[base]
 
 
 def _argparse_type(f: dataclasses.Field):
