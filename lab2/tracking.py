@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import netrc
 import os
-import socket
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
@@ -31,43 +30,101 @@ MLFLOW_RUN_FILE = "mlflow_run.json"  # the MLflow run id, for the same reason
 _OWN_MLFLOW_URIS: set[str] = set()  # the file stores this process pointed MLflow at
 
 
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "shared", "run")  # what wandb itself accepts
+DEFAULT_INIT_TIMEOUT_S = 10.0  # --wandb_init_timeout_s
+
+
+def _base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+
+
 def _has_wandb_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    host = urlparse(_base_url()).hostname or "api.wandb.ai"
     try:
         return netrc.netrc().authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
         return False
 
 
-def _wandb_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether a TCP connection to the W&B server opens within `timeout_s` (never hangs longer)."""
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+def _malformed_base_url() -> str | None:
+    """Why WANDB_BASE_URL is unusable (wandb's own validation, which otherwise fails inside wandb.init), or None."""
+    if not os.environ.get("WANDB_BASE_URL"):
+        return None
+    import wandb
+
+    url = os.environ["WANDB_BASE_URL"]
     try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
+        wandb.Settings(base_url=url)
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or not 0 < (parsed.port or 443) < 65536:
+            raise ValueError("not an http(s) address")
+    except Exception as exc:  # pydantic's ValidationError, urlparse's ValueError for a bad port
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        why = next((line for line in lines if line.startswith("Input")), lines[0]).split(" [type=")[0]
+        return f"WANDB_BASE_URL {url!r} is malformed ({why[:100]})"
+    return None
+
+
+def _wandb_answers(timeout_s: float) -> bool:
+    """Whether the W&B server gives any HTTP answer within `timeout_s` (a server that accepts and never answers does not)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(_base_url().rstrip("/") + "/healthz", timeout=timeout_s):
             return True
-    except OSError:
+    except urllib.error.HTTPError:
+        return True  # an HTTP error status is still an answer
+    except (OSError, ValueError):  # refused, timed out, DNS, TLS, a malformed address
         return False
 
 
-def choose_wandb_mode() -> tuple[str, str | None]:
-    """(mode, reason): 'online', or 'offline' with the one-line reason to print."""
-    mode = os.environ.get("WANDB_MODE", "").lower()
+def sanitize_wandb_environment() -> list[str]:
+    """Remove W&B variables wandb would crash on (an empty or unknown WANDB_MODE, a malformed WANDB_BASE_URL).
+
+    Returns what was removed and why; call before choose_wandb_mode, on every process.
+    """
+    notes = []
+    mode = os.environ.get("WANDB_MODE")
+    if mode is not None and mode.strip().lower() not in WANDB_MODES:
+        del os.environ["WANDB_MODE"]
+        if mode.strip():
+            notes.append(f"WANDB_MODE {mode!r} is not one of {', '.join(WANDB_MODES)}; ignoring it")
+    problem = _malformed_base_url()
+    if problem:
+        del os.environ["WANDB_BASE_URL"]  # wandb validates it even offline
+        notes.append(problem)
+    return notes
+
+
+def choose_wandb_mode(probe_timeout_s: float = 3.0) -> tuple[str, str | None]:
+    """(mode, reason): 'online', or 'offline'/'disabled' with the one-line reason to print (None when asked for)."""
+    notes = sanitize_wandb_environment()
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
     if mode in ("offline", "disabled", "dryrun"):
-        return "offline" if mode == "dryrun" else mode, None
+        return "offline" if mode == "dryrun" else mode, "; ".join(notes) or None
+    if any("WANDB_BASE_URL" in note for note in notes):
+        return "offline", "; ".join(notes)
     if not _has_wandb_credentials():
-        return "offline", "no W&B credentials (WANDB_API_KEY or `wandb login`)"
-    if not _wandb_reachable():
-        return "offline", "the W&B server cannot be reached"
-    return "online", None
+        return "offline", "; ".join([*notes, "no W&B credentials (WANDB_API_KEY or `wandb login`)"])
+    if not _wandb_answers(probe_timeout_s):
+        return "offline", "; ".join([*notes, f"the W&B server {_base_url()} cannot be reached (no answer within {probe_timeout_s:g} s)"])
+    return "online", "; ".join(notes) or None
 
 
-def _wandb_init_kwargs(output_dir: Path, run_name: str, mode: str, resume: bool) -> dict:
+def _wandb_init_kwargs(output_dir: Path, run_name: str, mode: str, resume: bool, init_timeout_s: float) -> dict:
     import wandb
 
     record = output_dir / WANDB_RUN_FILE
-    run_id = json.loads(record.read_text())["id"] if resume and record.exists() else uuid.uuid4().hex[:8]
+    run_id = None
+    if resume and record.exists():
+        try:
+            run_id = json.loads(record.read_text())["id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            run_id = None  # a damaged record: a new W&B run rather than a crash
+    run_id = run_id if isinstance(run_id, str) and run_id.isalnum() else uuid.uuid4().hex[:8]
     record.write_text(json.dumps({"id": run_id}))
     return {
         "name": run_name,
@@ -75,8 +132,8 @@ def _wandb_init_kwargs(output_dir: Path, run_name: str, mode: str, resume: bool)
         "resume": "allow",
         "dir": str(output_dir),
         "mode": mode,
-        # Never wait long for the network: offline mode needs none, and online start-up gets 60 s.
-        "settings": wandb.Settings(init_timeout=60, silent=True),
+        # Online start-up is bounded by --wandb_init_timeout_s; past it Tracking.start falls back to offline.
+        "settings": wandb.Settings(init_timeout=init_timeout_s, silent=True),
     }
 
 
@@ -103,18 +160,28 @@ def _mlflow_init_kwargs(output_dir: Path, run_name: str, resume: bool) -> dict:
     return kwargs
 
 
-def tracker_init_kwargs(report_to: str, output_dir: Path, run_name: str, resume: bool) -> tuple[dict, str | None]:
-    """(init_kwargs for init_trackers, notice line or None). Call on the main process after output_dir exists."""
+def offline_notice(reason: str, output_dir: Path) -> str:
+    return f"W&B: {reason}; logging offline to {output_dir / 'wandb'} (upload later with `wandb sync {output_dir / 'wandb'}/offline-run-*`)."
+
+
+def tracker_init_kwargs(report_to: str, output_dir: Path, run_name: str, resume: bool,
+                        init_timeout_s: float = DEFAULT_INIT_TIMEOUT_S) -> tuple[dict, str | None]:
+    """(init_kwargs for init_trackers, notice line or None). Call on the main process after output_dir exists.
+
+    The whole W&B start-up is bounded: the server must answer an HTTP request within
+    min(3 s, init_timeout_s), and wandb.init gets init_timeout_s; a server that
+    accepts connections and never answers costs at most that, then the run is offline.
+    """
     trackers = parse_report_to(report_to)
     kwargs, notice = {}, None
     if "mlflow" in trackers:
         kwargs["mlflow"] = _mlflow_init_kwargs(output_dir, run_name, resume)
     if "wandb" not in trackers:
         return kwargs, None
-    mode, reason = choose_wandb_mode()
+    mode, reason = choose_wandb_mode(min(3.0, init_timeout_s))
     if reason:
-        notice = f"W&B: {reason}; logging offline to {output_dir / 'wandb'} (upload later with `wandb sync {output_dir / 'wandb'}/offline-run-*`)."
-    kwargs["wandb"] = _wandb_init_kwargs(output_dir, run_name, mode, resume)
+        notice = offline_notice(reason, output_dir) if mode == "offline" else f"W&B: {reason}."
+    kwargs["wandb"] = _wandb_init_kwargs(output_dir, run_name, mode, resume, init_timeout_s)
     return kwargs, notice
 
 
@@ -146,21 +213,57 @@ class Tracking:
             self.printer(f"tracking: {action} failed ({type(exc).__name__}: {exc}); tracking is off for the rest of the run, local files are still written.")
 
     def start(self, project_name: str, config: dict, init_kwargs: dict, run_folder: Path | None = None) -> None:
+        """Start the trackers; an online W&B start that fails or times out falls back to offline, in one line."""
         # init_trackers is collective-free, but only the main process has real trackers.
         if not self.accelerator.log_with:
             return
         try:
             self.accelerator.init_trackers(project_name, config=None, init_kwargs=init_kwargs)
         except Exception as exc:
-            self.active = False
-            if self.accelerator.is_main_process:
-                self.printer(f"tracking: could not start ({type(exc).__name__}: {exc}); training goes on with local files only.")
+            self._fall_back(project_name, init_kwargs, exc)
+        if not self.active:
             return
         # Stored per tracker: a resumed MLflow run refuses changed parameter values, which would stop every tracker.
         self._each_tracker("storing the configuration", lambda tracker: tracker_media.store_config(tracker, config))
         if run_folder is not None and "mlflow" in self.tracker_names:  # so a resumed run continues this MLflow run
             run_id = self.accelerator.get_tracker("mlflow", unwrap=True).info.run_id
             (Path(run_folder) / MLFLOW_RUN_FILE).write_text(json.dumps({"id": run_id}))
+
+    def _fall_back(self, project_name: str, init_kwargs: dict, exc: Exception) -> None:
+        """After a failed start: keep the trackers that started, and W&B offline in place of a failed online start."""
+        failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else 'no message'}"
+        self._drop_unstarted_trackers()
+        wandb_kwargs = init_kwargs.get("wandb")
+        if self.accelerator.is_main_process and wandb_kwargs and wandb_kwargs.get("mode") == "online":
+            try:
+                self._start_wandb_offline(project_name, wandb_kwargs)
+                self.printer(offline_notice(f"could not start online ({failure})", Path(wandb_kwargs["dir"])))
+                return
+            except Exception as offline_exc:
+                failure = f"{failure}; offline too: {type(offline_exc).__name__}: {str(offline_exc).strip()[:120]}"
+        self.active = bool(self.accelerator.trackers) and self.accelerator.is_main_process
+        if self.accelerator.is_main_process:
+            self.printer(f"tracking: could not start ({failure}); training goes on with local files only.")
+
+    def _drop_unstarted_trackers(self) -> None:
+        """Forget trackers whose start failed, so closing them later neither fails nor speaks."""
+        def started(tracker) -> bool:
+            try:
+                return tracker.tracker is not None  # W&B's run, TensorBoard's writer: set by a start that worked
+            except AttributeError:
+                return False
+
+        self.accelerator.trackers = [t for t in self.accelerator.trackers if started(t)]
+
+    def _start_wandb_offline(self, project_name: str, wandb_kwargs: dict) -> None:
+        from accelerate.tracking import WandBTracker
+
+        # A new run id: wandb keeps the failed online one registered ("run ID is in use").
+        run_id = uuid.uuid4().hex[:8]
+        (Path(wandb_kwargs["dir"]) / WANDB_RUN_FILE).write_text(json.dumps({"id": run_id}))
+        tracker = WandBTracker(project_name, **{**wandb_kwargs, "mode": "offline", "id": run_id})
+        tracker.start()
+        self.accelerator.trackers.append(tracker)
 
     def log(self, values: dict, step: int) -> None:
         self._guard("logging", lambda: self.accelerator.log(values, step=step))

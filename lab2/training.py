@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lab2.checkpoint import check_compatible, list_checkpoints, read_progress, resolve_resume_path, save_checkpoint
+from lab2.checkpoint import (check_compatible, disk_full_error, latest_good_checkpoint, position_settings, read_progress,
+                             resolve_resume_path, save_checkpoint)
 from lab2.config import TrainConfig
 from lab2.data import CIFAR10_MEAN, CIFAR10_STD, torchvision_loaders
 from lab2.device_data import device_loaders, use_channels_last
-from lab2.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UserError
+from lab2.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UserError, is_disk_full
 from lab2.evaluation import EvalResult, evaluate
 from lab2.flops import count_flops
 from lab2.flow import read_flow_history
@@ -107,14 +108,26 @@ class Trainer:
 
     # ----------------------------------------------------------------- start
 
+    def position(self) -> dict:
+        """The settings that give progress.batch_in_epoch its meaning (checked when resuming mid-epoch)."""
+        return position_settings(self.cfg, len(self.splits.train_labels), self.accelerator.num_processes)
+
+    def progress_record(self, **sums) -> dict:
+        """progress.json's content: the Progress fields, the position settings, and `sums` overriding the running sums."""
+        return {**asdict(self.progress), **sums, "position": self.position()}
+
     def resume(self) -> None:
-        path = resolve_resume_path(self.cfg.resume_from_checkpoint, self.cfg.output_dir)
+        # The newest checkpoint that verifies against its manifest; damaged ones are named in one line.
+        path = resolve_resume_path(self.cfg.resume_from_checkpoint, self.cfg.output_dir, report=self.accelerator.print)
         saved = read_progress(path)
-        check_compatible(saved, path, self.cfg.model, self.splits.num_classes, self.accelerator.num_processes)
+        check_compatible(saved, path, self.cfg.model, self.splits.num_classes, self.accelerator.num_processes, self.position())
         try:
             self.accelerator.load_state(str(path))
-        except (RuntimeError, ValueError, KeyError, OSError) as exc:
-            raise UserError(f"checkpoint {path} does not fit this run ({str(exc).splitlines()[0]}); check --model or pick another checkpoint.") from None
+        except (RuntimeError, ValueError, KeyError, OSError, EOFError) as exc:
+            raise UserError(
+                f"checkpoint {path} does not load into this run ({str(exc).splitlines()[0][:160]}); it was saved by another "
+                "model or lab2 version: pass the matching --model, or pick another checkpoint."
+            ) from None
         for group in self.optimizer.param_groups:  # the command line wins over the checkpoint's learning rate
             if group["lr"] != self.cfg.learning_rate:
                 self.accelerator.print(f"note: --learning_rate {self.cfg.learning_rate:g} replaces the checkpoint's {group['lr']:g}")
@@ -136,7 +149,8 @@ class Trainer:
             write_json(self.paths.config, cfg.to_dict())
             write_json(self.paths.flops, self.flops.to_dict())
             self.accelerator.print(self.flops.table())
-            init_kwargs, notice = tracker_init_kwargs(cfg.report_to, self.paths.root, cfg.run_name, bool(cfg.resume_from_checkpoint))
+            init_kwargs, notice = tracker_init_kwargs(cfg.report_to, self.paths.root, cfg.run_name, bool(cfg.resume_from_checkpoint),
+                                                      init_timeout_s=cfg.wandb_init_timeout_s)
             if notice:
                 self.accelerator.print(notice)
         else:
@@ -246,8 +260,7 @@ class Trainer:
     def _save(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: float) -> Path:
         """Checkpoint mid-epoch: the running sums are summed over processes into progress."""
         totals = self._sum_over_processes(loss_sum, correct, seen)
-        progress = asdict(self.progress)
-        progress.update(loss_sum=totals[0], correct=totals[1], seen=totals[2])
+        progress = self.progress_record(loss_sum=totals[0], correct=totals[1], seen=totals[2])
         return save_checkpoint(self.accelerator, self.paths.checkpoints, progress, self.cfg.checkpoints_total_limit)
 
     # ----------------------------------------------------------------- epochs
@@ -279,7 +292,7 @@ class Trainer:
             p.epoch, p.batch_in_epoch = epoch + 1, 0
             p.loss_sum = p.correct = p.seen = 0.0
             if cfg.checkpointing_steps == "epoch" or (last and cfg.checkpointing_steps != "none"):
-                save_checkpoint(acc, self.paths.checkpoints, asdict(p), cfg.checkpoints_total_limit)
+                save_checkpoint(acc, self.paths.checkpoints, self.progress_record(), cfg.checkpoints_total_limit)
         if result is None:  # resumed from a finished run's last checkpoint: evaluate once for the final files
             result = self._evaluate(num_samples=cfg.num_prediction_samples)
         self.results.finish(self.model, result, p, self.flow)
@@ -288,17 +301,17 @@ class Trainer:
     # ----------------------------------------------------------------- endings
 
     def _interrupted(self) -> int:
-        latest = list_checkpoints(self.paths.checkpoints)
+        latest = latest_good_checkpoint(self.paths.checkpoints)
         self.accelerator.print(
             f"stopped by {self.stop.signal_name} at step {self.progress.global_step} (epoch {self.progress.epoch + 1}); "
-            f"checkpoint saved to {latest[-1] if latest else '?'}. "
+            f"checkpoint saved to {latest or '?'}. "
             f"resume with the same command plus: --output_dir {self.paths.root} --resume_from_checkpoint latest"
         )
         return EXIT_INTERRUPTED
 
     def _diverged(self, step: int, epoch: int) -> int:
-        latest = list_checkpoints(self.paths.checkpoints)
-        where = f"the last good checkpoint is {latest[-1]}" if latest else "no checkpoint was saved before it"
+        latest = latest_good_checkpoint(self.paths.checkpoints)
+        where = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved before it"
         self.accelerator.print(
             f"error: the loss became NaN/inf at step {step} (epoch {epoch + 1}); training stopped and {where}. "
             f"Lower --learning_rate (now {self.cfg.learning_rate:g}) or check the data."
@@ -307,26 +320,39 @@ class Trainer:
 
 
 def run(cfg: TrainConfig) -> int:
-    """Train as `cfg` says; return the process exit code."""
+    """Train as `cfg` says; return the process exit code.
+
+    A full disk anywhere in the run becomes one DiskFull error (exit code 6) naming the
+    last good checkpoint; a signal during the final files is reported once they are written.
+    """
     paths = RunPaths(cfg.output_dir)
     check_output_dir(cfg, paths)
     accelerator = create_accelerator(cfg)
     trainer = None
-    try:
-        ensure_cpu_threads(accelerator)
-        warn_slow_bf16(accelerator)
-        prepare_output_dir(accelerator, cfg, paths)
-        stop = StopRequest()
-        with stop.installed():
+    stop = StopRequest()
+    with stop.installed():  # also around closing the trackers: a signal there is still heard
+        try:
+            ensure_cpu_threads(accelerator)
+            warn_slow_bf16(accelerator)
+            prepare_output_dir(accelerator, cfg, paths)
             trainer = Trainer(cfg, accelerator, paths, stop)
             if cfg.resume_from_checkpoint:
                 trainer.resume()
             trainer.start()
-            return trainer.fit()
-    finally:
-        if trainer is not None:
-            if trainer.flow is not None:  # stopped early: still log the images already rendering
-                trainer.flow.close(trainer.progress.global_step)
-            trainer.tracking.finish()
-        else:
-            accelerator.end_training()  # still tear down the process group
+            code = trainer.fit()
+            if code == 0 and stop.finished_note():
+                accelerator.print(stop.finished_note())
+            return code
+        except UserError:
+            raise
+        except Exception as exc:
+            if is_disk_full(exc, paths.root):
+                raise disk_full_error(exc, getattr(exc, "filename", None) or paths.root, paths.checkpoints) from None
+            raise
+        finally:
+            if trainer is not None:
+                if trainer.flow is not None:  # stopped early: still log the images already rendering
+                    trainer.flow.close(trainer.progress.global_step)
+                trainer.tracking.finish()
+            else:
+                accelerator.end_training()  # still tear down the process group
