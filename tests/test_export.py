@@ -135,7 +135,7 @@ def test_lab2_predict_takes_the_labs_file(lab_checkpoint, tmp_path, capsys):
     lab_model = LabSimpleCNN()
     lab_model.load_state_dict(torch.load(path, weights_only=True))
     with torch.no_grad():
-        expected = lab_model.eval()(predict_cli.read_image(str(image))[None]).softmax(dim=1)[0]
+        expected = lab_model.eval()(predict_cli.read_image(str(image))[0][None]).softmax(dim=1)[0]
     top = result["top_k"][0]
     assert len(result["top_k"]) == 3 and top["class"] == CIFAR10_CLASSES[int(expected.argmax())]
     assert abs(top["probability"] - float(expected.max())) < 1e-6

@@ -125,7 +125,7 @@ def test_fuzz_checkpoint_progress_and_manifest(tmp_path, checkpoint_folder, data
 def model_bytes(tmp_path_factory):
     """A small safetensors file with lab2's metadata keys (tensors of another shape: load must refuse or succeed cleanly)."""
     path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    save_file({"classifier.4.bias": torch.zeros(10)}, str(path), metadata={"model": "simple_cnn", "num_classes": "10",
+    save_file({"fc2.bias": torch.zeros(10)}, str(path), metadata={"model": "simple_cnn", "num_classes": "10",
                                                                              "class_names": json.dumps(list("abcdefghij")), "config": "{}"})
     return path.read_bytes()
 
@@ -142,7 +142,7 @@ def test_fuzz_safetensors_metadata(tmp_path, model_bytes, data):
     else:
         metadata = data.draw(st.dictionaries(st.sampled_from(["model", "num_classes", "class_names", "config", "other"]),
                                              metadata_text, max_size=5))
-        save_file({"classifier.4.bias": torch.zeros(10)}, str(path), metadata=metadata)
+        save_file({"fc2.bias": torch.zeros(10)}, str(path), metadata=metadata)
     result = _checked(lambda: load_exported_model(path))
     assert isinstance(result, UserError), "a file missing almost every tensor must be refused"
 

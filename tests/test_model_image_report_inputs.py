@@ -54,14 +54,14 @@ def _errors(capsys, main, argv):
 
 BAD_METADATA = {
     "num-classes-text": ({"num_classes": "abc"}, (), ["num_classes"]),
-    "num-classes-wrong": ({"num_classes": "7"}, (), ["lists 10 classes but 'num_classes' is 7", "classifier.4.weight"]),
+    "num-classes-wrong": ({"num_classes": "7"}, (), ["lists 10 classes but 'num_classes' is 7", "fc2.weight"]),
     "num-classes-negative": ({"num_classes": "-1"}, (), ["num_classes"]),
     "class-names-not-json": ({"class_names": "[airplane"}, (), ["class_names", "not valid JSON"]),
     "class-names-a-dict": ({"class_names": '{"a": 1}'}, (), ["class_names", "JSON list"]),
     "config-not-json": ({"config": "{oops"}, (), ["config", "not valid JSON"]),
     "config-a-list": ({"config": "[1]"}, (), ["config", "JSON dict"]),
     "config-bad-value": ({"config": json.dumps({"seed": -4})}, (), ["--seed"]),
-    "missing-tensor": ({}, ("classifier.4.weight",), ["classifier.4.weight", "missing"]),
+    "missing-tensor": ({}, ("fc2.weight",), ["fc2.weight", "missing"]),
     "two-problems": ({"num_classes": "abc", "class_names": "[x"}, (), ["num_classes", "class_names"]),
 }
 
