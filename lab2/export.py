@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from lab2.checkpoint import save_model_file
+from lab2.cifar_reader import CIFAR10_CLASSES
 from lab2.config import TrainConfig
-from lab2.data import CIFAR10_CLASSES
 from lab2.errors import UserError, exit_with_user_error
 from lab2.inference import LoadedModel, load_exported_model
 from lab2.models import create_model

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from lab2.checkpoint import read_exported_model
+from lab2.cifar_reader import CIFAR10_CLASSES, MAX_CLASSES
 from lab2.config import TrainConfig, config_from_dict, validate_config
-from lab2.data import CIFAR10_CLASSES, MAX_CLASSES
 from lab2.errors import UserError, UserErrors
 from lab2.flag_types import check_int
 from lab2.models import create_model

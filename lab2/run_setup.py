@@ -19,7 +19,7 @@ from lab2 import run_folder
 from lab2.config import TrainConfig
 from lab2.errors import UserError
 from lab2.outputs import RunPaths
-from lab2.tracking import log_with_for
+from lab2.tracker_choice import log_with_for
 
 
 def available_cores() -> int:

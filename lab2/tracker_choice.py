@@ -4,6 +4,7 @@ It takes one name, a comma list (`wandb,tensorboard`), `all` or `none`. `all`
 means every tracker lab2 supports whose package is installed (Accelerate's
 meaning of "all"). A named tracker whose package is missing is a UserError
 naming the package to install, since Accelerate would silently drop it.
+`log_with_for` turns the value into the Accelerator's `log_with`.
 """
 
 from __future__ import annotations
@@ -48,3 +49,8 @@ def parse_report_to(value: str) -> list[str]:
             module, package = TRACKER_PACKAGES[tracker]
             raise UserError(f"--report_to {tracker} needs the {module} package, which is not installed: pip install {package} (or choose another --report_to).")
     return [tracker for tracker in TRACKER_PACKAGES if tracker in names]
+
+
+def log_with_for(report_to: str) -> list[str] | None:
+    """The Accelerator's `log_with` for --report_to (a name, a comma list, all or none)."""
+    return parse_report_to(report_to) or None

@@ -1,7 +1,7 @@
 """What each tracker gets beyond scalars: histograms, flow images, the model artifact, the summary and tables.
 
 lab2.tracking's `Tracking` calls these on the main process, guarded; this module
-(with lab2.tracking) is the only one that imports wandb, tensorboard or mlflow.
+(with lab2.tracking and lab2.tracker_startup) is the only one that imports wandb or mlflow.
 Each function takes one of Accelerate's trackers and dispatches on its `name`:
 
 - wandb: `wandb.Histogram`, `wandb.Image` (captioned with the snapshot's step),

@@ -4,13 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from lab2.cifar_reader import CIFAR10_CLASSES, read_cifar_batch
 from lab2.data import (
-    CIFAR10_CLASSES,
     CustomCIFAR10,
     load_cifar10,
     make_fake_cifar10,
     read_cifar10_folder,
-    read_cifar_batch,
     train_transform,
     write_cifar_batch,
 )

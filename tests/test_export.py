@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import REPO
 from lab2 import eval_cli, export, predict_cli
 from lab2.checkpoint import read_exported_model
-from lab2.data import CIFAR10_CLASSES
+from lab2.cifar_reader import CIFAR10_CLASSES
 from lab2.errors import UserError
 from lab2.export import load_lab_model, read_lab_state_dict
 from lab2.inference import load_exported_model

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from lab2.checkpoint import read_progress
 from lab2.checkpoint_check import checkpoint_problem
-from lab2.data import read_cifar_batch
+from lab2.cifar_reader import read_cifar_batch
 from lab2.errors import UserError
 from lab2.inference import load_exported_model
 from lab2.report import build_report

@@ -10,8 +10,8 @@ import pytest
 from safetensors.torch import save_file
 
 from lab2 import eval_cli, predict_cli, report
+from lab2.cifar_reader import CIFAR10_CLASSES
 from lab2.config import TrainConfig
-from lab2.data import CIFAR10_CLASSES
 from lab2.models import create_model
 
 

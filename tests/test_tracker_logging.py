@@ -18,7 +18,8 @@ from lab2.flow import FlowCollector
 from lab2.models import SimpleCNN
 from lab2.plots import figure_to_array, flow_figures
 from lab2.tracker_choice import parse_report_to
-from lab2.tracking import MLFLOW_RUN_FILE, Tracking, tracker_init_kwargs
+from lab2.tracker_startup import MLFLOW_RUN_FILE, tracker_init_kwargs
+from lab2.tracking import Tracking
 from tracker_files import (mlflow_artifact_paths, mlflow_run, tensorboard_events, wandb_artifacts, wandb_steps,
                            wandb_summary_keys, wandb_value_type)
 
