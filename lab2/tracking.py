@@ -25,7 +25,6 @@ from lab2 import tracker_media
 from lab2.plots import figure_to_array
 from lab2.tracker_startup import MLFLOW_RUN_FILE, offline_notice, start_wandb_offline
 # Re-exported for lab2.training, which imports it from here; that import moves to lab2.tracker_startup at merge.
-from lab2.tracker_startup import tracker_init_kwargs  # noqa: F401
 
 
 class Tracking:

@@ -34,7 +34,8 @@ from lab2.outputs import RunPaths, keep_jsonl, write_json
 from lab2.results import RunResults
 from lab2.run_setup import StopRequest, check_output_dir, create_accelerator, ensure_cpu_threads, prepare_output_dir, warn_slow_bf16
 from lab2.sources import load_splits
-from lab2.tracking import Tracking, tracker_init_kwargs
+from lab2.tracker_startup import tracker_init_kwargs
+from lab2.tracking import Tracking
 
 
 class Diverged(Exception):
