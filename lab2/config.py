@@ -15,11 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab2.errors import UserError
+from lab2.recipes import RECIPES, recipe_values
 
 DATASETS = ("cifar10", "fake")
 DATA_PIPELINES = ("device", "torchvision")
 TRACKERS = ("wandb", "tensorboard", "none")
 CHANNELS_LAST = ("auto", "on", "off")
+# Kept in step with lab2.optim (not imported from there: this module must not load torch).
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULERS = ("constant", "linear", "cosine", "one_cycle")
+EVAL_STRATEGIES = ("epoch", "steps", "no")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _flag(help_text: str, choices: tuple[str, ...] | None = None, **kwargs):
@@ -49,10 +55,23 @@ class TrainConfig:
     num_train_epochs: int = _flag("epochs to train", default=30)
     per_device_train_batch_size: int = _flag("training batch size per process", default=128)
     per_device_eval_batch_size: int = _flag("evaluation batch size per process", default=512)
-    learning_rate: float = _flag("Adam learning rate, as in the seed", default=1e-3)
+    learning_rate: float = _flag("peak learning rate (the seed: Adam at a constant 1e-3)", default=1e-3)
+    # Recipe flags, with transformers TrainingArguments names and meanings (lab2.optim documents the shapes)
+    recipe: str = _flag("a preset of the recipe flags (lab2.recipes); flags given explicitly win", tuple(RECIPES), default="none")
+    optim: str = _flag("adam (the seed), adamw (decoupled weight decay), or sgd (Nesterov momentum)", OPTIMIZERS, default="adam")
+    momentum: float = _flag("momentum of --optim sgd (Nesterov when above 0)", default=0.9)
+    weight_decay: float = _flag("weight decay (L2 for adam and sgd, decoupled for adamw)", default=0.0)
+    lr_scheduler_type: str = _flag("learning-rate schedule over the run, stepped per optimizer step", LR_SCHEDULERS, default="constant")
+    warmup_ratio: float = _flag("fraction of the steps warming up linearly (one_cycle: where the peak is; 0 means 0.3)", default=0.0)
+    label_smoothing_factor: float = _flag("label smoothing of the training loss (torch's cross_entropy label_smoothing)", default=0.0)
+    tta: bool = _flag("test-time augmentation: evaluate on each image and its mirror image, averaging the logits", default=False)
+    eval_strategy: str = _flag("evaluate every epoch, every --eval_steps optimizer steps, or no (only at the end)", EVAL_STRATEGIES, default="epoch")
+    eval_steps: typing.Optional[int] = _flag("optimizer steps between evaluations with --eval_strategy steps (default: --logging_steps)", default=None)
+    dataloader_drop_last: bool = _flag("drop each epoch's last partial training batch (static shapes for CUDA graphs)", default=False)
     seed: int = _flag("seed for weights, data order and augmentation", default=42)
     channels_last: str = _flag("memory format: auto (on for CPU and CUDA), on, off", CHANNELS_LAST, default="auto")
     torch_compile: bool = _flag("wrap the model in torch.compile (helps on GPUs, hurts on CPUs)", default=False)
+    torch_compile_mode: str = _flag("torch.compile mode; reduce-overhead adds CUDA graphs (pair it with --dataloader_drop_last)", COMPILE_MODES, default="default")
     # Output and tracking
     output_dir: str = _flag("everything a run writes goes here (default: runs/<run_name>)", default="")
     run_name: str = _flag("name of the run (default: <model>-<date>-<time>)", default="")
@@ -72,6 +91,13 @@ class TrainConfig:
     def checkpoint_every_steps(self) -> int | None:
         """Optimizer steps between checkpoints, or None for per-epoch/no checkpoints."""
         return int(self.checkpointing_steps) if self.checkpointing_steps.isdigit() else None
+
+    @property
+    def eval_every_steps(self) -> int | None:
+        """Optimizer steps between evaluations for --eval_strategy steps (--eval_steps, else --logging_steps), or None."""
+        if self.eval_strategy != "steps":
+            return None
+        return self.eval_steps or self.logging_steps
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,11 +135,26 @@ def _validate(cfg: TrainConfig) -> None:
             f"--dataset_name and --dataset {cfg.dataset} conflict: --dataset_name replaces the on-disk data; "
             "give one of them."
         )
+    _validate_recipe_flags(cfg)
     if cfg.resume_from_checkpoint and cfg.overwrite_output_dir:
         raise UserError(
             "--resume_from_checkpoint and --overwrite_output_dir conflict: resuming continues the run in "
             "--output_dir, overwriting starts it afresh; give one of them."
         )
+
+
+def _validate_recipe_flags(cfg: TrainConfig) -> None:
+    """The optimizer, schedule and evaluation flags: fractions in [0, 1), nothing negative."""
+    fractions = {"warmup_ratio": cfg.warmup_ratio, "label_smoothing_factor": cfg.label_smoothing_factor, "momentum": cfg.momentum}
+    for name, value in fractions.items():
+        if not 0.0 <= value < 1.0:
+            raise UserError(f"--{name} must be at least 0 and below 1, got {value:g}.")
+    if not cfg.weight_decay >= 0.0:
+        raise UserError(f"--weight_decay must be 0 or more, got {cfg.weight_decay:g}.")
+    if cfg.eval_steps is not None and cfg.eval_steps <= 0:
+        raise UserError(f"--eval_steps must be a positive number of optimizer steps, got {cfg.eval_steps}.")
+    if cfg.eval_steps is not None and cfg.eval_strategy != "steps":
+        raise UserError(f"--eval_steps applies only with --eval_strategy steps (now {cfg.eval_strategy}); add --eval_strategy steps or drop --eval_steps.")
 
 
 def _annotation_type(annotation: str):
@@ -132,7 +173,8 @@ def build_parser(prog: str = "train_accelerate.py") -> argparse.ArgumentParser:
         kind = _annotation_type(f.type)
         help_text = f.metadata["help"]
         if kind is bool:
-            parser.add_argument(f"--{f.name}", action="store_true", help=help_text)
+            # --flag / --no-flag: a recipe may switch a flag on that the user wants off.
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
             parser.add_argument(
                 f"--{f.name}",
@@ -144,14 +186,27 @@ def build_parser(prog: str = "train_accelerate.py") -> argparse.ArgumentParser:
     return parser
 
 
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The names of the flags `argv` gives explicitly (abbreviations and `--flag=value` included).
+
+    Parses again with every default suppressed, so argparse itself decides what was given.
+    """
+    probe = build_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """Parse flags into a validated TrainConfig; raise UserError for bad values.
 
     argparse's own errors (unknown flag, wrong type) already print one usage line
     and exit with status 2, which matches our bad-input contract.
     """
-    args = build_parser().parse_args(argv)
-    cfg = TrainConfig(**vars(args))
+    parser = build_parser()
+    values = vars(parser.parse_args(argv))
+    values.update(recipe_values(values["recipe"], given_flags(argv)))
+    cfg = TrainConfig(**values)
     _validate(cfg)
     if not cfg.run_name:
         cfg.run_name = f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
