@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lab2.device_data import DeviceLoader  # noqa: E402
+from lab2.device_data import DeviceDataset, device_dataloader  # noqa: E402
 from lab2.flow import FlowCollector  # noqa: E402
 from lab2.models import SimpleCNN  # noqa: E402
 from lab2.outputs import append_jsonl  # noqa: E402
@@ -66,7 +66,7 @@ def main() -> None:
     torch.manual_seed(0)
     images = torch.randint(0, 256, (args.steps * 128, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (args.steps * 128,))
-    batches = list(DeviceLoader(images, labels, 128, train=True, device=device, channels_last=True))
+    batches = list(device_dataloader(DeviceDataset(images, labels, train=True, device=device, channels_last=True), 128, shuffle=True))
     model = SimpleCNN().to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters())
     run_steps(model, optimizer, batches[:3], FlowCollector(model), Path(tempfile.gettempdir()) / "flow-warmup.jsonl")  # warm-up

@@ -2,7 +2,7 @@
 
 Everything the rest of lab2 sees is a `DataSplits`: uint8 images shaped
 (N, 3, 32, 32) and int64 labels, for the train and test splits, plus the class
-names. Three sources produce it:
+names. Three sources produce it (lab2.sources picks one):
 
 * `--dataset cifar10`: the official `cifar-10-batches-py` folder, downloaded by
   torchvision (with its md5 check) when absent, and read by our own checked,
@@ -274,22 +274,6 @@ def make_fake_cifar10(data_dir: str | Path, num_train: int, num_test: int, seed:
         write_cifar10_folder(tmp, *train, *test)
         tmp.rename(folder)
     return folder
-
-
-# --------------------------------------------------------------------------- sources
-
-def load_splits(cfg) -> DataSplits:
-    """The data set `cfg` names, truncated to --max_train_samples / --max_eval_samples."""
-    if cfg.dataset_name:
-        from lab2.hf_data import load_hf_splits
-
-        splits = load_hf_splits(cfg.dataset_name, cfg.image_column, cfg.label_column)
-    elif cfg.dataset == "fake":
-        folder = make_fake_cifar10(cfg.data_dir, cfg.fake_train_samples, cfg.fake_test_samples, cfg.seed)
-        splits = read_cifar10_folder(folder)
-    else:
-        splits = load_cifar10(cfg.data_dir)
-    return splits.truncated(cfg.max_train_samples, cfg.max_eval_samples)
 
 
 # --------------------------------------------------------------------------- the seed's per-image path

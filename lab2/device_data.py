@@ -1,33 +1,32 @@
-"""The device-resident batched loader: uint8 data on the device, augmented there in batches.
+"""The device-resident Dataset: uint8 images kept on the device, augmented there a whole batch at a time.
 
-The split is copied to the device once as uint8 (150 MiB for all of CIFAR-10);
-each batch is gathered, cropped, flipped and normalised by a few tensor ops on
-the device, so no per-image Python, PIL or worker process is on the hot path
-(the approach of airbench, hlb-CIFAR10 and Page's ResNet). No float copy of the
-whole split is ever made.
+The split is copied to the device once as uint8 (150 MiB for all of CIFAR-10).
+`DeviceDataset.__getitems__` receives a batch of indices from the DataLoader's
+sampler and gathers, crops, flips and normalises the whole batch with a few
+tensor ops on the device, so no per-image Python, PIL or worker process is on
+the hot path (the approach of airbench, hlb-CIFAR10 and Page's ResNet). No float
+copy of the whole split is ever made.
 
-Sharding: every process draws the same seeded permutation per epoch and takes
-every `num_processes`-th index from its own offset, so shards are disjoint and
-(up to num_processes - 1 dropped samples) cover the split. Evaluation shards
-are contiguous and padded with label -1 to equal length, so every process runs
-the same number of batches and the padding is dropped after gathering.
+It is wrapped in a standard `DataLoader` (no workers, see `device_dataloader`)
+and goes through `accelerator.prepare` like any other loader, so Accelerate does
+what a hand-written loader would otherwise have to: sharding over processes,
+even batches (with `gather_for_metrics` dropping the duplicates at evaluation),
+`skip_first_batches` for a mid-epoch resume, and the seeded per-epoch shuffle.
 
-Augmentation parameters are drawn per epoch from a generator seeded by
-(seed, epoch, process), so a run resumed mid-epoch sees exactly the batches it
-would have seen (`start_batch`).
+Augmentation is a function of (seed, epoch, sample index): `set_epoch` draws one
+crop offset and one flip per sample of the split, so what a sample looks like
+does not depend on batching, the number of processes or where a run resumed.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 
 from lab2.data import CIFAR10_MEAN, CIFAR10_STD
 
 PAD = 4  # random-crop padding in pixels, as the seed's RandomCrop(32, padding=4)
-PADDING_LABEL = -1  # marks evaluation padding; evaluation drops it after gathering
 
 
 def use_channels_last(setting: str, device: torch.device) -> bool:
@@ -55,95 +54,107 @@ def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) 
     return out.gather(3, col_index)
 
 
-class DeviceLoader:
-    """Batches of (normalised float images, int64 labels) from a uint8 split kept on `device`.
+def augmentation_for_epoch(num_samples: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(offsets int64 (N, 2) in 0..2*PAD, flips bool (N,)) for every sample of a split in `epoch`.
 
-    Iterating yields one epoch; call `set_epoch(e)` first to change the order and
-    augmentation, and set `start_batch` to resume mid-epoch.
+    Drawn on the CPU from a generator of its own, seeded by (seed, epoch): the same
+    on every process and device, and independent of the global RNG and the shuffle.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    offsets = torch.randint(0, 2 * PAD + 1, (num_samples, 2), generator=generator)
+    flips = torch.rand(num_samples, generator=generator) < 0.5
+    return offsets, flips
+
+
+class DeviceDataset(Dataset):
+    """(normalised float image, int64 label) pairs from a uint8 split kept on `device`.
+
+    Fetch batches with `__getitems__` (the DataLoader does when given this
+    dataset): one gather per batch. Call `set_epoch(e)` before each training
+    epoch to draw that epoch's augmentation.
     """
 
     def __init__(
         self,
         images: torch.Tensor,
         labels: torch.Tensor,
-        batch_size: int,
         *,
         train: bool,
         device: torch.device | str = "cpu",
         seed: int = 0,
-        process_index: int = 0,
-        num_processes: int = 1,
         channels_last: bool = False,
         mean=CIFAR10_MEAN,
         std=CIFAR10_STD,
     ):
         if images.dtype != torch.uint8:
-            raise TypeError(f"DeviceLoader keeps uint8 images, got {images.dtype}")
-        self.images = images.to(device)
-        self.labels = labels.to(device=device, dtype=torch.int64)
-        self.batch_size = batch_size
-        self.train = train
+            raise TypeError(f"DeviceDataset keeps uint8 images, got {images.dtype}")
         self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(device=self.device, dtype=torch.int64)
+        self.train = train
         self.seed = seed
-        self.process_index = process_index
-        self.num_processes = num_processes
         self.channels_last = channels_last
         # Normalisation folded into one multiply-add on 0..255 values: x * scale + shift.
         std_t = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = -torch.tensor(mean, device=self.device).view(1, -1, 1, 1) / std_t
-        self.epoch = 0
-        self.start_batch = 0
+        self.epoch = -1
+        if train:
+            self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
+        """Draw the augmentation of every sample for `epoch` (one host-to-device copy per epoch)."""
+        if self.train and epoch != self.epoch:
+            offsets, flips = augmentation_for_epoch(len(self.labels), self.seed, epoch)
+            self.offsets, self.flips = offsets.to(self.device), flips.to(self.device)
         self.epoch = epoch
 
-    @property
-    def dataset_size(self) -> int:
+    def __len__(self) -> int:
         return len(self.labels)
 
-    def shard_indices(self, epoch: int | None = None) -> torch.Tensor:
-        """This process's sample indices for `epoch` (CPU int64; -1 marks evaluation padding)."""
-        epoch = self.epoch if epoch is None else epoch
-        n, world, rank = len(self.labels), self.num_processes, self.process_index
-        if self.train:
-            # Same generator on every process => same permutation; the CPU generator makes it device-independent.
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
-            usable = n - n % world  # equal shard sizes keep every process on the same number of steps
-            return order[rank:usable:world]
-        per_process = math.ceil(n / world)
-        shard = torch.arange(rank * per_process, min(n, (rank + 1) * per_process))
-        return F.pad(shard, (0, per_process - len(shard)), value=PADDING_LABEL)
-
-    def __len__(self) -> int:
-        shard = (self.dataset_size // self.num_processes) if self.train else math.ceil(self.dataset_size / self.num_processes)
-        return math.ceil(shard / self.batch_size)
-
-    def _augmentation(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # Its own stream per (seed, epoch, process), independent of the shuffle's and of the global RNG.
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_009 + self.process_index + 1)
-        offsets = torch.randint(0, 2 * PAD + 1, (count, 2), generator=generator)
-        flips = torch.rand(count, generator=generator) < 0.5
-        return offsets.to(self.device, non_blocking=True), flips.to(self.device, non_blocking=True)
+    def _indices_on_device(self, indices) -> torch.Tensor:
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        if self.device.type == "cuda":
+            # The sampler's indices are host ints. Copied from pinned memory with non_blocking, the transfer
+            # is queued on the stream behind the previous step's kernels instead of waiting for them: no
+            # per-batch host-device synchronisation (the pinned block is kept alive by the caching allocator
+            # until the copy has run).
+            return index.pin_memory().to(self.device, non_blocking=True)
+        return index.to(self.device)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> float32 normalised, in channels_last when asked."""
         out = torch.addcmul(self.shift, images.float(), self.scale)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
-    def __iter__(self):
-        indices = self.shard_indices().to(self.device)
+    def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch: float images (B, C, H, W) and int64 labels (B,), on the device."""
+        index = self._indices_on_device(indices)
+        images = self.images[index]
         if self.train:
-            offsets, flips = self._augmentation(len(indices))
-        start, self.start_batch = self.start_batch, 0  # a resume offset applies to one epoch only
-        for begin in range(start * self.batch_size, len(indices), self.batch_size):
-            batch_idx = indices[begin : begin + self.batch_size]
-            if self.train:
-                images = crop_flip(self.images[batch_idx], offsets[begin : begin + len(batch_idx)], flips[begin : begin + len(batch_idx)])
-                labels = self.labels[batch_idx]
-            else:
-                valid = batch_idx >= 0
-                safe_idx = batch_idx.clamp_min(0)
-                images = self.images[safe_idx]
-                labels = torch.where(valid, self.labels[safe_idx], PADDING_LABEL)
-            yield self.normalise(images), labels
+            images = crop_flip(images, self.offsets[index], self.flips[index])
+        return self.normalise(images), self.labels[index]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.__getitems__([index])
+        return images[0], labels[0]
+
+
+def keep_batch(batch):
+    """collate_fn for DeviceDataset: `__getitems__` already returns a whole batch."""
+    return batch
+
+
+def device_dataloader(dataset: DeviceDataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
+    """A plain DataLoader over `dataset` (no workers: the data is already on the device), ready for
+    `accelerator.prepare`. A seeded generator makes the shuffle order reproducible; prepared with
+    `use_seedable_sampler`, Accelerate reshuffles it as seed + epoch on every process alike."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=keep_batch, num_workers=0)
+
+
+def device_loaders(splits, train_batch_size: int, eval_batch_size: int, *, device, seed: int, channels_last: bool):
+    """(train, eval) DataLoaders over DeviceDatasets of `splits` (lab2.data.DataSplits), unprepared."""
+    train = DeviceDataset(splits.train_images, splits.train_labels, train=True, device=device, seed=seed, channels_last=channels_last)
+    test = DeviceDataset(splits.test_images, splits.test_labels, train=False, device=device, channels_last=channels_last)
+    return device_dataloader(train, train_batch_size, shuffle=True, seed=seed), device_dataloader(test, eval_batch_size, shuffle=False)

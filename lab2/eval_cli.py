@@ -16,12 +16,13 @@ from pathlib import Path
 import torch
 
 from lab2 import plots
-from lab2.data import CIFAR10_MEAN, CIFAR10_STD, load_splits
-from lab2.device_data import DeviceLoader, use_channels_last
+from lab2.data import CIFAR10_MEAN, CIFAR10_STD
+from lab2.device_data import DeviceDataset, device_dataloader, use_channels_last
 from lab2.errors import UserError, exit_with_user_error
 from lab2.evaluation import evaluate
 from lab2.inference import load_exported_model
 from lab2.outputs import write_json
+from lab2.sources import load_splits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,9 +55,8 @@ def run_eval(args) -> dict:
             raise UserError(f"the model has {len(loaded.class_names)} classes but the data set has {splits.num_classes}; evaluate it on the data it was trained for.")
         channels_last = use_channels_last(cfg.channels_last, accelerator.device)  # as in training: same numerics
         model = loaded.model.to(memory_format=torch.channels_last) if channels_last else loaded.model
-        model = accelerator.prepare(model)
-        loader = DeviceLoader(splits.test_images, splits.test_labels, args.per_device_eval_batch_size, train=False, device=accelerator.device,
-                              process_index=accelerator.process_index, num_processes=accelerator.num_processes, channels_last=channels_last)
+        test_set = DeviceDataset(splits.test_images, splits.test_labels, train=False, device=accelerator.device, channels_last=channels_last)
+        model, loader = accelerator.prepare(model, device_dataloader(test_set, args.per_device_eval_batch_size, shuffle=False))
         result = evaluate(accelerator.unwrap_model(model), loader, accelerator, splits.num_classes, args.num_prediction_samples, CIFAR10_MEAN, CIFAR10_STD)
         report = {
             "model_path": str(loaded.path),

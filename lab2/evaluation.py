@@ -1,10 +1,9 @@
 """Evaluation: loss, accuracy, confusion matrix, per-class accuracy and prediction samples.
 
-Works with any nn.Module and any loader of (images, labels) batches: the
-Accelerate-prepared torchvision DataLoader, whose duplicated tail samples
-`gather_for_metrics` drops, or the DeviceLoader, whose padding carries label -1
-and is dropped here after gathering. Either way the counts are exact on any
-number of processes.
+Works with any nn.Module and any loader of (images, labels) batches. With a
+loader that went through `accelerator.prepare` (both of lab2's pipelines do),
+`gather_for_metrics` drops the samples Accelerate duplicated to even out the
+last batches, so the counts are exact on any number of processes.
 """
 
 from __future__ import annotations
@@ -63,9 +62,8 @@ class _SamplePool:
         return [t[:size] for t in merged]
 
     def add(self, images, predictions, labels, confidences):
-        valid = labels >= 0
-        wrong = valid & (predictions != labels)
-        right = valid & (predictions == labels)
+        wrong = predictions != labels
+        right = ~wrong
         batch = (images, predictions, labels, confidences)
         self.wrong = self._merge(self.wrong, [t[wrong] for t in batch], self.size, True)
         if self.right is None or len(self.right[0]) < self.size:
@@ -108,15 +106,13 @@ def evaluate(model, loader, accelerator, num_classes: int, num_samples: int = 0,
     for images, labels in loader:
         with accelerator.autocast():
             logits = flip_averaged_logits(model, images) if tta else model(images)
-        losses = F.cross_entropy(logits.float(), labels.clamp_min(0), reduction="none")  # padding dropped below
+        losses = F.cross_entropy(logits.float(), labels, reduction="none")
         confidences, predictions = logits.float().softmax(dim=1).max(dim=1)
         if pool is not None:
             pool.add(images, predictions, labels, confidences)
         outputs.append(accelerator.gather_for_metrics((predictions, labels, losses)))
     model.train()
     predictions, labels, losses = (torch.cat(column) for column in zip(*outputs))
-    valid = labels >= 0
-    predictions, labels, losses = predictions[valid], labels[valid], losses[valid]
     count = int(labels.numel())
     confusion = confusion_matrix(labels, predictions, num_classes).cpu().numpy()
     return EvalResult(

@@ -3,7 +3,11 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from lab2.device_data import PAD, PADDING_LABEL, DeviceLoader, crop_flip
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+
+from lab2.data import CIFAR10_MEAN, CIFAR10_STD
+from lab2.device_data import PAD, DeviceDataset, augmentation_for_epoch, crop_flip, device_dataloader
 
 
 def _index_image() -> torch.Tensor:
@@ -34,8 +38,7 @@ def test_augmentation_statistics_match_torchvision():
     n = 4000
     image = _index_image()
     # Device pipeline, many samples of the same image.
-    loader = DeviceLoader(image[None].repeat(n, 1, 1, 1), torch.zeros(n, dtype=torch.long), n, train=True, seed=3, channels_last=False)
-    offsets, flips = loader._augmentation(n)
+    offsets, flips = augmentation_for_epoch(n, seed=3, epoch=0)
     ours = crop_flip(image[None].repeat(n, 1, 1, 1), offsets, flips)
     # torchvision pipeline on the same image.
     torch.manual_seed(0)
@@ -61,52 +64,59 @@ def test_augmentation_statistics_match_torchvision():
     assert abs(ours.float().mean() - theirs.float().mean()) < 1.5
 
 
-def test_train_shards_are_disjoint_and_cover_the_split():
-    n = 1001
-    images = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
-    labels = torch.arange(n)
-    shards = [DeviceLoader(images, labels, 64, train=True, seed=7, process_index=r, num_processes=2).shard_indices(epoch=3) for r in range(2)]
-    a, b = (set(s.tolist()) for s in shards)
-    assert not a & b
-    assert len(a) == len(b) == 500 and len(a | b) == 1000  # one sample of 1001 dropped to keep shards equal
-    # A new epoch is a new permutation, the same on both processes.
-    again = DeviceLoader(images, labels, 64, train=True, seed=7, process_index=0, num_processes=2).shard_indices(epoch=4)
-    assert not torch.equal(again, shards[0])
+def _random_split(n: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator), torch.randint(0, 10, (n,), generator=generator)
 
 
-def test_eval_shards_are_padded_and_cover_the_split_exactly():
-    n = 1001
-    images = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
-    labels = torch.arange(n) % 10
-    seen = []
-    for rank in range(2):
-        loader = DeviceLoader(images, labels, 100, train=False, process_index=rank, num_processes=2)
-        batches = list(loader)
-        assert len(batches) == len(loader) == 6
-        got = torch.cat([y for _, y in batches])
-        seen.append(got[got != PADDING_LABEL])
-    assert sum(len(s) for s in seen) == n
-    assert torch.equal(torch.cat(seen), labels)
+def test_a_sample_looks_the_same_whatever_the_batching():
+    """Augmentation is a function of (seed, epoch, index): batch size and order do not change a sample."""
+    images, labels = _random_split(50)
+    dataset = DeviceDataset(images, labels, train=True, seed=5)
+    dataset.set_epoch(3)
+    whole_x, whole_y = dataset.__getitems__(list(range(50)))
+    picked = [41, 7, 7, 0]
+    x, y = dataset.__getitems__(picked)
+    assert torch.equal(x, whole_x[picked]) and torch.equal(y, whole_y[picked])
+    single_x, _ = dataset[13]
+    assert torch.equal(single_x, whole_x[13])
+    dataset.set_epoch(4)  # a new epoch, a new crop and flip for most samples
+    assert not torch.equal(dataset.__getitems__(list(range(50)))[0], whole_x)
+    dataset.set_epoch(3)  # and back: the same as before
+    assert torch.equal(dataset.__getitems__(list(range(50)))[0], whole_x)
 
 
-def test_batches_are_normalised_floats_and_resume_mid_epoch_exactly():
-    torch.manual_seed(0)
-    images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (300,))
-    loader = DeviceLoader(images, labels, 64, train=True, seed=1, channels_last=True)
-    loader.set_epoch(2)
-    full = list(loader)
-    x, y = full[0]
+def test_batches_are_normalised_floats_in_channels_last():
+    images, labels = _random_split(300)
+    loader = device_dataloader(DeviceDataset(images, labels, train=True, seed=1, channels_last=True), 64, shuffle=True, seed=1)
+    x, y = next(iter(loader))
     assert x.dtype == torch.float32 and x.shape == (64, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
+    assert y.dtype == torch.int64 and y.shape == (64,)
     assert -2.5 < x.min() < -1.5 and 1.5 < x.max() < 2.5  # 0 and 255 after CIFAR normalisation
-    loader.start_batch = 3
-    resumed = list(loader)
-    assert len(resumed) == len(full) - 3
+    test = DeviceDataset(images, labels, train=False)
+    tx, ty = test.__getitems__([0, 1])
+    expected = (images[:2].float() / 255 - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    assert torch.allclose(tx, expected, atol=1e-5) and torch.equal(ty, labels[:2])  # evaluation: no augmentation
+
+
+def test_accelerate_prepares_it_and_skips_batches_for_a_mid_epoch_resume():
+    """One process: the prepared loader reshuffles per epoch, and skip_first_batches resumes in the same order."""
+    images, labels = _random_split(300)
+    accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=1))
+    loader = accelerator.prepare(device_dataloader(DeviceDataset(images, labels, train=True, seed=1), 64, shuffle=True, seed=1))
+    loader.set_epoch(2)
+    loader.dataset.set_epoch(2)
+    full = list(loader)
+    assert len(full) == 5 and sum(len(y) for _, y in full) == 300
+    loader.set_epoch(2)
+    resumed = list(accelerator.skip_first_batches(loader, 3))
+    assert len(resumed) == 2
     for (xa, ya), (xb, yb) in zip(full[3:], resumed):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-    assert len(list(loader)) == len(full)  # the offset applies to one epoch only
+    loader.set_epoch(3)
+    assert not torch.equal(next(iter(loader))[1], full[0][1])  # another epoch, another order
 
 
-def test_loader_refuses_float_images():
+def test_dataset_refuses_float_images():
     with pytest.raises(TypeError):
-        DeviceLoader(torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), 2, train=True)
+        DeviceDataset(torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), train=True)

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from conftest import BIN, REPO, cli_env, run_cli, train_cmd
 from lab2.checkpoint import list_checkpoints, read_exported_model
 from lab2.data import read_cifar10_folder
-from lab2.device_data import DeviceLoader
+from lab2.device_data import DeviceDataset, device_dataloader
 from lab2.evaluation import evaluate
 from lab2.models import create_model
 from wandb_reader import history_keys, read_records, run_file
@@ -31,7 +31,7 @@ def evaluate_saved_weights(run_dir: Path, data_dir: Path, max_eval=None):
     model = create_model(metadata["model"], int(metadata["num_classes"]))
     model.load_state_dict(state)
     splits = read_cifar10_folder(data_dir / "cifar-10-batches-py").truncated(None, max_eval)
-    loader = DeviceLoader(splits.test_images, splits.test_labels, 256, train=False)
+    loader = device_dataloader(DeviceDataset(splits.test_images, splits.test_labels, train=False), 256, shuffle=False)
     return evaluate(model, loader, Accelerator(cpu=True), splits.num_classes)
 
 

@@ -3,7 +3,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from lab2.device_data import DeviceLoader
+from lab2.device_data import DeviceDataset, device_dataloader
 from lab2.evaluation import confusion_matrix, evaluate
 
 
@@ -21,7 +21,7 @@ def test_confusion_matrix_counts():
     assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
 
 
-def test_evaluate_is_exact_with_padding_and_builds_prediction_samples():
+def test_evaluate_is_exact_with_a_short_last_batch_and_builds_prediction_samples():
     n = 203  # not divisible by the batch size
     labels = torch.arange(n) % 10
     predicted = labels.clone()
@@ -29,8 +29,9 @@ def test_evaluate_is_exact_with_padding_and_builds_prediction_samples():
     # Images whose first pixel, after normalisation is undone by the model below, carries the prediction.
     images = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
     images[:, 0, 0, 0] = predicted.to(torch.uint8)
-    loader = DeviceLoader(images, labels, 50, train=False, mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255), channels_last=False)
+    dataset = DeviceDataset(images, labels, train=False, mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255))
     accelerator = Accelerator(cpu=True)
+    loader = accelerator.prepare(device_dataloader(dataset, 50, shuffle=False))
     result = evaluate(LabelFromPixel(), loader, accelerator, 10, num_samples=8, mean=(0, 0, 0), std=(1, 1, 1))
     wrong = len(range(0, n, 4))
     assert result.num_samples == n

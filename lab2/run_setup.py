@@ -1,0 +1,127 @@
+"""A run's set-up: the Accelerator, CPU threads, the output folder and the stop signals.
+
+Everything here happens once, before the first step; the loop itself lives in
+lab2.training and the final files in lab2.results.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from lab2.checkpoint import list_checkpoints
+from lab2.config import TrainConfig
+from lab2.errors import UserError
+from lab2.outputs import RunPaths
+from lab2.tracking import log_with_for
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def ensure_cpu_threads(accelerator) -> None:
+    """`accelerate launch` without a config sets OMP_NUM_THREADS=1, halving CPU speed: undo that for one process."""
+    cores = available_cores()
+    if accelerator.device.type == "cpu" and accelerator.num_processes == 1 and torch.get_num_threads() == 1 and cores > 1:
+        torch.set_num_threads(cores)
+        accelerator.print(
+            f"note: running on 1 CPU thread (OMP_NUM_THREADS=1, as `accelerate launch` sets without a config); "
+            f"using all {cores} cores instead. Pass --config_file accelerate_configs/cpu.yaml to avoid this."
+        )
+
+
+def check_output_dir(cfg: TrainConfig, paths: RunPaths) -> None:
+    """Refuse to clobber a finished or unfinished run; read-only, so every process can run it."""
+    if paths.root.exists() and not paths.root.is_dir():
+        raise UserError(f"--output_dir {paths.root} is a file; give a folder.")
+    if cfg.resume_from_checkpoint or cfg.overwrite_output_dir:
+        return
+    if paths.summary.exists():
+        raise UserError(
+            f"--output_dir {paths.root} holds a finished run; pass --overwrite_output_dir to replace it, "
+            "or choose another --output_dir."
+        )
+    if list_checkpoints(paths.checkpoints):
+        raise UserError(
+            f"--output_dir {paths.root} holds an unfinished run's checkpoints; add --resume_from_checkpoint latest "
+            "to continue it, or --overwrite_output_dir to start afresh."
+        )
+
+
+def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> None:
+    """Create --output_dir (checking it is writable on every process) and clear an overwritten run."""
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        probe = paths.root / f".write-test-{accelerator.process_index}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to --output_dir {paths.root} ({exc.strerror}); choose a writable folder.") from None
+    if cfg.overwrite_output_dir and accelerator.is_main_process:
+        for artefact in paths.artefacts():
+            if artefact.is_dir():
+                shutil.rmtree(artefact)
+            elif artefact.exists():
+                artefact.unlink()
+    accelerator.wait_for_everyone()
+
+
+def create_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
+
+    return Accelerator(
+        log_with=log_with_for(cfg.report_to),
+        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(RunPaths(cfg.output_dir).tensorboard)),
+        # A seedable sampler reshuffles as seed + epoch on every process alike, whatever the loop did before:
+        # both pipelines then resume mid-epoch in the same order.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        # A rank that dies must not leave the others waiting forever.
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))],
+        dynamo_backend="inductor" if cfg.torch_compile else None,
+    )
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has bf16 matrix units (AMX or AVX512-BF16); without them bf16 autocast is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: no way to tell, so no warning
+    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def warn_slow_bf16(accelerator) -> None:
+    if accelerator.device.type == "cpu" and str(accelerator.mixed_precision) == "bf16" and not cpu_has_fast_bf16():
+        accelerator.print(
+            "warning: bf16 autocast on a CPU without AMX or AVX512-BF16 is emulated and was measured ~15x slower "
+            "than fp32 here; use accelerate_configs/cpu.yaml (fp32) on this machine."
+        )
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag that the loop checks; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signal_name: str | None = None
+
+    def _handler(self, signum, frame):
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    @contextmanager
+    def installed(self):
+        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
