@@ -3,7 +3,7 @@
 Runs `py-spy record --native` on train_accelerate.py (a short run on the mini slice,
 --report_to none) and sums the main thread's samples inside `train_one_epoch` by
 the loop's parts: forward, backward, optimizer step (the bare step's work), the
-DeviceLoader (gather crop/flip, normalise), flow snapshots, zero_grad and the
+prepared DataLoader over the DeviceDataset (gather, crop/flip, normalise), flow snapshots, zero_grad and the
 rest of the loop's bookkeeping; time outside the epochs (set-up, evaluation,
 final files) is listed apart. Needs py-spy (`pip install -e '.[bench]'`).
 
@@ -35,9 +35,9 @@ def short_name(frame: dict) -> str:
 
 def part_of_step(names: list[str], files: list[str], at: int) -> str:
     """The loop part a sample under train_one_epoch (at index `at` of its stack) belongs to."""
-    below, below_files = names[at + 1 : at + 8], "".join(files[at + 1 : at + 4])
-    if "device_data" in below_files:
-        return "loader (DeviceLoader: gather crop/flip, normalise)"
+    below, first_file = names[at + 1 : at + 8], (files[at + 1] if at + 1 < len(files) else "")
+    if any(part in first_file for part in ("data_loader.py", "dataloader.py", "device_data.py")):
+        return "loader (prepared DataLoader over the DeviceDataset: gather, crop/flip, normalise)"
     if "backward" in below:
         return "backward"
     if below and below[0] in ("_wrapped_call_impl", "_call_impl", "forward"):

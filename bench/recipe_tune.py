@@ -1,6 +1,6 @@
 """One recipe-tuning run on the mini slice: per-epoch eval accuracy, plain and with test-time flips.
 
-The loop is lab2's hot path without its bookkeeping: the DeviceLoader (uint8 on
+The loop is lab2's hot path without its bookkeeping: the DeviceDataset (uint8 on
 the device, batched crop+flip), SimpleCNN in channels_last, lab2.optim's optimizer
 and per-step scheduler, cross-entropy with label smoothing. It evaluates every
 epoch both without and with flip-averaged logits (the flipped forward is the only
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lab2.data import read_cifar10_folder  # noqa: E402
-from lab2.device_data import DeviceLoader  # noqa: E402
+from lab2.device_data import DeviceDataset, device_dataloader  # noqa: E402
 from lab2.models import SimpleCNN  # noqa: E402
 from lab2.optim import create_optimizer, create_scheduler, scheduler_total_steps  # noqa: E402
 
@@ -64,15 +64,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     splits = read_cifar10_folder(MINI)
-    train = DeviceLoader(splits.train_images, splits.train_labels, args.batch, train=True, seed=args.seed, channels_last=True)
-    test = DeviceLoader(splits.test_images, splits.test_labels, 512, train=False, channels_last=True)
+    train_set = DeviceDataset(splits.train_images, splits.train_labels, train=True, seed=args.seed, channels_last=True)
+    train = device_dataloader(train_set, args.batch, shuffle=True, seed=args.seed)
+    test = device_dataloader(DeviceDataset(splits.test_images, splits.test_labels, train=False, channels_last=True), 512, shuffle=False)
     model = SimpleCNN().to(memory_format=torch.channels_last)
     optimizer = create_optimizer(model.parameters(), args.optim, args.lr, args.wd, args.momentum, fused=args.optim != "sgd")
     scheduler = create_scheduler(optimizer, args.scheduler, scheduler_total_steps(len(train), args.epochs), args.warmup)
     plain_curve, tta_curve = [], []
     started = time.perf_counter()
     for epoch in range(args.epochs):
-        train.set_epoch(epoch)
+        train_set.set_epoch(epoch)
         for images, labels in train:
             loss = F.cross_entropy(model(images), labels, label_smoothing=args.ls)
             loss.backward()

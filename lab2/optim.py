@@ -76,7 +76,7 @@ def lr_factor(kind: str, step: int, total_steps: int, warmup: int) -> float:
         return step / max(1, warmup)
     if kind == "constant":
         return 1.0
-    progress = (step - warmup) / max(1, total_steps - warmup)
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))  # held at the end if stepped past it
     if kind == "linear":
         return max(0.0, 1.0 - progress)
     if kind == "cosine":

@@ -81,7 +81,7 @@ def build_report(run_dir: str | Path) -> str:
     parts.append(
         _table(
             ["Epoch", "Train Loss", "Train Acc", "Val Loss", "Val Acc", "Time (s)", "Images/s"],
-            [[m["epoch"], f"{m['train_loss']:.4f}", _pct(m["train_acc"]), f"{m['eval_loss']:.4f}", _pct(m["eval_acc"]),
+            [[m["epoch"], f"{m['train_loss']:.4f}", _pct(m["train_acc"]), f"{m['eval_loss']:.4f}" if m["eval_loss"] is not None else "n/a", _pct(m["eval_acc"]),
               f"{m['epoch_time_s']:.1f}", f"{m['train_images_per_s']:.0f}"] for m in metrics],
         )
     )

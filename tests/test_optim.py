@@ -11,7 +11,7 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR
 
 from lab2.config import parse_args
-from lab2.device_data import DeviceLoader
+from lab2.device_data import DeviceDataset, device_dataloader
 from lab2.errors import UserError
 from lab2.evaluation import evaluate, flip_averaged_logits
 from lab2.optim import create_optimizer, create_scheduler, rescale_learning_rate, scheduler_total_steps, training_loss
@@ -163,7 +163,7 @@ class RecordingModel(nn.Module):
 def test_tta_evaluates_the_mirrored_batch_too_and_averages_the_logits():
     torch.manual_seed(1)
     images, labels = torch.randint(0, 256, (37, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (37,))
-    loader = DeviceLoader(images, labels, 37, train=False, channels_last=False)
+    loader = device_dataloader(DeviceDataset(images, labels, train=False), 37, shuffle=False)
     model = RecordingModel()
     accelerator = Accelerator(cpu=True)
     plain = evaluate(model, loader, accelerator, 10)
