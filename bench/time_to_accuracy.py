@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO.parent / "shared" / "data" / "cifar10-mini"
-EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+): ")
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+): train loss")  # the line printed after each epoch's evaluation
 
 
 def timed_run(name: str, flags: list[str], out: Path) -> list[dict]:
@@ -53,6 +53,10 @@ def timed_run(name: str, flags: list[str], out: Path) -> list[dict]:
         sys.exit(f"{name} run failed (exit {process.returncode}):\n{''.join(tail)}")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [{"epoch": m["epoch"], "eval_acc": m["eval_acc"], "wall_s": finished_at[m["epoch"]]} for m in metrics]
+
+
+def percentages(curve: list[dict]) -> str:
+    return " ".join(f"{100 * point['eval_acc']:.1f}" for point in curve)
 
 
 def first_reaching(curve: list[dict], target: float) -> dict | None:
@@ -92,8 +96,7 @@ def main() -> None:
     else:
         lines.append(f"| fast (--recipe fast {' '.join(fast_flags[2:])}) | {len(fast)} | {100 * fast[-1]['eval_acc']:.2f}% | not reached | - |")
         verdict = f"The fast recipe did not reach A = {100 * target:.2f}% in its {len(fast)} epochs (best {100 * max(p['eval_acc'] for p in fast):.2f}%)."
-    curves = (f"Per-epoch eval accuracy, seed: {' '.join(f'{100 * p['eval_acc']:.1f}' for p in seed)}; "
-              f"fast: {' '.join(f'{100 * p['eval_acc']:.1f}' for p in fast)}.")
+    curves = f"Per-epoch eval accuracy, seed: {percentages(seed)}; fast: {percentages(fast)}."
     report = "\n".join(lines) + f"\n\n{verdict}\n{curves}"
     print("\n" + report)
     if not args.quick:
