@@ -16,6 +16,12 @@ DATA_DIR ?= ./data
 TRAIN_ARGS ?=
 # The smoke run uses the real mini slice when it is there, synthetic data otherwise.
 SMOKE_DATA := $(if $(wildcard $(MINI)/cifar-10-batches-py),--data_dir $(MINI),--dataset fake)
+# Open MPI (TRAIN_CONFIG=accelerate_configs/multi_cpu.yaml) refuses to start as root unless both are set;
+# containers often run as root. They change nothing for other users, so they are set only for root.
+ifeq ($(shell id -u),0)
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+endif
 
 .PHONY: install train smoke test bench clean
 

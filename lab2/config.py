@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import os
 import time
 import typing
 from dataclasses import dataclass, field
@@ -206,13 +208,56 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = build_parser()
     values = vars(parser.parse_args(argv))
     values.update(recipe_values(values["recipe"], given_flags(argv)))
-    cfg = TrainConfig(**values)
+    return _finish(TrainConfig(**values))
+
+
+def _finish(cfg: TrainConfig) -> TrainConfig:
+    """Validate, then fill in the run name and output folder that default to the time of the run."""
     _validate(cfg)
     if not cfg.run_name:
         cfg.run_name = f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not cfg.output_dir:
         cfg.output_dir = str(Path("runs") / cfg.run_name)
     return cfg
+
+
+def _checked_value(f: dataclasses.Field, value):
+    """`value` for field `f` given as a Python object: the checks argparse makes on the command line (type, choices)."""
+    kind = _annotation_type(f.type)
+    optional = f.type.startswith("typing.Optional[")
+    if kind is str and isinstance(value, os.PathLike):
+        value = os.fspath(value)  # data_dir=Path(...) reads naturally in a notebook
+    if value is None and optional:
+        return value
+    # bool is an int in Python, but True for an epoch count is a mistake, not a 1.
+    fits = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, fits = float(value), True
+    if not fits:
+        wanted = f"{kind.__name__}{' or None' if optional else ''}"
+        raise UserError(f"--{f.name} must be {wanted}, got {value!r} ({type(value).__name__}).")
+    choices = f.metadata["choices"]
+    if choices and value not in choices:
+        raise UserError(f"--{f.name} must be one of {', '.join(choices)}; got {value!r}.")
+    return value
+
+
+def config_from_flags(**flags) -> TrainConfig:
+    """A validated TrainConfig from flags given as Python values (lab2.train), with the command line's checks.
+
+    Names are TrainConfig's fields (the flags without `--`); anything left out keeps its command-line default
+    (or --recipe's value, when a recipe is given).
+    Raises UserError naming the flag for an unknown name, a wrong type or an invalid value.
+    """
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for name in flags:
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserError(f"unknown flag {name!r}; {hint}the flags are lab2.config.TrainConfig's fields (see --help).")
+    values = {name: _checked_value(fields[name], value) for name, value in flags.items()}
+    # A --recipe fills in what the caller did not give, as on the command line.
+    return _finish(TrainConfig(**{**recipe_values(values.get("recipe", "none"), set(values)), **values}))
 
 
 def config_from_dict(values: dict) -> TrainConfig:

@@ -10,6 +10,7 @@ import sys
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 3
 EXIT_DIVERGED = 4
+EXIT_PEER_LOST = 5  # a distributed run lost another process (killed node, network, timeout)
 
 
 class UserError(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import threading
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -120,6 +121,11 @@ class StopRequest:
 
     @contextmanager
     def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            # Python lets only the main thread install handlers; lab2.train() from a worker thread then
+            # simply keeps the caller's signal handling.
+            yield self
+            return
         previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield self

@@ -6,28 +6,31 @@ mistakes answer at once; only a valid configuration loads the training stack.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from lab2.config import parse_args
-from lab2.errors import EXIT_USER_ERROR, UserError, exit_with_user_error
-
-
-def _is_rank_zero() -> bool:
-    # Under torchrun every rank hits the same user error: one line is enough.
-    return int(os.environ.get("RANK", "0")) == 0
+from lab2.distributed import is_peer_lost, launched_rank, peer_lost_message, prepare_process
+from lab2.errors import EXIT_PEER_LOST, EXIT_USER_ERROR, UserError, exit_with_user_error
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         cfg = parse_args(argv)
+        prepare_process()
         from lab2.training import run
 
         code = run(cfg)
     except UserError as error:
-        if _is_rank_zero():
+        # Under a launcher every rank hits the same user error: one line is enough.
+        if launched_rank() == 0:
             exit_with_user_error(error)
         sys.exit(EXIT_USER_ERROR)
+    except RuntimeError as error:
+        if not is_peer_lost(error):
+            raise
+        # Every survivor says so: on several machines each node's log is read on its own.
+        print(f"lab2: error: {peer_lost_message(error, cfg.output_dir)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_PEER_LOST)
     sys.exit(code)
 
 

@@ -9,30 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate import Accelerator
 
 from conftest import BIN, REPO, cli_env, run_cli, train_cmd
 from lab2.checkpoint import list_checkpoints, read_exported_model
-from lab2.data import read_cifar10_folder
-from lab2.device_data import DeviceDataset, device_dataloader
-from lab2.evaluation import evaluate
-from lab2.models import create_model
+from saved_weights import evaluate_saved_weights
 from wandb_reader import history_keys, read_records, run_file
 
 pytestmark = pytest.mark.slow
 
 FIGURES = {"confusion_matrix", "class_accuracy", "predictions", "curves", "gradients", "weights", "update_ratio",
            "heatmap_grad_mean", "heatmap_weight_mean", "heatmap_update_ratio"}
-
-
-def evaluate_saved_weights(run_dir: Path, data_dir: Path, max_eval=None):
-    """Single-process evaluation of a run's model.safetensors on the test split."""
-    state, metadata = read_exported_model(run_dir)
-    model = create_model(metadata["model"], int(metadata["num_classes"]))
-    model.load_state_dict(state)
-    splits = read_cifar10_folder(data_dir / "cifar-10-batches-py").truncated(None, max_eval)
-    loader = device_dataloader(DeviceDataset(splits.test_images, splits.test_labels, train=False), 256, shuffle=False)
-    return evaluate(model, loader, Accelerator(cpu=True), splits.num_classes)
 
 
 def test_accelerate_launch_one_epoch_on_the_mini_slice(mini_dir, tmp_path):

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR
 
-from lab2.config import parse_args
+from lab2.config import config_from_flags, parse_args
 from lab2.device_data import DeviceDataset, device_dataloader
 from lab2.errors import UserError
 from lab2.evaluation import evaluate, flip_averaged_logits
@@ -188,6 +188,8 @@ def test_recipe_fast_sets_its_values_and_explicit_flags_win():
     mixed = parse_args(["--recipe", "fast", "--learning_rate=0.01", "--num_train", "3", "--no-tta", "--optim", "adam"])
     assert (mixed.learning_rate, mixed.num_train_epochs, mixed.tta, mixed.optim) == (0.01, 3, False, "adam")
     assert mixed.label_smoothing_factor == RECIPES["fast"]["label_smoothing_factor"]  # the rest still comes from the recipe
+    api = config_from_flags(recipe="fast", learning_rate=0.01, tta=False)  # lab2.train(**flags): the same rule
+    assert (api.learning_rate, api.tta, api.optim, api.lr_scheduler_type) == (0.01, False, "adamw", "one_cycle")
     seed = parse_args([])
     assert (seed.optim, seed.lr_scheduler_type, seed.label_smoothing_factor, seed.tta, seed.eval_strategy) == ("adam", "constant", 0.0, False, "epoch")
 

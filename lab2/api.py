@@ -1,0 +1,67 @@
+"""`lab2.train(**flags)`: the training command as a Python call, for notebooks and scripts.
+
+    import lab2
+    summary = lab2.train(data_dir="../shared/data/cifar10-mini", num_train_epochs=1, report_to="none")
+    summary["final_eval_acc"]
+
+On several processes from a notebook (the function must create the only Accelerator, so nothing in the
+kernel may have trained before):
+
+    from accelerate import notebook_launcher
+    notebook_launcher(lambda: lab2.train(dataset="fake", output_dir="runs/two"), num_processes=2)
+
+torch is imported only when `train` runs, so `import lab2` stays light.
+"""
+
+from __future__ import annotations
+
+import json
+
+from lab2.config import config_from_flags
+from lab2.distributed import launched_rank, prepare_process
+from lab2.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UserError
+from lab2.outputs import RunPaths
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the run stopped without exporting the bad weights (exit code 4 on the command line)."""
+
+
+def train(**flags) -> dict | None:
+    """Train as `train_accelerate.py` would with these flags; return the run's summary (summary.json's content).
+
+    Flags are lab2.config.TrainConfig's fields, with the command line's names and defaults:
+    `train(dataset="fake", num_train_epochs=1)` is `train_accelerate.py --dataset fake --num_train_epochs 1`.
+    Folder flags also take `pathlib.Path`. The run writes the same files as the command line, under
+    `output_dir` (default runs/<run_name>).
+
+    Raises:
+        ValueError: an unknown flag, a wrong type or an invalid value (the message names the flag), or any
+            other input the command line rejects with exit code 2 (missing data, a finished output_dir, ...).
+        KeyboardInterrupt: stopped by Ctrl-C / SIGINT / SIGTERM after saving a checkpoint (exit code 3);
+            call again with resume_from_checkpoint="latest" and the same output_dir to continue.
+        TrainingDiverged: the loss became NaN/inf (exit code 4).
+        RuntimeError: from torch.distributed, when another process of a multi-process run was lost.
+
+    In a multi-process run (notebook_launcher, accelerate launch) the main process returns the summary
+    and the others return None: only rank 0 writes the run's files.
+    """
+    try:
+        cfg = config_from_flags(**flags)
+    except UserError as error:
+        raise ValueError(str(error)) from None
+    prepare_process()
+    from lab2.training import run  # torch and the training stack load here, not at `import lab2`
+
+    try:
+        code = run(cfg)
+    except UserError as error:
+        raise ValueError(str(error)) from None
+    if code == EXIT_INTERRUPTED:
+        raise KeyboardInterrupt(f"training stopped after saving a checkpoint in {cfg.output_dir}; "
+                                "continue with resume_from_checkpoint='latest' and the same output_dir")
+    if code == EXIT_DIVERGED:
+        raise TrainingDiverged(f"the loss became NaN/inf; see the message above and {cfg.output_dir}")
+    if launched_rank() != 0:
+        return None
+    return json.loads(RunPaths(cfg.output_dir).summary.read_text(encoding="utf-8"))

@@ -1,0 +1,87 @@
+"""lab2.train's flags: the command line's names, defaults and checks, as one ValueError naming the flag."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lab2
+from conftest import REPO
+from lab2.config import config_from_flags, parse_args
+
+
+def test_import_lab2_stays_light():
+    code = "import sys, lab2; lab2.train; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_defaults_are_the_command_line_defaults():
+    varying = ("run_name", "output_dir")  # both default to the time of the run
+    strip = lambda cfg: {k: v for k, v in cfg.to_dict().items() if k not in varying}
+    assert strip(config_from_flags()) == strip(parse_args([]))
+    cfg = config_from_flags(data_dir=Path("/data"), learning_rate=1, max_train_samples=None, torch_compile=False)
+    assert (cfg.data_dir, cfg.learning_rate, cfg.max_train_samples) == ("/data", 1.0, None)
+    assert cfg.output_dir == f"runs/{cfg.run_name}"
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        ({"num_train_epoch": 1}, "unknown flag 'num_train_epoch'; did you mean 'num_train_epochs'?"),
+        ({"warp_speed": True}, "unknown flag 'warp_speed'"),
+        ({"num_train_epochs": "3"}, "--num_train_epochs must be int, got '3'"),
+        ({"num_train_epochs": True}, "--num_train_epochs must be int, got True"),
+        ({"max_eval_samples": 1.5}, "--max_eval_samples must be int or None"),
+        ({"overwrite_output_dir": 1}, "--overwrite_output_dir must be bool"),
+        ({"dataset": "mnist"}, "--dataset must be one of cifar10, fake"),
+        ({"per_device_train_batch_size": 0}, "--per_device_train_batch_size must be a positive number"),
+        ({"checkpointing_steps": "often"}, "--checkpointing_steps must be 'epoch', 'none' or a positive integer"),
+    ],
+)
+def test_bad_flags_raise_one_value_error_naming_the_flag(flags, fragment):
+    with pytest.raises(ValueError) as caught:
+        lab2.train(**flags)
+    assert fragment in str(caught.value)
+    assert caught.value.__suppress_context__  # one error, not a chain
+
+
+def test_input_the_command_line_rejects_is_a_value_error_too(tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(ValueError, match="--output_dir .* is a file"):
+        lab2.train(output_dir=not_a_folder, dataset="fake")
+
+
+@pytest.mark.slow
+def test_a_diverged_run_raises_training_diverged(tmp_path):
+    # In a subprocess: a run creates Accelerate's process-wide state, which must not leak into other tests.
+    code = (
+        "import lab2\n"
+        f"lab2.train(dataset='fake', data_dir={str(tmp_path / 'data')!r}, output_dir={str(tmp_path / 'nan')!r}, report_to='none',\n"
+        "           fake_train_samples=128, fake_test_samples=32, per_device_train_batch_size=32, num_train_epochs=1,\n"
+        "           learning_rate=1e30, logging_steps=1, flow_log_steps=0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "lab2.api.TrainingDiverged: the loss became NaN/inf" in result.stderr
+    assert "NaN/inf at step" in result.stdout  # the run's own message says where
+    assert not (tmp_path / "nan" / "model.safetensors").exists()  # the bad weights were never exported
+
+
+@pytest.mark.slow
+def test_train_from_a_worker_thread_returns_the_summary(tmp_path):
+    # Only the main thread may install signal handlers: a run from a thread keeps the caller's handling.
+    code = (
+        "import threading, lab2\n"
+        "out = {}\n"
+        f"flags = dict(dataset='fake', data_dir={str(tmp_path / 'data')!r}, output_dir={str(tmp_path / 'run')!r}, report_to='none',\n"
+        "             fake_train_samples=128, fake_test_samples=32, per_device_train_batch_size=64, num_train_epochs=1)\n"
+        "worker = threading.Thread(target=lambda: out.update(lab2.train(**flags)))\n"
+        "worker.start(); worker.join()\n"
+        "print('num_eval_samples', out['num_eval_samples'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "num_eval_samples 32" in result.stdout
