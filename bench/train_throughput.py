@@ -1,18 +1,25 @@
-"""End-to-end training throughput: lab2's default path against a faithful seed recipe, in one run.
+"""Training throughput against the machine itself, in one run: GEMM peak, bare step, lab2's loop, the seed.
 
-The seed recipe is what the course lab does: torchvision transforms on PIL
-images, a DataLoader with worker processes, fp32, Adam, SimpleCNN, a plain
-PyTorch loop. lab2 runs as users run it: `accelerate launch` of
-train_accelerate.py with an Accelerate config (device-resident data, batched
-augmentation, channels_last, the config's precision).
+Four figures, measured in the same process one after the other (this machine is
+shared and noisy, so only ratios within one run mean much):
 
-Both train the same model on the same data for the same number of epochs and
-report training images/s (training time only, evaluation excluded) and eval
-accuracy; the script prints the ratio and appends the result, with device,
-command and date, to bench/RESULTS.md.
+1. peak: `torch.mm` on 4096x4096 fp32 (bf16 with --mixed_precision bf16), the
+   machine's practical matrix-multiply peak;
+2. bare step: SimpleCNN forward, backward and fused Adam on batches already on the
+   device (batch 128, channels_last) - the most a training loop could reach;
+3. lab2's loop: `lab2.training.run` with default flags (--report_to none, no
+   checkpoints) on the mini slice, images/s read from its metrics.jsonl over the
+   epochs after the first (which pays one-off warm-up);
+4. the seed recipe: the course lab's per-image PIL DataLoader and plain loop.
 
-    python bench/train_throughput.py                       # CPU, mini slice, 3 epochs
-    python bench/train_throughput.py --tile 50000 --epochs 30 --seed_epochs 2   # GPU, full-size set
+Each is printed in images/s and training GFLOP/s (training FLOPs per image from
+lab2.flops: forward + backward, 2 FLOPs per multiply-add), with the fraction of
+peak, the loop / bare-step ratio (target >= 0.90) and the lab2 / seed ratio
+(target >= 1.5). The table is appended to bench/RESULTS.md.
+
+    python bench/train_throughput.py                   # mini slice, 3 lab2 epochs, 2 seed epochs
+    python bench/train_throughput.py --quick           # smoke check: a few seconds of each
+    python bench/train_throughput.py --tile 50000 --epochs 5 --mixed_precision bf16   # a GPU
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,15 +35,23 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lab2.data import CustomCIFAR10, read_cifar10_folder, test_transform, train_transform, write_cifar10_folder  # noqa: E402
+from lab2.flops import count_flops  # noqa: E402
 from lab2.models import SimpleCNN  # noqa: E402
 
 MINI = REPO.parent / "shared" / "data" / "cifar10-mini"
+TARGET_LOOP_RATIO = 0.90
+TARGET_SEED_RATIO = 1.5
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def tiled_copy(data_dir: Path, size: int, into: Path) -> Path:
@@ -50,11 +64,74 @@ def tiled_copy(data_dir: Path, size: int, into: Path) -> Path:
     return into
 
 
-def seed_recipe(data_dir: Path, epochs: int, batch_size: int, workers: int, device: torch.device, seed: int = 42) -> dict:
-    """The course lab's loop: PIL transforms in DataLoader workers, fp32, Adam 1e-3."""
+def gemm_peak(device: torch.device, dtype: torch.dtype, size: int = 4096, repeats: int = 5) -> float:
+    """Best-of-`repeats` FLOP/s of one size x size matrix product (2 n^3 FLOPs)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    torch.mm(a, b)  # warm-up: library initialisation, CPU frequency
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def bare_step(device: torch.device, steps: int, batch_size: int = 128, bf16: bool = False) -> float:
+    """Images/s of forward + backward + fused Adam on device-resident channels_last batches, after 2 warm-up steps."""
+    torch.manual_seed(0)
+    model = SimpleCNN().to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    images = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch_size,), device=device)
+    times = []
+    for step in range(steps + 2):  # two warm-up steps: allocator, oneDNN/cuDNN primitive choice
+        synchronize(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(images).float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        if step >= 2:
+            times.append(time.perf_counter() - start)
+    # Images over total time, as lab2's per-epoch rate is computed, so the two compare like with like.
+    return batch_size * len(times) / sum(times)
+
+
+def lab2_loop(data_dir: Path, epochs: int, out: Path, extra: list[str]) -> dict:
+    """lab2's training run in this process, as `train_accelerate.py` runs it; rates from metrics.jsonl."""
+    from lab2.config import parse_args
+    from lab2.training import run
+
+    flags = ["--data_dir", str(data_dir), "--num_train_epochs", str(epochs), "--output_dir", str(out),
+             "--report_to", "none", "--checkpointing_steps", "none", *extra]
+    code = run(parse_args(flags))
+    if code != 0:
+        sys.exit(f"lab2 run failed with exit code {code}")
+    summary = json.loads((out / "summary.json").read_text())
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steady = metrics[1:] or metrics  # the first epoch pays one-off warm-up (primitive choice, compile)
+    images = sum(m["train_images_per_s"] * m["epoch_time_s"] for m in steady)
+    return {
+        "images_per_s": images / sum(m["epoch_time_s"] for m in steady),
+        "eval_acc": summary["final_eval_acc"],
+        "precision": summary["precision"],
+        "device": summary["device"],
+    }
+
+
+def seed_recipe(data_dir: Path, epochs: int, batch_size: int, workers: int, device: torch.device,
+                max_samples: int | None = None, seed: int = 42) -> dict:
+    """The course lab's loop: PIL transforms in DataLoader workers, fp32, Adam 1e-3; training time only."""
     torch.manual_seed(seed)
     train = CustomCIFAR10.from_folder(data_dir, train=True, transform=train_transform())
     test = CustomCIFAR10.from_folder(data_dir, train=False, transform=test_transform())
+    if max_samples:
+        train = Subset(train, range(min(max_samples, len(train))))
     pin = device.type == "cuda"
     train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
     test_loader = DataLoader(test, batch_size=256, num_workers=workers, pin_memory=pin)
@@ -71,8 +148,7 @@ def seed_recipe(data_dir: Path, epochs: int, batch_size: int, workers: int, devi
             loss.backward()
             optimizer.step()
             images += len(y)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         train_time += time.perf_counter() - start
     model.eval()
     correct = total = 0
@@ -80,80 +156,81 @@ def seed_recipe(data_dir: Path, epochs: int, batch_size: int, workers: int, devi
         for x, y in test_loader:
             correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
             total += len(y)
-    return {"images_per_s": images / train_time, "eval_acc": correct / total, "train_time_s": train_time}
+    return {"images_per_s": images / train_time, "eval_acc": correct / total}
 
 
-def lab2_run(data_dir: Path, epochs: int, config: str, out: Path, extra: list[str]) -> dict:
-    command = [
-        str(Path(sys.executable).parent / "accelerate"), "launch", "--quiet", "--config_file", config,
-        "train_accelerate.py", "--data_dir", str(data_dir), "--num_train_epochs", str(epochs),
-        "--output_dir", str(out), "--report_to", "none", "--checkpointing_steps", "none", *extra,
-    ]
-    env = dict(os.environ, TQDM_DISABLE="1")
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"lab2 run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    summary = json.loads((out / "summary.json").read_text())
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steady = metrics[1:] or metrics  # the first epoch pays one-off warm-up (cuDNN autotune, compile)
-    steady_rate = sum(m["train_images_per_s"] * m["epoch_time_s"] for m in steady) / sum(m["epoch_time_s"] for m in steady)
-    return {
-        "images_per_s": summary["train_images_per_s"],
-        "steady_images_per_s": steady_rate,
-        "eval_acc": summary["final_eval_acc"],
-        "train_time_s": summary["train_time_s"],
-        "precision": summary["precision"],
-        "device": summary["device"],
-    }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", type=Path, default=MINI)
-    parser.add_argument("--epochs", type=int, default=3, help="epochs for lab2 (and the seed recipe unless --seed_epochs)")
-    parser.add_argument("--seed_epochs", type=int, default=None, help="epochs for the seed recipe (default: --epochs)")
-    parser.add_argument("--tile", type=int, default=0, help="repeat the training split up to N images (0: as is)")
-    parser.add_argument("--config", default=None, help="Accelerate config for lab2 (default: GPU bf16 if CUDA, else CPU fp32)")
-    parser.add_argument("--workers", type=int, default=2, help="seed recipe DataLoader workers")
-    parser.add_argument("--extra", default="", help="more train_accelerate.py flags for lab2, quoted")
-    parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
-    args = parser.parse_args()
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    config = args.config or f"accelerate_configs/{'single_gpu_bf16' if cuda else 'cpu'}.yaml"
-    seed_epochs = args.seed_epochs or args.epochs
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = tiled_copy(args.data_dir, args.tile, Path(tmp) / "tiled") if args.tile else args.data_dir
-        n_train = len(read_cifar10_folder(data_dir / "cifar-10-batches-py").train_labels)
-        print(f"data: {data_dir} ({n_train} training images); device: {device}; lab2 config: {config}", flush=True)
-        ours = lab2_run(data_dir, args.epochs, config, Path(tmp) / "lab2-run", shlex.split(args.extra))
-        print(f"lab2 ({ours['precision']}): {ours['images_per_s']:.0f} images/s over {args.epochs} epochs "
-              f"(steady {ours['steady_images_per_s']:.0f}), train time {ours['train_time_s']:.1f} s, eval acc {100 * ours['eval_acc']:.2f}%", flush=True)
-        seed = seed_recipe(data_dir, seed_epochs, 128, args.workers, device)
-        print(f"seed recipe (fp32, PIL, {args.workers} workers): {seed['images_per_s']:.0f} images/s over {seed_epochs} epochs, "
-              f"train time {seed['train_time_s']:.1f} s, eval acc {100 * seed['eval_acc']:.2f}%", flush=True)
-    ratio = ours["images_per_s"] / seed["images_per_s"]
-    print(f"ratio lab2 / seed: {ratio:.2f}x end-to-end training images/s; accuracy difference {100 * (ours['eval_acc'] - seed['eval_acc']):+.2f} points")
-    command = "python bench/train_throughput.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    device_name = ours["device"] if cuda else f"CPU: {_cpu_name()}, {torch.get_num_threads()} threads"
-    with open(args.results, "a", encoding="utf-8") as handle:
-        handle.write(
-            f"\n### {time.strftime('%Y-%m-%d')} · {device_name}\n\n`{command.strip()}` (torch {torch.__version__})\n\n"
-            f"| pipeline | epochs | train images/s | eval acc |\n| --- | --- | --- | --- |\n"
-            f"| lab2 ({config}, {ours['precision']}) | {args.epochs} | {ours['images_per_s']:.0f} | {100 * ours['eval_acc']:.2f}% |\n"
-            f"| seed recipe (fp32, PIL, {args.workers} workers) | {seed_epochs} | {seed['images_per_s']:.0f} | {100 * seed['eval_acc']:.2f}% |\n\n"
-            f"Ratio: **{ratio:.2f}x**; lab2 training wall time {ours['train_time_s']:.1f} s for {args.epochs} epochs of {n_train} images.\n"
-        )
-
-
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return "unknown"
+    return "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", type=Path, default=MINI)
+    parser.add_argument("--epochs", type=int, default=3, help="lab2 epochs (the first is left out of its rate)")
+    parser.add_argument("--seed_epochs", type=int, default=2, help="seed-recipe epochs")
+    parser.add_argument("--bare_steps", type=int, default=20, help="timed bare steps")
+    parser.add_argument("--tile", type=int, default=0, help="repeat the training split up to N images (0: as is)")
+    parser.add_argument("--mixed_precision", choices=("no", "bf16"), default="no", help="for lab2, the bare step and the peak")
+    parser.add_argument("--workers", type=int, default=2, help="seed recipe DataLoader workers")
+    parser.add_argument("--extra", default="", help="more train_accelerate.py flags for lab2, quoted")
+    parser.add_argument("--quick", action="store_true", help="smoke check: 512 images, 2 lab2 epochs, 1 seed epoch, 3 bare steps; no RESULTS.md")
+    parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    extra = shlex.split(args.extra)
+    max_samples = None
+    if args.quick:
+        args.epochs, args.seed_epochs, args.bare_steps, max_samples = 2, 1, 3, 512
+        extra += ["--max_train_samples", "512", "--max_eval_samples", "256"]
+    os.environ["TQDM_DISABLE"] = "1"  # before lab2.training imports tqdm, which reads it then
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = args.mixed_precision == "bf16"
+    os.environ["ACCELERATE_MIXED_PRECISION"] = args.mixed_precision
+    training_flops = count_flops(SimpleCNN()).training_flops  # per image, forward + backward
+
+    peak = gemm_peak(device, torch.bfloat16 if bf16 else torch.float32)
+    print(f"peak: torch.mm 4096^2 {'bf16' if bf16 else 'fp32'} {peak / 1e9:.0f} GFLOP/s", flush=True)
+    bare = bare_step(device, args.bare_steps, bf16=bf16)
+    print(f"bare step: {bare:.0f} images/s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = tiled_copy(args.data_dir, args.tile, Path(tmp) / "tiled") if args.tile else args.data_dir
+        ours = lab2_loop(data_dir, args.epochs, Path(tmp) / "lab2-run", extra)
+        print(f"lab2 loop: {ours['images_per_s']:.0f} images/s", flush=True)
+        seed = seed_recipe(data_dir, args.seed_epochs, 128, args.workers, device, max_samples)
+        print(f"seed recipe: {seed['images_per_s']:.0f} images/s", flush=True)
+
+    rows = [
+        (f"peak: torch.mm 4096² {'bf16' if bf16 else 'fp32'}", None, peak),
+        (f"bare step (batch 128, channels_last, fused Adam, {'bf16' if bf16 else 'fp32'})", bare, bare * training_flops),
+        (f"lab2 loop (default flags, {ours['precision']}, epochs 2-{args.epochs})", ours["images_per_s"], ours["images_per_s"] * training_flops),
+        (f"seed recipe (PIL, {args.workers} workers, fp32, {args.seed_epochs} epochs)", seed["images_per_s"], seed["images_per_s"] * training_flops),
+    ]
+    lines = ["| what | images/s | training GFLOP/s | fraction of peak |", "| --- | --- | --- | --- |"]
+    for name, rate, flops in rows:
+        lines.append(f"| {name} | {'' if rate is None else f'{rate:.0f}'} | {flops / 1e9:.1f} | {flops / peak:.2f} |")
+    loop_ratio = ours["images_per_s"] / bare
+    seed_ratio = ours["images_per_s"] / seed["images_per_s"]
+    lines += [
+        "",
+        f"loop / bare step: **{loop_ratio:.2f}** (target ≥ {TARGET_LOOP_RATIO:.2f}); "
+        f"lab2 / seed: **{seed_ratio:.2f}x** (target ≥ {TARGET_SEED_RATIO}x); "
+        f"training FLOPs per image {training_flops / 1e9:.3f} G (lab2.flops: forward + backward, 2 per multiply-add); "
+        f"eval accuracy lab2 {100 * ours['eval_acc']:.2f}%, seed {100 * seed['eval_acc']:.2f}% (few epochs: a sanity check only).",
+    ]
+    table = "\n".join(lines)
+    print("\n" + table)
+    if args.quick:
+        return
+    command = "python bench/train_throughput.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    where = ours["device"] if device.type == "cuda" else f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
+    with open(args.results, "a", encoding="utf-8") as handle:
+        handle.write(f"\n### {time.strftime('%Y-%m-%d')} · {where} · loop against the machine\n\n"
+                     f"`{command.strip()}` (torch {torch.__version__})\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -19,10 +19,16 @@ from pathlib import Path
 from lab2.errors import UserError
 from lab2.tracker_choice import parse_report_to
 from lab2.flag_types import Parser, check_float, check_int, checked_text, float_flag, int_flag
+from lab2.recipes import RECIPES, recipe_values
 
 DATASETS = ("cifar10", "fake")
 DATA_PIPELINES = ("device", "torchvision")
 CHANNELS_LAST = ("auto", "on", "off")
+# Kept in step with lab2.optim (not imported from there: this module must not load torch).
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULERS = ("constant", "linear", "cosine", "one_cycle")
+EVAL_STRATEGIES = ("epoch", "steps", "no")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _flag(help_text: str, choices: tuple[str, ...] | None = None, bounds: dict | None = None, **kwargs):
@@ -35,6 +41,7 @@ def _flag(help_text: str, choices: tuple[str, ...] | None = None, bounds: dict |
 COUNT = {"minimum": 1, "maximum": 100_000_000}
 STEPS = {"minimum": 1, "maximum": 1_000_000_000}
 BATCH = {"minimum": 1, "maximum": 65_536}
+FRACTION = {"minimum": 0.0, "maximum": 1.0}  # [0, 1); the open end is checked in _validate_recipe_flags
 
 
 @dataclass
@@ -60,10 +67,23 @@ class TrainConfig:
     num_train_epochs: int = _flag("epochs to train", bounds={"minimum": 1, "maximum": 100_000}, default=30)
     per_device_train_batch_size: int = _flag("training batch size per process", bounds=BATCH, default=128)
     per_device_eval_batch_size: int = _flag("evaluation batch size per process", bounds=BATCH, default=512)
-    learning_rate: float = _flag("Adam learning rate, as in the seed", bounds={"above": 0.0}, default=1e-3)
+    learning_rate: float = _flag("peak learning rate (the seed: Adam at a constant 1e-3)", bounds={"above": 0.0}, default=1e-3)
+    # Recipe flags, with transformers TrainingArguments names and meanings (lab2.optim documents the shapes)
+    recipe: str = _flag("a preset of the recipe flags (lab2.recipes); flags given explicitly win", tuple(RECIPES), default="none")
+    optim: str = _flag("adam (the seed), adamw (decoupled weight decay), or sgd (Nesterov momentum)", OPTIMIZERS, default="adam")
+    momentum: float = _flag("momentum of --optim sgd (Nesterov when above 0)", bounds=FRACTION, default=0.9)
+    weight_decay: float = _flag("weight decay (L2 for adam and sgd, decoupled for adamw)", bounds={"minimum": 0.0, "maximum": 1e6}, default=0.0)
+    lr_scheduler_type: str = _flag("learning-rate schedule over the run, stepped per optimizer step", LR_SCHEDULERS, default="constant")
+    warmup_ratio: float = _flag("fraction of the steps warming up linearly (one_cycle: where the peak is; 0 means 0.3)", bounds=FRACTION, default=0.0)
+    label_smoothing_factor: float = _flag("label smoothing of the training loss (torch's cross_entropy label_smoothing)", bounds=FRACTION, default=0.0)
+    tta: bool = _flag("test-time augmentation: evaluate on each image and its mirror image, averaging the logits", default=False)
+    eval_strategy: str = _flag("evaluate every epoch, every --eval_steps optimizer steps, or no (only at the end)", EVAL_STRATEGIES, default="epoch")
+    eval_steps: typing.Optional[int] = _flag("optimizer steps between evaluations with --eval_strategy steps (default: --logging_steps)", bounds=STEPS, default=None)
+    dataloader_drop_last: bool = _flag("drop each epoch's last partial training batch (static shapes for CUDA graphs)", default=False)
     seed: int = _flag("seed for weights, data order and augmentation", bounds={"minimum": 0, "maximum": 2**32 - 1}, default=42)
     channels_last: str = _flag("memory format: auto (on for CPU and CUDA), on, off", CHANNELS_LAST, default="auto")
     torch_compile: bool = _flag("wrap the model in torch.compile (helps on GPUs, hurts on CPUs)", default=False)
+    torch_compile_mode: str = _flag("torch.compile mode; reduce-overhead adds CUDA graphs (pair it with --dataloader_drop_last)", COMPILE_MODES, default="default")
     # Output and tracking
     output_dir: str = _flag("everything a run writes goes here (default: runs/<run_name>)", default="")
     run_name: str = _flag("name of the run (default: <model>-<date>-<time>)", default="")
@@ -92,6 +112,13 @@ class TrainConfig:
     def checkpoint_every_steps(self) -> int | None:
         """Optimizer steps between checkpoints, or None for per-epoch/no checkpoints."""
         return None if self.checkpointing_steps in ("epoch", "none") else int(self.checkpointing_steps)
+
+    @property
+    def eval_every_steps(self) -> int | None:
+        """Optimizer steps between evaluations for --eval_strategy steps (--eval_steps, else --logging_steps), or None."""
+        if self.eval_strategy != "steps":
+            return None
+        return self.eval_steps or self.logging_steps
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -134,6 +161,7 @@ def _validate(cfg: TrainConfig) -> None:
             f"--dataset_name and --dataset {cfg.dataset} conflict: --dataset_name replaces the on-disk data; "
             "give one of them."
         )
+    _validate_recipe_flags(cfg)
     if cfg.resume_from_checkpoint and cfg.overwrite_output_dir:
         raise UserError(
             "--resume_from_checkpoint and --overwrite_output_dir conflict: resuming continues the run in "
@@ -147,6 +175,20 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         setattr(cfg, f.name, _checked_value(f, getattr(cfg, f.name)))
     _validate(cfg)
     return cfg
+
+
+def _validate_recipe_flags(cfg: TrainConfig) -> None:
+    """The optimizer, schedule and evaluation flags: fractions in [0, 1), nothing negative."""
+    fractions = {"warmup_ratio": cfg.warmup_ratio, "label_smoothing_factor": cfg.label_smoothing_factor, "momentum": cfg.momentum}
+    for name, value in fractions.items():
+        if not 0.0 <= value < 1.0:
+            raise UserError(f"--{name} must be at least 0 and below 1, got {value:g}.")
+    if not cfg.weight_decay >= 0.0:
+        raise UserError(f"--weight_decay must be 0 or more, got {cfg.weight_decay:g}.")
+    if cfg.eval_steps is not None and cfg.eval_steps <= 0:
+        raise UserError(f"--eval_steps must be a positive number of optimizer steps, got {cfg.eval_steps}.")
+    if cfg.eval_steps is not None and cfg.eval_strategy != "steps":
+        raise UserError(f"--eval_steps applies only with --eval_strategy steps (now {cfg.eval_strategy}); add --eval_strategy steps or drop --eval_steps.")
 
 
 def _annotation_type(annotation: str):
@@ -177,7 +219,8 @@ def build_parser(prog: str = "train_accelerate.py") -> argparse.ArgumentParser:
         kind = _argparse_type(f)
         help_text = f.metadata["help"]
         if kind is bool:
-            parser.add_argument(f"--{f.name}", action="store_true", help=help_text)
+            # --flag / --no-flag: a recipe may switch a flag on that the user wants off.
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
             parser.add_argument(
                 f"--{f.name}",
@@ -189,14 +232,27 @@ def build_parser(prog: str = "train_accelerate.py") -> argparse.ArgumentParser:
     return parser
 
 
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The names of the flags `argv` gives explicitly (abbreviations and `--flag=value` included).
+
+    Parses again with every default suppressed, so argparse itself decides what was given.
+    """
+    probe = build_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """Parse flags into a validated TrainConfig; raise UserError for bad values.
 
     Flag errors (unknown flag, wrong type, out of range) print one `error:` line
     naming the flag and exit with status 2, our bad-input contract.
     """
-    args = build_parser().parse_args(argv)
-    return _finish(TrainConfig(**vars(args)))
+    parser = build_parser()
+    values = vars(parser.parse_args(argv))
+    values.update(recipe_values(values["recipe"], given_flags(argv)))
+    return _finish(TrainConfig(**values))
 
 
 def _finish(cfg: TrainConfig) -> TrainConfig:
@@ -233,7 +289,8 @@ def _checked_value(f: dataclasses.Field, value):
 def config_from_flags(**flags) -> TrainConfig:
     """A validated TrainConfig from flags given as Python values (lab2.train), with the command line's checks.
 
-    Names are TrainConfig's fields (the flags without `--`); anything left out keeps its command-line default.
+    Names are TrainConfig's fields (the flags without `--`); anything left out keeps its command-line default
+    (or --recipe's value, when a recipe is given).
     Raises UserError naming the flag for an unknown name, a wrong type or an invalid value.
     """
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -242,7 +299,9 @@ def config_from_flags(**flags) -> TrainConfig:
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise UserError(f"unknown flag {name!r}; {hint}the flags are lab2.config.TrainConfig's fields (see --help).")
-    return _finish(TrainConfig(**{name: _checked_value(fields[name], value) for name, value in flags.items()}))
+    values = {name: _checked_value(fields[name], value) for name, value in flags.items()}
+    # A --recipe fills in what the caller did not give, as on the command line.
+    return _finish(TrainConfig(**{**recipe_values(values.get("recipe", "none"), set(values)), **values}))
 
 
 def config_from_dict(values: dict) -> TrainConfig:

@@ -268,14 +268,15 @@ class CustomCIFAR10(Dataset):
         return image, int(self.labels[index])
 
 
-def torchvision_loaders(splits: DataSplits, train_batch_size: int, eval_batch_size: int, num_workers: int, seed: int):
-    """The seed's DataLoaders (shuffled train with crop+flip, ordered test), for accelerator.prepare."""
+def torchvision_loaders(splits: DataSplits, train_batch_size: int, eval_batch_size: int, num_workers: int, seed: int, drop_last: bool = False):
+    """The seed's DataLoaders (shuffled train with crop+flip, ordered test), for accelerator.prepare;
+    `drop_last` leaves out the last partial training batch (static shapes)."""
     train_set = CustomCIFAR10(splits.train_images, splits.train_labels, train_transform(), splits.class_names)
     test_set = CustomCIFAR10(splits.test_images, splits.test_labels, test_transform(), splits.class_names)
     common = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
     # A seeded generator makes the shuffle order reproducible (bit-exact resume relies on it).
     train_loader = DataLoader(
-        train_set, batch_size=train_batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), **common
+        train_set, batch_size=train_batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), drop_last=drop_last, **common
     )
     test_loader = DataLoader(test_set, batch_size=eval_batch_size, shuffle=False, **common)
     return train_loader, test_loader

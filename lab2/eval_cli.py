@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_eval_samples", type=_flag_type("max_eval_samples"), default=None, help="default: the run's")
     parser.add_argument("--per_device_eval_batch_size", type=_flag_type("per_device_eval_batch_size"), default=512)
     parser.add_argument("--num_prediction_samples", type=_flag_type("num_prediction_samples"), default=24)
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each image's logits with its mirror image's (default: as the run was evaluated)")
     parser.add_argument("--output_dir", default=None, help="where figures and eval.json go (default: <run folder>/eval)")
     return parser
 
@@ -71,12 +73,14 @@ def run_eval(args) -> dict:
         model = loaded.model.to(memory_format=torch.channels_last) if channels_last else loaded.model
         test_set = DeviceDataset(splits.test_images, splits.test_labels, train=False, device=accelerator.device, channels_last=channels_last)
         model, loader = accelerator.prepare(model, device_dataloader(test_set, args.per_device_eval_batch_size, shuffle=False))
-        result = evaluate(accelerator.unwrap_model(model), loader, accelerator, splits.num_classes, args.num_prediction_samples, CIFAR10_MEAN, CIFAR10_STD)
+        tta = cfg.tta if args.tta is None else args.tta
+        result = evaluate(accelerator.unwrap_model(model), loader, accelerator, splits.num_classes, args.num_prediction_samples, CIFAR10_MEAN, CIFAR10_STD, tta=tta)
         report = {
             "model_path": str(loaded.path),
             "accuracy": result.accuracy,
             "loss": result.loss,
             "num_samples": result.num_samples,
+            "tta": tta,
             "class_accuracy": dict(zip(splits.class_names, map(float, result.per_class_accuracy))),
         }
         if accelerator.is_main_process:

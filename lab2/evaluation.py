@@ -81,19 +81,31 @@ class _SamplePool:
         return PredictionSamples(images, parts[1].numpy(), parts[2].numpy(), parts[3].float().numpy())
 
 
+def flip_averaged_logits(model, images: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation (--tta): the mean of the float32 logits of `images` and of their mirror images.
+
+    images: (B, C, H, W); the mirror flips the width axis, the flip the training
+    augmentation uses, so the model has learnt both views.
+    """
+    return (model(images).float() + model(images.flip(3)).float()) / 2
+
+
 @torch.no_grad()
-def evaluate(model, loader, accelerator, num_classes: int, num_samples: int = 0, mean=None, std=None) -> EvalResult:
+def evaluate(model, loader, accelerator, num_classes: int, num_samples: int = 0, mean=None, std=None, tta: bool = False) -> EvalResult:
     """Evaluate `model` over `loader` on every process; the result is identical on all of them.
 
     `num_samples` > 0 also picks images for the predictions grid (main process;
-    `mean`/`std` undo the normalisation for display).
+    `mean`/`std` undo the normalisation for display). `tta` averages each image's
+    logits with its mirror image's (`flip_averaged_logits`): twice the forward cost.
+    The loss is the plain cross-entropy of those logits, never label-smoothed, so
+    eval/loss stays comparable between recipes.
     """
     model.eval()
     pool = _SamplePool(num_samples) if num_samples and accelerator.is_main_process else None
     outputs: list[tuple[torch.Tensor, ...]] = []
     for images, labels in loader:
         with accelerator.autocast():
-            logits = model(images)
+            logits = flip_averaged_logits(model, images) if tta else model(images)
         losses = F.cross_entropy(logits.float(), labels, reduction="none")
         confidences, predictions = logits.float().softmax(dim=1).max(dim=1)
         if pool is not None:

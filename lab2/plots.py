@@ -164,9 +164,11 @@ def curves_figure(metrics: Sequence[dict]) -> Figure:
     fig = Figure(figsize=(10, 4), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     for key, label in (("train_loss", "train"), ("eval_loss", "eval")):
-        loss_ax.plot(epochs, [m[key] for m in metrics], marker="o", label=label)
+        points = [(e, m[key]) for e, m in zip(epochs, metrics) if m[key] is not None]  # --eval_strategy no: no eval points
+        loss_ax.plot([e for e, _ in points], [v for _, v in points], marker="o", label=label)
     for key, label in (("train_acc", "train"), ("eval_acc", "eval")):
-        acc_ax.plot(epochs, [100 * m[key] for m in metrics], marker="o", label=label)
+        points = [(e, m[key]) for e, m in zip(epochs, metrics) if m[key] is not None]
+        acc_ax.plot([e for e, _ in points], [100 * v for _, v in points], marker="o", label=label)
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (loss_ax, acc_ax):

@@ -44,7 +44,8 @@ def training_log_table(metrics: list[dict]) -> str:
     ]
     for m in metrics:
         lines.append(
-            f"{m['epoch']:>5} | {m['train_loss']:>10.4f} | {100 * m['train_acc']:>8.2f}% | {m['eval_loss']:>8.4f} | {100 * m['eval_acc']:>6.2f}%"
+            f"{m['epoch']:>5} | {m['train_loss']:>10.4f} | {100 * m['train_acc']:>8.2f}% | "
+            + (f"{m['eval_loss']:>8.4f} | {100 * m['eval_acc']:>6.2f}%" if m["eval_acc"] is not None else f"{'-':>8} | {'-':>7}")  # --eval_strategy no
         )
     return "\n".join(lines)
 
@@ -59,15 +60,16 @@ class RunResults:
 
     # ----------------------------------------------------------------- per epoch
 
-    def end_epoch(self, epoch: int, totals: tuple[float, float, float], epoch_time: float, result: EvalResult, lr: float, global_step: int) -> dict:
-        """Append the epoch's record to metrics.jsonl, log it, print one line. `totals`: (loss sum, correct, seen) over all processes."""
+    def end_epoch(self, epoch: int, totals: tuple[float, float, float], epoch_time: float, result: EvalResult | None, lr: float, global_step: int) -> dict:
+        """Append the epoch's record to metrics.jsonl, log it, print one line. `totals`: (loss sum, correct, seen) over all processes.
+        `result` is None for an epoch without evaluation (--eval_strategy no): its eval fields are null."""
         loss_sum, correct, seen = totals
         record = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(seen, 1),
             "train_acc": correct / max(seen, 1),
-            "eval_loss": result.loss,
-            "eval_acc": result.accuracy,
+            "eval_loss": result.loss if result else None,
+            "eval_acc": result.accuracy if result else None,
             "lr": lr,
             "epoch_time_s": epoch_time,
             "train_images_per_s": seen / max(epoch_time, 1e-9),
@@ -79,11 +81,11 @@ class RunResults:
         values = {
             "train/loss_epoch": record["train_loss"],
             "train/accuracy": record["train_acc"],
-            "eval/loss": record["eval_loss"],
-            "eval/accuracy": record["eval_acc"],
             "epoch": record["epoch"],
             "perf/train_images_per_s": record["train_images_per_s"],
         }
+        if result is not None:
+            values.update({"eval/loss": record["eval_loss"], "eval/accuracy": record["eval_acc"]})
         if self.flops.training_flops:
             achieved = record["train_images_per_s"] * self.flops.training_flops
             values["perf/train_tflops"] = achieved / 1e12
@@ -93,8 +95,8 @@ class RunResults:
         self.tracking.log(values, step=global_step)
         self.accelerator.print(
             f"epoch {epoch + 1}/{self.cfg.num_train_epochs}: train loss {record['train_loss']:.4f} acc {100 * record['train_acc']:.2f}% | "
-            f"eval loss {record['eval_loss']:.4f} acc {100 * record['eval_acc']:.2f}% | "
-            f"{record['train_images_per_s']:.0f} img/s | {epoch_time:.1f} s"
+            + (f"eval loss {record['eval_loss']:.4f} acc {100 * record['eval_acc']:.2f}% | " if result else "no eval | ")
+            + f"{record['train_images_per_s']:.0f} img/s | {epoch_time:.1f} s"
         )
         return record
 
@@ -164,7 +166,7 @@ class RunResults:
         device = self.accelerator.device
         return {
             "final_eval_acc": result.accuracy,
-            "best_eval_acc": max([m["eval_acc"] for m in metrics], default=result.accuracy),
+            "best_eval_acc": max([m["eval_acc"] for m in metrics if m["eval_acc"] is not None], default=result.accuracy),
             "final_eval_loss": result.loss,
             "num_eval_samples": result.num_samples,
             "class_accuracy": dict(zip(self.splits.class_names, map(float, result.per_class_accuracy))),

@@ -61,7 +61,7 @@ def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> None:
 
 def create_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
+    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration, TorchDynamoPlugin
 
     return Accelerator(
         log_with=log_with_for(cfg.report_to),
@@ -71,7 +71,8 @@ def create_accelerator(cfg: TrainConfig):
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
         # A rank that dies must not leave the others waiting forever.
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))],
-        dynamo_backend="inductor" if cfg.torch_compile else None,
+        # --torch_compile_mode reduce-overhead adds CUDA graphs (static shapes: --dataloader_drop_last).
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor", mode=cfg.torch_compile_mode) if cfg.torch_compile else None,
     )
 
 

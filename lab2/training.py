@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lab2.checkpoint import (check_compatible, disk_full_error, latest_good_checkpoint, position_settings, read_progress,
@@ -30,6 +29,7 @@ from lab2.flops import count_flops
 from lab2.flow import read_flow_history
 from lab2.flow_reporter import FlowReporter
 from lab2.models import create_model
+from lab2.optim import create_optimizer, create_scheduler, rescale_learning_rate, scheduler_total_steps, training_loss
 from lab2.outputs import RunPaths, keep_jsonl, write_json
 from lab2.results import RunResults
 from lab2.run_setup import StopRequest, check_output_dir, create_accelerator, ensure_cpu_threads, prepare_output_dir, warn_slow_bf16
@@ -89,15 +89,25 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.flops = count_flops(model) if self.main else None  # rank 0 only, before wrapping
         # The fused kernel (one op for all tensors) is the same Adam, measured ~10% faster per CPU step here.
-        fused = accelerator.device.type in ("cpu", "cuda")
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, fused=fused)
+        fused = accelerator.device.type in ("cpu", "cuda") and cfg.optim != "sgd"
+        optimizer = create_optimizer(model.parameters(), cfg.optim, cfg.learning_rate, cfg.weight_decay, cfg.momentum, fused=fused)
         if cfg.data_pipeline == "torchvision":
-            loaders = torchvision_loaders(self.splits, cfg.per_device_train_batch_size, cfg.per_device_eval_batch_size, cfg.num_workers, cfg.seed)
+            loaders = torchvision_loaders(self.splits, cfg.per_device_train_batch_size, cfg.per_device_eval_batch_size, cfg.num_workers, cfg.seed,
+                                          drop_last=cfg.dataloader_drop_last)
         else:
             loaders = device_loaders(self.splits, cfg.per_device_train_batch_size, cfg.per_device_eval_batch_size,
-                                     device=accelerator.device, seed=cfg.seed, channels_last=channels_last)
+                                     device=accelerator.device, seed=cfg.seed, channels_last=channels_last, drop_last=cfg.dataloader_drop_last)
         # One prepare for every path: Accelerate shards, evens out, reshuffles per epoch and places the batches.
         self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(model, optimizer, *loaders)
+        if len(self.train_loader) == 0:
+            raise UserError(f"--dataloader_drop_last leaves no training batch: {len(self.splits.train_labels)} images per epoch are fewer than "
+                            f"one batch of {cfg.per_device_train_batch_size} per process; lower --per_device_train_batch_size or drop the flag.")
+        # The schedule spans the run's optimizer steps, known once the loader is sharded. Prepared, it steps once per
+        # optimizer step (skipped with the step under fp16 overflow) and save_state/load_state carry it.
+        scheduler = create_scheduler(self.optimizer.optimizer, cfg.lr_scheduler_type,
+                                     scheduler_total_steps(len(self.train_loader), cfg.num_train_epochs, accelerator.num_processes), cfg.warmup_ratio)
+        self.scheduler = accelerator.prepare(scheduler)
+        self.latest_eval: EvalResult | None = None  # the last evaluation of --eval_strategy steps
         self.progress = Progress(model=cfg.model, num_classes=self.splits.num_classes, world_size=accelerator.num_processes)
         self.tracking = Tracking(accelerator, printer=accelerator.print)
         self.flow = None  # flow statistics, histograms and images: main process only
@@ -129,10 +139,10 @@ class Trainer:
                 f"checkpoint {path} does not load into this run ({str(exc).splitlines()[0][:160]}); it was saved by another "
                 "model or lab2 version: pass the matching --model, or pick another checkpoint."
             ) from None
-        for group in self.optimizer.param_groups:  # the command line wins over the checkpoint's learning rate
-            if group["lr"] != self.cfg.learning_rate:
-                self.accelerator.print(f"note: --learning_rate {self.cfg.learning_rate:g} replaces the checkpoint's {group['lr']:g}")
-                group["lr"] = self.cfg.learning_rate
+        # The command line wins over the checkpoint's learning rate: the schedule is scaled to the new peak, in place.
+        old_peak = rescale_learning_rate(self.optimizer, self.scheduler.scheduler, self.cfg.learning_rate)
+        if old_peak != self.cfg.learning_rate:
+            self.accelerator.print(f"note: --learning_rate {self.cfg.learning_rate:g} replaces the checkpoint's {old_peak:g}")
         self.progress = Progress(**{k: saved[k] for k in asdict(Progress()) if k in saved})
         self.progress.world_size = self.accelerator.num_processes
         if not self.main:  # rank 0 carries the saved running sums; the epoch-end reduce adds them once
@@ -204,13 +214,14 @@ class Trainer:
         try:
             for images, labels in batches:
                 logits = self.model(images)
-                loss = F.cross_entropy(logits.float(), labels)
+                loss = training_loss(logits, labels, cfg.label_smoothing_factor)
                 acc.backward(loss)
                 # Every --flow_log_steps steps, and once at the very end of training.
                 take_flow = cfg.flow_log_steps and ((p.global_step + 1) % cfg.flow_log_steps == 0 or (final_epoch and p.batch_in_epoch + 1 == len(loader)))
                 if take_flow:
                     self._flow_snapshot()
                 self.optimizer.step()
+                self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 p.global_step += 1
                 p.batch_in_epoch += 1
@@ -233,6 +244,8 @@ class Trainer:
                 if every and p.global_step % every == 0:
                     self._check_interval(first_bad)
                     self._save(loss_sum, correct, seen)
+                if cfg.eval_every_steps and p.global_step % cfg.eval_every_steps == 0:
+                    self._evaluate_at_step(p.global_step)
                 if p.global_step % check_every == 0 and self._stop_requested():
                     self._check_interval(first_bad)
                     self._save(loss_sum, correct, seen)
@@ -271,8 +284,15 @@ class Trainer:
         sync_buffers(self.accelerator, self.model)
         return evaluate(
             self.accelerator.unwrap_model(self.model), self.eval_loader, self.accelerator, self.splits.num_classes,
-            num_samples=num_samples, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+            num_samples=num_samples, mean=CIFAR10_MEAN, std=CIFAR10_STD, tta=self.cfg.tta,
         )
+
+    def _evaluate_at_step(self, step: int) -> None:
+        """--eval_strategy steps: evaluate mid-epoch, log eval/loss and eval/accuracy at this step (one sync)."""
+        self.latest_eval = result = self._evaluate(num_samples=0)
+        if self.main:
+            self.tracking.log({"eval/loss": result.loss, "eval/accuracy": result.accuracy}, step=step)
+            self.accelerator.print(f"step {step}: eval loss {result.loss:.4f} acc {100 * result.accuracy:.2f}%")
 
     def fit(self) -> int:
         cfg, acc, p = self.cfg, self.accelerator, self.progress
@@ -287,9 +307,12 @@ class Trainer:
             if not finished:
                 return self._interrupted()
             last = epoch == cfg.num_train_epochs - 1
-            result = self._evaluate(num_samples=cfg.num_prediction_samples if last else 0)
+            if cfg.eval_strategy == "epoch" or last:  # the final files always need the last epoch's evaluation
+                result = self._evaluate(num_samples=cfg.num_prediction_samples if last else 0)
+            else:  # the record carries the latest step evaluation (steps), or none (no)
+                result = self.latest_eval
             totals = self._sum_over_processes(p.loss_sum, p.correct, p.seen)
-            self.results.end_epoch(epoch, totals, epoch_time, result, self.optimizer.param_groups[0]["lr"], p.global_step)
+            self.results.end_epoch(epoch, totals, epoch_time, result, self.scheduler.get_last_lr()[0], p.global_step)
             p.epoch, p.batch_in_epoch = epoch + 1, 0
             p.loss_sum = p.correct = p.seen = 0.0
             if cfg.checkpointing_steps == "epoch" or (last and cfg.checkpointing_steps != "none"):
