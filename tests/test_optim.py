@@ -194,16 +194,20 @@ def test_recipe_fast_sets_its_values_and_explicit_flags_win():
     assert (seed.optim, seed.lr_scheduler_type, seed.label_smoothing_factor, seed.tta, seed.eval_strategy) == ("adam", "constant", 0.0, False, "epoch")
 
 
-def test_eval_strategy_steps_and_bad_recipe_values():
+def test_eval_strategy_steps_and_bad_recipe_values(capsys):
     assert parse_args(["--eval_strategy", "steps", "--eval_steps", "7"]).eval_every_steps == 7
     assert parse_args(["--eval_strategy", "steps", "--logging_steps", "9"]).eval_every_steps == 9  # transformers' fallback
     assert parse_args([]).eval_every_steps is None
+    # Out of a flag's range: refused while parsing (exit 2, one line naming the flag).
     for argv, flag in (
-        (["--warmup_ratio", "1"], "--warmup_ratio"),
         (["--label_smoothing_factor", "-0.1"], "--label_smoothing_factor"),
         (["--weight_decay", "-1"], "--weight_decay"),
-        (["--eval_steps", "5"], "--eval_strategy steps"),
         (["--eval_strategy", "steps", "--eval_steps", "0"], "--eval_steps"),
     ):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args(argv)
+        assert exit_info.value.code == 2 and flag in capsys.readouterr().err
+    # In range but meaningless together: refused by the checks after parsing.
+    for argv, flag in ((["--warmup_ratio", "1"], "--warmup_ratio"), (["--eval_steps", "5"], "--eval_strategy steps")):
         with pytest.raises(UserError, match=flag):
             parse_args(argv)
