@@ -11,14 +11,57 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 3
 EXIT_DIVERGED = 4
 EXIT_PEER_LOST = 5  # a distributed run lost another process (killed node, network, timeout)
+EXIT_DISK_FULL = 6  # the disk filled up; the message names the last good checkpoint
 
 
 class UserError(Exception):
     """A problem with the user's input: the message says what is wrong and how to fix it."""
 
+    exit_code = EXIT_USER_ERROR
+
+
+class UserErrors(UserError):
+    """Several independent problems with one input: each is printed as its own `error:` line."""
+
+    def __init__(self, subject: str, problems: list[str]):
+        super().__init__(f"{subject}: " + "; ".join(problems))
+        self.lines = [f"{subject}: {problem}" for problem in problems]
+
+
+class DiskFull(UserError):
+    """The disk filled up while lab2 wrote a file; the message says where and what survived."""
+
+    exit_code = EXIT_DISK_FULL
+
+
+def is_disk_full(exc: BaseException, folder=None) -> bool:
+    """Whether `exc` (or an exception it wraps) means the disk or quota is full.
+
+    torch.save reports ENOSPC as a RuntimeError "file write failed" and safetensors
+    as "StorageFull"; those count when the folder they wrote to has almost no space left.
+    """
+    import errno
+    import shutil
+
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen)
+        if "No space left on device" in text or "StorageFull" in text:
+            return True
+        if "file write failed" in text and folder is not None:
+            try:
+                return shutil.disk_usage(folder).free < 16 * 2**20
+            except OSError:
+                return False
+        seen = seen.__cause__ or seen.__context__
+    return False
+
 
 def exit_with_user_error(error: UserError, prog: str = "lab2") -> "NoReturn":  # noqa: F821
-    """Print `error` as one line on stderr and exit with EXIT_USER_ERROR."""
-    message = " ".join(str(error).split())  # one line, whatever the message held
-    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(EXIT_USER_ERROR)
+    """Print `error` as one line on stderr and exit with its code (EXIT_USER_ERROR, or EXIT_DISK_FULL)."""
+    for line in getattr(error, "lines", None) or [str(error)]:
+        message = " ".join(line.split())  # one line, whatever the message held
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(error.exit_code)

@@ -1,6 +1,7 @@
 """`lab2-eval`: evaluate a saved model on the test split with Accelerate, on any device and any number of processes.
 
     lab2-eval --model_path runs/<run> [--data_dir DIR | --dataset_name ID] [--output_dir FOLDER]
+    lab2-eval --model_path model_final.pth --data_dir DIR      (the course lab's saved state dict)
 
 The data source, --max_eval_samples and memory format default to the training
 run's own (from the safetensors metadata), so the accuracy it prints matches
@@ -16,24 +17,35 @@ from pathlib import Path
 import torch
 
 from lab2 import plots
+from lab2.config import TrainConfig
 from lab2.data import CIFAR10_MEAN, CIFAR10_STD
 from lab2.device_data import DeviceDataset, device_dataloader, use_channels_last
 from lab2.errors import UserError, exit_with_user_error
 from lab2.evaluation import evaluate
-from lab2.inference import load_exported_model
+from lab2.export import load_model_file
+from lab2.flag_types import Parser, int_flag
 from lab2.outputs import write_json
+from lab2.run_folder import check_eval_output_dir, claim
 from lab2.sources import load_splits
 
 
+TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _flag_type(name: str):
+    """The same checked type and range as the training flag of that name."""
+    return int_flag(f"--{name}", **TRAIN_FIELDS[name].metadata["bounds"])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lab2-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_path", required=True, help="a run folder or its model.safetensors")
+    parser = Parser(prog="lab2-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", required=True, help="a run folder, its model.safetensors, or the course lab's model_final.pth")
     parser.add_argument("--data_dir", default=None, help="folder holding cifar-10-batches-py/ (default: the run's)")
     parser.add_argument("--dataset_name", default=None, help="a Hub id or save_to_disk folder (default: the run's)")
     parser.add_argument("--dataset", default=None, choices=("cifar10", "fake"), help="default: the run's")
-    parser.add_argument("--max_eval_samples", type=int, default=None, help="default: the run's")
-    parser.add_argument("--per_device_eval_batch_size", type=int, default=512)
-    parser.add_argument("--num_prediction_samples", type=int, default=24)
+    parser.add_argument("--max_eval_samples", type=_flag_type("max_eval_samples"), default=None, help="default: the run's")
+    parser.add_argument("--per_device_eval_batch_size", type=_flag_type("per_device_eval_batch_size"), default=512)
+    parser.add_argument("--num_prediction_samples", type=_flag_type("num_prediction_samples"), default=24)
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="average each image's logits with its mirror image's (default: as the run was evaluated)")
     parser.add_argument("--output_dir", default=None, help="where figures and eval.json go (default: <run folder>/eval)")
@@ -43,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run_eval(args) -> dict:
     from accelerate import Accelerator
 
-    loaded = load_exported_model(args.model_path)
+    loaded = load_model_file(args.model_path)
+    out = Path(args.output_dir) if args.output_dir else loaded.path.parent / "eval"
+    check_eval_output_dir(out)  # before any work: never write over files lab2-eval did not write
     cfg = loaded.config
     overrides = {k: getattr(args, k) for k in ("data_dir", "dataset_name", "dataset", "max_eval_samples") if getattr(args, k) is not None}
     if "data_dir" in overrides and "dataset_name" not in overrides:
@@ -70,8 +84,7 @@ def run_eval(args) -> dict:
             "class_accuracy": dict(zip(splits.class_names, map(float, result.per_class_accuracy))),
         }
         if accelerator.is_main_process:
-            out = Path(args.output_dir) if args.output_dir else loaded.path.parent / "eval"
-            out.mkdir(parents=True, exist_ok=True)
+            claim(out, "eval")
             for name, fig in plots.evaluation_figures(result.confusion, result.per_class_accuracy, result.samples, splits.class_names).items():
                 plots.save_figure(fig, out / f"{name}.png")
             write_json(out / "eval.json", report)

@@ -13,7 +13,6 @@ Run `python -m lab2.flops --model simple_cnn` (or `lab2-flops`) for the table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -149,11 +148,12 @@ def measured_flops(model: nn.Module, input_shape=(1, 3, 32, 32), backward: bool 
 
 def main(argv: list[str] | None = None) -> None:
     from lab2.errors import UserError, exit_with_user_error
+    from lab2.flag_types import Parser, int_flag
     from lab2.models import create_model
 
-    parser = argparse.ArgumentParser(prog="lab2-flops", description="Per-layer FLOPs and parameters of a lab2 model.")
+    parser = Parser(prog="lab2-flops", description="Per-layer FLOPs and parameters of a lab2 model.")
     parser.add_argument("--model", default="simple_cnn", help="a name from the model registry")
-    parser.add_argument("--num_classes", type=int, default=10)
+    parser.add_argument("--num_classes", type=int_flag("--num_classes", minimum=1, maximum=100_000), default=10)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:

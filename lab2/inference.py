@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from lab2.checkpoint import read_exported_model
-from lab2.config import TrainConfig, config_from_dict
-from lab2.data import CIFAR10_CLASSES
+from lab2.cifar_reader import CIFAR10_CLASSES, MAX_CLASSES
+from lab2.config import TrainConfig, config_from_dict, validate_config
+from lab2.errors import UserError, UserErrors
+from lab2.flag_types import check_int
 from lab2.models import create_model
 
 
@@ -23,16 +25,79 @@ class LoadedModel:
     path: Path
 
 
+MAX_PROBLEM_LINES = 8  # beyond this, one summary line: a wrong file has hundreds of mismatched tensors
+
+
+def _json_metadata(metadata: dict, key: str, kind: type, problems: list[str]):
+    """metadata[key] parsed as JSON of type `kind`, or None with the problem recorded."""
+    try:
+        value = json.loads(metadata[key])
+    except ValueError as exc:
+        problems.append(f"metadata '{key}' is not valid JSON ({exc.msg} at character {exc.pos})")
+        return None
+    if not isinstance(value, kind):
+        problems.append(f"metadata '{key}' must be a JSON {kind.__name__}, got {type(value).__name__}")
+        return None
+    return value
+
+
+def _state_problems(model: nn.Module, state: dict) -> list[str]:
+    """Missing, unexpected and wrongly shaped tensors of `state` against `model`, one line each."""
+    expected = model.state_dict()
+    problems = [f"tensor '{k}' is missing" for k in expected if k not in state]
+    problems += [f"tensor '{k}' is not part of this model" for k in state if k not in expected]
+    problems += [f"tensor '{k}' has shape {tuple(state[k].shape)}, the model needs {tuple(v.shape)}"
+                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if len(problems) > MAX_PROBLEM_LINES:
+        problems = [*problems[:MAX_PROBLEM_LINES - 1], f"and {len(problems) - MAX_PROBLEM_LINES + 1} more tensor problems"]
+    return problems
+
+
 def load_exported_model(model_path: str | Path) -> LoadedModel:
-    """Build the model a lab2 model.safetensors (or the run folder holding it) describes, weights loaded, in eval mode."""
+    """Build the model a lab2 model.safetensors (or the run folder holding it) describes, weights loaded, in eval mode.
+
+    The metadata (num_classes, class_names, config) and the tensors are checked against
+    the model first; every problem found is one line of the UserErrors raised.
+    """
+    path = Path(model_path)
+    file = path / "model.safetensors" if path.is_dir() else path
     state, metadata = read_exported_model(model_path)
-    model = create_model(metadata["model"], int(metadata["num_classes"]))
+    problems: list[str] = []
+    num_classes = None
+    text = metadata.get("num_classes", "10")
+    try:
+        num_classes = check_int("metadata 'num_classes'", text.strip(), minimum=1, maximum=MAX_CLASSES)
+    except UserError as error:
+        problems.append(str(error).rstrip("."))
+    class_names = CIFAR10_CLASSES
+    if "class_names" in metadata:
+        names = _json_metadata(metadata, "class_names", list, problems)
+        if names is not None and (not names or not all(isinstance(n, str) for n in names)):
+            problems.append("metadata 'class_names' must be a non-empty list of strings")
+        elif names is not None:
+            class_names = tuple(names)
+    if num_classes is not None and len(class_names) != num_classes:
+        problems.append(f"metadata 'class_names' lists {len(class_names)} classes but 'num_classes' is {num_classes}")
+    config = TrainConfig()
+    if "config" in metadata:
+        values = _json_metadata(metadata, "config", dict, problems)
+        if values is not None:
+            try:
+                config = validate_config(config_from_dict(values))
+            except (UserError, TypeError) as error:
+                problems.append(f"metadata 'config' is not a valid lab2 configuration ({error})")
+    model = None
+    try:
+        model = create_model(metadata["model"], num_classes or 10)
+    except UserError as error:
+        problems.append(f"metadata 'model': {error}")
+    if model is not None and num_classes is not None:
+        problems += _state_problems(model, state)
+    if problems:
+        raise UserErrors(str(file), problems)
     model.load_state_dict(state)
     model.eval()
-    class_names = tuple(json.loads(metadata["class_names"])) if "class_names" in metadata else CIFAR10_CLASSES
-    config = config_from_dict(json.loads(metadata["config"])) if "config" in metadata else TrainConfig()
-    path = Path(model_path)
-    return LoadedModel(model, class_names, config, path / "model.safetensors" if path.is_dir() else path)
+    return LoadedModel(model, class_names, config, file)
 
 
 @torch.no_grad()

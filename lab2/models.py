@@ -9,43 +9,47 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lab2.errors import UserError
 
 
-def _conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
-
-
 class SimpleCNN(nn.Module):
     """The course lab's SimpleCNN, exactly: 4,441,482 parameters, 161,163,264 FLOPs per 32x32 sample.
 
-    conv3x3 3->32, 32->64 at 32x32, maxpool; conv3x3 64->128, 128->128 at 16x16,
-    maxpool; each conv followed by BatchNorm and ReLU; then Linear 8192->512,
-    ReLU, Dropout 0.5, Linear 512->num_classes.
+    Its modules carry the lab's names, so a state dict saved by the lab's code
+    (`torch.save(model.state_dict(), "model_final.pth")`) loads as it is, and
+    plots, flow.jsonl and tracker keys read conv1 ... fc2:
+    conv1 3->32 and conv2 32->64 (3x3, at 32x32), pool; conv3 64->128 and
+    conv4 128->128 (at 16x16), pool; each conv followed by its BatchNorm (bn1..bn4)
+    and ReLU; then fc1 8192->512, ReLU, dropout 0.5, fc2 512->num_classes.
     """
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
-        self.features = nn.Sequential(
-            *_conv_block(3, 32),
-            *_conv_block(32, 64),
-            nn.MaxPool2d(2),  # 32x32 -> 16x16
-            *_conv_block(64, 128),
-            *_conv_block(128, 128),
-            nn.MaxPool2d(2),  # 16x16 -> 8x8
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(128 * 8 * 8, 512),
-            nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
-            nn.Linear(512, num_classes),
-        )
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv3 = nn.Conv2d(64, 128, 3, padding=1)
+        self.bn3 = nn.BatchNorm2d(128)
+        self.conv4 = nn.Conv2d(128, 128, 3, padding=1)
+        self.bn4 = nn.BatchNorm2d(128)
+        self.fc1 = nn.Linear(128 * 8 * 8, 512)
+        self.dropout = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 3, 32, 32) -> logits (B, num_classes)
-        return self.classifier(self.features(x))
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.pool(F.relu(self.bn2(self.conv2(x))))  # 32x32 -> 16x16
+        x = F.relu(self.bn3(self.conv3(x)))
+        x = self.pool(F.relu(self.bn4(self.conv4(x))))  # 16x16 -> 8x8
+        # The lab's x.view(-1, 8192), written as flatten: the same (C, H, W) order, and it also takes channels_last input.
+        x = torch.flatten(x, 1)
+        x = self.dropout(F.relu(self.fc1(x)))
+        return self.fc2(x)
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {

@@ -23,10 +23,6 @@ STAT_TITLES = {
 }
 
 
-def _short(names: Sequence[str]) -> list[str]:
-    return [n.replace("features.", "f.").replace("classifier.", "c.") for n in names]
-
-
 def flow_bar_figure(layers: Sequence[str], mean: Sequence[float], maximum: Sequence[float], kind: str, step: int) -> Figure:
     """Bar chart over layers of mean and max of |grad| (kind='grad') or |W| (kind='weight'), log scale."""
     title, label = STAT_TITLES[kind]
@@ -36,7 +32,7 @@ def flow_bar_figure(layers: Sequence[str], mean: Sequence[float], maximum: Seque
     ax.bar(x - 0.2, np.maximum(maximum, 1e-30), width=0.4, label=f"max {label}", color="tab:orange")
     ax.bar(x + 0.2, np.maximum(mean, 1e-30), width=0.4, label=f"mean {label}", color="tab:blue")
     ax.set_yscale("log")
-    ax.set_xticks(x, _short(layers), rotation=45, ha="right")
+    ax.set_xticks(x, list(layers), rotation=45, ha="right")
     ax.set_xlabel("layer")
     ax.set_ylabel(label)
     ax.set_title(f"{title} at step {step}")
@@ -52,12 +48,22 @@ def update_ratio_figure(layers: Sequence[str], ratios: Sequence[float], step: in
     ax.axhspan(1e-5, 1e-1, color="tab:green", alpha=0.1, label="healthy range")
     ax.bar(x, np.maximum(ratios, 1e-30), color="tab:purple", label="||dW|| / ||W||")
     ax.set_yscale("log")
-    ax.set_xticks(x, _short(layers), rotation=45, ha="right")
+    ax.set_xticks(x, list(layers), rotation=45, ha="right")
     ax.set_xlabel("layer")
     ax.set_ylabel("update ratio")
     ax.set_title(f"Update flow at step {step}")
     ax.legend()
     return fig
+
+
+def flow_figures(snapshot) -> dict[str, Figure]:
+    """The `gradients`, `weights` and `update_ratio` bar charts of one lab2.flow.FlowSnapshot, keyed by their names."""
+    s = snapshot
+    return {
+        "gradients": flow_bar_figure(s.layers, s.grad_mean, s.grad_max, "grad", s.step),
+        "weights": flow_bar_figure(s.layers, s.weight_mean, s.weight_max, "weight", s.step),
+        "update_ratio": update_ratio_figure(s.layers, s.update_ratio, s.step),
+    }
 
 
 def flow_heatmap_figure(layers: Sequence[str], steps: Sequence[int], values: np.ndarray, statistic: str) -> Figure:
@@ -68,7 +74,7 @@ def flow_heatmap_figure(layers: Sequence[str], steps: Sequence[int], values: np.
     fig = Figure(figsize=(max(6, 0.25 * len(steps) + 3), max(3, 0.4 * len(layers) + 1.5)), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(np.where(values > 0, values, np.nan), aspect="auto", norm=norm, cmap="viridis", interpolation="nearest")
-    ax.set_yticks(np.arange(len(layers)), _short(layers))
+    ax.set_yticks(np.arange(len(layers)), list(layers))
     ticks = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 8)).astype(int)) if len(steps) else []
     ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
     ax.set_xlabel("optimizer step")

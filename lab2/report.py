@@ -7,14 +7,16 @@ URIs, so the page is a single file with no external requests.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
+import math
 from pathlib import Path
 
 from lab2.errors import UserError, exit_with_user_error
+from lab2.flag_types import Parser
 from lab2.outputs import RunPaths, read_jsonl
+from lab2.run_folder import check_report_target
 
 # Figures in reading order, with their captions; missing ones are skipped.
 FIGURES = (
@@ -51,29 +53,74 @@ def _table(header: list[str], rows: list[list], left: int = 1) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _pct(value) -> str:
-    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "n/a"
+    return f"{100 * value:.2f}%" if _is_number(value) else "n/a"
+
+
+def _num(value, spec: str) -> str:
+    """`value` formatted with `spec`, or 'n/a' when it is not a finite number (a damaged or older file)."""
+    return format(value, spec) if _is_number(value) else "n/a"
+
+
+def _read_object(path: Path, required: bool = False) -> dict:
+    """A run-folder JSON file that must hold an object: {} when absent (unless required), UserError when damaged."""
+    if not path.exists():
+        if required:
+            raise UserError(f"{path.parent} is not a lab2 run folder (no {path.name}); give the --output_dir of a run.")
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:100]}); restore it or re-run the training.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is damaged: it holds a JSON {type(data).__name__}, lab2 writes an object.")
+    return data
+
+
+def _flops_section(flops: dict) -> list[str]:
+    """The FLOPs table, or a note when flops.json does not have lab2's layout."""
+    layers = flops.get("layers")
+    if not isinstance(layers, list) or not all(isinstance(l, dict) for l in layers) or not _is_number(flops.get("forward_flops")):
+        return ["<h2>FLOPs per layer</h2>", "<p>flops.json is not in lab2's layout; the table is left out.</p>"]
+    total = max(flops["forward_flops"], 1)
+    shape = lambda l: "x".join(map(str, l["output_shape"])) if isinstance(l.get("output_shape"), list) else "?"  # noqa: E731
+    return [
+        "<h2>FLOPs per layer</h2>",
+        f"<p>{html.escape(str(flops.get('convention', '')))}. Total forward: {_num(flops['forward_flops'], ',')} FLOPs "
+        f"({_num(flops.get('gflops_per_sample'), '.4f')} GFLOPs); parameters: {_num(flops.get('params'), ',')}.</p>",
+        _table(
+            ["layer", "type", "output shape", "params", "FLOPs", "% FLOPs"],
+            [[l.get("name", "?"), l.get("type", "?"), shape(l), _num(l.get("params"), ","), _num(l.get("flops"), ","),
+              _num(100 * l["flops"] / total if _is_number(l.get("flops")) else None, ".2f") + "%"] for l in layers],
+            left=3,
+        ),
+    ]
 
 
 def build_report(run_dir: str | Path) -> str:
     """The report page for `run_dir` as an HTML string."""
     paths = RunPaths(run_dir)
-    if not paths.config.exists():
-        raise UserError(f"{paths.root} is not a lab2 run folder (no config.json); give the --output_dir of a run.")
-    config = json.loads(paths.config.read_text())
-    summary = json.loads(paths.summary.read_text()) if paths.summary.exists() else {}
-    flops = json.loads(paths.flops.read_text()) if paths.flops.exists() else None
+    if not paths.root.is_dir():
+        raise UserError(f"{paths.root} is not a folder; give the --output_dir of a run.")
+    config = _read_object(paths.config, required=True)
+    summary = _read_object(paths.summary)
+    flops = _read_object(paths.flops)
     metrics = read_jsonl(paths.metrics)
-    parts = [f"<h1>lab2 run: {html.escape(config.get('run_name', paths.root.name))}</h1>"]
-    parts.append(f"<p>model <b>{html.escape(config['model'])}</b>, {len(metrics)} epoch(s), folder <code>{html.escape(str(paths.root))}</code></p>")
+    model = config.get("model") if isinstance(config.get("model"), str) else "unknown"
+    parts = [f"<h1>lab2 run: {html.escape(str(config.get('run_name', paths.root.name)))}</h1>"]
+    parts.append(f"<p>model <b>{html.escape(model)}</b>, {len(metrics)} epoch(s), folder <code>{html.escape(str(paths.root))}</code></p>")
     if not summary:
         parts.append("<p><b>This run has not finished</b> (no summary.json): the page shows what it wrote so far.</p>")
     kpis = [
         ("final eval accuracy", _pct(summary.get("final_eval_acc"))),
         ("best eval accuracy", _pct(summary.get("best_eval_acc"))),
-        ("GFLOPs / sample", f"{summary['gflops_per_sample']:.4f}" if "gflops_per_sample" in summary else "n/a"),
-        ("parameters", f"{summary['params']:,}" if "params" in summary else "n/a"),
-        ("train images/s", f"{summary['train_images_per_s']:.0f}" if "train_images_per_s" in summary else "n/a"),
+        ("GFLOPs / sample", _num(summary.get("gflops_per_sample"), ".4f")),
+        ("parameters", _num(summary.get("params"), ",")),
+        ("train images/s", _num(summary.get("train_images_per_s"), ".0f")),
         ("device", f"{summary.get('device', 'n/a')} x{summary.get('world_size', '?')}, {summary.get('precision', '?')}"),
     ]
     parts.append("<div class='kpi'>" + "".join(f"<div>{html.escape(k)}<b>{html.escape(v)}</b></div>" for k, v in kpis) + "</div>")
@@ -81,26 +128,16 @@ def build_report(run_dir: str | Path) -> str:
     parts.append(
         _table(
             ["Epoch", "Train Loss", "Train Acc", "Val Loss", "Val Acc", "Time (s)", "Images/s"],
-            [[m["epoch"], f"{m['train_loss']:.4f}", _pct(m["train_acc"]), f"{m['eval_loss']:.4f}" if m["eval_loss"] is not None else "n/a", _pct(m["eval_acc"]),
-              f"{m['epoch_time_s']:.1f}", f"{m['train_images_per_s']:.0f}"] for m in metrics],
+            [[m.get("epoch", "?"), _num(m.get("train_loss"), ".4f"), _pct(m.get("train_acc")), _num(m.get("eval_loss"), ".4f"),
+              _pct(m.get("eval_acc")), _num(m.get("epoch_time_s"), ".1f"), _num(m.get("train_images_per_s"), ".0f")] for m in metrics],
         )
     )
-    if summary.get("class_accuracy"):
+    class_accuracy = summary.get("class_accuracy")
+    if isinstance(class_accuracy, dict) and class_accuracy:
         parts.append("<h2>Accuracy per class</h2>")
-        parts.append(_table(["class", "accuracy"], [[k, _pct(v)] for k, v in summary["class_accuracy"].items()]))
+        parts.append(_table(["class", "accuracy"], [[k, _pct(v)] for k, v in class_accuracy.items()]))
     if flops:
-        parts.append("<h2>FLOPs per layer</h2>")
-        parts.append(f"<p>{html.escape(flops['convention'])}. Total forward: {flops['forward_flops']:,} FLOPs "
-                     f"({flops['gflops_per_sample']:.4f} GFLOPs); parameters: {flops['params']:,}.</p>")
-        total = max(flops["forward_flops"], 1)
-        parts.append(
-            _table(
-                ["layer", "type", "output shape", "params", "FLOPs", "% FLOPs"],
-                [[l["name"], l["type"], "x".join(map(str, l["output_shape"])), f"{l['params']:,}", f"{l['flops']:,}", f"{100 * l['flops'] / total:.2f}%"]
-                 for l in flops["layers"]],
-                left=3,
-            )
-        )
+        parts += _flops_section(flops)
     parts.append("<h2>Figures</h2>")
     for name, caption in FIGURES:
         png = paths.figures / f"{name}.png"
@@ -113,22 +150,31 @@ def build_report(run_dir: str | Path) -> str:
     return f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>lab2 report</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write `run_dir/report.html` atomically and return its path."""
-    paths = RunPaths(run_dir)
+def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    """Write the report atomically to `output` (default `run_dir/report.html`) and return its path.
+
+    An existing report.html is replaced only in a folder lab2 marked as its own run (lab2.run_folder).
+    """
+    target = Path(output) if output else RunPaths(run_dir).report
+    check_report_target(target)
     page = build_report(run_dir)
-    tmp = paths.report.with_name(".report.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(paths.report)
-    return paths.report
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {target} ({exc.strerror}); free space or choose another --output.") from None
+    return target
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lab2-report", description="Write RUN_DIR/report.html, a self-contained page for one run.")
+    parser = Parser(prog="lab2-report", description="Write RUN_DIR/report.html, a self-contained page for one run.")
     parser.add_argument("run_dir", help="a run's --output_dir")
+    parser.add_argument("--output", default=None, help="the page to write (default: RUN_DIR/report.html)")
     args = parser.parse_args(argv)
     try:
-        print(write_report(args.run_dir))
+        print(write_report(args.run_dir, args.output))
     except UserError as error:
         exit_with_user_error(error, "lab2-report")
 

@@ -16,6 +16,8 @@ from lab2.checkpoint import export_model
 from lab2.evaluation import EvalResult
 from lab2.outputs import append_jsonl, read_jsonl, write_json
 
+FLOW_FIGURES = ("gradients", "weights", "update_ratio")  # went to the trackers at every flow snapshot
+
 # Dense peak FLOP/s by device-name fragment and precision, for model FLOPs utilisation (MFU) on CUDA.
 PEAK_FLOPS = {
     "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
@@ -115,11 +117,14 @@ class RunResults:
         if not self.main:
             return
         metrics = read_jsonl(paths.metrics)
+        if flow is not None:  # the last snapshots' images, before this thread draws figures of its own
+            flow.close(progress.global_step)
         figures = self.final_figures(result, metrics, flow)
         paths.figures.mkdir(parents=True, exist_ok=True)
         for name, fig in figures.items():
             plots.save_figure(fig, paths.figures / f"{name}.png")
-        self.tracking.log_figures(figures, step=progress.global_step)
+        # The flow bars went to the trackers at every snapshot; the files keep the last ones.
+        self.tracking.log_figures({k: v for k, v in figures.items() if k not in FLOW_FIGURES}, step=progress.global_step)
         self.tracking.log_confusion_matrix(result.confusion, self.splits.class_names, step=progress.global_step)
         table = training_log_table(metrics)
         paths.training_log.write_text(table + "\n", encoding="utf-8")
@@ -134,6 +139,8 @@ class RunResults:
         from lab2.report import write_report
 
         write_report(paths.root)
+        # Model artifact, run summary, Table-1 table, and (MLflow) the run's files, report included.
+        self.tracking.log_results(cfg.run_name, paths, summary, metrics, table, step=progress.global_step)
 
     def final_figures(self, result: EvalResult, metrics: list[dict], flow) -> dict:
         """Evaluation figures, curves, the last flow snapshot's bars and the flow heatmaps over the run."""
@@ -143,9 +150,7 @@ class RunResults:
         history = flow.history if flow is not None else []
         if history:
             last = history[-1]
-            figures["gradients"] = plots.flow_bar_figure(last.layers, last.grad_mean, last.grad_max, "grad", last.step)
-            figures["weights"] = plots.flow_bar_figure(last.layers, last.weight_mean, last.weight_max, "weight", last.step)
-            figures["update_ratio"] = plots.update_ratio_figure(last.layers, last.update_ratio, last.step)
+            figures.update(plots.flow_figures(last))
             steps = [s.step for s in history]
             for stat in ("grad_mean", "weight_mean", "update_ratio"):
                 figures[f"heatmap_{stat}"] = plots.flow_heatmap_figure(last.layers, steps, flow.matrix(stat).numpy(), stat)

@@ -7,7 +7,6 @@ lab2.training and the final files in lab2.results.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 from contextlib import contextmanager
@@ -16,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from lab2.checkpoint import list_checkpoints
+from lab2 import run_folder
 from lab2.config import TrainConfig
 from lab2.errors import UserError
 from lab2.outputs import RunPaths
-from lab2.tracking import log_with_for
+from lab2.tracker_choice import log_with_for
 
 
 def available_cores() -> int:
@@ -39,25 +38,13 @@ def ensure_cpu_threads(accelerator) -> None:
 
 
 def check_output_dir(cfg: TrainConfig, paths: RunPaths) -> None:
-    """Refuse to clobber a finished or unfinished run; read-only, so every process can run it."""
-    if paths.root.exists() and not paths.root.is_dir():
-        raise UserError(f"--output_dir {paths.root} is a file; give a folder.")
-    if cfg.resume_from_checkpoint or cfg.overwrite_output_dir:
-        return
-    if paths.summary.exists():
-        raise UserError(
-            f"--output_dir {paths.root} holds a finished run; pass --overwrite_output_dir to replace it, "
-            "or choose another --output_dir."
-        )
-    if list_checkpoints(paths.checkpoints):
-        raise UserError(
-            f"--output_dir {paths.root} holds an unfinished run's checkpoints; add --resume_from_checkpoint latest "
-            "to continue it, or --overwrite_output_dir to start afresh."
-        )
+    """Refuse a folder lab2 may not write into (lab2.run_folder's rule) or a run it would clobber; read-only."""
+    run_folder.check_output_dir(paths.root, bool(cfg.resume_from_checkpoint), cfg.overwrite_output_dir)
 
 
 def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> None:
-    """Create --output_dir (checking it is writable on every process) and clear an overwritten run."""
+    """Create and mark --output_dir (checking it is writable on every process); --overwrite_output_dir removes
+    lab2's own files from it by name, never anything else."""
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
         probe = paths.root / f".write-test-{accelerator.process_index}"
@@ -65,12 +52,10 @@ def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> None:
         probe.unlink()
     except OSError as exc:
         raise UserError(f"cannot write to --output_dir {paths.root} ({exc.strerror}); choose a writable folder.") from None
-    if cfg.overwrite_output_dir and accelerator.is_main_process:
-        for artefact in paths.artefacts():
-            if artefact.is_dir():
-                shutil.rmtree(artefact)
-            elif artefact.exists():
-                artefact.unlink()
+    if accelerator.is_main_process:
+        if cfg.overwrite_output_dir and run_folder.is_marked(paths.root):
+            run_folder.remove_owned_files(paths.root)
+        run_folder.claim(paths.root)
     accelerator.wait_for_everyone()
 
 
@@ -109,7 +94,12 @@ def warn_slow_bf16(accelerator) -> None:
 
 
 class StopRequest:
-    """SIGINT/SIGTERM set a flag that the loop checks; a second Ctrl-C stops at once."""
+    """SIGINT/SIGTERM set a flag that the loop checks; a second Ctrl-C stops at once.
+
+    A signal that arrives after the last training step (during the final checkpoint,
+    figures, summary or report) lets the run finish its files, and `finished_note`
+    says so: the run is complete and exits 0 (README, "Resume, interruption and failures").
+    """
 
     def __init__(self):
         self.signal_name: str | None = None
@@ -118,6 +108,12 @@ class StopRequest:
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
+
+    def finished_note(self) -> str | None:
+        """The line to print when a signal came while the run was finishing, else None."""
+        if self.signal_name is None:
+            return None
+        return f"{self.signal_name} received while finishing; the run is complete (final checkpoint, weights, figures and report written)."
 
     @contextmanager
     def installed(self):

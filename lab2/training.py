@@ -18,21 +18,24 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lab2.checkpoint import check_compatible, list_checkpoints, read_progress, resolve_resume_path, save_checkpoint
+from lab2.checkpoint import (check_compatible, disk_full_error, latest_good_checkpoint, position_settings, read_progress,
+                             resolve_resume_path, save_checkpoint)
 from lab2.config import TrainConfig
 from lab2.data import CIFAR10_MEAN, CIFAR10_STD, torchvision_loaders
 from lab2.device_data import device_loaders, use_channels_last
-from lab2.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UserError
+from lab2.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UserError, is_disk_full
 from lab2.evaluation import EvalResult, evaluate
 from lab2.flops import count_flops
-from lab2.flow import STATISTICS, FlowCollector, FlowHealth, read_flow_history
+from lab2.flow import read_flow_history
+from lab2.flow_reporter import FlowReporter
 from lab2.models import create_model
 from lab2.optim import create_optimizer, create_scheduler, rescale_learning_rate, scheduler_total_steps, training_loss
-from lab2.outputs import RunPaths, append_jsonl, keep_jsonl, write_json
+from lab2.outputs import RunPaths, keep_jsonl, write_json
 from lab2.results import RunResults
 from lab2.run_setup import StopRequest, check_output_dir, create_accelerator, ensure_cpu_threads, prepare_output_dir, warn_slow_bf16
 from lab2.sources import load_splits
-from lab2.tracking import Tracking, tracker_init_kwargs
+from lab2.tracker_startup import tracker_init_kwargs
+from lab2.tracking import Tracking
 
 
 class Diverged(Exception):
@@ -104,24 +107,38 @@ class Trainer:
         scheduler = create_scheduler(self.optimizer.optimizer, cfg.lr_scheduler_type,
                                      scheduler_total_steps(len(self.train_loader), cfg.num_train_epochs, accelerator.num_processes), cfg.warmup_ratio)
         self.scheduler = accelerator.prepare(scheduler)
-        self.flow = FlowCollector(accelerator.unwrap_model(self.model)) if self.main and cfg.flow_log_steps else None
-        self.health = FlowHealth()
         self.latest_eval: EvalResult | None = None  # the last evaluation of --eval_strategy steps
         self.progress = Progress(model=cfg.model, num_classes=self.splits.num_classes, world_size=accelerator.num_processes)
         self.tracking = Tracking(accelerator, printer=accelerator.print)
+        self.flow = None  # flow statistics, histograms and images: main process only
+        if self.main and cfg.flow_log_steps:
+            self.flow = FlowReporter(accelerator.unwrap_model(self.model), self.tracking, paths.flow,
+                                     histograms=cfg.log_histograms == "on", printer=accelerator.print)
         precision = {"no": "fp32"}.get(str(accelerator.mixed_precision), str(accelerator.mixed_precision))
         self.results = RunResults(cfg, accelerator, paths, self.splits, self.flops, self.tracking, precision)
 
     # ----------------------------------------------------------------- start
 
+    def position(self) -> dict:
+        """The settings that give progress.batch_in_epoch its meaning (checked when resuming mid-epoch)."""
+        return position_settings(self.cfg, len(self.splits.train_labels), self.accelerator.num_processes)
+
+    def progress_record(self, **sums) -> dict:
+        """progress.json's content: the Progress fields, the position settings, and `sums` overriding the running sums."""
+        return {**asdict(self.progress), **sums, "position": self.position()}
+
     def resume(self) -> None:
-        path = resolve_resume_path(self.cfg.resume_from_checkpoint, self.cfg.output_dir)
+        # The newest checkpoint that verifies against its manifest; damaged ones are named in one line.
+        path = resolve_resume_path(self.cfg.resume_from_checkpoint, self.cfg.output_dir, report=self.accelerator.print)
         saved = read_progress(path)
-        check_compatible(saved, path, self.cfg.model, self.splits.num_classes, self.accelerator.num_processes)
+        check_compatible(saved, path, self.cfg.model, self.splits.num_classes, self.accelerator.num_processes, self.position())
         try:
             self.accelerator.load_state(str(path))
-        except (RuntimeError, ValueError, KeyError, OSError) as exc:
-            raise UserError(f"checkpoint {path} does not fit this run ({str(exc).splitlines()[0]}); check --model or pick another checkpoint.") from None
+        except (RuntimeError, ValueError, KeyError, OSError, EOFError) as exc:
+            raise UserError(
+                f"checkpoint {path} does not load into this run ({str(exc).splitlines()[0][:160]}); it was saved by another "
+                "model or lab2 version: pass the matching --model, or pick another checkpoint."
+            ) from None
         # The command line wins over the checkpoint's learning rate: the schedule is scaled to the new peak, in place.
         old_peak = rescale_learning_rate(self.optimizer, self.scheduler.scheduler, self.cfg.learning_rate)
         if old_peak != self.cfg.learning_rate:
@@ -143,12 +160,13 @@ class Trainer:
             write_json(self.paths.config, cfg.to_dict())
             write_json(self.paths.flops, self.flops.to_dict())
             self.accelerator.print(self.flops.table())
-            init_kwargs, notice = tracker_init_kwargs(cfg.report_to, self.paths.root, cfg.run_name, bool(cfg.resume_from_checkpoint))
+            init_kwargs, notice = tracker_init_kwargs(cfg.report_to, self.paths.root, cfg.run_name, bool(cfg.resume_from_checkpoint),
+                                                      init_timeout_s=cfg.wandb_init_timeout_s)
             if notice:
                 self.accelerator.print(notice)
         else:
             init_kwargs = {}
-        self.tracking.start(cfg.project_name, cfg.to_dict(), init_kwargs)
+        self.tracking.start(cfg.project_name, cfg.to_dict(), init_kwargs, run_folder=self.paths.root)
         if self.main and self.progress.global_step == 0:
             self.tracking.log({"model/gflops_per_sample": self.flops.gflops_per_sample, "model/params": self.flops.params}, step=0)
 
@@ -174,15 +192,6 @@ class Trainer:
         self.accelerator.unscale_gradients()
         if self.flow is not None:
             self.flow.before_step()
-
-    def _record_flow(self, step: int) -> None:
-        snapshot = self.flow.after_step(step)
-        append_jsonl(self.paths.flow, snapshot.to_record())
-        values = {f"flow/{stat}/{layer}": getattr(snapshot, stat)[i] for stat in STATISTICS for i, layer in enumerate(snapshot.layers)}
-        self.tracking.log(values, step=step)
-        for message in self.health.check(snapshot):
-            self.accelerator.print(message)
-            self.tracking.log({"flow/warning": message}, step=step)
 
     def train_one_epoch(self, epoch: int) -> bool:
         """Train one epoch from progress.batch_in_epoch; return False when a stop was requested."""
@@ -216,8 +225,10 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 p.global_step += 1
                 p.batch_in_epoch += 1
-                if take_flow and self.flow is not None:
-                    self._record_flow(p.global_step)
+                if self.flow is not None:
+                    if take_flow:  # file, scalars, histograms, warnings; its images render on the worker thread
+                        self.flow.after_step(p.global_step)
+                    self.flow.poll(p.global_step)  # logs finished images; never waits
                 # Metrics stay on the device: no .item() in the hot loop.
                 detached = loss.detach()
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), p.global_step, first_bad)
@@ -263,8 +274,7 @@ class Trainer:
     def _save(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: float) -> Path:
         """Checkpoint mid-epoch: the running sums are summed over processes into progress."""
         totals = self._sum_over_processes(loss_sum, correct, seen)
-        progress = asdict(self.progress)
-        progress.update(loss_sum=totals[0], correct=totals[1], seen=totals[2])
+        progress = self.progress_record(loss_sum=totals[0], correct=totals[1], seen=totals[2])
         return save_checkpoint(self.accelerator, self.paths.checkpoints, progress, self.cfg.checkpoints_total_limit)
 
     # ----------------------------------------------------------------- epochs
@@ -306,7 +316,7 @@ class Trainer:
             p.epoch, p.batch_in_epoch = epoch + 1, 0
             p.loss_sum = p.correct = p.seen = 0.0
             if cfg.checkpointing_steps == "epoch" or (last and cfg.checkpointing_steps != "none"):
-                save_checkpoint(acc, self.paths.checkpoints, asdict(p), cfg.checkpoints_total_limit)
+                save_checkpoint(acc, self.paths.checkpoints, self.progress_record(), cfg.checkpoints_total_limit)
         if result is None:  # resumed from a finished run's last checkpoint: evaluate once for the final files
             result = self._evaluate(num_samples=cfg.num_prediction_samples)
         self.results.finish(self.model, result, p, self.flow)
@@ -315,17 +325,17 @@ class Trainer:
     # ----------------------------------------------------------------- endings
 
     def _interrupted(self) -> int:
-        latest = list_checkpoints(self.paths.checkpoints)
+        latest = latest_good_checkpoint(self.paths.checkpoints)
         self.accelerator.print(
             f"stopped by {self.stop.signal_name} at step {self.progress.global_step} (epoch {self.progress.epoch + 1}); "
-            f"checkpoint saved to {latest[-1] if latest else '?'}. "
+            f"checkpoint saved to {latest or '?'}. "
             f"resume with the same command plus: --output_dir {self.paths.root} --resume_from_checkpoint latest"
         )
         return EXIT_INTERRUPTED
 
     def _diverged(self, step: int, epoch: int) -> int:
-        latest = list_checkpoints(self.paths.checkpoints)
-        where = f"the last good checkpoint is {latest[-1]}" if latest else "no checkpoint was saved before it"
+        latest = latest_good_checkpoint(self.paths.checkpoints)
+        where = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved before it"
         self.accelerator.print(
             f"error: the loss became NaN/inf at step {step} (epoch {epoch + 1}); training stopped and {where}. "
             f"Lower --learning_rate (now {self.cfg.learning_rate:g}) or check the data."
@@ -334,24 +344,39 @@ class Trainer:
 
 
 def run(cfg: TrainConfig) -> int:
-    """Train as `cfg` says; return the process exit code."""
+    """Train as `cfg` says; return the process exit code.
+
+    A full disk anywhere in the run becomes one DiskFull error (exit code 6) naming the
+    last good checkpoint; a signal during the final files is reported once they are written.
+    """
     paths = RunPaths(cfg.output_dir)
     check_output_dir(cfg, paths)
     accelerator = create_accelerator(cfg)
     trainer = None
-    try:
-        ensure_cpu_threads(accelerator)
-        warn_slow_bf16(accelerator)
-        prepare_output_dir(accelerator, cfg, paths)
-        stop = StopRequest()
-        with stop.installed():
+    stop = StopRequest()
+    with stop.installed():  # also around closing the trackers: a signal there is still heard
+        try:
+            ensure_cpu_threads(accelerator)
+            warn_slow_bf16(accelerator)
+            prepare_output_dir(accelerator, cfg, paths)
             trainer = Trainer(cfg, accelerator, paths, stop)
             if cfg.resume_from_checkpoint:
                 trainer.resume()
             trainer.start()
-            return trainer.fit()
-    finally:
-        if trainer is not None:
-            trainer.tracking.finish()
-        else:
-            accelerator.end_training()  # still tear down the process group
+            code = trainer.fit()
+            if code == 0 and stop.finished_note():
+                accelerator.print(stop.finished_note())
+            return code
+        except UserError:
+            raise
+        except Exception as exc:
+            if is_disk_full(exc, paths.root):
+                raise disk_full_error(exc, getattr(exc, "filename", None) or paths.root, paths.checkpoints) from None
+            raise
+        finally:
+            if trainer is not None:
+                if trainer.flow is not None:  # stopped early: still log the images already rendering
+                    trainer.flow.close(trainer.progress.global_step)
+                trainer.tracking.finish()
+            else:
+                accelerator.end_training()  # still tear down the process group

@@ -36,8 +36,8 @@ def test_defaults_are_the_command_line_defaults():
         ({"max_eval_samples": 1.5}, "--max_eval_samples must be int or None"),
         ({"overwrite_output_dir": 1}, "--overwrite_output_dir must be bool"),
         ({"dataset": "mnist"}, "--dataset must be one of cifar10, fake"),
-        ({"per_device_train_batch_size": 0}, "--per_device_train_batch_size must be a positive number"),
-        ({"checkpointing_steps": "often"}, "--checkpointing_steps must be 'epoch', 'none' or a positive integer"),
+        ({"per_device_train_batch_size": 0}, "--per_device_train_batch_size must be >= 1"),
+        ({"checkpointing_steps": "often"}, "--checkpointing_steps must be 'epoch', 'none' or a whole number of steps"),
     ],
 )
 def test_bad_flags_raise_one_value_error_naming_the_flag(flags, fragment):

@@ -34,9 +34,19 @@ def test_round_trip_through_config_json():
         (["--checkpointing_steps", "0"], "--checkpointing_steps"),
     ],
 )
-def test_invalid_values_name_the_flag(argv, fragment):
-    with pytest.raises(UserError, match=fragment):
+def test_invalid_values_name_the_flag(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exit_info:
         parse_args(argv)
+    assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
+
+
+def test_values_set_in_python_meet_the_same_ranges():
+    from lab2.config import _validate
+
+    with pytest.raises(UserError, match="--seed"):
+        _validate(TrainConfig(seed=-1))
+    with pytest.raises(UserError, match="--learning_rate"):
+        _validate(TrainConfig(learning_rate=float("inf")))
 
 
 def test_checkpoint_every_steps():

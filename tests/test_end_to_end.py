@@ -13,6 +13,7 @@ import torch
 from conftest import BIN, REPO, cli_env, run_cli, train_cmd
 from lab2.checkpoint import list_checkpoints, read_exported_model
 from saved_weights import evaluate_saved_weights
+from tracker_files import wandb_steps
 from wandb_reader import history_keys, read_records, run_file
 
 pytestmark = pytest.mark.slow
@@ -73,6 +74,9 @@ def test_two_process_torchrun_is_exact_and_writes_once(mini_dir, tmp_path):
     assert first.name.split("-")[-1] == second.name.split("-")[-1]
     steps = lambda run: [r.history.step.num for r in read_records(next(run.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "history"]
     assert min(steps(second)) >= max(steps(first)) == 4
+    # Histograms come from rank 0 alone: in the one W&B run, each snapshot's histograms once.
+    assert wandb_steps(next(first.glob("run-*.wandb")), "gradients/conv1.weight") == [2, 4]
+    assert wandb_steps(next(second.glob("run-*.wandb")), "parameters/fc2.weight") == [6, 8]
 
 
 def _weights(run_dir):

@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -13,7 +14,7 @@ def _batch():
 
 def test_tracks_weights_not_biases_or_norm_weights():
     names = [n for n, _ in tracked_parameters(SimpleCNN())]
-    assert names == ["features.0.weight", "features.3.weight", "features.7.weight", "features.10.weight", "classifier.1.weight", "classifier.4.weight"]
+    assert names == ["conv1.weight", "conv2.weight", "conv3.weight", "conv4.weight", "fc1.weight", "fc2.weight"]
 
 
 def test_snapshot_values_match_a_direct_computation():
@@ -23,13 +24,13 @@ def test_snapshot_values_match_a_direct_computation():
     x, y = _batch()
     F.cross_entropy(model(x), y).backward()
     collector = FlowCollector(model)
-    weight = model.classifier[1].weight
+    weight = model.fc1.weight
     expected_grad = weight.grad.abs().mean().item(), weight.grad.abs().max().item()
     before = weight.detach().clone()
     collector.before_step()
     optimizer.step()
     snapshot = collector.after_step(step=1)
-    i = snapshot.layers.index("classifier.1")
+    i = snapshot.layers.index("fc1")
     assert abs(snapshot.grad_mean[i] - expected_grad[0]) < 1e-9 and abs(snapshot.grad_max[i] - expected_grad[1]) < 1e-9
     assert abs(snapshot.weight_mean[i] - before.abs().mean().item()) < 1e-7
     ratio = ((weight.detach() - before).norm() / before.norm()).item()
@@ -94,3 +95,46 @@ def test_flow_jsonl_round_trip(tmp_path):
     append_jsonl(tmp_path / "flow.jsonl", _snapshot(400, 2e-4, 2e-3).to_record())
     history = read_flow_history(tmp_path / "flow.jsonl")
     assert [s.step for s in history] == [200, 400] and history[0] == snapshot
+
+
+def test_histograms_match_numpy_and_come_with_the_snapshot():
+    torch.manual_seed(3)
+    model = SimpleCNN()
+    x, y = _batch()
+    F.cross_entropy(model(x), y).backward()
+    collector = FlowCollector(model)
+    grad, weight = model.fc2.weight.grad.clone(), model.fc2.weight.detach().clone()
+    collector.before_step()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    snapshot = collector.after_step(step=7)
+    assert set(snapshot.histograms) == {f"{kind}/{name}" for kind in ("gradients", "parameters") for name, _ in tracked_parameters(model)}
+    for key, tensor in (("gradients/fc2.weight", grad), ("parameters/fc2.weight", weight)):
+        histogram = snapshot.histograms[key]
+        values = tensor.double().numpy().ravel()
+        counts, edges = np.histogram(values, bins=64, range=(values.min(), values.max()))
+        assert len(histogram.counts) == 64 and histogram.num == values.size
+        np.testing.assert_allclose(histogram.edges, edges, rtol=1e-6)
+        # Values on a bin edge may fall either side after float32 rounding; nothing else may differ.
+        assert np.abs(histogram.counts - counts).sum() <= 2
+        assert abs(histogram.total - values.sum()) < 1e-3 * np.abs(values).sum()
+        assert abs(histogram.total_squares - np.square(values).sum()) < 1e-4 * np.square(values).sum()
+
+
+def test_histograms_can_be_turned_off():
+    model = SimpleCNN()
+    x, y = _batch()
+    F.cross_entropy(model(x), y).backward()
+    collector = FlowCollector(model, histograms=False)
+    collector.before_step()
+    assert collector.after_step(step=1).histograms == {}
+
+
+def test_a_non_finite_tensor_gets_no_histogram():
+    model = SimpleCNN()
+    x, y = _batch()
+    F.cross_entropy(model(x), y).backward()
+    model.fc2.weight.grad[0, 0] = float("nan")
+    collector = FlowCollector(model)
+    collector.before_step()
+    histograms = collector.after_step(step=1).histograms
+    assert "gradients/fc2.weight" not in histograms and "parameters/fc2.weight" in histograms and "gradients/fc1.weight" in histograms

@@ -5,7 +5,8 @@ import socket
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 
-from lab2.tracking import Tracking, choose_wandb_mode
+from lab2.tracker_startup import choose_wandb_mode
+from lab2.tracking import Tracking
 
 
 def _closed_port() -> int:
