@@ -194,7 +194,7 @@ def test_recipe_fast_sets_its_values_and_explicit_flags_win():
     assert (seed.optim, seed.lr_scheduler_type, seed.label_smoothing_factor, seed.tta, seed.eval_strategy) == ("adam", "constant", 0.0, False, "epoch")
 
 
-def test_eval_strategy_steps_and_bad_recipe_values():
+def test_eval_strategy_steps_and_bad_recipe_values(capsys):
     assert parse_args(["--eval_strategy", "steps", "--eval_steps", "7"]).eval_every_steps == 7
     assert parse_args(["--eval_strategy", "steps", "--logging_steps", "9"]).eval_every_steps == 9  # transformers' fallback
     assert parse_args([]).eval_every_steps is None
@@ -205,5 +205,8 @@ def test_eval_strategy_steps_and_bad_recipe_values():
         (["--eval_steps", "5"], "--eval_strategy steps"),
         (["--eval_strategy", "steps", "--eval_steps", "0"], "--eval_steps"),
     ):
-        with pytest.raises(UserError, match=flag):
+        # Refused either while parsing (argparse's one line, exit 2) or by the config check (UserError).
+        with pytest.raises((UserError, SystemExit)) as refused:
             parse_args(argv)
+        assert flag in str(refused.value) + capsys.readouterr().err
+        assert not isinstance(refused.value, SystemExit) or refused.value.code == 2
