@@ -122,3 +122,12 @@ def evaluate(model, loader, accelerator, num_classes: int, num_samples: int = 0,
         confusion=confusion,
         samples=pool.result(mean, std) if pool is not None else None,
     )
+
+
+def sync_buffers(accelerator, model) -> None:
+    """Give every process rank 0's BatchNorm statistics, so evaluation matches the saved weights."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast
+
+        for buffer in model.buffers():
+            broadcast(buffer, from_process=0)

@@ -12,8 +12,9 @@ import json
 import torch
 
 from lab2 import plots
-from lab2.checkpoint import export_model
+from lab2.checkpoint import export_model, latest_good_checkpoint
 from lab2.evaluation import EvalResult
+from lab2.errors import EXIT_DIVERGED, EXIT_INTERRUPTED
 from lab2.outputs import append_jsonl, read_jsonl, write_json
 
 FLOW_FIGURES = ("gradients", "weights", "update_ratio")  # went to the trackers at every flow snapshot
@@ -185,3 +186,26 @@ class RunResults:
             "precision": self.precision,
             "data_pipeline": self.cfg.data_pipeline,
         }
+
+
+# --------------------------------------------------------------------------- endings before the end
+
+def report_interrupted(accelerator, paths, signal_name: str | None, global_step: int, epoch: int) -> int:
+    """Say where a run stopped by a signal saved itself and how to resume; return its exit code."""
+    latest = latest_good_checkpoint(paths.checkpoints)
+    accelerator.print(
+        f"stopped by {signal_name} at step {global_step} (epoch {epoch + 1}); checkpoint saved to {latest or '?'}. "
+        f"resume with the same command plus: --output_dir {paths.root} --resume_from_checkpoint latest"
+    )
+    return EXIT_INTERRUPTED
+
+
+def report_diverged(accelerator, paths, step: int, epoch: int, learning_rate: float) -> int:
+    """Say at which step the loss went NaN/inf and which checkpoint is the last good one; return the exit code."""
+    latest = latest_good_checkpoint(paths.checkpoints)
+    where = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved before it"
+    accelerator.print(
+        f"error: the loss became NaN/inf at step {step} (epoch {epoch + 1}); training stopped and {where}. "
+        f"Lower --learning_rate (now {learning_rate:g}) or check the data."
+    )
+    return EXIT_DIVERGED

@@ -18,8 +18,9 @@ import torch
 from lab2 import run_folder
 from lab2.config import TrainConfig
 from lab2.errors import UserError
-from lab2.outputs import RunPaths
+from lab2.outputs import RunPaths, write_json
 from lab2.tracker_choice import log_with_for
+from lab2.tracker_startup import tracker_init_kwargs
 
 
 def available_cores() -> int:
@@ -128,3 +129,20 @@ class StopRequest:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+
+def start_records(cfg: TrainConfig, accelerator, paths: RunPaths, flops, tracking, fresh: bool) -> None:
+    """Write config.json and flops.json, print the FLOPs table and start the trackers (on every process: only
+    the main one has real trackers); a fresh run logs the model's cost at step 0."""
+    init_kwargs = {}
+    if accelerator.is_main_process:
+        write_json(paths.config, cfg.to_dict())
+        write_json(paths.flops, flops.to_dict())
+        accelerator.print(flops.table())
+        init_kwargs, notice = tracker_init_kwargs(cfg.report_to, paths.root, cfg.run_name, bool(cfg.resume_from_checkpoint),
+                                                  init_timeout_s=cfg.wandb_init_timeout_s)
+        if notice:
+            accelerator.print(notice)
+    tracking.start(cfg.project_name, cfg.to_dict(), init_kwargs, run_folder=paths.root)
+    if accelerator.is_main_process and fresh:
+        tracking.log({"model/gflops_per_sample": flops.gflops_per_sample, "model/params": flops.params}, step=0)

@@ -1,4 +1,4 @@
-"""Picks the data source a configuration names and returns its DataSplits.
+"""Picks the data source a configuration names (its DataSplits) and the pipeline's DataLoaders.
 
 Kept apart from lab2.data and lab2.hf_data so that both depend on lab2.data
 alone and nothing imports in a cycle: sources -> (data, hf_data) -> data.
@@ -6,7 +6,8 @@ alone and nothing imports in a cycle: sources -> (data, hf_data) -> data.
 
 from __future__ import annotations
 
-from lab2.data import DataSplits, load_cifar10, make_fake_cifar10, read_cifar10_folder
+from lab2.data import DataSplits, load_cifar10, make_fake_cifar10, read_cifar10_folder, torchvision_loaders
+from lab2.device_data import device_loaders
 
 
 def load_splits(cfg) -> DataSplits:
@@ -25,3 +26,13 @@ def load_splits(cfg) -> DataSplits:
     else:
         splits = load_cifar10(cfg.data_dir)
     return splits.truncated(cfg.max_train_samples, cfg.max_eval_samples)
+
+
+def pipeline_loaders(cfg, splits: DataSplits, device, channels_last: bool):
+    """(train, eval) DataLoaders of --data_pipeline for `splits`, unprepared: `device` keeps the uint8 data on
+    the device and augments whole batches there; `torchvision` is the seed's per-image PIL path."""
+    if cfg.data_pipeline == "torchvision":
+        return torchvision_loaders(splits, cfg.per_device_train_batch_size, cfg.per_device_eval_batch_size, cfg.num_workers, cfg.seed,
+                                   drop_last=cfg.dataloader_drop_last)
+    return device_loaders(splits, cfg.per_device_train_batch_size, cfg.per_device_eval_batch_size,
+                          device=device, seed=cfg.seed, channels_last=channels_last, drop_last=cfg.dataloader_drop_last)

@@ -12,29 +12,28 @@ interrupt checks, the train/loss point) and at flow snapshots.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from lab2.checkpoint import (check_compatible, disk_full_error, latest_good_checkpoint, position_settings, read_progress,
-                             resolve_resume_path, save_checkpoint)
+from lab2.checkpoint import disk_full_error, position_settings, save_checkpoint
 from lab2.config import TrainConfig
-from lab2.data import CIFAR10_MEAN, CIFAR10_STD, torchvision_loaders
-from lab2.device_data import device_loaders, use_channels_last
-from lab2.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UserError, is_disk_full
-from lab2.evaluation import EvalResult, evaluate
+from lab2.data import CIFAR10_MEAN, CIFAR10_STD
+from lab2.device_data import use_channels_last
+from lab2.errors import UserError, is_disk_full
+from lab2.evaluation import EvalResult, evaluate, sync_buffers
 from lab2.flops import count_flops
-from lab2.flow import read_flow_history
 from lab2.flow_reporter import FlowReporter
 from lab2.models import create_model
-from lab2.optim import create_optimizer, create_scheduler, rescale_learning_rate, scheduler_total_steps, training_loss
-from lab2.outputs import RunPaths, keep_jsonl, write_json
-from lab2.results import RunResults
-from lab2.run_setup import StopRequest, check_output_dir, create_accelerator, ensure_cpu_threads, prepare_output_dir, warn_slow_bf16
-from lab2.sources import load_splits
-from lab2.tracker_startup import tracker_init_kwargs
+from lab2.optim import create_optimizer, create_scheduler, scheduler_total_steps, training_loss
+from lab2.outputs import RunPaths
+from lab2.results import RunResults, report_diverged, report_interrupted
+from lab2.resume import Progress, resume_run
+from lab2.run_setup import (StopRequest, check_output_dir, create_accelerator, ensure_cpu_threads, prepare_output_dir, start_records,
+                            warn_slow_bf16)
+from lab2.sources import load_splits, pipeline_loaders
 from lab2.tracking import Tracking
 
 
@@ -44,30 +43,6 @@ class Diverged(Exception):
     def __init__(self, step: int):
         super().__init__(f"step {step}")
         self.step = step
-
-
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint as progress.json."""
-
-    epoch: int = 0  # the epoch in progress (0-based)
-    batch_in_epoch: int = 0  # batches of that epoch already trained
-    global_step: int = 0  # optimizer steps so far
-    loss_sum: float = 0.0  # running sums of the epoch in progress, over all processes
-    correct: float = 0.0
-    seen: float = 0.0
-    model: str = ""
-    num_classes: int = 0
-    world_size: int = 1
-
-
-def sync_buffers(accelerator, model) -> None:
-    """Give every process rank 0's BatchNorm statistics, so evaluation matches the saved weights."""
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast
-
-        for buffer in model.buffers():
-            broadcast(buffer, from_process=0)
 
 
 class Trainer:
@@ -91,12 +66,7 @@ class Trainer:
         # The fused kernel (one op for all tensors) is the same Adam, measured ~10% faster per CPU step here.
         fused = accelerator.device.type in ("cpu", "cuda") and cfg.optim != "sgd"
         optimizer = create_optimizer(model.parameters(), cfg.optim, cfg.learning_rate, cfg.weight_decay, cfg.momentum, fused=fused)
-        if cfg.data_pipeline == "torchvision":
-            loaders = torchvision_loaders(self.splits, cfg.per_device_train_batch_size, cfg.per_device_eval_batch_size, cfg.num_workers, cfg.seed,
-                                          drop_last=cfg.dataloader_drop_last)
-        else:
-            loaders = device_loaders(self.splits, cfg.per_device_train_batch_size, cfg.per_device_eval_batch_size,
-                                     device=accelerator.device, seed=cfg.seed, channels_last=channels_last, drop_last=cfg.dataloader_drop_last)
+        loaders = pipeline_loaders(cfg, self.splits, accelerator.device, channels_last)
         # One prepare for every path: Accelerate shards, evens out, reshuffles per epoch and places the batches.
         self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(model, optimizer, *loaders)
         if len(self.train_loader) == 0:
@@ -128,47 +98,10 @@ class Trainer:
         return {**asdict(self.progress), **sums, "position": self.position()}
 
     def resume(self) -> None:
-        # The newest checkpoint that verifies against its manifest; damaged ones are named in one line.
-        path = resolve_resume_path(self.cfg.resume_from_checkpoint, self.cfg.output_dir, report=self.accelerator.print)
-        saved = read_progress(path)
-        check_compatible(saved, path, self.cfg.model, self.splits.num_classes, self.accelerator.num_processes, self.position())
-        try:
-            self.accelerator.load_state(str(path))
-        except (RuntimeError, ValueError, KeyError, OSError, EOFError) as exc:
-            raise UserError(
-                f"checkpoint {path} does not load into this run ({str(exc).splitlines()[0][:160]}); it was saved by another "
-                "model or lab2 version: pass the matching --model, or pick another checkpoint."
-            ) from None
-        # The command line wins over the checkpoint's learning rate: the schedule is scaled to the new peak, in place.
-        old_peak = rescale_learning_rate(self.optimizer, self.scheduler.scheduler, self.cfg.learning_rate)
-        if old_peak != self.cfg.learning_rate:
-            self.accelerator.print(f"note: --learning_rate {self.cfg.learning_rate:g} replaces the checkpoint's {old_peak:g}")
-        self.progress = Progress(**{k: saved[k] for k in asdict(Progress()) if k in saved})
-        self.progress.world_size = self.accelerator.num_processes
-        if not self.main:  # rank 0 carries the saved running sums; the epoch-end reduce adds them once
-            self.progress.loss_sum = self.progress.correct = self.progress.seen = 0.0
-        if self.main:  # drop records logged after the checkpoint: they will be produced again
-            keep_jsonl(self.paths.metrics, lambda r: r["epoch"] <= self.progress.epoch)
-            keep_jsonl(self.paths.flow, lambda r: r["step"] <= self.progress.global_step)
-            if self.flow is not None:
-                self.flow.history = read_flow_history(self.paths.flow)
-        self.accelerator.print(f"resumed from {path}: epoch {self.progress.epoch + 1}, batch {self.progress.batch_in_epoch}, step {self.progress.global_step}")
+        self.progress = resume_run(self.cfg, self.accelerator, self.paths, self.scheduler, self.position(), self.splits.num_classes, self.flow)
 
     def start(self) -> None:
-        cfg = self.cfg
-        if self.main:
-            write_json(self.paths.config, cfg.to_dict())
-            write_json(self.paths.flops, self.flops.to_dict())
-            self.accelerator.print(self.flops.table())
-            init_kwargs, notice = tracker_init_kwargs(cfg.report_to, self.paths.root, cfg.run_name, bool(cfg.resume_from_checkpoint),
-                                                      init_timeout_s=cfg.wandb_init_timeout_s)
-            if notice:
-                self.accelerator.print(notice)
-        else:
-            init_kwargs = {}
-        self.tracking.start(cfg.project_name, cfg.to_dict(), init_kwargs, run_folder=self.paths.root)
-        if self.main and self.progress.global_step == 0:
-            self.tracking.log({"model/gflops_per_sample": self.flops.gflops_per_sample, "model/params": self.flops.params}, step=0)
+        start_records(self.cfg, self.accelerator, self.paths, self.flops, self.tracking, fresh=self.progress.global_step == 0)
 
     # ----------------------------------------------------------------- training
 
@@ -325,22 +258,10 @@ class Trainer:
     # ----------------------------------------------------------------- endings
 
     def _interrupted(self) -> int:
-        latest = latest_good_checkpoint(self.paths.checkpoints)
-        self.accelerator.print(
-            f"stopped by {self.stop.signal_name} at step {self.progress.global_step} (epoch {self.progress.epoch + 1}); "
-            f"checkpoint saved to {latest or '?'}. "
-            f"resume with the same command plus: --output_dir {self.paths.root} --resume_from_checkpoint latest"
-        )
-        return EXIT_INTERRUPTED
+        return report_interrupted(self.accelerator, self.paths, self.stop.signal_name, self.progress.global_step, self.progress.epoch)
 
     def _diverged(self, step: int, epoch: int) -> int:
-        latest = latest_good_checkpoint(self.paths.checkpoints)
-        where = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved before it"
-        self.accelerator.print(
-            f"error: the loss became NaN/inf at step {step} (epoch {epoch + 1}); training stopped and {where}. "
-            f"Lower --learning_rate (now {self.cfg.learning_rate:g}) or check the data."
-        )
-        return EXIT_DIVERGED
+        return report_diverged(self.accelerator, self.paths, step, epoch, self.cfg.learning_rate)
 
 
 def run(cfg: TrainConfig) -> int:
