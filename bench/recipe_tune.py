@@ -4,8 +4,8 @@ The loop is lab2's hot path without its bookkeeping: the DeviceDataset (uint8 on
 the device, batched crop+flip), SimpleCNN in channels_last, lab2.optim's optimizer
 and per-step scheduler, cross-entropy with label smoothing. It evaluates every
 epoch both without and with flip-averaged logits (the flipped forward is the only
-extra cost, and one run then answers both questions). It appends one row to
-bench/recipe_tuning.md. Run one at a time:
+extra cost, and one run then answers both questions). It adds one row to the
+table in bench/recipe_tuning.md. Run one at a time:
 
     OMP_NUM_THREADS=2 nice -n 15 python bench/recipe_tune.py --optim adamw --lr 3e-3 \\
         --scheduler one_cycle --epochs 12 --batch 128 --wd 5e-4 --ls 0.1
@@ -87,9 +87,12 @@ def main() -> None:
               f"({time.perf_counter() - started:.0f} s)", flush=True)
     config = (f"{args.optim} lr {args.lr:g} {args.scheduler} warmup {args.warmup:g} batch {args.batch} "
               f"wd {args.wd:g} ls {args.ls:g} epochs {args.epochs}" + (f" momentum {args.momentum:g}" if args.optim == "sgd" else ""))
-    with open(args.log, "a", encoding="utf-8") as handle:
-        handle.write(f"| {config} | {' '.join(f'{100 * a:.1f}' for a in plain_curve)} | "
-                     f"{' '.join(f'{100 * a:.1f}' for a in tta_curve)} | {args.note} |\n")
+    row = (f"| {config} | {' '.join(f'{100 * a:.1f}' for a in plain_curve)} | "
+           f"{' '.join(f'{100 * a:.1f}' for a in tta_curve)} | {args.note} |")
+    lines = args.log.read_text(encoding="utf-8").splitlines()
+    last_row = max(i for i, line in enumerate(lines) if line.startswith("| "))  # below the table's last row
+    lines.insert(last_row + 1, row)
+    args.log.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ def records(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def one_cycle_lrs(peak: float, total: int) -> list[float]:
+def one_cycle_lrs(peak: float, total: int, pct_start: float) -> list[float]:
     """torch's OneCycleLR rate after each of `total` steps."""
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=peak)
-    scheduler = OneCycleLR(optimizer, max_lr=peak, total_steps=total, pct_start=0.3)
+    scheduler = OneCycleLR(optimizer, max_lr=peak, total_steps=total, pct_start=pct_start)
     out = []
     for _ in range(total):
         optimizer.step()
@@ -42,7 +42,7 @@ def test_fast_recipe_run_steps_its_schedule_and_evaluates_every_n_steps(tmp_path
     # drop_last: 200 images in batches of 64 are 3 full batches per epoch, not 4.
     assert [m["global_step"] for m in metrics] == [3, 6]
     # The logged rate is torch's OneCycleLR after that many optimizer steps of a 6-step schedule.
-    expected = one_cycle_lrs(config["learning_rate"], 6)
+    expected = one_cycle_lrs(config["learning_rate"], 6, config["warmup_ratio"] or 0.3)
     assert [m["lr"] for m in metrics] == pytest.approx([expected[2], expected[5]], rel=1e-9)
     assert [line.split(":")[0] for line in result.stdout.splitlines() if line.startswith("step ")] == ["step 2", "step 4", "step 6"]
     assert all(m["eval_acc"] is not None for m in metrics)  # each epoch record carries the latest evaluation
