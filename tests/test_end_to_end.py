@@ -142,7 +142,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_bit_exact_mid_epoch(mini_dir, 
 
 def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(mini_dir, tmp_path):
     out = tmp_path / "killed"
-    args = ["--data_dir", mini_dir, "--max_train_samples", 2560, "--max_eval_samples", 128, "--report_to", "none",
+    args = ["--data_dir", mini_dir, "--max_train_samples", 1280, "--max_eval_samples", 128, "--report_to", "none",
             "--flow_log_steps", 0, "--checkpointing_steps", 1, "--checkpoints_total_limit", 2, "--output_dir", out]
     proc = _start(train_cmd(*args, "--num_train_epochs", 1))
     saving = lambda: any(p.name.startswith(".tmp-") for p in (out / "checkpoints").glob(".tmp-*")) and len(list_checkpoints(out / "checkpoints")) >= 1
