@@ -1,5 +1,5 @@
 # make train  - set up .venv (first time) and train SimpleCNN on CIFAR-10 (downloads it into ./data)
-# make test   - set up .venv (first time) and run the test suite (CPU only, about 6 minutes on 2 cores)
+# make test   - set up .venv (first time) and run the test suite (CPU only, about 7 minutes on 2 cores)
 # make smoke  - a 1-epoch CPU run on a small subset, to see the whole pipeline work
 # make bench  - the throughput benchmark against the seed recipe (bench/train_throughput.py)
 
