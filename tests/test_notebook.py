@@ -1,7 +1,6 @@
 """examples/lab2.ipynb executed in a real Jupyter kernel: lab2.train in the kernel and under notebook_launcher."""
 
 import json
-from pathlib import Path
 
 import pytest
 
