@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lab2.engine.run_setup import cpu_has_fast_bf16  # noqa: E402
 from lab2.models import SimpleCNN  # noqa: E402
-from lab2.run_setup import cpu_has_fast_bf16  # noqa: E402
 
 VARIANTS = {
     "fp32, contiguous (the seed)": (False, False),

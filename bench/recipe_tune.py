@@ -1,7 +1,7 @@
 """One recipe-tuning run on the mini slice: per-epoch eval accuracy, plain and with test-time flips.
 
 The loop is lab2's hot path without its bookkeeping: the DeviceDataset (uint8 on
-the device, batched crop+flip), SimpleCNN in channels_last, lab2.optim's optimizer
+the device, batched crop+flip), SimpleCNN in channels_last, lab2.engine.optim's optimizer
 and per-step scheduler, cross-entropy with label smoothing. It evaluates every
 epoch both without and with flip-averaged logits (the flipped forward is the only
 extra cost, and one run then answers both questions). It adds one row to the
@@ -24,10 +24,10 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lab2.data import read_cifar10_folder  # noqa: E402
-from lab2.device_data import DeviceDataset, device_dataloader  # noqa: E402
+from lab2.data.cifar import read_cifar10_folder  # noqa: E402
+from lab2.data.device_dataset import DeviceDataset, device_dataloader  # noqa: E402
+from lab2.engine.optim import create_optimizer, create_scheduler, scheduler_total_steps  # noqa: E402
 from lab2.models import SimpleCNN  # noqa: E402
-from lab2.optim import create_optimizer, create_scheduler, scheduler_total_steps  # noqa: E402
 
 MINI = REPO.parent / "shared" / "data" / "cifar10-mini" / "cifar-10-batches-py"
 

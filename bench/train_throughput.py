@@ -7,13 +7,13 @@ shared and noisy, so only ratios within one run mean much):
    machine's practical matrix-multiply peak;
 2. bare step: SimpleCNN forward, backward and fused Adam on batches already on the
    device (batch 128, channels_last) - the most a training loop could reach;
-3. lab2's loop: `lab2.training.run` with default flags (--report_to none, no
+3. lab2's loop: `lab2.engine.trainer.run` with default flags (--report_to none, no
    checkpoints) on the mini slice, images/s read from its metrics.jsonl over the
    epochs after the first (which pays one-off warm-up);
 4. the seed recipe: the course lab's per-image PIL DataLoader and plain loop.
 
 Each is printed in images/s and training GFLOP/s (training FLOPs per image from
-lab2.flops: forward + backward, 2 FLOPs per multiply-add), with the fraction of
+lab2.explain.flops: forward + backward, 2 FLOPs per multiply-add), with the fraction of
 peak, the loop / bare-step ratio (target >= 0.90) and the lab2 / seed ratio
 (target >= 1.5). The table is appended to bench/RESULTS.md.
 
@@ -40,8 +40,14 @@ from torch.utils.data import DataLoader, Subset
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lab2.data import CustomCIFAR10, read_cifar10_folder, test_transform, train_transform, write_cifar10_folder  # noqa: E402
-from lab2.flops import count_flops  # noqa: E402
+from lab2.data.cifar import (  # noqa: E402
+    CustomCIFAR10,
+    read_cifar10_folder,
+    test_transform,
+    train_transform,
+    write_cifar10_folder,
+)
+from lab2.explain.flops import count_flops  # noqa: E402
 from lab2.models import SimpleCNN  # noqa: E402
 
 MINI = REPO.parent / "shared" / "data" / "cifar10-mini"
@@ -104,8 +110,8 @@ def bare_step(device: torch.device, steps: int, batch_size: int = 128, bf16: boo
 
 def lab2_loop(data_dir: Path, epochs: int, out: Path, extra: list[str]) -> dict:
     """lab2's training run in this process, as `train_accelerate.py` runs it; rates from metrics.jsonl."""
-    from lab2.config import parse_args
-    from lab2.training import run
+    from lab2.config.train_config import parse_args
+    from lab2.engine.trainer import run
 
     flags = ["--data_dir", str(data_dir), "--num_train_epochs", str(epochs), "--output_dir", str(out),
              "--report_to", "none", "--checkpointing_steps", "none", *extra]
@@ -187,7 +193,7 @@ def main() -> None:
     if args.quick:
         args.epochs, args.seed_epochs, args.bare_steps, max_samples = 2, 1, 3, 512
         extra += ["--max_train_samples", "512", "--max_eval_samples", "256"]
-    os.environ["TQDM_DISABLE"] = "1"  # before lab2.training imports tqdm, which reads it then
+    os.environ["TQDM_DISABLE"] = "1"  # before lab2.engine.trainer imports tqdm, which reads it then
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = args.mixed_precision == "bf16"
     os.environ["ACCELERATE_MIXED_PRECISION"] = args.mixed_precision
@@ -219,7 +225,7 @@ def main() -> None:
         "",
         f"loop / bare step: **{loop_ratio:.2f}** (target ≥ {TARGET_LOOP_RATIO:.2f}); "
         f"lab2 / seed: **{seed_ratio:.2f}x** (target ≥ {TARGET_SEED_RATIO}x); "
-        f"training FLOPs per image {training_flops / 1e9:.3f} G (lab2.flops: forward + backward, 2 per multiply-add); "
+        f"training FLOPs per image {training_flops / 1e9:.3f} G (lab2.explain.flops: forward + backward, 2 per multiply-add); "
         f"eval accuracy lab2 {100 * ours['eval_acc']:.2f}%, seed {100 * seed['eval_acc']:.2f}% (few epochs: a sanity check only).",
     ]
     table = "\n".join(lines)

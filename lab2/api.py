@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import json
 
-from lab2.config import config_from_flags
-from lab2.distributed import launched_rank, prepare_process
+from lab2.config.train_config import config_from_flags
+from lab2.engine.distributed import launched_rank, prepare_process
 from lab2.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UserError
-from lab2.outputs import RunPaths
+from lab2.state.run_paths import RunPaths
 
 
 class TrainingDiverged(RuntimeError):
@@ -30,7 +30,7 @@ class TrainingDiverged(RuntimeError):
 def train(**flags) -> dict | None:
     """Train as `train_accelerate.py` would with these flags; return the run's summary (summary.json's content).
 
-    Flags are lab2.config.TrainConfig's fields, with the command line's names and defaults:
+    Flags are lab2.config.train_config.TrainConfig's fields, with the command line's names and defaults:
     `train(dataset="fake", num_train_epochs=1)` is `train_accelerate.py --dataset fake --num_train_epochs 1`.
     Folder flags also take `pathlib.Path`. The run writes the same files as the command line, under
     `output_dir` (default runs/<run_name>).
@@ -51,7 +51,9 @@ def train(**flags) -> dict | None:
     except UserError as error:
         raise ValueError(str(error)) from None
     prepare_process()
-    from lab2.training import run  # torch and the training stack load here, not at `import lab2`
+    from lab2.engine.trainer import (
+        run,  # torch and the training stack load here, not at `import lab2`
+    )
 
     try:
         code = run(cfg)

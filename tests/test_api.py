@@ -5,10 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 import lab2
-from conftest import REPO
-from lab2.config import config_from_flags, parse_args
+from lab2.config.train_config import config_from_flags, parse_args
 
 
 def test_import_lab2_stays_light():

@@ -12,9 +12,15 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from lab2.checkpoint import check_compatible, export_model, read_progress, resolve_resume_path, save_checkpoint
 from lab2.errors import UserError
-from lab2.outputs import append_jsonl
+from lab2.state.checkpoint import (
+    check_compatible,
+    export_model,
+    read_progress,
+    resolve_resume_path,
+    save_checkpoint,
+)
+from lab2.state.run_paths import append_jsonl
 
 PROGRESS = {"epoch": 0, "batch_in_epoch": 0, "loss_sum": 0.0, "correct": 0.0, "seen": 0.0, "model": "simple_cnn",
             "num_classes": 10, "world_size": 1}

@@ -2,7 +2,12 @@ import dataclasses
 
 import pytest
 
-from lab2.config import TrainConfig, build_parser, config_from_dict, parse_args
+from lab2.config.train_config import (
+    TrainConfig,
+    build_parser,
+    config_from_dict,
+    parse_args,
+)
 from lab2.errors import UserError
 
 
@@ -41,7 +46,7 @@ def test_invalid_values_name_the_flag(capsys, argv, fragment):
 
 
 def test_values_set_in_python_meet_the_same_ranges():
-    from lab2.config import _validate
+    from lab2.config.train_config import _validate
 
     with pytest.raises(UserError, match="--seed"):
         _validate(TrainConfig(seed=-1))

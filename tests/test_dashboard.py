@@ -7,10 +7,16 @@ the last, 10): every tracker's files are read back.
 import json
 
 import pytest
-
 from conftest import run_cli, train_cmd
-from tracker_files import (mlflow_artifact_paths, mlflow_run, tensorboard_events, wandb_artifacts, wandb_steps,
-                           wandb_summary_keys, wandb_value_type)
+from tracker_files import (
+    mlflow_artifact_paths,
+    mlflow_run,
+    tensorboard_events,
+    wandb_artifacts,
+    wandb_steps,
+    wandb_summary_keys,
+    wandb_value_type,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lab2.cifar_reader import CIFAR10_CLASSES, read_cifar_batch
-from lab2.data import (
+from lab2.data.cifar import (
     CustomCIFAR10,
     load_cifar10,
     make_fake_cifar10,
@@ -13,7 +12,10 @@ from lab2.data import (
     train_transform,
     write_cifar_batch,
 )
-from lab2.data import test_transform as normalise_only  # aliased: pytest would collect test_*
+from lab2.data.cifar import (
+    test_transform as normalise_only,  # aliased: pytest would collect test_*
+)
+from lab2.data.cifar_reader import CIFAR10_CLASSES, read_cifar_batch
 from lab2.errors import UserError
 
 

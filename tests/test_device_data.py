@@ -1,13 +1,18 @@
 import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
 from PIL import Image
 from torchvision import transforms
 
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration
-
-from lab2.data import CIFAR10_MEAN, CIFAR10_STD
-from lab2.device_data import PAD, DeviceDataset, augmentation_for_epoch, crop_flip, device_dataloader
+from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD
+from lab2.data.device_dataset import (
+    PAD,
+    DeviceDataset,
+    augmentation_for_epoch,
+    crop_flip,
+    device_dataloader,
+)
 
 
 def _index_image() -> torch.Tensor:

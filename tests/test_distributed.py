@@ -16,10 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import BIN, REPO, cli_env, run_cli
-from lab2.distributed import is_peer_lost, peer_lost_message, place_on_cpu_without_gpu
 from saved_weights import evaluate_saved_weights
+
+from lab2.engine.distributed import (
+    is_peer_lost,
+    peer_lost_message,
+    place_on_cpu_without_gpu,
+)
 
 # Open MPI refuses to start as root without both; they change nothing for other users.
 MPI_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import BIN, REPO, cli_env, run_cli, train_cmd
-from lab2.checkpoint import list_checkpoints, read_exported_model
 from saved_weights import evaluate_saved_weights
 from tracker_files import wandb_steps
 from wandb_reader import history_keys, read_records, run_file
+
+from lab2.state.checkpoint import list_checkpoints, read_exported_model
 
 pytestmark = pytest.mark.slow
 

@@ -3,8 +3,8 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from lab2.device_data import DeviceDataset, device_dataloader
-from lab2.evaluation import confusion_matrix, evaluate
+from lab2.data.device_dataset import DeviceDataset, device_dataloader
+from lab2.engine.evaluation import confusion_matrix, evaluate
 
 
 class LabelFromPixel(nn.Module):

@@ -7,14 +7,16 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from conftest import REPO
-from lab2 import eval_cli, export, predict_cli
-from lab2.checkpoint import read_exported_model
-from lab2.cifar_reader import CIFAR10_CLASSES
+
+from lab2.cli import eval as eval_cli
+from lab2.cli import export
+from lab2.cli import predict as predict_cli
+from lab2.data.cifar_reader import CIFAR10_CLASSES
+from lab2.engine.inference import load_exported_model
 from lab2.errors import UserError
-from lab2.export import load_lab_model, read_lab_state_dict
-from lab2.inference import load_exported_model
+from lab2.state.checkpoint import read_exported_model
+from lab2.state.lab_weights import load_lab_model, read_lab_state_dict
 
 
 class LabSimpleCNN(nn.Module):
@@ -87,7 +89,7 @@ def test_lab2_export_writes_a_lab2_model_with_metadata(lab_checkpoint, tmp_path,
     loaded = load_exported_model(out)
     with torch.no_grad():
         assert torch.equal(loaded.model(images), lab_logits)
-    assert "lab2-export = lab2.export:main" in (REPO / "setup.cfg").read_text()
+    assert "lab2-export = lab2.cli.export:main" in (REPO / "setup.cfg").read_text()
 
 
 def test_lab2_eval_evaluates_the_labs_file(lab_checkpoint, synthetic_dir, tmp_path, capsys):

@@ -4,8 +4,8 @@ import threading
 
 import numpy as np
 
-from lab2.figure_worker import MAX_PENDING, FigureWorker
-from lab2.flow import FlowSnapshot
+from lab2.explain.figure_worker import MAX_PENDING, FigureWorker
+from lab2.explain.flow import FlowSnapshot
 
 
 def _snapshot(step):

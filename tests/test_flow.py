@@ -2,9 +2,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lab2.flow import FlowCollector, FlowHealth, FlowSnapshot, read_flow_history, tracked_parameters
+from lab2.explain.flow import (
+    FlowCollector,
+    FlowHealth,
+    FlowSnapshot,
+    read_flow_history,
+    tracked_parameters,
+)
 from lab2.models import SimpleCNN
-from lab2.outputs import append_jsonl
+from lab2.state.run_paths import append_jsonl
 
 
 def _batch():

@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from lab2.checkpoint import read_progress
-from lab2.checkpoint_check import checkpoint_problem
-from lab2.cifar_reader import read_cifar_batch
+from lab2.data.cifar_reader import read_cifar_batch
+from lab2.engine.inference import load_exported_model
+from lab2.engine.report import build_report
 from lab2.errors import UserError
-from lab2.inference import load_exported_model
-from lab2.report import build_report
+from lab2.state.checkpoint import read_progress
+from lab2.state.checkpoint_check import checkpoint_problem
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -92,7 +92,7 @@ def checkpoint_folder(tmp_path_factory):
     """A real (tiny) checkpoint written by save_checkpoint, to mutate."""
     from accelerate import Accelerator
 
-    from lab2.checkpoint import save_checkpoint
+    from lab2.state.checkpoint import save_checkpoint
 
     accelerator = Accelerator(cpu=True)
     model, optimizer = accelerator.prepare(torch.nn.Linear(2, 2), torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import cli_env, run_cli, train_cmd
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

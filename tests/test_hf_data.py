@@ -4,16 +4,16 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import assert_clean_error, cli_env, run_cli, train_cmd
+
+from lab2.data.hf_datasets import load_hf_splits
 from lab2.errors import UserError
-from lab2.hf_data import load_hf_splits
 
 
 def _saved_dataset(path, num_classes, n_train=120, n_test=30, size=32, names=("img", "label")):
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
-    from lab2.data import synthetic_images
+    from lab2.data.cifar import synthetic_images
 
     def split(n, seed):
         images, labels = synthetic_images(n, num_classes, seed)
@@ -57,7 +57,7 @@ def test_cifar100_shaped_set_trains_with_a_100_class_head(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["class_accuracy"]) == 100 and "class_99" in summary["class_accuracy"]
-    from lab2.checkpoint import read_exported_model
+    from lab2.state.checkpoint import read_exported_model
 
     state, metadata = read_exported_model(out)
     assert metadata["num_classes"] == "100" and state["fc2.weight"].shape == (100, 512)

@@ -4,9 +4,9 @@ import json
 import socket
 
 import pytest
-
 from conftest import cli_env, run_cli, train_cmd
-from lab2.run_setup import cpu_has_fast_bf16
+
+from lab2.engine.run_setup import cpu_has_fast_bf16
 
 pytestmark = pytest.mark.slow
 TINY = ["--dataset", "fake", "--fake_train_samples", 64, "--fake_test_samples", 32, "--num_train_epochs", 1,

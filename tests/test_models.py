@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from lab2.errors import UserError
-from lab2.flops import count_flops
+from lab2.explain.flops import count_flops
 from lab2.models import MODELS, SimpleCNN, create_model
 
 

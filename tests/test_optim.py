@@ -10,12 +10,18 @@ from accelerate import Accelerator
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR
 
-from lab2.config import config_from_flags, parse_args
-from lab2.device_data import DeviceDataset, device_dataloader
+from lab2.config.recipes import RECIPES
+from lab2.config.train_config import config_from_flags, parse_args
+from lab2.data.device_dataset import DeviceDataset, device_dataloader
+from lab2.engine.evaluation import evaluate, flip_averaged_logits
+from lab2.engine.optim import (
+    create_optimizer,
+    create_scheduler,
+    rescale_learning_rate,
+    scheduler_total_steps,
+    training_loss,
+)
 from lab2.errors import UserError
-from lab2.evaluation import evaluate, flip_averaged_logits
-from lab2.optim import create_optimizer, create_scheduler, rescale_learning_rate, scheduler_total_steps, training_loss
-from lab2.recipes import RECIPES
 
 PEAK = 0.1
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lab2 import plots
+from lab2.explain import plots
 
 CLASSES = ["cat", "dog", "ship"]
 

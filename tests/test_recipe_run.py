@@ -4,9 +4,8 @@ import json
 
 import pytest
 import torch
-from torch.optim.lr_scheduler import OneCycleLR
-
 from conftest import run_cli, train_cmd
+from torch.optim.lr_scheduler import OneCycleLR
 
 TINY = ["--dataset", "fake", "--fake_train_samples", 200, "--fake_test_samples", 64, "--per_device_train_batch_size", 64,
         "--num_train_epochs", 2, "--report_to", "none", "--flow_log_steps", 0, "--checkpointing_steps", "none"]

@@ -8,7 +8,6 @@ import signal
 import subprocess
 
 import pytest
-
 from conftest import BIN, REPO, assert_clean_error, cli_env, run_cli, train_cmd
 
 pytestmark = pytest.mark.slow
@@ -44,7 +43,7 @@ def _files(folder):
 
 def test_overwrite_knows_every_file_a_run_writes(finished):
     """--overwrite_output_dir removes by name: every file of a real run must be on lab2's list (a new figure too)."""
-    from lab2.run_folder import MARKER, owned_files
+    from lab2.state.run_folder import MARKER, owned_files
 
     _, run = finished
     owned = owned_files(run)

@@ -6,9 +6,15 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import (
+    BIN,
+    assert_clean_error,
+    cli_env,
+    run_cli,
+    train_cmd,
+    write_synthetic_folder,
+)
 from PIL import Image
-
-from conftest import BIN, assert_clean_error, cli_env, run_cli, train_cmd, write_synthetic_folder
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +41,7 @@ def test_eval_reproduces_the_runs_final_accuracy(run_dir, tmp_path):
 
 def test_eval_on_two_processes_matches_too(run_dir, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
-    torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29535", "-m", "lab2.eval_cli"]
+    torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29535", "-m", "lab2.cli.eval"]
     result = run_cli([*torchrun, "--model_path", str(run_dir), "--output_dir", str(tmp_path / "eval2")], env=cli_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "eval2" / "eval.json").read_text())

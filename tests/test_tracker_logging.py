@@ -10,18 +10,25 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from safetensors.torch import save_file
+from tracker_files import (
+    mlflow_artifact_paths,
+    mlflow_run,
+    tensorboard_events,
+    wandb_artifacts,
+    wandb_steps,
+    wandb_summary_keys,
+    wandb_value_type,
+)
 
-from lab2 import tracker_choice
+from lab2.config.report_to import parse_report_to
+from lab2.config import report_to as tracker_choice
 from lab2.errors import UserError
-from lab2.figure_worker import FigureWorker
-from lab2.flow import FlowCollector
+from lab2.explain.figure_worker import FigureWorker
+from lab2.explain.flow import FlowCollector
+from lab2.explain.plots import figure_to_array, flow_figures
 from lab2.models import SimpleCNN
-from lab2.plots import figure_to_array, flow_figures
-from lab2.tracker_choice import parse_report_to
-from lab2.tracker_startup import MLFLOW_RUN_FILE, tracker_init_kwargs
-from lab2.tracking import Tracking
-from tracker_files import (mlflow_artifact_paths, mlflow_run, tensorboard_events, wandb_artifacts, wandb_steps,
-                           wandb_summary_keys, wandb_value_type)
+from lab2.tracking.startup import MLFLOW_RUN_FILE, tracker_init_kwargs
+from lab2.tracking.trackers import Tracking
 
 
 def test_report_to_takes_lists_all_and_none():
@@ -124,7 +131,7 @@ def test_a_resumed_run_continues_its_mlflow_run_with_changed_flags(tmp_path, mon
 
 
 def test_the_flags_parse_and_a_bad_tracker_is_a_user_error():
-    from lab2.config import parse_args
+    from lab2.config.train_config import parse_args
 
     cfg = parse_args(["--report_to", "wandb,tensorboard", "--log_histograms", "off"])
     assert cfg.report_to == "wandb,tensorboard" and cfg.log_histograms == "off"

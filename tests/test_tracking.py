@@ -5,8 +5,8 @@ import socket
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 
-from lab2.tracker_startup import choose_wandb_mode
-from lab2.tracking import Tracking
+from lab2.tracking.startup import choose_wandb_mode
+from lab2.tracking.trackers import Tracking
 
 
 def _closed_port() -> int:

@@ -11,8 +11,8 @@ from inspect import signature
 import pytest
 from accelerate import Accelerator
 
-from lab2.tracker_startup import choose_wandb_mode, tracker_init_kwargs
-from lab2.tracking import Tracking
+from lab2.tracking.startup import choose_wandb_mode, tracker_init_kwargs
+from lab2.tracking.trackers import Tracking
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_an_online_start_that_times_out_falls_back_to_offline_in_one_line(wandb_
     """Even past the probe (the server answers the probe, then hangs), wandb.init is bounded and the run goes offline."""
     wandb_env.setenv("WANDB_BASE_URL", silent_server)
     for probe in ("_wandb_answers", "_wandb_reachable"):  # the probe passed, as with a server that hangs after it
-        wandb_env.setattr(f"lab2.tracker_startup.{probe}", lambda *args, **kwargs: True, raising=False)
+        wandb_env.setattr(f"lab2.tracking.startup.{probe}", lambda *args, **kwargs: True, raising=False)
     run_dir, messages = _start(tmp_path, **({"init_timeout_s": 3.0} if "init_timeout_s" in str(signature(tracker_init_kwargs)) else {}))
     assert len(messages) == 1 and "offline" in messages[0] and "could not start online" in messages[0], messages
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb")), "no offline copy in the run folder"

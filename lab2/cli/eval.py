@@ -1,0 +1,108 @@
+"""`lab2-eval`: evaluate a saved model on the test split with Accelerate, on any device and any number of processes.
+
+    lab2-eval --model_path runs/<run> [--data_dir DIR | --dataset_name ID] [--output_dir FOLDER]
+    lab2-eval --model_path model_final.pth --data_dir DIR      (the course lab's saved state dict)
+
+The data source, --max_eval_samples and memory format default to the training
+run's own (from the safetensors metadata), so the accuracy it prints matches
+the run's reported final accuracy exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from lab2.config.flag_types import Parser, int_flag
+from lab2.config.train_config import TrainConfig
+from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD
+from lab2.data.device_dataset import DeviceDataset, device_dataloader, use_channels_last
+from lab2.data.sources import load_splits
+from lab2.engine.evaluation import evaluate
+from lab2.errors import UserError, exit_with_user_error
+from lab2.explain import plots
+from lab2.state.lab_weights import load_model_file
+from lab2.state.run_folder import check_eval_output_dir, claim
+from lab2.state.run_paths import write_json
+
+TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _flag_type(name: str):
+    """The same checked type and range as the training flag of that name."""
+    return int_flag(f"--{name}", **TRAIN_FIELDS[name].metadata["bounds"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="lab2-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", required=True, help="a run folder, its model.safetensors, or the course lab's model_final.pth")
+    parser.add_argument("--data_dir", default=None, help="folder holding cifar-10-batches-py/ (default: the run's)")
+    parser.add_argument("--dataset_name", default=None, help="a Hub id or save_to_disk folder (default: the run's)")
+    parser.add_argument("--dataset", default=None, choices=("cifar10", "fake"), help="default: the run's")
+    parser.add_argument("--max_eval_samples", type=_flag_type("max_eval_samples"), default=None, help="default: the run's")
+    parser.add_argument("--per_device_eval_batch_size", type=_flag_type("per_device_eval_batch_size"), default=512)
+    parser.add_argument("--num_prediction_samples", type=_flag_type("num_prediction_samples"), default=24)
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each image's logits with its mirror image's (default: as the run was evaluated)")
+    parser.add_argument("--output_dir", default=None, help="where figures and eval.json go (default: <run folder>/eval)")
+    return parser
+
+
+def run_eval(args) -> dict:
+    from accelerate import Accelerator
+
+    loaded = load_model_file(args.model_path)
+    out = Path(args.output_dir) if args.output_dir else loaded.path.parent / "eval"
+    check_eval_output_dir(out)  # before any work: never write over files lab2-eval did not write
+    cfg = loaded.config
+    overrides = {k: getattr(args, k) for k in ("data_dir", "dataset_name", "dataset", "max_eval_samples") if getattr(args, k) is not None}
+    if "data_dir" in overrides and "dataset_name" not in overrides:
+        overrides["dataset_name"] = ""  # an explicit --data_dir means the on-disk files
+    cfg = dataclasses.replace(cfg, **overrides)
+    accelerator = Accelerator()
+    try:
+        with accelerator.main_process_first():
+            splits = load_splits(dataclasses.replace(cfg, max_train_samples=1))
+        if splits.num_classes != len(loaded.class_names):
+            raise UserError(f"the model has {len(loaded.class_names)} classes but the data set has {splits.num_classes}; evaluate it on the data it was trained for.")
+        channels_last = use_channels_last(cfg.channels_last, accelerator.device)  # as in training: same numerics
+        model = loaded.model.to(memory_format=torch.channels_last) if channels_last else loaded.model
+        test_set = DeviceDataset(splits.test_images, splits.test_labels, train=False, device=accelerator.device, channels_last=channels_last)
+        model, loader = accelerator.prepare(model, device_dataloader(test_set, args.per_device_eval_batch_size, shuffle=False))
+        tta = cfg.tta if args.tta is None else args.tta
+        result = evaluate(accelerator.unwrap_model(model), loader, accelerator, splits.num_classes, args.num_prediction_samples, CIFAR10_MEAN, CIFAR10_STD, tta=tta)
+        report = {
+            "model_path": str(loaded.path),
+            "accuracy": result.accuracy,
+            "loss": result.loss,
+            "num_samples": result.num_samples,
+            "tta": tta,
+            "class_accuracy": dict(zip(splits.class_names, map(float, result.per_class_accuracy))),
+        }
+        if accelerator.is_main_process:
+            claim(out, "eval")
+            for name, fig in plots.evaluation_figures(result.confusion, result.per_class_accuracy, result.samples, splits.class_names).items():
+                plots.save_figure(fig, out / f"{name}.png")
+            write_json(out / "eval.json", report)
+            print(f"accuracy: {100 * result.accuracy:.2f}% ({round(result.accuracy * result.num_samples)}/{result.num_samples}), loss {result.loss:.4f}")
+            for name, value in report["class_accuracy"].items():
+                print(f"  {name:>12}: {100 * value:6.2f}%")
+            print(f"figures and eval.json in {out}")
+        return report
+    finally:
+        accelerator.end_training()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        run_eval(args)
+    except UserError as error:
+        exit_with_user_error(error, "lab2-eval")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""`lab2-predict`: top-k classes for image files (PNG/JPEG of any size, resized to 32x32).
+
+    lab2-predict --model_path runs/<run> cat.png ship.jpg [--json] [--top_k 3]
+
+An unreadable image gets an error line and the others are still predicted;
+the exit status is 1 when any image failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from lab2.config.flag_types import Parser, int_flag
+from lab2.data.cifar import test_transform
+from lab2.engine.inference import top_k
+from lab2.errors import UserError, exit_with_user_error
+from lab2.state.lab_weights import load_model_file
+
+MAX_PIXELS = 64_000_000  # larger images are refused before decoding: a small file can decode to gigabytes
+
+
+def _to_8bit_rgb(image):
+    """(RGB image, note or None): high-bit-depth grayscale is scaled to 8 bits, not clipped to white."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F" and values.size and np.nanmax(values) <= 1.0:
+            scale, note = 1.0, "32-bit float grayscale read as 0..1"
+        elif image.mode == "I" and values.size and values.max() > 65535:
+            scale, note = float(values.max()), "32-bit grayscale scaled by its maximum"
+        else:
+            scale, note = 65535.0, "16-bit grayscale scaled to 8 bits"
+        gray = np.clip(np.nan_to_num(values / scale) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB"), note
+    return image.convert("RGB"), None
+
+
+def read_image(path: str) -> tuple[torch.Tensor, str | None]:
+    """(normalised (3, 32, 32) tensor as the seed's test transform makes it, conversion note or None) for any image file.
+
+    Every failure (missing, not a file, unreadable, too large, a decompression bomb) is a UserError naming the file.
+    """
+    from PIL import Image
+
+    file = Path(path)
+    if not file.exists():
+        raise UserError(f"{path}: no such file.")
+    if not file.is_file():  # a folder, or a FIFO that would block the read
+        raise UserError(f"{path}: not a regular file.")
+    try:
+        with Image.open(file) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise UserError(f"{path}: {width}x{height} pixels is more than lab2-predict reads ({MAX_PIXELS:,}); shrink it first.")
+            image.draft("RGB", (32, 32))  # JPEG: decode at a reduced size when it can
+            image, note = _to_8bit_rgb(image)
+    except UserError:
+        raise
+    except Exception as exc:  # PIL raises many types (OSError, DecompressionBombError, ValueError, SyntaxError...)
+        raise UserError(f"{path}: not a readable image ({type(exc).__name__}: {str(exc)[:120]}).") from None
+    if image.size != (32, 32):
+        image = image.resize((32, 32), Image.Resampling.BILINEAR)
+    return test_transform()(image), note
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(prog="lab2-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_path", required=True, help="a run folder, its model.safetensors, or the course lab's model_final.pth")
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--top_k", type=int_flag("--top_k", minimum=1, maximum=1000), default=3, help="classes to show per image")
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    args = parser.parse_args(argv)
+    try:
+        loaded = load_model_file(args.model_path)
+    except UserError as error:
+        exit_with_user_error(error, "lab2-predict")
+    results, failed = [], 0
+    for path in args.images:
+        try:
+            image, note = read_image(path)
+        except UserError as error:  # one bad file never stops the others
+            failed += 1
+            print(f"lab2-predict: error: {error}", file=sys.stderr)
+            results.append({"image": path, "error": str(error)})
+            continue
+        probabilities, indices = top_k(loaded.model, image[None], args.top_k)
+        top = [{"class": loaded.class_names[i], "probability": float(p)} for p, i in zip(probabilities[0], indices[0])]
+        results.append({"image": path, "top_k": top, **({"note": note} if note else {})})
+        if not args.json:
+            print(f"{path}: " + ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in top) + (f" ({note})" if note else ""))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

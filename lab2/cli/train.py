@@ -1,0 +1,43 @@
+"""The training command's entry point (train_accelerate.py, lab2-train).
+
+Flags are parsed and checked before torch is imported, so `--help` and flag
+mistakes answer at once; only a valid configuration loads the training stack.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lab2.config.train_config import parse_args
+from lab2.engine.distributed import (
+    is_peer_lost,
+    launched_rank,
+    peer_lost_message,
+    prepare_process,
+)
+from lab2.errors import EXIT_PEER_LOST, EXIT_USER_ERROR, UserError, exit_with_user_error
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cfg = parse_args(argv)
+        prepare_process()
+        from lab2.engine.trainer import run
+
+        code = run(cfg)
+    except UserError as error:
+        # Under a launcher every rank hits the same user error: one line is enough.
+        if launched_rank() == 0:
+            exit_with_user_error(error)
+        sys.exit(EXIT_USER_ERROR)
+    except RuntimeError as error:
+        if not is_peer_lost(error):
+            raise
+        # Every survivor says so: on several machines each node's log is read on its own.
+        print(f"lab2: error: {peer_lost_message(error, cfg.output_dir)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_PEER_LOST)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""CIFAR-10 on disk -> uint8 tensors, the seed's Dataset and transforms, and the data sources.
+
+Everything the rest of lab2 sees is a `DataSplits`: uint8 images shaped
+(N, 3, 32, 32) and int64 labels, for the train and test splits, plus the class
+names. Three sources produce it (lab2.data.sources picks one):
+
+* `--dataset cifar10`: the official `cifar-10-batches-py` folder, downloaded by
+  torchvision (with its md5 check) when absent, and read by lab2.data.cifar_reader's
+  checked, restricted reader, so non-official folders (the mini slice, test files) work;
+* `--dataset fake`: a small learnable synthetic set, written in the official
+  format and read back through the same reader;
+* `--dataset_name`: a Hugging Face `datasets` source (lab2.data.hf_datasets).
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lab2.data.cifar_reader import (
+    CIFAR10_CLASSES,
+    CIFAR10_FOLDER,
+    IMAGE_SHAPE,
+    META_FILE,
+    ROW_BYTES,
+    TEST_FILE,
+    TRAIN_FILES,
+    read_cifar_batch,
+    read_class_names,
+)
+from lab2.errors import UserError
+
+# Normalisation constants in [0, 1] units: the course lab's, since its recipe is the one reproduced.
+# The mean is the training set's per-channel mean. The std is NOT the exact per-channel standard
+# deviation of the training pixels, which is (0.2470, 0.2435, 0.2616): (0.2023, 0.1994, 0.2010) is the
+# widely copied value (seemingly the mean of per-image stds), kept because the lab trained with it.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+
+DOWNLOAD_HELP = (
+    "Without network access, copy the official cifar-10-batches-py folder into --data_dir, "
+    "pass --dataset_name with a dataset saved by datasets' save_to_disk, or use --dataset fake for an offline smoke run."
+)
+
+
+@dataclass
+class DataSplits:
+    """Both splits as uint8 (N, 3, 32, 32) images and int64 labels, with the class names."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def truncated(self, max_train: int | None, max_eval: int | None) -> "DataSplits":
+        """The first `max_train` / `max_eval` images of each split (None keeps all)."""
+        return DataSplits(
+            self.train_images[:max_train],
+            self.train_labels[:max_train],
+            self.test_images[:max_eval],
+            self.test_labels[:max_eval],
+            self.class_names,
+        )
+
+
+# --------------------------------------------------------------------------- reading a folder
+
+def find_cifar10_folder(data_dir: str | Path) -> Path | None:
+    """The `cifar-10-batches-py` folder under `data_dir` (or `data_dir` itself), or None."""
+    data_dir = Path(data_dir)
+    for candidate in (data_dir / CIFAR10_FOLDER, data_dir):
+        if (candidate / TEST_FILE).exists() or (candidate / TRAIN_FILES[0]).exists():
+            return candidate
+    return None
+
+
+def read_cifar10_folder(folder: str | Path) -> DataSplits:
+    """Read an official-format folder (official or not: no md5 check) into DataSplits."""
+    folder = Path(folder)
+    missing = [name for name in (*TRAIN_FILES, TEST_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise UserError(
+            f"{folder} is missing {', '.join(missing)}; a cifar-10-batches-py folder holds data_batch_1..5 "
+            "and test_batch. Delete it and download again, or point --data_dir at a complete copy."
+        )
+    class_names = read_class_names(folder)
+    parts = [read_cifar_batch(folder / name, len(class_names)) for name in TRAIN_FILES]
+    test_images, test_labels = read_cifar_batch(folder / TEST_FILE, len(class_names))
+    return DataSplits(
+        torch.from_numpy(np.concatenate([p[0] for p in parts])),
+        torch.from_numpy(np.concatenate([p[1] for p in parts])),
+        torch.from_numpy(test_images),
+        torch.from_numpy(test_labels),
+        class_names,
+    )
+
+
+def download_cifar10(data_dir: str | Path) -> Path:
+    """Download and extract the official archive with torchvision (md5-checked) into data_dir."""
+    from torchvision.datasets import CIFAR10
+
+    data_dir = Path(data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        CIFAR10(root=str(data_dir), train=True, download=True)
+    except OSError as exc:  # URLError is an OSError; so are a full disk and a read-only folder
+        raise UserError(f"could not download CIFAR-10 into {data_dir} ({exc}). {DOWNLOAD_HELP}") from None
+    except RuntimeError as exc:  # torchvision's md5 mismatch after download
+        raise UserError(f"the CIFAR-10 download into {data_dir} failed its check ({exc}). {DOWNLOAD_HELP}") from None
+    return data_dir / CIFAR10_FOLDER
+
+
+def load_cifar10(data_dir: str | Path, download: bool = True) -> DataSplits:
+    """CIFAR-10 from `data_dir`, downloading it first when no folder is there."""
+    data_dir = Path(data_dir)
+    folder = find_cifar10_folder(data_dir)
+    if folder is None:
+        if not download:
+            raise UserError(f"no {CIFAR10_FOLDER} folder in {data_dir}. {DOWNLOAD_HELP}")
+        folder = download_cifar10(data_dir)
+    return read_cifar10_folder(folder)
+
+
+# --------------------------------------------------------------------------- writing (fake data, tests)
+
+def write_cifar_batch(path: str | Path, images: np.ndarray, labels, batch_label: str = "") -> None:
+    """Write uint8 (N, 3, 32, 32) images and labels as one official-format batch (pickle protocol 2)."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    batch = {
+        "batch_label": batch_label,
+        "labels": [int(label) for label in labels],
+        "data": images.reshape(len(images), ROW_BYTES),
+        "filenames": [f"image_{i:05d}.png" for i in range(len(images))],
+    }
+    with open(path, "wb") as handle:
+        pickle.dump(batch, handle, protocol=2)
+
+
+def write_cifar10_folder(
+    folder: str | Path,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    class_names=CIFAR10_CLASSES,
+) -> Path:
+    """Write a complete official-format folder: 5 training batches, test_batch and batches.meta."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chunks = np.array_split(np.arange(len(train_images)), len(TRAIN_FILES))
+    for name, idx in zip(TRAIN_FILES, chunks):
+        write_cifar_batch(folder / name, train_images[idx], np.asarray(train_labels)[idx], f"training batch {name[-1]} of 5")
+    write_cifar_batch(folder / TEST_FILE, test_images, test_labels, "testing batch 1 of 1")
+    with open(folder / META_FILE, "wb") as handle:
+        pickle.dump({"num_cases_per_batch": len(chunks[0]), "label_names": list(class_names), "num_vis": ROW_BYTES}, handle, protocol=2)
+    return folder
+
+
+def synthetic_images(num: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable synthetic 32x32 images: each class has its own colour and stripe pattern, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, size=num)
+    class_rng = np.random.default_rng(1234)  # the class look is fixed; only the samples depend on `seed`
+    colours = class_rng.uniform(40, 215, size=(num_classes, 3, 1, 1))
+    frequencies = class_rng.uniform(0.2, 1.2, size=num_classes)
+    angles = class_rng.uniform(0, np.pi, size=num_classes)
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
+    images = np.empty((num, *IMAGE_SHAPE), dtype=np.uint8)
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        stripes = 40 * np.sin(frequencies[c] * (np.cos(angles[c]) * xx + np.sin(angles[c]) * yy))
+        noise = rng.normal(0, 25, size=(len(members), *IMAGE_SHAPE))
+        images[members] = np.clip(colours[c] + stripes + noise, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def _remove_partial_fake_set(folder: Path) -> None:
+    """Delete a half-written fake set left by an interrupted run, but never a folder holding other files."""
+    if not folder.exists():
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in (*TRAIN_FILES, TEST_FILE, META_FILE)) if folder.is_dir() else [folder.name]
+    if foreign:
+        raise UserError(f"{folder} holds files lab2 did not write ({', '.join(foreign[:4])}); move them away or choose another --data_dir.")
+    shutil.rmtree(folder)
+
+
+def make_fake_cifar10(data_dir: str | Path, num_train: int, num_test: int, seed: int = 0) -> Path:
+    """Write (once) a synthetic set in the official format under data_dir; return its folder."""
+    folder = Path(data_dir) / f"lab2-fake-{num_train}-{num_test}-{seed}" / CIFAR10_FOLDER
+    if not (folder / META_FILE).exists():  # batches.meta is written last: its presence means complete
+        train = synthetic_images(num_train, 10, seed)
+        test = synthetic_images(num_test, 10, seed + 1)
+        # Written under a temporary name and renamed, so an interrupted run never leaves half a set.
+        tmp = folder.with_name(folder.name + ".tmp")
+        _remove_partial_fake_set(tmp)
+        _remove_partial_fake_set(folder)
+        write_cifar10_folder(tmp, *train, *test)
+        tmp.rename(folder)
+    return folder
+
+
+# --------------------------------------------------------------------------- the seed's per-image path
+
+def train_transform(mean=CIFAR10_MEAN, std=CIFAR10_STD):
+    """The seed's training transform: random crop 32 with zero padding 4, horizontal flip, normalise."""
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+
+
+def test_transform(mean=CIFAR10_MEAN, std=CIFAR10_STD):
+    """The seed's test transform: normalise only."""
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+
+class CustomCIFAR10(Dataset):
+    """The seed's map-style Dataset: one (transformed image, label) per index, via PIL.
+
+    Built from uint8 (N, 3, 32, 32) images, or from an official-format folder
+    with `CustomCIFAR10.from_folder`.
+    """
+
+    def __init__(self, images: torch.Tensor | np.ndarray, labels, transform=None, class_names=CIFAR10_CLASSES):
+        # PIL wants HWC; convert once here rather than per item.
+        self.images = np.ascontiguousarray(np.asarray(images).transpose(0, 2, 3, 1))
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.transform = transform
+        self.classes = list(class_names)
+
+    @classmethod
+    def from_folder(cls, data_dir: str | Path, train: bool = True, transform=None) -> "CustomCIFAR10":
+        folder = find_cifar10_folder(data_dir)
+        if folder is None:
+            raise UserError(f"no {CIFAR10_FOLDER} folder in {data_dir}. {DOWNLOAD_HELP}")
+        splits = read_cifar10_folder(folder)
+        images, labels = (splits.train_images, splits.train_labels) if train else (splits.test_images, splits.test_labels)
+        return cls(images, labels, transform, splits.class_names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        image = Image.fromarray(self.images[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+
+def torchvision_loaders(splits: DataSplits, train_batch_size: int, eval_batch_size: int, num_workers: int, seed: int, drop_last: bool = False):
+    """The seed's DataLoaders (shuffled train with crop+flip, ordered test), for accelerator.prepare;
+    `drop_last` leaves out the last partial training batch (static shapes)."""
+    train_set = CustomCIFAR10(splits.train_images, splits.train_labels, train_transform(), splits.class_names)
+    test_set = CustomCIFAR10(splits.test_images, splits.test_labels, test_transform(), splits.class_names)
+    common = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+    # A seeded generator makes the shuffle order reproducible (bit-exact resume relies on it).
+    train_loader = DataLoader(
+        train_set, batch_size=train_batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), drop_last=drop_last, **common
+    )
+    test_loader = DataLoader(test_set, batch_size=eval_batch_size, shuffle=False, **common)
+    return train_loader, test_loader

@@ -1,0 +1,167 @@
+"""`lab2-report RUN_DIR`: one self-contained HTML page per run, readable offline and printable to PDF.
+
+Everything comes from the run folder's files (config.json, metrics.jsonl,
+summary.json, flops.json, figures/*.png); images are inlined as base64 data
+URIs, so the page is a single file with no external requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+from lab2.errors import UserError
+from lab2.state.run_folder import check_report_target
+from lab2.state.run_paths import RunPaths, read_jsonl
+
+# Figures in reading order, with their captions; missing ones are skipped.
+FIGURES = (
+    ("curves", "Loss and accuracy per epoch (train vs eval)"),
+    ("confusion_matrix", "Confusion matrix on the test split (rows: true class)"),
+    ("class_accuracy", "Accuracy per class"),
+    ("predictions", "Sample test predictions: most confident mistakes and correct ones"),
+    ("gradients", "Gradient flow: mean and max |grad| per layer (last snapshot)"),
+    ("weights", "Weight magnitudes: mean and max |W| per layer (last snapshot)"),
+    ("update_ratio", "Update flow: ||dW|| / ||W|| per layer (last snapshot)"),
+    ("heatmap_grad_mean", "Mean |grad| over training (layers x steps)"),
+    ("heatmap_weight_mean", "Mean |W| over training (layers x steps)"),
+    ("heatmap_update_ratio", "Update ratio over training (layers x steps)"),
+)
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: 0.9em; } td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
+th { background: #f3f3f3; } td.l, th.l { text-align: left; }
+.kpi { display: flex; gap: 2em; flex-wrap: wrap; } .kpi div { background: #f6f8fa; padding: 0.6em 1em; border-radius: 6px; }
+.kpi b { display: block; font-size: 1.4em; }
+figure { margin: 1em 0; page-break-inside: avoid; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; }
+@media print { body { margin: 0; max-width: none; } h2 { page-break-after: avoid; } }
+"""
+
+
+def _table(header: list[str], rows: list[list], left: int = 1) -> str:
+    head = "".join(f"<th class='{'l' if i < left else ''}'>{html.escape(str(h))}</th>" for i, h in enumerate(header))
+    body = "".join(
+        "<tr>" + "".join(f"<td class='{'l' if i < left else ''}'>{html.escape(str(c))}</td>" for i, c in enumerate(row)) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _pct(value) -> str:
+    return f"{100 * value:.2f}%" if _is_number(value) else "n/a"
+
+
+def _num(value, spec: str) -> str:
+    """`value` formatted with `spec`, or 'n/a' when it is not a finite number (a damaged or older file)."""
+    return format(value, spec) if _is_number(value) else "n/a"
+
+
+def _read_object(path: Path, required: bool = False) -> dict:
+    """A run-folder JSON file that must hold an object: {} when absent (unless required), UserError when damaged."""
+    if not path.exists():
+        if required:
+            raise UserError(f"{path.parent} is not a lab2 run folder (no {path.name}); give the --output_dir of a run.")
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:100]}); restore it or re-run the training.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is damaged: it holds a JSON {type(data).__name__}, lab2 writes an object.")
+    return data
+
+
+def _flops_section(flops: dict) -> list[str]:
+    """The FLOPs table, or a note when flops.json does not have lab2's layout."""
+    layers = flops.get("layers")
+    if not isinstance(layers, list) or not all(isinstance(l, dict) for l in layers) or not _is_number(flops.get("forward_flops")):
+        return ["<h2>FLOPs per layer</h2>", "<p>flops.json is not in lab2's layout; the table is left out.</p>"]
+    total = max(flops["forward_flops"], 1)
+    shape = lambda l: "x".join(map(str, l["output_shape"])) if isinstance(l.get("output_shape"), list) else "?"  # noqa: E731
+    return [
+        "<h2>FLOPs per layer</h2>",
+        f"<p>{html.escape(str(flops.get('convention', '')))}. Total forward: {_num(flops['forward_flops'], ',')} FLOPs "
+        f"({_num(flops.get('gflops_per_sample'), '.4f')} GFLOPs); parameters: {_num(flops.get('params'), ',')}.</p>",
+        _table(
+            ["layer", "type", "output shape", "params", "FLOPs", "% FLOPs"],
+            [[l.get("name", "?"), l.get("type", "?"), shape(l), _num(l.get("params"), ","), _num(l.get("flops"), ","),
+              _num(100 * l["flops"] / total if _is_number(l.get("flops")) else None, ".2f") + "%"] for l in layers],
+            left=3,
+        ),
+    ]
+
+
+def build_report(run_dir: str | Path) -> str:
+    """The report page for `run_dir` as an HTML string."""
+    paths = RunPaths(run_dir)
+    if not paths.root.is_dir():
+        raise UserError(f"{paths.root} is not a folder; give the --output_dir of a run.")
+    config = _read_object(paths.config, required=True)
+    summary = _read_object(paths.summary)
+    flops = _read_object(paths.flops)
+    metrics = read_jsonl(paths.metrics)
+    model = config.get("model") if isinstance(config.get("model"), str) else "unknown"
+    parts = [f"<h1>lab2 run: {html.escape(str(config.get('run_name', paths.root.name)))}</h1>"]
+    parts.append(f"<p>model <b>{html.escape(model)}</b>, {len(metrics)} epoch(s), folder <code>{html.escape(str(paths.root))}</code></p>")
+    if not summary:
+        parts.append("<p><b>This run has not finished</b> (no summary.json): the page shows what it wrote so far.</p>")
+    kpis = [
+        ("final eval accuracy", _pct(summary.get("final_eval_acc"))),
+        ("best eval accuracy", _pct(summary.get("best_eval_acc"))),
+        ("GFLOPs / sample", _num(summary.get("gflops_per_sample"), ".4f")),
+        ("parameters", _num(summary.get("params"), ",")),
+        ("train images/s", _num(summary.get("train_images_per_s"), ".0f")),
+        ("device", f"{summary.get('device', 'n/a')} x{summary.get('world_size', '?')}, {summary.get('precision', '?')}"),
+    ]
+    parts.append("<div class='kpi'>" + "".join(f"<div>{html.escape(k)}<b>{html.escape(v)}</b></div>" for k, v in kpis) + "</div>")
+    parts.append("<h2>Training log</h2>")
+    parts.append(
+        _table(
+            ["Epoch", "Train Loss", "Train Acc", "Val Loss", "Val Acc", "Time (s)", "Images/s"],
+            [[m.get("epoch", "?"), _num(m.get("train_loss"), ".4f"), _pct(m.get("train_acc")), _num(m.get("eval_loss"), ".4f"),
+              _pct(m.get("eval_acc")), _num(m.get("epoch_time_s"), ".1f"), _num(m.get("train_images_per_s"), ".0f")] for m in metrics],
+        )
+    )
+    class_accuracy = summary.get("class_accuracy")
+    if isinstance(class_accuracy, dict) and class_accuracy:
+        parts.append("<h2>Accuracy per class</h2>")
+        parts.append(_table(["class", "accuracy"], [[k, _pct(v)] for k, v in class_accuracy.items()]))
+    if flops:
+        parts += _flops_section(flops)
+    parts.append("<h2>Figures</h2>")
+    for name, caption in FIGURES:
+        png = paths.figures / f"{name}.png"
+        if png.exists():
+            data = base64.b64encode(png.read_bytes()).decode("ascii")
+            parts.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append("<h2>Configuration</h2>")
+    parts.append(_table(["flag", "value"], [[f"--{k}", v] for k, v in config.items()]))
+    body = "\n".join(parts)
+    return f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>lab2 report</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
+
+
+def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    """Write the report atomically to `output` (default `run_dir/report.html`) and return its path.
+
+    An existing report.html is replaced only in a folder lab2 marked as its own run (lab2.state.run_folder).
+    """
+    target = Path(output) if output else RunPaths(run_dir).report
+    check_report_target(target)
+    page = build_report(run_dir)
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {target} ({exc.strerror}); free space or choose another --output.") from None
+    return target

@@ -1,0 +1,211 @@
+"""A run's results: the per-epoch record, and at the end the weights, figures, Table-1 log, summary and report.
+
+The loop (lab2.engine.trainer) hands over numbers already summed over processes;
+everything here writes on the main process only, except the weights export,
+which gathers on every process.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from lab2.engine.evaluation import EvalResult
+from lab2.errors import EXIT_DIVERGED, EXIT_INTERRUPTED
+from lab2.explain import plots
+from lab2.state.checkpoint import export_model, latest_good_checkpoint
+from lab2.state.run_paths import append_jsonl, read_jsonl, write_json
+
+FLOW_FIGURES = ("gradients", "weights", "update_ratio")  # went to the trackers at every flow snapshot
+
+# Dense peak FLOP/s by device-name fragment and precision, for model FLOPs utilisation (MFU) on CUDA.
+PEAK_FLOPS = {
+    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
+}
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for fragment, peaks in PEAK_FLOPS.items():
+        if fragment in name:
+            return peaks.get(precision)
+    return None
+
+
+def training_log_table(metrics: list[dict]) -> str:
+    """The Table-1 training log: epoch, train loss, train acc, val loss, val acc."""
+    lines = [
+        f"{'Epoch':>5} | {'Train Loss':>10} | {'Train Acc':>9} | {'Val Loss':>8} | {'Val Acc':>7}",
+        f"{'-' * 5}-+-{'-' * 10}-+-{'-' * 9}-+-{'-' * 8}-+-{'-' * 7}",
+    ]
+    for m in metrics:
+        lines.append(
+            f"{m['epoch']:>5} | {m['train_loss']:>10.4f} | {100 * m['train_acc']:>8.2f}% | "
+            + (f"{m['eval_loss']:>8.4f} | {100 * m['eval_acc']:>6.2f}%" if m["eval_acc"] is not None else f"{'-':>8} | {'-':>7}")  # --eval_strategy no
+        )
+    return "\n".join(lines)
+
+
+class RunResults:
+    """Writes what a run reports: one record per epoch, and the final files."""
+
+    def __init__(self, cfg, accelerator, paths, splits, flops, tracking, precision: str):
+        self.cfg, self.accelerator, self.paths, self.splits = cfg, accelerator, paths, splits
+        self.flops, self.tracking, self.precision = flops, tracking, precision
+        self.main = accelerator.is_main_process
+
+    # ----------------------------------------------------------------- per epoch
+
+    def end_epoch(self, epoch: int, totals: tuple[float, float, float], epoch_time: float, result: EvalResult | None, lr: float, global_step: int) -> dict:
+        """Append the epoch's record to metrics.jsonl, log it, print one line. `totals`: (loss sum, correct, seen) over all processes.
+        `result` is None for an epoch without evaluation (--eval_strategy no): its eval fields are null."""
+        loss_sum, correct, seen = totals
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+            "eval_loss": result.loss if result else None,
+            "eval_acc": result.accuracy if result else None,
+            "lr": lr,
+            "epoch_time_s": epoch_time,
+            "train_images_per_s": seen / max(epoch_time, 1e-9),
+            "global_step": global_step,
+        }
+        if not self.main:
+            return record
+        append_jsonl(self.paths.metrics, record)
+        values = {
+            "train/loss_epoch": record["train_loss"],
+            "train/accuracy": record["train_acc"],
+            "epoch": record["epoch"],
+            "perf/train_images_per_s": record["train_images_per_s"],
+        }
+        if result is not None:
+            values.update({"eval/loss": record["eval_loss"], "eval/accuracy": record["eval_acc"]})
+        if self.flops.training_flops:
+            achieved = record["train_images_per_s"] * self.flops.training_flops
+            values["perf/train_tflops"] = achieved / 1e12
+            peak = peak_flops(self.accelerator.device, self.precision)
+            if peak:
+                values["perf/mfu"] = achieved / peak
+        self.tracking.log(values, step=global_step)
+        self.accelerator.print(
+            f"epoch {epoch + 1}/{self.cfg.num_train_epochs}: train loss {record['train_loss']:.4f} acc {100 * record['train_acc']:.2f}% | "
+            + (f"eval loss {record['eval_loss']:.4f} acc {100 * record['eval_acc']:.2f}% | " if result else "no eval | ")
+            + f"{record['train_images_per_s']:.0f} img/s | {epoch_time:.1f} s"
+        )
+        return record
+
+    # ----------------------------------------------------------------- at the end
+
+    def finish(self, model, result: EvalResult, progress, flow) -> None:
+        """Final files: weights, figures, flow heatmaps, Table-1 log, summary.json (last: it marks the run finished), report."""
+        acc, cfg, paths = self.accelerator, self.cfg, self.paths
+        metadata = {
+            "model": cfg.model,
+            "num_classes": self.splits.num_classes,
+            "class_names": json.dumps(list(self.splits.class_names)),
+            "eval_acc": repr(result.accuracy),
+            "config": json.dumps(cfg.to_dict()),
+            "format": "pt",
+        }
+        export_model(acc, model, paths.model, metadata)
+        if not self.main:
+            return
+        metrics = read_jsonl(paths.metrics)
+        if flow is not None:  # the last snapshots' images, before this thread draws figures of its own
+            flow.close(progress.global_step)
+        figures = self.final_figures(result, metrics, flow)
+        paths.figures.mkdir(parents=True, exist_ok=True)
+        for name, fig in figures.items():
+            plots.save_figure(fig, paths.figures / f"{name}.png")
+        # The flow bars went to the trackers at every snapshot; the files keep the last ones.
+        self.tracking.log_figures({k: v for k, v in figures.items() if k not in FLOW_FIGURES}, step=progress.global_step)
+        self.tracking.log_confusion_matrix(result.confusion, self.splits.class_names, step=progress.global_step)
+        table = training_log_table(metrics)
+        paths.training_log.write_text(table + "\n", encoding="utf-8")
+        acc.print(table)
+        summary = self.summary(result, metrics, progress)
+        write_json(paths.summary, summary)
+        self.tracking.log({"eval/final_accuracy": result.accuracy}, step=progress.global_step)
+        acc.print(
+            f"done: final eval accuracy {100 * result.accuracy:.2f}% on {result.num_samples} images "
+            f"(best {100 * summary['best_eval_acc']:.2f}%); files in {paths.root}"
+        )
+        from lab2.engine.report import write_report
+
+        write_report(paths.root)
+        # Model artifact, run summary, Table-1 table, and (MLflow) the run's files, report included.
+        self.tracking.log_results(cfg.run_name, paths, summary, metrics, table, step=progress.global_step)
+
+    def final_figures(self, result: EvalResult, metrics: list[dict], flow) -> dict:
+        """Evaluation figures, curves, the last flow snapshot's bars and the flow heatmaps over the run."""
+        figures = plots.evaluation_figures(result.confusion, result.per_class_accuracy, result.samples, self.splits.class_names)
+        if metrics:
+            figures["curves"] = plots.curves_figure(metrics)
+        history = flow.history if flow is not None else []
+        if history:
+            last = history[-1]
+            figures.update(plots.flow_figures(last))
+            steps = [s.step for s in history]
+            for stat in ("grad_mean", "weight_mean", "update_ratio"):
+                figures[f"heatmap_{stat}"] = plots.flow_heatmap_figure(last.layers, steps, flow.matrix(stat).numpy(), stat)
+        return figures
+
+    def summary(self, result: EvalResult, metrics: list[dict], progress) -> dict:
+        """summary.json: final and best accuracy, cost, speed and where it ran."""
+        images = sum(m["train_images_per_s"] * m["epoch_time_s"] for m in metrics)
+        time_s = sum(m["epoch_time_s"] for m in metrics)
+        images_per_s = images / time_s if time_s else 0.0
+        training_flops = self.flops.training_flops or 0
+        peak = peak_flops(self.accelerator.device, self.precision)
+        device = self.accelerator.device
+        return {
+            "final_eval_acc": result.accuracy,
+            "best_eval_acc": max([m["eval_acc"] for m in metrics if m["eval_acc"] is not None], default=result.accuracy),
+            "final_eval_loss": result.loss,
+            "num_eval_samples": result.num_samples,
+            "class_accuracy": dict(zip(self.splits.class_names, map(float, result.per_class_accuracy))),
+            "confusion_matrix": result.confusion.tolist(),  # rows: true class, columns: predicted
+            "gflops_per_sample": self.flops.gflops_per_sample,
+            "training_gflops_per_sample": training_flops / 1e9,
+            "params": self.flops.params,
+            "epochs": progress.epoch,
+            "global_step": progress.global_step,
+            "train_time_s": time_s,
+            "train_images_per_s": images_per_s,
+            "train_tflops": images_per_s * training_flops / 1e12,
+            "mfu": images_per_s * training_flops / peak if peak and training_flops else None,
+            "device": str(device) + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
+            "world_size": self.accelerator.num_processes,
+            "precision": self.precision,
+            "data_pipeline": self.cfg.data_pipeline,
+        }
+
+
+# --------------------------------------------------------------------------- endings before the end
+
+def report_interrupted(accelerator, paths, signal_name: str | None, global_step: int, epoch: int) -> int:
+    """Say where a run stopped by a signal saved itself and how to resume; return its exit code."""
+    latest = latest_good_checkpoint(paths.checkpoints)
+    accelerator.print(
+        f"stopped by {signal_name} at step {global_step} (epoch {epoch + 1}); checkpoint saved to {latest or '?'}. "
+        f"resume with the same command plus: --output_dir {paths.root} --resume_from_checkpoint latest"
+    )
+    return EXIT_INTERRUPTED
+
+
+def report_diverged(accelerator, paths, step: int, epoch: int, learning_rate: float) -> int:
+    """Say at which step the loss went NaN/inf and which checkpoint is the last good one; return the exit code."""
+    latest = latest_good_checkpoint(paths.checkpoints)
+    where = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved before it"
+    accelerator.print(
+        f"error: the loss became NaN/inf at step {step} (epoch {epoch + 1}); training stopped and {where}. "
+        f"Lower --learning_rate (now {learning_rate:g}) or check the data."
+    )
+    return EXIT_DIVERGED

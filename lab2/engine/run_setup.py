@@ -1,0 +1,153 @@
+"""A run's set-up: the Accelerator, CPU threads, the output folder and the stop signals.
+
+Everything here happens once, before the first step; the loop itself lives in
+lab2.engine.trainer and the final files in lab2.engine.results.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from lab2.config.report_to import log_with_for
+from lab2.config.train_config import TrainConfig
+from lab2.errors import UserError
+from lab2.state import run_folder
+from lab2.state.run_paths import RunPaths, write_json
+from lab2.tracking.startup import tracker_init_kwargs
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def ensure_cpu_threads(accelerator) -> None:
+    """`accelerate launch` without a config sets OMP_NUM_THREADS=1, halving CPU speed: undo that for one process."""
+    cores = available_cores()
+    if accelerator.device.type == "cpu" and accelerator.num_processes == 1 and torch.get_num_threads() == 1 and cores > 1:
+        torch.set_num_threads(cores)
+        accelerator.print(
+            f"note: running on 1 CPU thread (OMP_NUM_THREADS=1, as `accelerate launch` sets without a config); "
+            f"using all {cores} cores instead. Pass --config_file accelerate_configs/cpu.yaml to avoid this."
+        )
+
+
+def check_output_dir(cfg: TrainConfig, paths: RunPaths) -> None:
+    """Refuse a folder lab2 may not write into (lab2.state.run_folder's rule) or a run it would clobber; read-only."""
+    run_folder.check_output_dir(paths.root, bool(cfg.resume_from_checkpoint), cfg.overwrite_output_dir)
+
+
+def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> None:
+    """Create and mark --output_dir (checking it is writable on every process); --overwrite_output_dir removes
+    lab2's own files from it by name, never anything else."""
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        probe = paths.root / f".write-test-{accelerator.process_index}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to --output_dir {paths.root} ({exc.strerror}); choose a writable folder.") from None
+    if accelerator.is_main_process:
+        if cfg.overwrite_output_dir and run_folder.is_marked(paths.root):
+            run_folder.remove_owned_files(paths.root)
+        run_folder.claim(paths.root)
+    accelerator.wait_for_everyone()
+
+
+def create_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import (
+        DataLoaderConfiguration,
+        InitProcessGroupKwargs,
+        ProjectConfiguration,
+        TorchDynamoPlugin,
+    )
+
+    return Accelerator(
+        log_with=log_with_for(cfg.report_to),
+        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(RunPaths(cfg.output_dir).tensorboard)),
+        # A seedable sampler reshuffles as seed + epoch on every process alike, whatever the loop did before:
+        # both pipelines then resume mid-epoch in the same order.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+        # A rank that dies must not leave the others waiting forever.
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))],
+        # --torch_compile_mode reduce-overhead adds CUDA graphs (static shapes: --dataloader_drop_last).
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor", mode=cfg.torch_compile_mode) if cfg.torch_compile else None,
+    )
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has bf16 matrix units (AMX or AVX512-BF16); without them bf16 autocast is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: no way to tell, so no warning
+    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def warn_slow_bf16(accelerator) -> None:
+    if accelerator.device.type == "cpu" and str(accelerator.mixed_precision) == "bf16" and not cpu_has_fast_bf16():
+        accelerator.print(
+            "warning: bf16 autocast on a CPU without AMX or AVX512-BF16 is emulated and was measured ~15x slower "
+            "than fp32 here; use accelerate_configs/cpu.yaml (fp32) on this machine."
+        )
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag that the loop checks; a second Ctrl-C stops at once.
+
+    A signal that arrives after the last training step (during the final checkpoint,
+    figures, summary or report) lets the run finish its files, and `finished_note`
+    says so: the run is complete and exits 0 (README, "Resume, interruption and failures").
+    """
+
+    def __init__(self):
+        self.signal_name: str | None = None
+
+    def _handler(self, signum, frame):
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def finished_note(self) -> str | None:
+        """The line to print when a signal came while the run was finishing, else None."""
+        if self.signal_name is None:
+            return None
+        return f"{self.signal_name} received while finishing; the run is complete (final checkpoint, weights, figures and report written)."
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            # Python lets only the main thread install handlers; lab2.train() from a worker thread then
+            # simply keeps the caller's signal handling.
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def start_records(cfg: TrainConfig, accelerator, paths: RunPaths, flops, tracking, fresh: bool) -> None:
+    """Write config.json and flops.json, print the FLOPs table and start the trackers (on every process: only
+    the main one has real trackers); a fresh run logs the model's cost at step 0."""
+    init_kwargs = {}
+    if accelerator.is_main_process:
+        write_json(paths.config, cfg.to_dict())
+        write_json(paths.flops, flops.to_dict())
+        accelerator.print(flops.table())
+        init_kwargs, notice = tracker_init_kwargs(cfg.report_to, paths.root, cfg.run_name, bool(cfg.resume_from_checkpoint),
+                                                  init_timeout_s=cfg.wandb_init_timeout_s)
+        if notice:
+            accelerator.print(notice)
+    tracking.start(cfg.project_name, cfg.to_dict(), init_kwargs, run_folder=paths.root)
+    if accelerator.is_main_process and fresh:
+        tracking.log({"model/gflops_per_sample": flops.gflops_per_sample, "model/params": flops.params}, step=0)

@@ -1,0 +1,203 @@
+"""Gradient, weight and update flow per layer, and the health checks on them.
+
+For each weight tensor (biases and norm weights, the 1-D parameters, are left
+out) a snapshot holds:
+
+- grad_mean / grad_max: mean and max of |grad|, read after backward and before
+  the optimizer step. The caller unscales first (`accelerator.unscale_gradients()`),
+  so fp16 runs show the true gradients, not the loss-scaled ones;
+- weight_mean / weight_max: mean and max of |W| before the step (the seed's
+  "weight update flow" plots showed these);
+- update_ratio: ||W_after - W_before|| / ||W_before|| of that step, the real
+  update flow.
+
+With histograms on (`--log_histograms`, the default), a snapshot also holds the
+distribution of each tracked tensor's gradient and weight, keyed as wandb.watch
+keys them: `gradients/<param name>` and `parameters/<param name>`. They are
+counted on the device with `torch.histc` in HISTOGRAM_BINS bins spanning the
+tensor's own min..max (read at the same moment as the statistics: unscaled
+gradients, weights before the step).
+
+Statistics and histograms are computed on the device and copied to the host
+together, once per snapshot, so a snapshot costs one sync, every `--flow_log_steps` steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lab2.state.run_paths import read_jsonl
+
+STATISTICS = ("grad_mean", "grad_max", "weight_mean", "weight_max", "update_ratio")
+
+# Health thresholds: a layer outside them for HEALTH_PATIENCE consecutive snapshots gets one warning.
+VANISHING_GRAD = 1e-7
+EXPLODING_GRAD = 1e3
+UPDATE_RATIO_RANGE = (1e-5, 1e-1)
+HEALTH_PATIENCE = 2
+HISTOGRAM_BINS = 64  # as wandb.watch
+
+
+@dataclass
+class FlowSnapshot:
+    step: int
+    layers: list[str]
+    grad_mean: list[float]
+    grad_max: list[float]
+    weight_mean: list[float]
+    weight_max: list[float]
+    update_ratio: list[float]
+    # "gradients/<param>" and "parameters/<param>" -> Histogram; not part of flow.jsonl.
+    histograms: dict[str, "Histogram"] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_record(self) -> dict:
+        """The flow.jsonl record: {"step": s, "layers": {layer: {statistic: value}}}."""
+        per_layer = {name: {stat: getattr(self, stat)[i] for stat in STATISTICS} for i, name in enumerate(self.layers)}
+        return {"step": self.step, "layers": per_layer}
+
+
+@dataclass
+class Histogram:
+    """Counts of one tensor's values in HISTOGRAM_BINS equal bins from `low` to `high` (the tensor's min and max).
+
+    `num`, `total` and `total_squares` (count, sum and sum of squares of the values) are what
+    TensorBoard's raw histograms also want.
+    """
+
+    counts: np.ndarray  # (bins,) float64
+    low: float
+    high: float
+    num: int
+    total: float
+    total_squares: float
+
+    @property
+    def edges(self) -> np.ndarray:
+        """(bins + 1,) bin edges, as numpy.histogram returns them."""
+        return np.linspace(self.low, self.high, len(self.counts) + 1)
+
+
+def _histogram_rows(tensor: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(counts (bins,), [min, max, sum, sum of squares]) of a float tensor, on its device and without a sync.
+
+    histc needs its range as Python numbers, which would cost a sync per tensor; instead the values are
+    mapped onto 0..1 with the device-side min and max, and counted over that fixed range.
+    """
+    flat = tensor.flatten()
+    low, high = flat.min(), flat.max()
+    unit = (flat - low) / (high - low).clamp_min(torch.finfo(flat.dtype).tiny)
+    counts = torch.histc(unit, bins=bins, min=0.0, max=1.0)
+    return counts, torch.stack([low, high, flat.sum(), flat.square().sum()])
+
+
+def tracked_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Weight tensors worth watching: every parameter with 2 or more dimensions."""
+    return [(name, p) for name, p in model.named_parameters() if p.ndim > 1 and p.requires_grad]
+
+
+class FlowCollector:
+    """Collects FlowSnapshots from a model: call `before_step()` then, after optimizer.step(), `after_step(step)`."""
+
+    def __init__(self, model: nn.Module, histograms: bool = True, bins: int = HISTOGRAM_BINS):
+        self.parameters = tracked_parameters(model)
+        self.layer_names = [name.removesuffix(".weight") for name, _ in self.parameters]
+        self.histograms, self.bins = histograms, bins
+        self.history: list[FlowSnapshot] = []
+        self._pending: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None] | None = None
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        """Read |grad| and |W| (and their histograms) and keep a copy of W; gradients must already be unscaled."""
+        rows, copies, histograms = [], [], []
+        for _, p in self.parameters:
+            grad = p.grad.detach().float() if p.grad is not None else torch.zeros(1, device=p.device)
+            weight = p.detach().float()
+            rows.append(torch.stack([grad.abs().mean(), grad.abs().amax(), weight.abs().mean(), weight.abs().amax()]))
+            copies.append(p.detach().clone())
+            if self.histograms:
+                histograms.extend(torch.cat(_histogram_rows(t, self.bins)) for t in (grad, weight))
+        self._pending = (torch.stack(rows), copies, torch.stack(histograms) if histograms else None)
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> FlowSnapshot:
+        """Finish the snapshot begun by `before_step` with the update ratio of the step just taken."""
+        if self._pending is None:
+            raise RuntimeError("FlowCollector.after_step() called without before_step()")
+        stats, copies, histogram_rows = self._pending
+        self._pending = None
+        ratios = torch.stack(
+            [(p.detach().float() - old.float()).norm() / old.float().norm().clamp_min(1e-12) for (_, p), old in zip(self.parameters, copies)]
+        )
+        table = torch.cat([stats, ratios[:, None]], dim=1)
+        parts = [table.flatten()] + ([histogram_rows.flatten()] if histogram_rows is not None else [])
+        # The one host copy of the snapshot. float32 on the device (MPS has no float64): counts stay exact up to 2**24 per bin.
+        host = torch.cat(parts).cpu().double().numpy()
+        rows = host[: table.numel()].reshape(table.shape).tolist()
+        columns = list(zip(*rows)) if rows else [[] for _ in STATISTICS]
+        snapshot = FlowSnapshot(step, list(self.layer_names), *[list(col) for col in columns])
+        if histogram_rows is not None:
+            snapshot.histograms = self._unpack_histograms(host[table.numel():].reshape(histogram_rows.shape))
+        self.history.append(snapshot)
+        return snapshot
+
+    def _unpack_histograms(self, rows: np.ndarray) -> dict[str, Histogram]:
+        """Host rows (gradient, weight per parameter; counts then min, max, sum, sum of squares) -> keyed Histograms."""
+        histograms = {}
+        for i, (name, p) in enumerate(self.parameters):
+            for j, prefix in enumerate(("gradients", "parameters")):
+                row = rows[2 * i + j]
+                counts, (low, high, total, squares) = row[: self.bins], row[self.bins :]
+                if not np.isfinite(row).all():  # a diverging step (NaN/inf): no histogram, the loss check reports it
+                    continue
+                num = int(counts.sum())  # every value falls in a bin (the range is the tensor's own min..max)
+                histograms[f"{prefix}/{name}"] = Histogram(counts, float(low), float(high), num, float(total), float(squares))
+        return histograms
+
+    def matrix(self, statistic: str) -> torch.Tensor:
+        """(layers, snapshots) values of one statistic over the whole history, for heatmaps."""
+        return torch.tensor([getattr(s, statistic) for s in self.history]).T
+
+
+class FlowHealth:
+    """Turns snapshots into one-time warnings for vanishing/exploding gradients and odd update ratios."""
+
+    def __init__(self, patience: int = HEALTH_PATIENCE):
+        self.patience = patience
+        self.streaks: dict[tuple[str, str], int] = {}
+        self.warned: set[tuple[str, str]] = set()
+
+    def _conditions(self, snapshot: FlowSnapshot, i: int) -> dict[str, str]:
+        grad, ratio = snapshot.grad_mean[i], snapshot.update_ratio[i]
+        low, high = UPDATE_RATIO_RANGE
+        return {
+            "vanishing_gradient": f"mean |grad| {grad:.2e} < {VANISHING_GRAD:g}" if grad < VANISHING_GRAD else "",
+            "exploding_gradient": f"mean |grad| {grad:.2e} > {EXPLODING_GRAD:g}" if grad > EXPLODING_GRAD else "",
+            "update_ratio": f"update ratio {ratio:.2e} outside {low:g}..{high:g}" if not low <= ratio <= high else "",
+        }
+
+    def check(self, snapshot: FlowSnapshot) -> list[str]:
+        """Warnings newly due after this snapshot (each layer and condition warns once)."""
+        messages = []
+        for i, layer in enumerate(snapshot.layers):
+            for condition, detail in self._conditions(snapshot, i).items():
+                key = (layer, condition)
+                self.streaks[key] = self.streaks.get(key, 0) + 1 if detail else 0
+                if self.streaks[key] >= self.patience and key not in self.warned:
+                    self.warned.add(key)
+                    messages.append(f"flow warning at step {snapshot.step}: layer {layer}: {detail} for {self.streaks[key]} snapshots in a row")
+        return messages
+
+
+def read_flow_history(path: str | Path) -> list[FlowSnapshot]:
+    """Snapshots back from flow.jsonl (a resumed run's heatmaps cover its whole history)."""
+    snapshots = []
+    for record in read_jsonl(path):
+        names = list(record["layers"])
+        values = {stat: [record["layers"][n][stat] for n in names] for stat in STATISTICS}
+        snapshots.append(FlowSnapshot(record["step"], names, **values))
+    return snapshots

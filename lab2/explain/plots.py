@@ -1,0 +1,196 @@
+"""Pure functions from statistics to matplotlib Figures; nothing here reads files or trackers.
+
+Figures are built with the object API (no pyplot state), on the Agg backend,
+so they work headless and in worker processes. Callers save or log them and
+then `close` them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files and tracker images, never windows
+import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+STAT_TITLES = {
+    "grad": ("Gradient flow", "|grad|"),
+    "weight": ("Weight magnitudes", "|W|"),
+}
+
+
+def flow_bar_figure(layers: Sequence[str], mean: Sequence[float], maximum: Sequence[float], kind: str, step: int) -> Figure:
+    """Bar chart over layers of mean and max of |grad| (kind='grad') or |W| (kind='weight'), log scale."""
+    title, label = STAT_TITLES[kind]
+    fig = Figure(figsize=(max(6, 0.8 * len(layers) + 2), 4), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(layers))
+    ax.bar(x - 0.2, np.maximum(maximum, 1e-30), width=0.4, label=f"max {label}", color="tab:orange")
+    ax.bar(x + 0.2, np.maximum(mean, 1e-30), width=0.4, label=f"mean {label}", color="tab:blue")
+    ax.set_yscale("log")
+    ax.set_xticks(x, list(layers), rotation=45, ha="right")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(label)
+    ax.set_title(f"{title} at step {step}")
+    ax.legend()
+    return fig
+
+
+def update_ratio_figure(layers: Sequence[str], ratios: Sequence[float], step: int) -> Figure:
+    """Bar chart of ||dW|| / ||W|| per layer, log scale, with the healthy 1e-5..1e-1 band shaded."""
+    fig = Figure(figsize=(max(6, 0.8 * len(layers) + 2), 4), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(layers))
+    ax.axhspan(1e-5, 1e-1, color="tab:green", alpha=0.1, label="healthy range")
+    ax.bar(x, np.maximum(ratios, 1e-30), color="tab:purple", label="||dW|| / ||W||")
+    ax.set_yscale("log")
+    ax.set_xticks(x, list(layers), rotation=45, ha="right")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("update ratio")
+    ax.set_title(f"Update flow at step {step}")
+    ax.legend()
+    return fig
+
+
+def flow_figures(snapshot) -> dict[str, Figure]:
+    """The `gradients`, `weights` and `update_ratio` bar charts of one lab2.explain.flow.FlowSnapshot, keyed by their names."""
+    s = snapshot
+    return {
+        "gradients": flow_bar_figure(s.layers, s.grad_mean, s.grad_max, "grad", s.step),
+        "weights": flow_bar_figure(s.layers, s.weight_mean, s.weight_max, "weight", s.step),
+        "update_ratio": update_ratio_figure(s.layers, s.update_ratio, s.step),
+    }
+
+
+def flow_heatmap_figure(layers: Sequence[str], steps: Sequence[int], values: np.ndarray, statistic: str) -> Figure:
+    """Heatmap of one flow statistic, layers x snapshots, log colour scale: the whole history in one picture."""
+    values = np.asarray(values, dtype=float)
+    positive = values[values > 0]
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
+    fig = Figure(figsize=(max(6, 0.25 * len(steps) + 3), max(3, 0.4 * len(layers) + 1.5)), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(np.where(values > 0, values, np.nan), aspect="auto", norm=norm, cmap="viridis", interpolation="nearest")
+    ax.set_yticks(np.arange(len(layers)), list(layers))
+    ticks = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 8)).astype(int)) if len(steps) else []
+    ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("layer")
+    ax.set_title(f"{statistic} over training")
+    fig.colorbar(image, ax=ax, label=statistic)
+    return fig
+
+
+def confusion_matrix_figure(confusion: np.ndarray, class_names: Sequence[str]) -> Figure:
+    """Row-normalised confusion-matrix heatmap (rows: true class) annotated with the raw counts."""
+    confusion = np.asarray(confusion)
+    totals = confusion.sum(axis=1, keepdims=True)
+    normalised = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
+    size = max(5, 0.6 * len(class_names) + 2)
+    fig = Figure(figsize=(size + 1, size), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(normalised, vmin=0, vmax=1, cmap="Blues")
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"Confusion matrix ({int(confusion.sum())} images)")
+    if len(class_names) <= 20:  # counts stay legible up to about 20 classes
+        for (i, j), count in np.ndenumerate(confusion):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color="white" if normalised[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    return fig
+
+
+def class_accuracy_figure(accuracy: Sequence[float], class_names: Sequence[str]) -> Figure:
+    """Bar chart of accuracy per class, in percent, with the mean as a dashed line."""
+    accuracy = 100 * np.asarray(accuracy, dtype=float)
+    fig = Figure(figsize=(max(6, 0.6 * len(class_names) + 2), 4), layout="constrained")
+    ax = fig.add_subplot()
+    bars = ax.bar(np.arange(len(class_names)), accuracy, color="tab:blue")
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.axhline(accuracy.mean(), color="tab:red", linestyle="--", label=f"mean {accuracy.mean():.1f}%")
+    ax.set_xticks(np.arange(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("class")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Accuracy per class")
+    ax.legend(loc="lower right")
+    return fig
+
+
+def predictions_figure(images: np.ndarray, predictions, labels, confidences, class_names: Sequence[str], columns: int = 8) -> Figure:
+    """Grid of uint8 (K, H, W, 3) images titled 'pred (conf) / true', green when right, red when wrong."""
+    count = len(images)
+    rows = max(1, int(np.ceil(count / columns)))
+    fig = Figure(figsize=(1.6 * columns, 1.9 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= count:
+            continue
+        ax.imshow(images[k], interpolation="nearest")
+        right = predictions[k] == labels[k]
+        ax.set_title(
+            f"{class_names[predictions[k]]} ({100 * confidences[k]:.0f}%)\ntrue: {class_names[labels[k]]}",
+            fontsize=8,
+            color="tab:green" if right else "tab:red",
+        )
+    fig.suptitle("Test predictions (most confident mistakes first)")
+    return fig
+
+
+def evaluation_figures(confusion: np.ndarray, class_accuracy, samples, class_names: Sequence[str]) -> dict[str, Figure]:
+    """confusion_matrix, class_accuracy and (when `samples` holds images) predictions, keyed by their file/tracker names.
+
+    `samples` has .images, .predictions, .labels and .confidences (lab2.engine.evaluation.PredictionSamples) or is None.
+    """
+    figures = {
+        "confusion_matrix": confusion_matrix_figure(confusion, class_names),
+        "class_accuracy": class_accuracy_figure(class_accuracy, class_names),
+    }
+    if samples is not None and len(samples.images):
+        figures["predictions"] = predictions_figure(samples.images, samples.predictions, samples.labels, samples.confidences, class_names)
+    return figures
+
+
+def curves_figure(metrics: Sequence[dict]) -> Figure:
+    """Loss and accuracy per epoch, train vs eval, from metrics.jsonl records."""
+    epochs = [m["epoch"] for m in metrics]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for key, label in (("train_loss", "train"), ("eval_loss", "eval")):
+        points = [(e, m[key]) for e, m in zip(epochs, metrics) if m[key] is not None]  # --eval_strategy no: no eval points
+        loss_ax.plot([e for e, _ in points], [v for _, v in points], marker="o", label=label)
+    for key, label in (("train_acc", "train"), ("eval_acc", "eval")):
+        points = [(e, m[key]) for e, m in zip(epochs, metrics) if m[key] is not None]
+        acc_ax.plot([e for e, _ in points], [100 * v for _, v in points], marker="o", label=label)
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write `fig` as PNG atomically (temporary name, then rename) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    tmp.replace(path)
+    return path
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """RGB uint8 (H, W, 3) pixels of `fig`, for trackers that take arrays."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -1,0 +1,164 @@
+"""Which folders lab2 may write into, and which files in them are its own.
+
+The rule (README, "Your files are safe"):
+
+- lab2 writes only into a missing or empty folder, or into one it marked as its
+  own when it started a run there (the marker file `.lab2-run.json`);
+- `--overwrite_output_dir` removes only files lab2 itself writes, by name
+  (`owned_files`), and never a file it does not know;
+- anything else is a UserError (one line, exit 2), before anything is written.
+
+The same marker guards lab2-eval's output folder and the report page.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from lab2.errors import UserError
+from lab2.state.run_paths import RunPaths, write_json
+
+MARKER = ".lab2-run.json"
+
+# Files a run writes at the top of its folder, and the figures it renders (figures/<name>.png).
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "flops.json", "flow.jsonl", "training_log.txt",
+             "model.safetensors", "report.html", "wandb_run.json")
+FIGURE_NAMES = ("curves", "confusion_matrix", "class_accuracy", "predictions", "gradients", "weights", "update_ratio",
+                "heatmap_grad_mean", "heatmap_weight_mean", "heatmap_update_ratio")
+EVAL_FILES = ("eval.json", "confusion_matrix.png", "class_accuracy.png", "predictions.png")
+# Folder entries written by lab2's checkpoints, W&B and TensorBoard, by name pattern inside their own subfolders.
+CHECKPOINT_ENTRY = re.compile(r"^(\.tmp-|\.old-)?checkpoint_\d+$")
+WANDB_ENTRY = re.compile(r"^((offline-)?run-\d{8}_\d{6}-\w+|latest-run|debug(-internal|-core)?\.log)$")
+TENSORBOARD_ENTRY = re.compile(r"^events\.out\.tfevents\..+")
+TEMPORARY = re.compile(r"^\.(.+)\.tmp$|^\.write-test-\d+$")
+# Files inside a checkpoint folder: Accelerate's save_state names, lab2's progress and manifest, temporary JSON.
+CHECKPOINT_FILE = re.compile(r"^((model|optimizer|scheduler|scaler|sampler|random_states|custom_checkpoint|dl_state_dict|pytorch_model)"
+                             r"(_\d+)?\.(safetensors|bin|pt|pkl)|progress\.json|manifest\.json|\.(progress|manifest)\.json\.tmp)$")
+
+
+def is_marked(folder: str | Path) -> bool:
+    return (Path(folder) / MARKER).is_file()
+
+
+def _visible_entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def _foreign_summary(folder: Path) -> str:
+    names = _visible_entries(folder)
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'} ({shown})"
+
+
+def check_output_dir(root: str | Path, resume: bool, overwrite: bool, flag: str = "--output_dir") -> None:
+    """Refuse a folder lab2 may not write into, or a run it would clobber; read-only, safe on every process."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{flag} {root} is a file; give a folder.")
+    if not root.exists() or not _visible_entries(root):
+        return
+    if not is_marked(root):
+        raise UserError(
+            f"{flag} {root} is not empty and is not a lab2 run folder: it holds {_foreign_summary(root)}; lab2 never "
+            f"writes into a folder it did not start{', not even with --overwrite_output_dir' if overwrite else ''}. "
+            "Choose a new or empty folder (a run of an older lab2 without the .lab2-run.json marker: move it away first)."
+        )
+    if resume or overwrite:
+        return
+    paths = RunPaths(root)
+    if paths.summary.exists():
+        raise UserError(f"{flag} {root} holds a finished run; pass --overwrite_output_dir to replace it, or choose another {flag}.")
+    if paths.checkpoints.is_dir() and any(CHECKPOINT_ENTRY.match(p.name) and p.name.startswith("checkpoint_") for p in paths.checkpoints.iterdir()):
+        raise UserError(
+            f"{flag} {root} holds an unfinished run's checkpoints; add --resume_from_checkpoint latest to continue it, "
+            "or --overwrite_output_dir to start afresh."
+        )
+
+
+def claim(root: str | Path, kind: str = "run") -> None:
+    """Create `root` if needed and mark it as lab2's (main process only; after check_output_dir)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if not is_marked(root):
+        write_json(root / MARKER, {"lab2": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def owned_files(root: str | Path) -> list[Path]:
+    """Every existing file or folder under `root` that lab2 writes, found by name (never a user's file)."""
+    root = Path(root)
+    found = [root / name for name in RUN_FILES]
+    found += [root / "figures" / f"{name}.png" for name in FIGURE_NAMES]
+    found += [root / "eval" / name for name in (*EVAL_FILES, MARKER)]
+    found += [p for p in root.iterdir() if TEMPORARY.match(p.name)] if root.is_dir() else []
+    checkpoints, wandb = root / "checkpoints", root / "wandb"
+    for checkpoint in (p for p in checkpoints.iterdir() if CHECKPOINT_ENTRY.match(p.name)) if checkpoints.is_dir() else ():
+        found += [p for p in checkpoint.iterdir() if CHECKPOINT_FILE.match(p.name)] if checkpoint.is_dir() else [checkpoint]
+    found += [p for p in wandb.iterdir() if WANDB_ENTRY.match(p.name)] if wandb.is_dir() else []
+    tensorboard = root / "tensorboard"
+    if tensorboard.is_dir():
+        found += [p for p in tensorboard.rglob("*") if p.is_file() and TENSORBOARD_ENTRY.match(p.name)]
+    return [p for p in found if p.exists() or p.is_symlink()]
+
+
+def remove_owned_files(root: str | Path) -> list[Path]:
+    """--overwrite_output_dir: delete lab2's own files under a marked `root`, then its subfolders left empty."""
+    root = Path(root)
+    if not is_marked(root):
+        raise UserError(f"{root} is not a lab2 run folder (no {MARKER}); lab2 removes files only from its own runs.")
+    removed = owned_files(root)
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    for sub in ("figures", "eval", "checkpoints", "wandb", "tensorboard"):
+        folder = root / sub
+        for dirpath, _dirs, _files in os.walk(folder, topdown=False):  # deepest first
+            try:
+                Path(dirpath).rmdir()  # only empty folders: anything a user put there stays
+            except OSError:
+                pass
+    return removed
+
+
+def remove_checkpoint_files(folder: str | Path) -> bool:
+    """Delete lab2's files from a checkpoint folder, and the folder once empty; return whether it is gone.
+
+    A file someone else put into a checkpoint folder is left where it is.
+    """
+    folder = Path(folder)
+    for path in folder.iterdir():
+        if CHECKPOINT_FILE.match(path.name) and path.is_file():
+            path.unlink()
+    try:
+        folder.rmdir()
+        return True
+    except OSError:
+        return False
+
+
+def check_eval_output_dir(out: str | Path) -> None:
+    """lab2-eval writes into a missing or empty folder, one it marked before, or a run's own eval/ subfolder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {out} is a file; give a folder.")
+    if not _visible_entries(out) or is_marked(out) or (out.name == "eval" and is_marked(out.parent)):
+        return
+    raise UserError(
+        f"--output_dir {out} is not empty and is not a lab2-eval folder: it holds {_foreign_summary(out)}; "
+        "lab2-eval never writes over files it did not write. Choose a new or empty folder."
+    )
+
+
+def check_report_target(report: str | Path) -> None:
+    """lab2-report replaces report.html only in a folder lab2 marked; elsewhere it writes only a new file."""
+    report = Path(report)
+    if report.exists() and not is_marked(report.parent):
+        raise UserError(
+            f"{report} exists and {report.parent} is not a folder lab2 marked as its own (no {MARKER}), so it may be "
+            "yours; lab2-report does not replace it. Pass --output with another file name."
+        )

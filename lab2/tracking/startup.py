@@ -1,0 +1,198 @@
+"""Starting the trackers: W&B's mode (credentials, a bounded reachability probe), each tracker's init kwargs.
+
+Accelerate's `init_trackers` takes per-tracker init kwargs; this module builds
+them on the main process before the trackers start:
+
+- W&B goes online only with credentials and a server that answers within a few
+  seconds; otherwise it goes offline into `<output_dir>/wandb`, said in one line
+  (`wandb sync` uploads it later). Variables wandb would crash on are removed
+  first. The run id is kept in the run folder so a resumed run continues it.
+- MLflow gets a local file store under the run folder unless MLFLOW_TRACKING_URI
+  names a server, and a resumed run continues the same MLflow run.
+
+wandb and mlflow are imported inside the functions that need them, so a
+`--report_to none` run never imports either. lab2.tracking.trackers guards the running
+trackers and falls back to `start_wandb_offline` when an online start fails.
+"""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lab2.config.report_to import parse_report_to
+
+WANDB_RUN_FILE = "wandb_run.json"  # keeps the run id, so a resumed run continues the same W&B run
+MLFLOW_DIR = "mlruns"  # the local MLflow file store, inside the run folder
+MLFLOW_RUN_FILE = "mlflow_run.json"  # the MLflow run id, for the same reason
+_OWN_MLFLOW_URIS: set[str] = set()  # the file stores this process pointed MLflow at
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "shared", "run")  # what wandb itself accepts
+DEFAULT_INIT_TIMEOUT_S = 10.0  # --wandb_init_timeout_s
+
+
+def _base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+
+
+def _has_wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(_base_url()).hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _malformed_base_url() -> str | None:
+    """Why WANDB_BASE_URL is unusable (wandb's own validation, which otherwise fails inside wandb.init), or None."""
+    if not os.environ.get("WANDB_BASE_URL"):
+        return None
+    import wandb
+
+    url = os.environ["WANDB_BASE_URL"]
+    try:
+        wandb.Settings(base_url=url)
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or not 0 < (parsed.port or 443) < 65536:
+            raise ValueError("not an http(s) address")
+    except Exception as exc:  # pydantic's ValidationError, urlparse's ValueError for a bad port
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        why = next((line for line in lines if line.startswith("Input")), lines[0]).split(" [type=")[0]
+        return f"WANDB_BASE_URL {url!r} is malformed ({why[:100]})"
+    return None
+
+
+def _wandb_answers(timeout_s: float) -> bool:
+    """Whether the W&B server gives any HTTP answer within `timeout_s` (a server that accepts and never answers does not)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(_base_url().rstrip("/") + "/healthz", timeout=timeout_s):
+            return True
+    except urllib.error.HTTPError:
+        return True  # an HTTP error status is still an answer
+    except (OSError, ValueError):  # refused, timed out, DNS, TLS, a malformed address
+        return False
+
+
+def sanitize_wandb_environment() -> list[str]:
+    """Remove W&B variables wandb would crash on (an empty or unknown WANDB_MODE, a malformed WANDB_BASE_URL).
+
+    Returns what was removed and why; call before choose_wandb_mode, on every process.
+    """
+    notes = []
+    mode = os.environ.get("WANDB_MODE")
+    if mode is not None and mode.strip().lower() not in WANDB_MODES:
+        del os.environ["WANDB_MODE"]
+        if mode.strip():
+            notes.append(f"WANDB_MODE {mode!r} is not one of {', '.join(WANDB_MODES)}; ignoring it")
+    problem = _malformed_base_url()
+    if problem:
+        del os.environ["WANDB_BASE_URL"]  # wandb validates it even offline
+        notes.append(problem)
+    return notes
+
+
+def choose_wandb_mode(probe_timeout_s: float = 3.0) -> tuple[str, str | None]:
+    """(mode, reason): 'online', or 'offline'/'disabled' with the one-line reason to print (None when asked for)."""
+    notes = sanitize_wandb_environment()
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if mode in ("offline", "disabled", "dryrun"):
+        return "offline" if mode == "dryrun" else mode, "; ".join(notes) or None
+    if any("WANDB_BASE_URL" in note for note in notes):
+        return "offline", "; ".join(notes)
+    if not _has_wandb_credentials():
+        return "offline", "; ".join([*notes, "no W&B credentials (WANDB_API_KEY or `wandb login`)"])
+    if not _wandb_answers(probe_timeout_s):
+        return "offline", "; ".join([*notes, f"the W&B server {_base_url()} cannot be reached (no answer within {probe_timeout_s:g} s)"])
+    return "online", "; ".join(notes) or None
+
+
+def _record_wandb_run(output_dir: Path, run_id: str) -> None:
+    """Keep the W&B run id in the run folder, so a resumed run continues the same W&B run."""
+    (output_dir / WANDB_RUN_FILE).write_text(json.dumps({"id": run_id}))
+
+
+def _wandb_init_kwargs(output_dir: Path, run_name: str, mode: str, resume: bool, init_timeout_s: float) -> dict:
+    import wandb
+
+    record = output_dir / WANDB_RUN_FILE
+    run_id = None
+    if resume and record.exists():
+        try:
+            run_id = json.loads(record.read_text())["id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            run_id = None  # a damaged record: a new W&B run rather than a crash
+    run_id = run_id if isinstance(run_id, str) and run_id.isalnum() else uuid.uuid4().hex[:8]
+    _record_wandb_run(output_dir, run_id)
+    return {
+        "name": run_name,
+        "id": run_id,
+        "resume": "allow",
+        "dir": str(output_dir),
+        "mode": mode,
+        # Online start-up is bounded by --wandb_init_timeout_s; past it Tracking.start falls back to offline.
+        "settings": wandb.Settings(init_timeout=init_timeout_s, silent=True),
+    }
+
+
+def _mlflow_init_kwargs(output_dir: Path, run_name: str, resume: bool) -> dict:
+    """A local MLflow file store under the run folder (no server), unless MLFLOW_TRACKING_URI names one."""
+    import mlflow
+
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not user_uri or user_uri in _OWN_MLFLOW_URIS:  # set_tracking_uri exports the variable: an earlier run's is not the user's
+        # MLflow 3 keeps the file store only on request; it is what needs no server and no database packages.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        uri = (output_dir / MLFLOW_DIR).resolve().as_uri()
+        _OWN_MLFLOW_URIS.add(uri)
+        mlflow.set_tracking_uri(uri)
+    record = output_dir / MLFLOW_RUN_FILE
+    kwargs = {"run_name": run_name}
+    if resume and record.exists():  # continue the same MLflow run, as W&B does
+        kwargs["run_id"] = json.loads(record.read_text())["id"]
+    return kwargs
+
+
+def offline_notice(reason: str, output_dir: Path) -> str:
+    """The one line saying W&B logs offline, why, where, and how to upload it later."""
+    return f"W&B: {reason}; logging offline to {output_dir / 'wandb'} (upload later with `wandb sync {output_dir / 'wandb'}/offline-run-*`)."
+
+
+def tracker_init_kwargs(report_to: str, output_dir: Path, run_name: str, resume: bool,
+                        init_timeout_s: float = DEFAULT_INIT_TIMEOUT_S) -> tuple[dict, str | None]:
+    """(init_kwargs for init_trackers, notice line or None). Call on the main process after output_dir exists.
+
+    The whole W&B start-up is bounded: the server must answer an HTTP request within
+    min(3 s, init_timeout_s), and wandb.init gets init_timeout_s; a server that
+    accepts connections and never answers costs at most that, then the run is offline.
+    """
+    trackers = parse_report_to(report_to)
+    kwargs, notice = {}, None
+    if "mlflow" in trackers:
+        kwargs["mlflow"] = _mlflow_init_kwargs(output_dir, run_name, resume)
+    if "wandb" not in trackers:
+        return kwargs, None
+    mode, reason = choose_wandb_mode(min(3.0, init_timeout_s))
+    if reason:
+        notice = offline_notice(reason, output_dir) if mode == "offline" else f"W&B: {reason}."
+    kwargs["wandb"] = _wandb_init_kwargs(output_dir, run_name, mode, resume, init_timeout_s)
+    return kwargs, notice
+
+
+def start_wandb_offline(project_name: str, wandb_kwargs: dict):
+    """Start W&B offline with the kwargs of an online start that failed; returns the started Accelerate tracker."""
+    from accelerate.tracking import WandBTracker
+
+    # A new run id: wandb keeps the failed online one registered ("run ID is in use").
+    run_id = uuid.uuid4().hex[:8]
+    _record_wandb_run(Path(wandb_kwargs["dir"]), run_id)
+    tracker = WandBTracker(project_name, **{**wandb_kwargs, "mode": "offline", "id": run_id})
+    tracker.start()
+    return tracker
