@@ -33,9 +33,22 @@ def checkout(revision: str, into: Path) -> Path:
 def train_rate(tree: Path, data_dir: Path, epochs: int, out: Path) -> float:
     """Training images/s of one lab2 run from the source tree `tree` (its own train_accelerate.py and lab2/)."""
     command = [
-        str(Path(sys.executable).parent / "accelerate"), "launch", "--quiet", "--config_file", "accelerate_configs/cpu.yaml",
-        "train_accelerate.py", "--data_dir", str(data_dir), "--num_train_epochs", str(epochs), "--output_dir", str(out),
-        "--report_to", "none", "--checkpointing_steps", "none",
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--quiet",
+        "--config_file",
+        "accelerate_configs/cpu.yaml",
+        "train_accelerate.py",
+        "--data_dir",
+        str(data_dir),
+        "--num_train_epochs",
+        str(epochs),
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--checkpointing_steps",
+        "none",
     ]
     # PYTHONPATH: the tree's own lab2 wins over the editable install of this checkout.
     env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(tree))
@@ -54,7 +67,9 @@ def main() -> None:
     parser.add_argument("--data_dir", type=Path, default=MINI)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {name: checkout(rev, Path(tmp) / name) for name, rev in (("before", args.before), ("after", args.after))}
+        trees = {
+            name: checkout(rev, Path(tmp) / name) for name, rev in (("before", args.before), ("after", args.after))
+        }
         rates: dict[str, list[float]] = {"before": [], "after": []}
         try:
             for round_ in range(args.rounds):
@@ -66,8 +81,10 @@ def main() -> None:
             for tree in trees.values():
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
     medians = {name: statistics.median(values) for name, values in rates.items()}
-    print(f"median before {medians['before']:.1f}, after {medians['after']:.1f} images/s; "
-          f"after / before = {medians['after'] / medians['before']:.3f}")
+    print(
+        f"median before {medians['before']:.1f}, after {medians['after']:.1f} images/s; "
+        f"after / before = {medians['after'] / medians['before']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def main() -> None:
                 if step:  # the first step of each round warms caches up
                     times[name].append(time.perf_counter() - start)
     baseline = statistics.median(times["fp32, contiguous (the seed)"])
-    print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, AMX/AVX512-BF16: {cpu_has_fast_bf16()}, {torch.get_num_threads()} threads, batch 128")
+    print(
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, AMX/AVX512-BF16: {cpu_has_fast_bf16()}, {torch.get_num_threads()} threads, batch 128"
+    )
     for name, values in times.items():
         step = statistics.median(values)
         print(f"{name:<36} {step:7.3f} s/step  {128 / step:7.1f} images/s  {baseline / step:5.2f}x the seed's speed")

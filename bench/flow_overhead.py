@@ -52,8 +52,12 @@ def sync() -> None:
 class Bench:
     """Runs blocks of training steps and times, on the training thread, each part of the flow work."""
 
-    PARTS = ("statistics + histograms (before_step)", "snapshot finish + file + scalars + histograms logged (after_step)",
-             "image logging (polls that logged a snapshot's images)", "idle polls")
+    PARTS = (
+        "statistics + histograms (before_step)",
+        "snapshot finish + file + scalars + histograms logged (after_step)",
+        "image logging (polls that logged a snapshot's images)",
+        "idle polls",
+    )
 
     def __init__(self, batches, reporter: FlowReporter):
         self.batches, self.reporter = batches, reporter
@@ -113,7 +117,9 @@ class Bench:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="A/B pairs of blocks")
-    parser.add_argument("--block", type=int, default=10, help="steps per block (long enough for a snapshot's images to render)")
+    parser.add_argument(
+        "--block", type=int, default=10, help="steps per block (long enough for a snapshot's images to render)"
+    )
     parser.add_argument("--interval", type=int, default=200, help="--flow_log_steps to scale to (the default)")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--report_to", default="wandb")
@@ -125,13 +131,22 @@ def main() -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        accelerator = Accelerator(log_with=log_with_for(args.report_to), project_config=ProjectConfiguration(project_dir=tmp, logging_dir=str(out / "tensorboard")))
+        accelerator = Accelerator(
+            log_with=log_with_for(args.report_to),
+            project_config=ProjectConfiguration(project_dir=tmp, logging_dir=str(out / "tensorboard")),
+        )
         device = accelerator.device
         torch.manual_seed(0)
         count = 8 * args.batch_size
         images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8)
         labels = torch.randint(0, 10, (count,))
-        batches = list(device_dataloader(DeviceDataset(images, labels, train=True, device=device, channels_last=True), args.batch_size, shuffle=True))
+        batches = list(
+            device_dataloader(
+                DeviceDataset(images, labels, train=True, device=device, channels_last=True),
+                args.batch_size,
+                shuffle=True,
+            )
+        )
         model = SimpleCNN().to(device).to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), fused=device.type in ("cpu", "cuda"))
         tracking = Tracking(accelerator)
@@ -153,17 +168,25 @@ def main() -> None:
     lost = max(0.0, statistics.median(flowed) - statistics.median(plain))
     thread = statistics.median(bench.thread_times)
     print(f"device {device}, batch {args.batch_size}, trackers {args.report_to}: training step {1000 * step:.1f} ms")
-    print(f"per snapshot: {1000 * lost:.1f} ms of training time lost (A/B, statistics + histograms + images, "
-          f"{args.rounds} rounds of {args.block} steps), of which the training thread itself spent {1000 * thread:.1f} ms (budget 10 ms)")
+    print(
+        f"per snapshot: {1000 * lost:.1f} ms of training time lost (A/B, statistics + histograms + images, "
+        f"{args.rounds} rounds of {args.block} steps), of which the training thread itself spent {1000 * thread:.1f} ms (budget 10 ms)"
+    )
     for part, times in bench.parts.items():
         if times:
             print(f"  {part}: median {1000 * statistics.median(times):.2f} ms x {len(times)}")
-    print(f"overhead at --flow_log_steps {args.interval}: {100 * lost / (args.interval * step):.3f}% of training time (budget 2%)")
+    print(
+        f"overhead at --flow_log_steps {args.interval}: {100 * lost / (args.interval * step):.3f}% of training time (budget 2%)"
+    )
     if device.type == "cuda":
-        print(f"for a 1 ms step at --flow_log_steps {args.interval}: the training thread's share is {100 * thread / (args.interval * 1e-3):.1f}%")
+        print(
+            f"for a 1 ms step at --flow_log_steps {args.interval}: the training thread's share is {100 * thread / (args.interval * 1e-3):.1f}%"
+        )
     else:
-        print("(on a CPU the statistics and histograms are the CPU reading every parameter and gradient; "
-              "run this on a GPU for the training thread's time against a 1 ms step)")
+        print(
+            "(on a CPU the statistics and histograms are the CPU reading every parameter and gradient; "
+            "run this on a GPU for the training thread's time against a 1 ms step)"
+        )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,13 @@ TARGET_SEED_RATIO = 30.0
 def run_gpu_tests() -> str:
     if importlib.util.find_spec("pytest") is None:
         return "not run: pytest is missing (bench/gpu_bundle.sh packs a wheel; gpu_check.sh installs it)"
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"],
-                          cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     print(done.stdout[-3000:], done.stderr[-2000:], sep="\n", flush=True)
     last = (done.stdout.strip().splitlines() or ["no output"])[-1]
     return f"{'passed' if done.returncode == 0 else 'FAILED'}: {last}"
@@ -53,13 +58,35 @@ def data_flags(size: int, workdir: Path) -> tuple[list[str], str, Path | None]:
 
         folder = tiled_copy(mini, size, workdir / "tiled")
         return ["--data_dir", str(folder)], f"mini slice tiled to {size}", folder
-    return (["--dataset", "fake", "--data_dir", str(workdir / "fake"), "--fake_train_samples", str(size), "--fake_test_samples", "1000"],
-            f"synthetic (--dataset fake), {size} images", None)
+    return (
+        [
+            "--dataset",
+            "fake",
+            "--data_dir",
+            str(workdir / "fake"),
+            "--fake_train_samples",
+            str(size),
+            "--fake_test_samples",
+            "1000",
+        ],
+        f"synthetic (--dataset fake), {size} images",
+        None,
+    )
 
 
 def lab2_row(name: str, flags: list[str], out: Path, precision: str) -> dict:
-    command = [sys.executable, "train_accelerate.py", *flags, "--output_dir", str(out), "--report_to", "none",
-               "--checkpointing_steps", "none", "--overwrite_output_dir"]
+    command = [
+        sys.executable,
+        "train_accelerate.py",
+        *flags,
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--checkpointing_steps",
+        "none",
+        "--overwrite_output_dir",
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1", ACCELERATE_MIXED_PRECISION=precision)
     print(f"{name}: {' '.join(command[1:])}", flush=True)
     started = time.perf_counter()
@@ -69,8 +96,16 @@ def lab2_row(name: str, flags: list[str], out: Path, precision: str) -> dict:
         print(done.stdout[-3000:], done.stderr[-3000:], sep="\n", flush=True)
         return {"name": name, "error": f"exit {done.returncode}: {(done.stderr.strip().splitlines() or ['?'])[-1]}"}
     summary = json.loads((out / "summary.json").read_text())
-    row = {"name": name, "wall_s": wall, "train_s": summary["train_time_s"], "images_per_s": summary["train_images_per_s"],
-           "mfu": summary.get("mfu"), "eval_acc": summary["final_eval_acc"], "epochs": summary["epochs"], "device": summary["device"]}
+    row = {
+        "name": name,
+        "wall_s": wall,
+        "train_s": summary["train_time_s"],
+        "images_per_s": summary["train_images_per_s"],
+        "mfu": summary.get("mfu"),
+        "eval_acc": summary["final_eval_acc"],
+        "epochs": summary["epochs"],
+        "device": summary["device"],
+    }
     print(f"  -> {row}", flush=True)
     return row
 
@@ -87,25 +122,41 @@ def seed_row(data_dir: Path | None, epochs: int, max_samples: int | None) -> dic
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     workers = min(4, os.cpu_count() or 1)
     result = seed_recipe(data_dir, epochs, 128, workers, device, max_samples)
-    return {"name": f"seed recipe (PIL, {workers} workers, fp32, {epochs} epochs)", "wall_s": time.perf_counter() - started,
-            "train_s": None, "images_per_s": result["images_per_s"], "mfu": None, "eval_acc": result["eval_acc"], "epochs": epochs}
+    return {
+        "name": f"seed recipe (PIL, {workers} workers, fp32, {epochs} epochs)",
+        "wall_s": time.perf_counter() - started,
+        "train_s": None,
+        "images_per_s": result["images_per_s"],
+        "mfu": None,
+        "eval_acc": result["eval_acc"],
+        "epochs": epochs,
+    }
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| run | epochs | wall time | training time | train images/s | MFU | eval acc |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| run | epochs | wall time | training time | train images/s | MFU | eval acc |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['name']} | | | | | | failed: {r['error']} |")
             continue
         train = f"{r['train_s']:.1f} s" if r["train_s"] is not None else ""
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
-        lines.append(f"| {r['name']} | {r['epochs']} | {r['wall_s']:.1f} s | {train} | {r['images_per_s']:.0f} | {mfu} | {100 * r['eval_acc']:.2f}% |")
+        lines.append(
+            f"| {r['name']} | {r['epochs']} | {r['wall_s']:.1f} s | {train} | {r['images_per_s']:.0f} | {mfu} | {100 * r['eval_acc']:.2f}% |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="smoke check on any machine: 512 fake images, 1 epoch, no compile on CPU, nothing recorded")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="smoke check on any machine: 512 fake images, 1 epoch, no compile on CPU, nothing recorded",
+    )
     parser.add_argument("--size", type=int, default=50_000)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed_epochs", type=int, default=2)
@@ -127,9 +178,13 @@ def main() -> None:
     base = [*flags, "--num_train_epochs", str(args.epochs)]
     variants = [("lab2, eager", [])]
     if cuda:  # inductor on a CPU compiles for minutes: the compile rows are for the GPU
-        variants += [("lab2, --torch_compile", ["--torch_compile"]),
-                     ("lab2, CUDA graphs (--torch_compile_mode reduce-overhead --dataloader_drop_last)",
-                      ["--torch_compile", "--torch_compile_mode", "reduce-overhead", "--dataloader_drop_last"])]
+        variants += [
+            ("lab2, --torch_compile", ["--torch_compile"]),
+            (
+                "lab2, CUDA graphs (--torch_compile_mode reduce-overhead --dataloader_drop_last)",
+                ["--torch_compile", "--torch_compile_mode", "reduce-overhead", "--dataloader_drop_last"],
+            ),
+        ]
     rows = [lab2_row(name, [*base, *extra], workdir / f"run{i}", precision) for i, (name, extra) in enumerate(variants)]
     rows.append(seed_row(folder, args.seed_epochs, 512 if args.tiny else None))
     device = next((r["device"] for r in rows if "device" in r), "?")
@@ -137,12 +192,18 @@ def main() -> None:
     verdicts = []
     best = min((r for r in rows[:-1] if "error" not in r), key=lambda r: r["train_s"], default=None)
     if best:
-        verdicts.append(f"fastest lab2 run: {best['name']}, {best['train_s']:.1f} s of training for {args.epochs} epochs "
-                        f"(target ≤ {TARGET_TRAIN_S:.0f} s on an H100)")
+        verdicts.append(
+            f"fastest lab2 run: {best['name']}, {best['train_s']:.1f} s of training for {args.epochs} epochs "
+            f"(target ≤ {TARGET_TRAIN_S:.0f} s on an H100)"
+        )
         if "error" not in seed:
-            verdicts.append(f"{best['images_per_s'] / seed['images_per_s']:.1f}x the seed recipe's images/s (target ≥ {TARGET_SEED_RATIO:.0f}x)")
-    report = (f"GPU tests: {tests}\n\nData: {data_note}; precision {precision}; torch {torch.__version__}.\n\n"
-              f"{table(rows)}\n\n" + "; ".join(verdicts) + ".")
+            verdicts.append(
+                f"{best['images_per_s'] / seed['images_per_s']:.1f}x the seed recipe's images/s (target ≥ {TARGET_SEED_RATIO:.0f}x)"
+            )
+    report = (
+        f"GPU tests: {tests}\n\nData: {data_note}; precision {precision}; torch {torch.__version__}.\n\n"
+        f"{table(rows)}\n\n" + "; ".join(verdicts) + "."
+    )
     print("\n" + report)
     if not args.tiny:
         with open(args.results, "a", encoding="utf-8") as handle:

@@ -60,14 +60,23 @@ def summarise(speedscope: Path) -> str:
         if "train_one_epoch" in names:
             inside[part_of_step(names, files, names.index("train_one_epoch"))] += seconds
         else:
-            where = next((n for n in ("evaluate", "finish", "__init__") if n in names or f"_{n}" in names), "start-up and imports")
+            where = next(
+                (n for n in ("evaluate", "finish", "__init__") if n in names or f"_{n}" in names),
+                "start-up and imports",
+            )
             outside[where] += seconds
     loop = sum(inside.values())
-    lines = [f"inside train_one_epoch: {loop:.1f} s of samples", "| part | seconds | share of the epoch loop |", "| --- | --- | --- |"]
+    lines = [
+        f"inside train_one_epoch: {loop:.1f} s of samples",
+        "| part | seconds | share of the epoch loop |",
+        "| --- | --- | --- |",
+    ]
     lines += [f"| {part} | {s:.2f} | {100 * s / loop:.1f}% |" for part, s in inside.most_common()]
     bare = sum(inside[p] for p in ("forward", "backward", "optimizer step (fused Adam)"))
-    lines.append(f"\nthe bare step's work (forward, backward, optimizer): {100 * bare / loop:.1f}% of the loop; "
-                 f"so the loop can reach at most ~{bare / loop:.2f}x the bare step at equal per-op speed")
+    lines.append(
+        f"\nthe bare step's work (forward, backward, optimizer): {100 * bare / loop:.1f}% of the loop; "
+        f"so the loop can reach at most ~{bare / loop:.2f}x the bare step at equal per-op speed"
+    )
     lines.append("outside the epochs: " + ", ".join(f"{k} {v:.1f} s" for k, v in outside.most_common()))
     return "\n".join(lines)
 
@@ -86,10 +95,35 @@ def main() -> None:
         sys.exit("profile_loop: py-spy is not installed; pip install -e '.[bench]' (or pip install py-spy)")
     with tempfile.TemporaryDirectory() as tmp:
         out = args.profile or Path(tmp) / "profile.json"
-        command = [py_spy, "record", "--native", "-r", str(args.rate), "-f", "speedscope", "-o", str(out), "--",
-                   sys.executable, "train_accelerate.py", "--data_dir", str(args.data_dir), "--max_train_samples", str(args.max_train_samples),
-                   "--max_eval_samples", "512", "--num_train_epochs", str(args.epochs), "--report_to", "none",
-                   "--output_dir", str(Path(tmp) / "run"), "--checkpointing_steps", "none", *args.extra.split()]
+        command = [
+            py_spy,
+            "record",
+            "--native",
+            "-r",
+            str(args.rate),
+            "-f",
+            "speedscope",
+            "-o",
+            str(out),
+            "--",
+            sys.executable,
+            "train_accelerate.py",
+            "--data_dir",
+            str(args.data_dir),
+            "--max_train_samples",
+            str(args.max_train_samples),
+            "--max_eval_samples",
+            "512",
+            "--num_train_epochs",
+            str(args.epochs),
+            "--report_to",
+            "none",
+            "--output_dir",
+            str(Path(tmp) / "run"),
+            "--checkpointing_steps",
+            "none",
+            *args.extra.split(),
+        ]
         env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(REPO))
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
         if done.returncode != 0:

@@ -66,9 +66,13 @@ def main() -> None:
     splits = read_cifar10_folder(MINI)
     train_set = DeviceDataset(splits.train_images, splits.train_labels, train=True, seed=args.seed, channels_last=True)
     train = device_dataloader(train_set, args.batch, shuffle=True, seed=args.seed)
-    test = device_dataloader(DeviceDataset(splits.test_images, splits.test_labels, train=False, channels_last=True), 512, shuffle=False)
+    test = device_dataloader(
+        DeviceDataset(splits.test_images, splits.test_labels, train=False, channels_last=True), 512, shuffle=False
+    )
     model = SimpleCNN().to(memory_format=torch.channels_last)
-    optimizer = create_optimizer(model.parameters(), args.optim, args.lr, args.wd, args.momentum, fused=args.optim != "sgd")
+    optimizer = create_optimizer(
+        model.parameters(), args.optim, args.lr, args.wd, args.momentum, fused=args.optim != "sgd"
+    )
     scheduler = create_scheduler(optimizer, args.scheduler, scheduler_total_steps(len(train), args.epochs), args.warmup)
     plain_curve, tta_curve = [], []
     started = time.perf_counter()
@@ -83,12 +87,20 @@ def main() -> None:
         plain, flipped = accuracy(model, test)
         plain_curve.append(plain)
         tta_curve.append(flipped)
-        print(f"epoch {epoch + 1}: eval {100 * plain:.2f}% tta {100 * flipped:.2f}% loss {loss.item():.3f} "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
-    config = (f"{args.optim} lr {args.lr:g} {args.scheduler} warmup {args.warmup:g} batch {args.batch} "
-              f"wd {args.wd:g} ls {args.ls:g} epochs {args.epochs}" + (f" momentum {args.momentum:g}" if args.optim == "sgd" else ""))
-    row = (f"| {config} | {' '.join(f'{100 * a:.1f}' for a in plain_curve)} | "
-           f"{' '.join(f'{100 * a:.1f}' for a in tta_curve)} | {args.note} |")
+        print(
+            f"epoch {epoch + 1}: eval {100 * plain:.2f}% tta {100 * flipped:.2f}% loss {loss.item():.3f} "
+            f"({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
+    config = (
+        f"{args.optim} lr {args.lr:g} {args.scheduler} warmup {args.warmup:g} batch {args.batch} "
+        f"wd {args.wd:g} ls {args.ls:g} epochs {args.epochs}"
+        + (f" momentum {args.momentum:g}" if args.optim == "sgd" else "")
+    )
+    row = (
+        f"| {config} | {' '.join(f'{100 * a:.1f}' for a in plain_curve)} | "
+        f"{' '.join(f'{100 * a:.1f}' for a in tta_curve)} | {args.note} |"
+    )
     lines = args.log.read_text(encoding="utf-8").splitlines()
     last_row = max(i for i, line in enumerate(lines) if line.startswith("| "))  # below the table's last row
     lines.insert(last_row + 1, row)

@@ -36,12 +36,24 @@ EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+): train loss")  # the line printed a
 
 def timed_run(name: str, flags: list[str], out: Path) -> list[dict]:
     """Run train_accelerate.py with `flags`; per epoch: eval_acc and wall seconds since the process started."""
-    command = [sys.executable, "train_accelerate.py", *flags, "--output_dir", str(out), "--report_to", "none", "--checkpointing_steps", "none"]
+    command = [
+        sys.executable,
+        "train_accelerate.py",
+        *flags,
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--checkpointing_steps",
+        "none",
+    ]
     env = dict(os.environ, TQDM_DISABLE="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
     print(f"{name}: {' '.join(shlex.quote(c) for c in command[1:])}", flush=True)
     started = time.perf_counter()
     finished_at: dict[int, float] = {}
-    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+    with subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
         tail = []
         for line in process.stdout:
             tail = (tail + [line])[-40:]
@@ -69,7 +81,9 @@ def main() -> None:
     parser.add_argument("--seed_epochs", type=int, default=30)
     parser.add_argument("--extra", default="", help="more train_accelerate.py flags for both runs, quoted")
     parser.add_argument("--fast_extra", default="", help="more flags for the fast run only (they override the recipe)")
-    parser.add_argument("--quick", action="store_true", help="smoke check: 512/256 images, 3 epochs each, nothing recorded")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke check: 512/256 images, 3 epochs each, nothing recorded"
+    )
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
     args = parser.parse_args()
     common = ["--data_dir", str(args.data_dir), *shlex.split(args.extra)]
@@ -90,11 +104,15 @@ def main() -> None:
     ]
     if reached:
         ratio = seed[-1]["wall_s"] / reached["wall_s"]
-        lines.append(f"| fast (--recipe fast {' '.join(fast_flags[2:])}) | {len(fast)} | {100 * fast[-1]['eval_acc']:.2f}% | "
-                     f"{reached['epoch']} | {reached['wall_s']:.0f} s |")
+        lines.append(
+            f"| fast (--recipe fast {' '.join(fast_flags[2:])}) | {len(fast)} | {100 * fast[-1]['eval_acc']:.2f}% | "
+            f"{reached['epoch']} | {reached['wall_s']:.0f} s |"
+        )
         verdict = f"Wall-time ratio seed / fast to A: **{ratio:.2f}x** (target ≥ 2x, stretch 3x); epochs {len(seed)} vs {reached['epoch']}."
     else:
-        lines.append(f"| fast (--recipe fast {' '.join(fast_flags[2:])}) | {len(fast)} | {100 * fast[-1]['eval_acc']:.2f}% | not reached | - |")
+        lines.append(
+            f"| fast (--recipe fast {' '.join(fast_flags[2:])}) | {len(fast)} | {100 * fast[-1]['eval_acc']:.2f}% | not reached | - |"
+        )
         verdict = f"The fast recipe did not reach A = {100 * target:.2f}% in its {len(fast)} epochs (best {100 * max(p['eval_acc'] for p in fast):.2f}%)."
     curves = f"Per-epoch eval accuracy, seed: {percentages(seed)}; fast: {percentages(fast)}."
     report = "\n".join(lines) + f"\n\n{verdict}\n{curves}"
@@ -102,7 +120,9 @@ def main() -> None:
     if not args.quick:
         command = "python bench/time_to_accuracy.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         with open(args.results, "a", encoding="utf-8") as handle:
-            handle.write(f"\n### {time.strftime('%Y-%m-%d')} · time to accuracy on the mini slice\n\n`{command.strip()}`\n\n{report}\n")
+            handle.write(
+                f"\n### {time.strftime('%Y-%m-%d')} · time to accuracy on the mini slice\n\n`{command.strip()}`\n\n{report}\n"
+            )
     if not reached:
         sys.exit(1)
 

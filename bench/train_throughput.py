@@ -66,7 +66,9 @@ def tiled_copy(data_dir: Path, size: int, into: Path) -> Path:
     reps = -(-size // len(splits.train_labels))
     images = splits.train_images.repeat(reps, 1, 1, 1)[:size].numpy()
     labels = splits.train_labels.repeat(reps)[:size].numpy()
-    write_cifar10_folder(into / "cifar-10-batches-py", images, labels, splits.test_images.numpy(), splits.test_labels.numpy())
+    write_cifar10_folder(
+        into / "cifar-10-batches-py", images, labels, splits.test_images.numpy(), splits.test_labels.numpy()
+    )
     return into
 
 
@@ -113,8 +115,19 @@ def lab2_loop(data_dir: Path, epochs: int, out: Path, extra: list[str]) -> dict:
     from lab2.config.train_config import parse_args
     from lab2.engine.trainer import run
 
-    flags = ["--data_dir", str(data_dir), "--num_train_epochs", str(epochs), "--output_dir", str(out),
-             "--report_to", "none", "--checkpointing_steps", "none", *extra]
+    flags = [
+        "--data_dir",
+        str(data_dir),
+        "--num_train_epochs",
+        str(epochs),
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--checkpointing_steps",
+        "none",
+        *extra,
+    ]
     code = run(parse_args(flags))
     if code != 0:
         sys.exit(f"lab2 run failed with exit code {code}")
@@ -130,8 +143,15 @@ def lab2_loop(data_dir: Path, epochs: int, out: Path, extra: list[str]) -> dict:
     }
 
 
-def seed_recipe(data_dir: Path, epochs: int, batch_size: int, workers: int, device: torch.device,
-                max_samples: int | None = None, seed: int = 42) -> dict:
+def seed_recipe(
+    data_dir: Path,
+    epochs: int,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    max_samples: int | None = None,
+    seed: int = 42,
+) -> dict:
     """The course lab's loop: PIL transforms in DataLoader workers, fp32, Adam 1e-3; training time only."""
     torch.manual_seed(seed)
     train = CustomCIFAR10.from_folder(data_dir, train=True, transform=train_transform())
@@ -139,7 +159,9 @@ def seed_recipe(data_dir: Path, epochs: int, batch_size: int, workers: int, devi
     if max_samples:
         train = Subset(train, range(min(max_samples, len(train))))
     pin = device.type == "cuda"
-    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    train_loader = DataLoader(
+        train, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0
+    )
     test_loader = DataLoader(test, batch_size=256, num_workers=workers, pin_memory=pin)
     model = SimpleCNN().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -182,10 +204,16 @@ def main() -> None:
     parser.add_argument("--seed_epochs", type=int, default=2, help="seed-recipe epochs")
     parser.add_argument("--bare_steps", type=int, default=20, help="timed bare steps")
     parser.add_argument("--tile", type=int, default=0, help="repeat the training split up to N images (0: as is)")
-    parser.add_argument("--mixed_precision", choices=("no", "bf16"), default="no", help="for lab2, the bare step and the peak")
+    parser.add_argument(
+        "--mixed_precision", choices=("no", "bf16"), default="no", help="for lab2, the bare step and the peak"
+    )
     parser.add_argument("--workers", type=int, default=2, help="seed recipe DataLoader workers")
     parser.add_argument("--extra", default="", help="more train_accelerate.py flags for lab2, quoted")
-    parser.add_argument("--quick", action="store_true", help="smoke check: 512 images, 2 lab2 epochs, 1 seed epoch, 3 bare steps; no RESULTS.md")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke check: 512 images, 2 lab2 epochs, 1 seed epoch, 3 bare steps; no RESULTS.md",
+    )
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
     args = parser.parse_args()
     extra = shlex.split(args.extra)
@@ -212,9 +240,21 @@ def main() -> None:
 
     rows = [
         (f"peak: torch.mm 4096² {'bf16' if bf16 else 'fp32'}", None, peak),
-        (f"bare step (batch 128, channels_last, fused Adam, {'bf16' if bf16 else 'fp32'})", bare, bare * training_flops),
-        (f"lab2 loop (default flags, {ours['precision']}, epochs 2-{args.epochs})", ours["images_per_s"], ours["images_per_s"] * training_flops),
-        (f"seed recipe (PIL, {args.workers} workers, fp32, {args.seed_epochs} epochs)", seed["images_per_s"], seed["images_per_s"] * training_flops),
+        (
+            f"bare step (batch 128, channels_last, fused Adam, {'bf16' if bf16 else 'fp32'})",
+            bare,
+            bare * training_flops,
+        ),
+        (
+            f"lab2 loop (default flags, {ours['precision']}, epochs 2-{args.epochs})",
+            ours["images_per_s"],
+            ours["images_per_s"] * training_flops,
+        ),
+        (
+            f"seed recipe (PIL, {args.workers} workers, fp32, {args.seed_epochs} epochs)",
+            seed["images_per_s"],
+            seed["images_per_s"] * training_flops,
+        ),
     ]
     lines = ["| what | images/s | training GFLOP/s | fraction of peak |", "| --- | --- | --- | --- |"]
     for name, rate, flops in rows:
@@ -235,8 +275,10 @@ def main() -> None:
     command = "python bench/train_throughput.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     where = ours["device"] if device.type == "cuda" else f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
     with open(args.results, "a", encoding="utf-8") as handle:
-        handle.write(f"\n### {time.strftime('%Y-%m-%d')} · {where} · loop against the machine\n\n"
-                     f"`{command.strip()}` (torch {torch.__version__})\n\n{table}\n")
+        handle.write(
+            f"\n### {time.strftime('%Y-%m-%d')} · {where} · loop against the machine\n\n"
+            f"`{command.strip()}` (torch {torch.__version__})\n\n{table}\n"
+        )
 
 
 if __name__ == "__main__":

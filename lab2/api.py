@@ -60,8 +60,10 @@ def train(**flags) -> dict | None:
     except UserError as error:
         raise ValueError(str(error)) from None
     if code == EXIT_INTERRUPTED:
-        raise KeyboardInterrupt(f"training stopped after saving a checkpoint in {cfg.output_dir}; "
-                                "continue with resume_from_checkpoint='latest' and the same output_dir")
+        raise KeyboardInterrupt(
+            f"training stopped after saving a checkpoint in {cfg.output_dir}; "
+            "continue with resume_from_checkpoint='latest' and the same output_dir"
+        )
     if code == EXIT_DIVERGED:
         raise TrainingDiverged(f"the loss became NaN/inf; see the message above and {cfg.output_dir}")
     if launched_rank() != 0:

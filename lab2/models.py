@@ -53,6 +53,7 @@ class SimpleCNN(nn.Module):
         x = self.dropout(F.relu(self.fc1(x), inplace=True))
         return self.fc2(x)
 
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "simple_cnn": SimpleCNN,
 }

@@ -80,10 +80,21 @@ def test_empty_data_folder(tmp_path):
         (["--resume_from_checkpoint", "latest", "--overwrite_output_dir"], ["conflict"]),
         (["--resume_from_checkpoint", "/no/such/checkpoint"], ["no such folder"]),
     ],
-    ids=["unknown-model", "negative-epochs", "bad-checkpointing-steps", "dataset-conflict", "resume-overwrite-conflict", "missing-checkpoint"],
+    ids=[
+        "unknown-model",
+        "negative-epochs",
+        "bad-checkpointing-steps",
+        "dataset-conflict",
+        "resume-overwrite-conflict",
+        "missing-checkpoint",
+    ],
 )
 def test_bad_flags(tmp_path, flags, fragments):
-    result = run_cli(train_cmd("--dataset", "fake", "--data_dir", tmp_path / "data", "--output_dir", tmp_path / "out", *FAST[:4], *flags))
+    result = run_cli(
+        train_cmd(
+            "--dataset", "fake", "--data_dir", tmp_path / "data", "--output_dir", tmp_path / "out", *FAST[:4], *flags
+        )
+    )
     assert_clean_error(result, *fragments)
 
 
@@ -96,7 +107,9 @@ def test_argparse_type_errors_are_one_line_too(tmp_path):
 def test_unwritable_output_dir(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = run_cli(train_cmd("--dataset", "fake", "--data_dir", tmp_path / "data", "--output_dir", blocker / "run", *FAST))
+    result = run_cli(
+        train_cmd("--dataset", "fake", "--data_dir", tmp_path / "data", "--output_dir", blocker / "run", *FAST)
+    )
     assert_clean_error(result, "cannot write to --output_dir")
 
 
@@ -115,7 +128,9 @@ def test_checkpoint_from_a_model_with_other_classes_is_refused(finished_run, tmp
     test = synthetic_images(20, 5, 1)
     write_cifar10_folder(five / "cifar-10-batches-py", *train, *test, class_names=["a", "b", "c", "d", "e"])
     checkpoint = sorted((out / "checkpoints").iterdir())[-1]
-    result = run_cli(train_cmd("--data_dir", five, "--output_dir", tmp_path / "out", "--resume_from_checkpoint", checkpoint, *FAST))
+    result = run_cli(
+        train_cmd("--data_dir", five, "--output_dir", tmp_path / "out", "--resume_from_checkpoint", checkpoint, *FAST)
+    )
     assert_clean_error(result, "10 classes", "with 5")
 
 

@@ -22,8 +22,16 @@ from lab2.state.checkpoint import (
 )
 from lab2.state.run_paths import append_jsonl
 
-PROGRESS = {"epoch": 0, "batch_in_epoch": 0, "loss_sum": 0.0, "correct": 0.0, "seen": 0.0, "model": "simple_cnn",
-            "num_classes": 10, "world_size": 1}
+PROGRESS = {
+    "epoch": 0,
+    "batch_in_epoch": 0,
+    "loss_sum": 0.0,
+    "correct": 0.0,
+    "seen": 0.0,
+    "model": "simple_cnn",
+    "num_classes": 10,
+    "world_size": 1,
+}
 
 
 def _accelerator_with_state(width=8):
@@ -65,9 +73,15 @@ DAMAGE = {
     "progress-epoch-text": lambda c: _edit_progress(c / "progress.json", epoch="1"),
     "random-states-missing": lambda c: (c / "random_states_0.pkl").unlink(),
 }
-NAMED_FILE = {"model-garbage": "model.safetensors", "model-truncated": "model.safetensors", "optimizer-empty": "optimizer.bin",
-              "optimizer-truncated": "optimizer.bin", "progress-list": "progress.json", "progress-epoch-text": "progress.json",
-              "random-states-missing": "random_states_0.pkl"}
+NAMED_FILE = {
+    "model-garbage": "model.safetensors",
+    "model-truncated": "model.safetensors",
+    "optimizer-empty": "optimizer.bin",
+    "optimizer-truncated": "optimizer.bin",
+    "progress-list": "progress.json",
+    "progress-epoch-text": "progress.json",
+    "random-states-missing": "random_states_0.pkl",
+}
 
 
 @pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
@@ -97,34 +111,58 @@ def test_when_every_checkpoint_is_damaged_latest_says_so(two_checkpoints):
         resolve_resume_path("latest", run, report=lambda line: None)
 
 
-@pytest.mark.parametrize("progress", [[], {"epoch": "1"}, {**PROGRESS, "global_step": -3}, {**PROGRESS, "global_step": 2, "seen": float("nan")},
-                                      {**PROGRESS, "global_step": 2, "model": 7}, {**PROGRESS, "global_step": True}])
+@pytest.mark.parametrize(
+    "progress",
+    [
+        [],
+        {"epoch": "1"},
+        {**PROGRESS, "global_step": -3},
+        {**PROGRESS, "global_step": 2, "seen": float("nan")},
+        {**PROGRESS, "global_step": 2, "model": 7},
+        {**PROGRESS, "global_step": True},
+    ],
+)
 def test_read_progress_checks_every_field(tmp_path, progress):
     (tmp_path / "progress.json").write_text(json.dumps(progress))
     with pytest.raises(UserError, match="progress.json"):
         read_progress(tmp_path)
 
 
-@pytest.mark.parametrize("setting, value", [("per_device_train_batch_size", 32), ("seed", 7), ("num_train_samples", 200),
-                                            ("data_pipeline", "torchvision")])
+@pytest.mark.parametrize(
+    "setting, value",
+    [("per_device_train_batch_size", 32), ("seed", 7), ("num_train_samples", 200), ("data_pipeline", "torchvision")],
+)
 def test_mid_epoch_resume_refuses_settings_that_move_the_position(tmp_path, setting, value):
-    position = {"per_device_train_batch_size": 64, "seed": 42, "data_pipeline": "device", "num_train_samples": 256, "world_size": 1}
+    position = {
+        "per_device_train_batch_size": 64,
+        "seed": 42,
+        "data_pipeline": "device",
+        "num_train_samples": 256,
+        "world_size": 1,
+    }
     progress = {**PROGRESS, "global_step": 2, "batch_in_epoch": 2, "position": position}
     check_compatible(progress, tmp_path, "simple_cnn", 10, 1, position=dict(position))  # same settings: fine
     with pytest.raises(UserError, match=f"--{setting}"):
         check_compatible(progress, tmp_path, "simple_cnn", 10, 1, position={**position, setting: value})
-    check_compatible({**progress, "batch_in_epoch": 0}, tmp_path, "simple_cnn", 10, 1, position={**position, setting: value})
+    check_compatible(
+        {**progress, "batch_in_epoch": 0}, tmp_path, "simple_cnn", 10, 1, position={**position, setting: value}
+    )
 
 
 # --------------------------------------------------------------------------- full disk, on a real tmpfs
+
 
 @pytest.fixture
 def small_disk(tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'not permitted'}); the full-disk cases need root")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({result.stderr.strip() or 'not permitted'}); the full-disk cases need root"
+        )
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
 

@@ -27,10 +27,28 @@ SNAPSHOTS = [3, 6, 9, 10]
 @pytest.fixture(scope="module")
 def run_dir(mini_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("dashboard") / "run"
-    result = run_cli(train_cmd(
-        "--data_dir", mini_dir, "--max_train_samples", 320, "--per_device_train_batch_size", 32, "--max_eval_samples", 128,
-        "--num_train_epochs", 1, "--flow_log_steps", 3, "--report_to", "all", "--output_dir", out, "--run_name", "dash-e2e",
-    ))
+    result = run_cli(
+        train_cmd(
+            "--data_dir",
+            mini_dir,
+            "--max_train_samples",
+            320,
+            "--per_device_train_batch_size",
+            32,
+            "--max_eval_samples",
+            128,
+            "--num_train_epochs",
+            1,
+            "--flow_log_steps",
+            3,
+            "--report_to",
+            "all",
+            "--output_dir",
+            out,
+            "--run_name",
+            "dash-e2e",
+        )
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("mlflow has no histograms") == 1  # the one-time note
     assert [json.loads(line)["step"] for line in (out / "flow.jsonl").read_text().splitlines()] == SNAPSHOTS
@@ -45,9 +63,15 @@ def test_wandb_run_holds_histograms_images_artifact_and_summary(run_dir):
     assert len(image_steps) >= 2 and image_steps == sorted(set(image_steps)) and image_steps[-1] == 10
     assert wandb_steps(run_dir, "weights") == image_steps and wandb_steps(run_dir, "update_ratio") == image_steps
     (model,) = [a for a in wandb_artifacts(run_dir) if a.type == "model"]
-    assert model.name == "dash-e2e" and {m.path for m in model.manifest.contents} == {"model.safetensors", "config.json"}
+    assert model.name == "dash-e2e" and {m.path for m in model.manifest.contents} == {
+        "model.safetensors",
+        "config.json",
+    }
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert json.loads(model.metadata) == {"model": "simple_cnn", **{k: summary[k] for k in ("final_eval_acc", "best_eval_acc", "gflops_per_sample", "params")}}
+    assert json.loads(model.metadata) == {
+        "model": "simple_cnn",
+        **{k: summary[k] for k in ("final_eval_acc", "best_eval_acc", "gflops_per_sample", "params")},
+    }
     assert SUMMARY_KEYS <= wandb_summary_keys(run_dir)
     assert any(a.type == "run_table" and a.name.endswith("training_log") for a in wandb_artifacts(run_dir))
 
@@ -66,6 +90,13 @@ def test_mlflow_store_holds_metrics_and_artifacts(run_dir):
     assert run.info.run_name == "dash-e2e" and run.data.params["flow_log_steps"] == "3"
     assert SUMMARY_KEYS <= set(run.data.metrics) and {"eval/accuracy", "train/loss"} <= set(run.data.metrics)
     artifacts = mlflow_artifact_paths(client, run.info.run_id)
-    assert {"model/model.safetensors", "model/config.json", "figures/confusion_matrix.png", "figures/curves.png",
-            "training_log.txt", "summary.json", "report.html"} <= artifacts
+    assert {
+        "model/model.safetensors",
+        "model/config.json",
+        "figures/confusion_matrix.png",
+        "figures/curves.png",
+        "training_log.txt",
+        "summary.json",
+        "report.html",
+    } <= artifacts
     assert sum(p.startswith("images/gradients+step+") and p.endswith(".png") for p in artifacts) == len(SNAPSHOTS)

@@ -68,7 +68,12 @@ def test_malicious_pickle_is_refused_before_it_runs(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        (lambda p: p.write_bytes(pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 4}, protocol=2)[:100]), "truncated"),
+        (
+            lambda p: p.write_bytes(
+                pickle.dumps({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 4}, protocol=2)[:100]
+            ),
+            "truncated",
+        ),
         (lambda p: write_cifar_batch(p, np.zeros((4, 3, 32, 32), np.uint8), [0] * 4) or _reshape(p), "shape"),
         (lambda p: write_cifar_batch(p, np.zeros((4, 3, 32, 32), np.uint8), [0, 1, 10, 2]), "0..9"),
         (lambda p: p.write_text("these are not the images you are looking for\n"), "not a cifar-10 batch"),

@@ -47,7 +47,9 @@ def test_augmentation_statistics_match_torchvision():
     ours = crop_flip(image[None].repeat(n, 1, 1, 1), offsets, flips)
     # torchvision pipeline on the same image.
     torch.manual_seed(0)
-    tv = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
+    tv = transforms.Compose(
+        [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.PILToTensor()]
+    )
     pil = Image.fromarray(image.permute(1, 2, 0).numpy())
     theirs = torch.stack([tv(pil) for _ in range(n)])
 
@@ -63,7 +65,9 @@ def test_augmentation_statistics_match_torchvision():
     h1 = torch.bincount(r1, minlength=9).float() / n
     h2 = torch.bincount(r2, minlength=9).float() / n
     assert set(r1.unique().tolist()) == set(range(9)) == set(r2.unique().tolist())
-    assert torch.allclose(h1, torch.full((9,), 1 / 9), atol=0.03) and torch.allclose(h2, torch.full((9,), 1 / 9), atol=0.03)
+    assert torch.allclose(h1, torch.full((9,), 1 / 9), atol=0.03) and torch.allclose(
+        h2, torch.full((9,), 1 / 9), atol=0.03
+    )
     assert abs(f1.mean() - 0.5) < 0.03 and abs(f2.mean() - 0.5) < 0.03
     # Pixel means agree too (zero padding lowers them the same way in both).
     assert abs(ours.float().mean() - theirs.float().mean()) < 1.5
@@ -71,7 +75,9 @@ def test_augmentation_statistics_match_torchvision():
 
 def _random_split(n: int, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator), torch.randint(
+        0, 10, (n,), generator=generator
+    )
 
 
 def test_a_sample_looks_the_same_whatever_the_batching():
@@ -93,23 +99,35 @@ def test_a_sample_looks_the_same_whatever_the_batching():
 
 def test_batches_are_normalised_floats_in_channels_last():
     images, labels = _random_split(300)
-    loader = device_dataloader(DeviceDataset(images, labels, train=True, seed=1, channels_last=True), 64, shuffle=True, seed=1)
+    loader = device_dataloader(
+        DeviceDataset(images, labels, train=True, seed=1, channels_last=True), 64, shuffle=True, seed=1
+    )
     x, y = next(iter(loader))
-    assert x.dtype == torch.float32 and x.shape == (64, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
+    assert (
+        x.dtype == torch.float32 and x.shape == (64, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
+    )
     assert y.dtype == torch.int64 and y.shape == (64,)
     mean, std = torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD)
-    assert torch.isclose(x.min(), (-mean / std).min(), atol=1e-5) and torch.isclose(x.max(), ((1 - mean) / std).max(), atol=1e-5)  # 0 and 255
+    assert torch.isclose(x.min(), (-mean / std).min(), atol=1e-5) and torch.isclose(
+        x.max(), ((1 - mean) / std).max(), atol=1e-5
+    )  # 0 and 255
     test = DeviceDataset(images, labels, train=False)
     tx, ty = test.__getitems__([0, 1])
-    expected = (images[:2].float() / 255 - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    expected = (images[:2].float() / 255 - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        CIFAR10_STD
+    ).view(1, 3, 1, 1)
     assert torch.allclose(tx, expected, atol=1e-5) and torch.equal(ty, labels[:2])  # evaluation: no augmentation
 
 
 def test_accelerate_prepares_it_and_skips_batches_for_a_mid_epoch_resume():
     """One process: the prepared loader reshuffles per epoch, and skip_first_batches resumes in the same order."""
     images, labels = _random_split(300)
-    accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=1))
-    loader = accelerator.prepare(device_dataloader(DeviceDataset(images, labels, train=True, seed=1), 64, shuffle=True, seed=1))
+    accelerator = Accelerator(
+        cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=1)
+    )
+    loader = accelerator.prepare(
+        device_dataloader(DeviceDataset(images, labels, train=True, seed=1), 64, shuffle=True, seed=1)
+    )
     loader.set_epoch(2)
     loader.dataset.set_epoch(2)
     full = list(loader)

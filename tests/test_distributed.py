@@ -31,22 +31,33 @@ DIST_TIMEOUT_S = 20
 
 
 # What gloo raised on the surviving node when the other was killed (torch 2.14, measured here).
-GLOO_RESET = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:52405: "
-              "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application. "
-              "Check the logs of the remote worker before reporting an error. GLHF!")
+GLOO_RESET = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:52405: "
+    "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application. "
+    "Check the logs of the remote worker before reporting an error. GLHF!"
+)
 
 
 def test_a_lost_peer_is_told_from_a_bug():
     two = {"WORLD_SIZE": "2", "RANK": "1"}
     assert is_peer_lost(RuntimeError(GLOO_RESET), two)
-    assert is_peer_lost(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 20000ms for recv operation to complete"), two)
+    assert is_peer_lost(
+        RuntimeError(
+            "[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 20000ms for recv operation to complete"
+        ),
+        two,
+    )
     assert is_peer_lost(torch.distributed.DistBackendError("anything the backend says"), two)
     assert not is_peer_lost(RuntimeError(GLOO_RESET), {})  # one process: nobody to lose, so a bug
     assert not is_peer_lost(RuntimeError("DataLoader worker (pid 1) timed out"), two)  # not from torch.distributed
     assert not is_peer_lost(ValueError(GLOO_RESET), two)
     message = peer_lost_message(RuntimeError(GLOO_RESET), "runs/x", two)
     assert "2-process run (rank 1 saw: Read error [127.0.0.1]:52405: Connection reset by peer)" in message
-    assert "GLHF" not in message and "--output_dir runs/x --resume_from_checkpoint latest" in message and "\n" not in message
+    assert (
+        "GLHF" not in message
+        and "--output_dir runs/x --resume_from_checkpoint latest" in message
+        and "\n" not in message
+    )
 
 
 @pytest.mark.skipif(torch.accelerator.is_available(), reason="the CPU placement applies to machines without a GPU")
@@ -54,20 +65,41 @@ def test_a_multi_process_launch_without_a_gpu_goes_to_the_cpu():
     env = {"WORLD_SIZE": "2"}
     assert "running them on the CPU (gloo)" in place_on_cpu_without_gpu(env) and env["ACCELERATE_USE_CPU"] == "1"
     assert place_on_cpu_without_gpu(env) is None  # already set: left alone
-    assert place_on_cpu_without_gpu({"OMPI_COMM_WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "0"}) is None  # the user's choice
+    assert (
+        place_on_cpu_without_gpu({"OMPI_COMM_WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "0"}) is None
+    )  # the user's choice
     single = {}
     assert place_on_cpu_without_gpu(single) is None and single == {}  # one process: nothing to place
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("mpirun") is None, reason="Open MPI is not installed (apt-get install openmpi-bin; .ci/run does)")
+@pytest.mark.skipif(
+    shutil.which("mpirun") is None, reason="Open MPI is not installed (apt-get install openmpi-bin; .ci/run does)"
+)
 def test_accelerate_launch_multi_cpu_trains_two_ranks_through_open_mpi(mini_dir, tmp_path):
     out = tmp_path / "mpi"
     env = cli_env(**MPI_AS_ROOT)
     env.pop("OMP_NUM_THREADS", None)  # threads per rank as the config documents: Accelerate's cores / ranks
-    command = [BIN / "accelerate", "launch", "--quiet", "--config_file", "accelerate_configs/multi_cpu.yaml", "train_accelerate.py",
-               "--data_dir", mini_dir, "--max_train_samples", 512, "--max_eval_samples", 1001, "--num_train_epochs", 1,
-               "--output_dir", out, "--report_to", "none"]
+    command = [
+        BIN / "accelerate",
+        "launch",
+        "--quiet",
+        "--config_file",
+        "accelerate_configs/multi_cpu.yaml",
+        "train_accelerate.py",
+        "--data_dir",
+        mini_dir,
+        "--max_train_samples",
+        512,
+        "--max_eval_samples",
+        1001,
+        "--num_train_epochs",
+        1,
+        "--output_dir",
+        out,
+        "--report_to",
+        "none",
+    ]
     result = run_cli(list(map(str, command)), env=env, timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -98,12 +130,19 @@ class TwoNodes:
         """Namespaces, the veth pair between them, addresses, loopback up; raises CalledProcessError when not permitted."""
         ns0, ns1 = self.namespaces
         link0, link1 = self.links
-        for args in (["netns", "add", ns0], ["netns", "add", ns1], ["link", "add", link0, "type", "veth", "peer", "name", link1],
-                     ["link", "set", link0, "netns", ns0], ["link", "set", link1, "netns", ns1],
-                     ["-n", ns0, "addr", "add", f"{self.addresses[0]}/24", "dev", link0],
-                     ["-n", ns1, "addr", "add", f"{self.addresses[1]}/24", "dev", link1],
-                     ["-n", ns0, "link", "set", link0, "up"], ["-n", ns1, "link", "set", link1, "up"],
-                     ["-n", ns0, "link", "set", "lo", "up"], ["-n", ns1, "link", "set", "lo", "up"]):
+        for args in (
+            ["netns", "add", ns0],
+            ["netns", "add", ns1],
+            ["link", "add", link0, "type", "veth", "peer", "name", link1],
+            ["link", "set", link0, "netns", ns0],
+            ["link", "set", link1, "netns", ns1],
+            ["-n", ns0, "addr", "add", f"{self.addresses[0]}/24", "dev", link0],
+            ["-n", ns1, "addr", "add", f"{self.addresses[1]}/24", "dev", link1],
+            ["-n", ns0, "link", "set", link0, "up"],
+            ["-n", ns1, "link", "set", link1, "up"],
+            ["-n", ns0, "link", "set", "lo", "up"],
+            ["-n", ns1, "link", "set", "lo", "up"],
+        ):
             subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
     def delete(self) -> None:
@@ -112,9 +151,20 @@ class TwoNodes:
 
     def launch(self, rank: int, flags: list) -> "NodeOutput":
         """Start node `rank`'s `accelerate launch` with the two-node CPU config; its output is read as it comes."""
-        command = [str(BIN / "accelerate"), "launch", "--config_file", "accelerate_configs/multi_node_cpu.yaml",
-                   "--machine_rank", str(rank), "--main_process_ip", self.addresses[0], "--main_process_port", str(self.port),
-                   "train_accelerate.py", *map(str, flags)]
+        command = [
+            str(BIN / "accelerate"),
+            "launch",
+            "--config_file",
+            "accelerate_configs/multi_node_cpu.yaml",
+            "--machine_rank",
+            str(rank),
+            "--main_process_ip",
+            self.addresses[0],
+            "--main_process_port",
+            str(self.port),
+            "train_accelerate.py",
+            *map(str, flags),
+        ]
         if self.isolated:
             command = ["ip", "netns", "exec", self.namespaces[rank], *command]
         # Both nodes share this machine's cores: one thread each (a real node would use all of its own).
@@ -124,8 +174,15 @@ class TwoNodes:
             env["ACCELERATE_USE_CPU"] = "1"  # without a GPU lab2 chooses the CPU by itself (tested here)
         if self.isolated:
             env["GLOO_SOCKET_IFNAME"] = self.links[rank]  # gloo's traffic goes over the node's own interface
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.launchers[rank] = process
         self.started.append(process)
         return NodeOutput(process)
@@ -133,7 +190,9 @@ class TwoNodes:
     def processes(self, rank: int) -> list[int]:
         """Every process of node `rank`: the launcher and its workers (torchrun starts each worker in a session of its own)."""
         if self.isolated:
-            listed = subprocess.run(["ip", "netns", "pids", self.namespaces[rank]], capture_output=True, text=True).stdout
+            listed = subprocess.run(
+                ["ip", "netns", "pids", self.namespaces[rank]], capture_output=True, text=True
+            ).stdout
             return [int(pid) for pid in listed.split()]
         return _with_descendants(self.launchers[rank].pid)
 
@@ -221,8 +280,20 @@ def test_two_nodes_train_exactly_write_once_and_report_a_lost_node(network, name
         pytest.skip("the netns variant runs here: each node with its own namespace and address covers loopback")
     nodes = TwoNodes(isolated=network == "netns")
     out = tmp_path / "two-nodes"
-    common = ["--data_dir", mini_dir, "--max_train_samples", 256, "--max_eval_samples", 1001, "--per_device_train_batch_size", 64,
-              "--dist_timeout_s", DIST_TIMEOUT_S, "--output_dir", out]
+    common = [
+        "--data_dir",
+        mini_dir,
+        "--max_train_samples",
+        256,
+        "--max_eval_samples",
+        1001,
+        "--per_device_train_batch_size",
+        64,
+        "--dist_timeout_s",
+        DIST_TIMEOUT_S,
+        "--output_dir",
+        out,
+    ]
     if nodes.isolated:
         nodes.create()
     try:
@@ -235,16 +306,27 @@ def test_two_nodes_train_exactly_write_once_and_report_a_lost_node(network, name
         assert sum(map(sum, summary["confusion_matrix"])) == 1001  # exact over the two nodes
         both = logs[0].text + logs[1].text
         assert both.count("done: final eval accuracy") == 1 and both.count("161,163,264") == 1  # rank 0 alone
-        assert len(list((out / "wandb").glob("offline-run-*"))) == 1 and len((out / "metrics.jsonl").read_text().splitlines()) == 1
+        assert (
+            len(list((out / "wandb").glob("offline-run-*"))) == 1
+            and len((out / "metrics.jsonl").read_text().splitlines()) == 1
+        )
         if not torch.cuda.is_available():
             assert logs[0].text.count("running them on the CPU (gloo)") == 1
         finished = (out / "summary.json").read_bytes(), (out / "model.safetensors").read_bytes()
 
         # 2. Resume on both nodes for more epochs, then node 1 dies once training is under way again.
-        logs = [nodes.launch(rank, [*common, "--num_train_epochs", 50, "--resume_from_checkpoint", "latest", "--report_to", "none"])
-                for rank in (0, 1)]
+        logs = [
+            nodes.launch(
+                rank, [*common, "--num_train_epochs", 50, "--resume_from_checkpoint", "latest", "--report_to", "none"]
+            )
+            for rank in (0, 1)
+        ]
         deadline = time.time() + 300
-        while len((out / "metrics.jsonl").read_text().splitlines()) < 2 and time.time() < deadline and logs[0].process.poll() is None:
+        while (
+            len((out / "metrics.jsonl").read_text().splitlines()) < 2
+            and time.time() < deadline
+            and logs[0].process.poll() is None
+        ):
             time.sleep(0.1)
         assert len((out / "metrics.jsonl").read_text().splitlines()) >= 2, logs[0].text + logs[1].text
         killed_at = time.time()
@@ -256,7 +338,9 @@ def test_two_nodes_train_exactly_write_once_and_report_a_lost_node(network, name
         assert lost is not None, text
         assert lost - killed_at < DIST_TIMEOUT_S, text  # node 0 said so within --dist_timeout_s
         assert "exitcode  : 5" in text  # torchrun's report carries lab2's exit code for a lost peer
-        assert not [line for line in text.splitlines() if 'File "' in line and "/lab2/" in line], text  # no traceback from lab2
+        assert not [line for line in text.splitlines() if 'File "' in line and "/lab2/" in line], (
+            text
+        )  # no traceback from lab2
         # The finished first run's results were not touched by the failed continuation.
         assert ((out / "summary.json").read_bytes(), (out / "model.safetensors").read_bytes()) == finished
     finally:

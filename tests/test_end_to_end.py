@@ -18,22 +18,52 @@ from lab2.state.checkpoint import list_checkpoints, read_exported_model
 
 pytestmark = pytest.mark.slow
 
-FIGURES = {"confusion_matrix", "class_accuracy", "predictions", "curves", "gradients", "weights", "update_ratio",
-           "heatmap_grad_mean", "heatmap_weight_mean", "heatmap_update_ratio"}
+FIGURES = {
+    "confusion_matrix",
+    "class_accuracy",
+    "predictions",
+    "curves",
+    "gradients",
+    "weights",
+    "update_ratio",
+    "heatmap_grad_mean",
+    "heatmap_weight_mean",
+    "heatmap_update_ratio",
+}
 
 
 def test_accelerate_launch_one_epoch_on_the_mini_slice(mini_dir, tmp_path):
     out = tmp_path / "run"
-    result = run_cli(train_cmd("--data_dir", mini_dir, "--num_train_epochs", 1, "--output_dir", out, launcher="accelerate"))
+    result = run_cli(
+        train_cmd("--data_dir", mini_dir, "--num_train_epochs", 1, "--output_dir", out, launcher="accelerate")
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    for name in ("metrics.jsonl", "summary.json", "config.json", "model.safetensors", "flops.json", "flow.jsonl", "training_log.txt", "report.html"):
+    for name in (
+        "metrics.jsonl",
+        "summary.json",
+        "config.json",
+        "model.safetensors",
+        "flops.json",
+        "flow.jsonl",
+        "training_log.txt",
+        "report.html",
+    ):
         assert (out / name).is_file(), name
     assert {p.stem for p in (out / "figures").glob("*.png")} == FIGURES
     # 40 steps and the default interval of 200: flow is still taken once, at the end.
     assert [json.loads(line)["step"] for line in (out / "flow.jsonl").read_text().splitlines()] == [40]
     summary = json.loads((out / "summary.json").read_text())
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(metrics) == 1 and set(metrics[0]) >= {"epoch", "train_loss", "train_acc", "eval_loss", "eval_acc", "lr", "epoch_time_s", "train_images_per_s"}
+    assert len(metrics) == 1 and set(metrics[0]) >= {
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "eval_loss",
+        "eval_acc",
+        "lr",
+        "epoch_time_s",
+        "train_images_per_s",
+    }
     assert summary["num_eval_samples"] == 1017 and summary["params"] == 4_441_482
     assert summary["final_eval_acc"] >= 0.20, summary  # chance is 10%; the seed recipe reaches ~26%
     # The saved weights reproduce the reported accuracy exactly.
@@ -41,14 +71,37 @@ def test_accelerate_launch_one_epoch_on_the_mini_slice(mini_dir, tmp_path):
     assert "Epoch | Train Loss" in result.stdout and "161,163,264" in result.stdout
     assert "logging offline" in result.stdout  # no credentials: W&B went offline by itself and said so
     keys = history_keys(run_file(out))
-    assert {"train/loss", "train/accuracy", "eval/loss", "eval/accuracy", "model/gflops_per_sample", "model/params", "perf/train_images_per_s", "perf/train_tflops"} <= keys
-    assert {f"{name}/filenames" for name in ("gradients", "weights", "update_ratio", "confusion_matrix", "class_accuracy", "predictions")} <= keys
+    assert {
+        "train/loss",
+        "train/accuracy",
+        "eval/loss",
+        "eval/accuracy",
+        "model/gflops_per_sample",
+        "model/params",
+        "perf/train_images_per_s",
+        "perf/train_tflops",
+    } <= keys
+    assert {
+        f"{name}/filenames"
+        for name in ("gradients", "weights", "update_ratio", "confusion_matrix", "class_accuracy", "predictions")
+    } <= keys
     assert any(k.startswith("flow/grad_mean/") for k in keys)
 
 
 def test_two_process_torchrun_is_exact_and_writes_once(mini_dir, tmp_path):
     out = tmp_path / "ddp"
-    common = ["--data_dir", mini_dir, "--max_train_samples", 1024, "--max_eval_samples", 1001, "--output_dir", out, "--flow_log_steps", 2]
+    common = [
+        "--data_dir",
+        mini_dir,
+        "--max_train_samples",
+        1024,
+        "--max_eval_samples",
+        1001,
+        "--output_dir",
+        out,
+        "--flow_log_steps",
+        2,
+    ]
     torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29533", "train_accelerate.py"]
     env = cli_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     result = run_cli([*torchrun, *map(str, common), "--num_train_epochs", "1"], env=env, timeout=400)
@@ -65,14 +118,22 @@ def test_two_process_torchrun_is_exact_and_writes_once(mini_dir, tmp_path):
     flow = (out / "flow.jsonl").read_text().splitlines()
     assert len(flow) == 2  # 4 steps per process at batch 128 over 512 images; every 2 steps; rank 0 only
     # Resume the 2-process checkpoint on 2 processes for a second epoch.
-    again = run_cli([*torchrun, *map(str, common), "--num_train_epochs", "2", "--resume_from_checkpoint", "latest"], env=env, timeout=400)
+    again = run_cli(
+        [*torchrun, *map(str, common), "--num_train_epochs", "2", "--resume_from_checkpoint", "latest"],
+        env=env,
+        timeout=400,
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2] and metrics[1]["global_step"] == 8
     # The resumed W&B run keeps the run id, and its steps continue from where the first stopped.
     first, second = sorted((out / "wandb").glob("offline-run-*"), key=lambda p: p.stat().st_mtime)
     assert first.name.split("-")[-1] == second.name.split("-")[-1]
-    steps = lambda run: [r.history.step.num for r in read_records(next(run.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "history"]
+    steps = lambda run: [
+        r.history.step.num
+        for r in read_records(next(run.glob("run-*.wandb")))
+        if r.WhichOneof("record_type") == "history"
+    ]
     assert min(steps(second)) >= max(steps(first)) == 4
     # Histograms come from rank 0 alone: in the one W&B run, each snapshot's histograms once.
     assert wandb_steps(next(first.glob("run-*.wandb")), "gradients/conv1.weight") == [2, 4]
@@ -90,17 +151,37 @@ def _deterministic(metrics_path):
 
 @pytest.mark.parametrize("pipeline", ["device", "torchvision"])
 def test_resume_is_bit_exact(mini_dir, tmp_path, pipeline):
-    common = ["--data_dir", mini_dir, "--max_train_samples", 384, "--max_eval_samples", 128, "--report_to", "none",
-              "--data_pipeline", pipeline, "--num_workers", 0, "--flow_log_steps", 2]
+    common = [
+        "--data_dir",
+        mini_dir,
+        "--max_train_samples",
+        384,
+        "--max_eval_samples",
+        128,
+        "--report_to",
+        "none",
+        "--data_pipeline",
+        pipeline,
+        "--num_workers",
+        0,
+        "--flow_log_steps",
+        2,
+    ]
     straight = run_cli(train_cmd(*common, "--num_train_epochs", 2, "--output_dir", tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr
     first = run_cli(train_cmd(*common, "--num_train_epochs", 1, "--output_dir", tmp_path / "resumed"))
     assert first.returncode == 0, first.stderr
-    second = run_cli(train_cmd(*common, "--num_train_epochs", 2, "--output_dir", tmp_path / "resumed", "--resume_from_checkpoint", "latest"))
+    second = run_cli(
+        train_cmd(
+            *common, "--num_train_epochs", 2, "--output_dir", tmp_path / "resumed", "--resume_from_checkpoint", "latest"
+        )
+    )
     assert second.returncode == 0, second.stderr
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert _deterministic(tmp_path / "straight" / "metrics.jsonl") == _deterministic(tmp_path / "resumed" / "metrics.jsonl")
+    assert _deterministic(tmp_path / "straight" / "metrics.jsonl") == _deterministic(
+        tmp_path / "resumed" / "metrics.jsonl"
+    )
 
 
 def _wait_for(predicate, timeout=120):
@@ -115,12 +196,26 @@ def _wait_for(predicate, timeout=120):
 def _start(args, **kwargs):
     env = cli_env()
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_is_bit_exact_mid_epoch(mini_dir, tmp_path):
-    common = ["--data_dir", mini_dir, "--max_train_samples", 1280, "--max_eval_samples", 256, "--report_to", "none",
-              "--flow_log_steps", 0, "--checkpointing_steps", 2]
+    common = [
+        "--data_dir",
+        mini_dir,
+        "--max_train_samples",
+        1280,
+        "--max_eval_samples",
+        256,
+        "--report_to",
+        "none",
+        "--flow_log_steps",
+        0,
+        "--checkpointing_steps",
+        2,
+    ]
     straight = run_cli(train_cmd(*common, "--num_train_epochs", 1, "--output_dir", tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr
     out = tmp_path / "stopped"
@@ -133,7 +228,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_bit_exact_mid_epoch(mini_dir, 
     assert "stopped by SIGTERM" in stdout and "--resume_from_checkpoint latest" in stdout
     progress = json.loads((list_checkpoints(out / "checkpoints")[-1] / "progress.json").read_text())
     assert 0 < progress["batch_in_epoch"] < 10, progress  # stopped mid-epoch
-    resumed = run_cli(train_cmd(*common, "--num_train_epochs", 1, "--output_dir", out, "--resume_from_checkpoint", "latest"))
+    resumed = run_cli(
+        train_cmd(*common, "--num_train_epochs", 1, "--output_dir", out, "--resume_from_checkpoint", "latest")
+    )
     assert resumed.returncode == 0, resumed.stderr
     a, b = _weights(tmp_path / "straight"), _weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -142,17 +239,38 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_bit_exact_mid_epoch(mini_dir, 
 
 def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(mini_dir, tmp_path):
     out = tmp_path / "killed"
-    args = ["--data_dir", mini_dir, "--max_train_samples", 1280, "--max_eval_samples", 128, "--report_to", "none",
-            "--flow_log_steps", 0, "--checkpointing_steps", 1, "--checkpoints_total_limit", 2, "--output_dir", out]
+    args = [
+        "--data_dir",
+        mini_dir,
+        "--max_train_samples",
+        1280,
+        "--max_eval_samples",
+        128,
+        "--report_to",
+        "none",
+        "--flow_log_steps",
+        0,
+        "--checkpointing_steps",
+        1,
+        "--checkpoints_total_limit",
+        2,
+        "--output_dir",
+        out,
+    ]
     proc = _start(train_cmd(*args, "--num_train_epochs", 1))
-    saving = lambda: any(p.name.startswith(".tmp-") for p in (out / "checkpoints").glob(".tmp-*")) and len(list_checkpoints(out / "checkpoints")) >= 1
+    saving = lambda: (
+        any(p.name.startswith(".tmp-") for p in (out / "checkpoints").glob(".tmp-*"))
+        and len(list_checkpoints(out / "checkpoints")) >= 1
+    )
     assert _wait_for(saving), proc.communicate()[1] if proc.poll() is not None else "no save seen"
     proc.kill()  # SIGKILL while a checkpoint is being written
     proc.wait()
     complete = list_checkpoints(out / "checkpoints")
     assert complete, "the previous checkpoint must survive"
     for checkpoint in complete:
-        assert (checkpoint / "model.safetensors").is_file() and json.loads((checkpoint / "progress.json").read_text())["global_step"] > 0
+        assert (checkpoint / "model.safetensors").is_file() and json.loads((checkpoint / "progress.json").read_text())[
+            "global_step"
+        ] > 0
     resumed = run_cli(train_cmd(*args, "--num_train_epochs", 1, "--resume_from_checkpoint", "latest"))
     assert resumed.returncode == 0, resumed.stderr
     assert (out / "summary.json").exists()
@@ -160,12 +278,37 @@ def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(mini_dir, tmp
 
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(mini_dir, tmp_path):
     out = tmp_path / "nan"
-    args = ["--data_dir", mini_dir, "--max_train_samples", 640, "--max_eval_samples", 128, "--report_to", "none", "--flow_log_steps", 0, "--output_dir", out]
+    args = [
+        "--data_dir",
+        mini_dir,
+        "--max_train_samples",
+        640,
+        "--max_eval_samples",
+        128,
+        "--report_to",
+        "none",
+        "--flow_log_steps",
+        0,
+        "--output_dir",
+        out,
+    ]
     first = run_cli(train_cmd(*args, "--num_train_epochs", 1))
     assert first.returncode == 0, first.stderr
     good = list_checkpoints(out / "checkpoints")[-1]
     finished = (out / "summary.json").read_bytes(), (out / "model.safetensors").read_bytes()
-    result = run_cli(train_cmd(*args, "--num_train_epochs", 3, "--resume_from_checkpoint", "latest", "--learning_rate", "1e30", "--logging_steps", 2))
+    result = run_cli(
+        train_cmd(
+            *args,
+            "--num_train_epochs",
+            3,
+            "--resume_from_checkpoint",
+            "latest",
+            "--learning_rate",
+            "1e30",
+            "--logging_steps",
+            2,
+        )
+    )
     assert result.returncode == 4, result.stdout + result.stderr
     assert "NaN/inf at step" in result.stdout and str(good) in result.stdout
     assert list_checkpoints(out / "checkpoints")[-1] == good  # nothing saved after it went bad
@@ -188,11 +331,26 @@ def _worker_pid(rank: int, marker: str) -> int | None:
 
 def test_when_one_rank_dies_the_other_does_not_hang(mini_dir, tmp_path):
     out = tmp_path / "dies"
-    args = ["--data_dir", mini_dir, "--num_train_epochs", 5, "--output_dir", out, "--report_to", "none", "--dist_timeout_s", 30, "--logging_steps", 2]
+    args = [
+        "--data_dir",
+        mini_dir,
+        "--num_train_epochs",
+        5,
+        "--output_dir",
+        out,
+        "--report_to",
+        "none",
+        "--dist_timeout_s",
+        30,
+        "--logging_steps",
+        2,
+    ]
     torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29534", "train_accelerate.py"]
     env = cli_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    proc = subprocess.Popen([*torchrun, *map(str, args)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*torchrun, *map(str, args)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert _wait_for(lambda: (out / "config.json").exists() or proc.poll() is not None)
     time.sleep(2)  # into the training loop
     victim = _worker_pid(1, str(out))

@@ -94,8 +94,11 @@ def test_lab2_export_writes_a_lab2_model_with_metadata(lab_checkpoint, tmp_path,
 
 def test_lab2_eval_evaluates_the_labs_file(lab_checkpoint, synthetic_dir, tmp_path, capsys):
     path, _, _ = lab_checkpoint
-    report = eval_cli.run_eval(eval_cli.build_parser().parse_args(
-        ["--model_path", str(path), "--data_dir", str(synthetic_dir), "--output_dir", str(tmp_path / "eval")]))
+    report = eval_cli.run_eval(
+        eval_cli.build_parser().parse_args(
+            ["--model_path", str(path), "--data_dir", str(synthetic_dir), "--output_dir", str(tmp_path / "eval")]
+        )
+    )
     assert report["num_samples"] == 101 and 0 <= report["accuracy"] <= 1
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["accuracy"] == report["accuracy"]
     assert (tmp_path / "eval" / "confusion_matrix.png").is_file()

@@ -15,7 +15,11 @@ NOT_NUMBERS = ["nan", "inf", "-inf", "١٢", "1_000", "ten", ""]
 
 
 def _numeric_fields():
-    return [f for f in dataclasses.fields(TrainConfig) if f.type.replace("typing.Optional[", "").rstrip("]") in ("int", "float")]
+    return [
+        f
+        for f in dataclasses.fields(TrainConfig)
+        if f.type.replace("typing.Optional[", "").rstrip("]") in ("int", "float")
+    ]
 
 
 def _parse_fails(capsys, parse, argv, flag):
@@ -83,5 +87,7 @@ def test_other_commands_check_their_numeric_flags(capsys, main, argv, flag):
 
 
 def test_good_values_still_parse():
-    cfg = parse_args(["--seed", "4294967295", "--learning_rate", "3e-4", "--checkpointing_steps", "500", "--max_eval_samples", "7"])
+    cfg = parse_args(
+        ["--seed", "4294967295", "--learning_rate", "3e-4", "--checkpointing_steps", "500", "--max_eval_samples", "7"]
+    )
     assert (cfg.seed, cfg.learning_rate, cfg.checkpoint_every_steps, cfg.max_eval_samples) == (2**32 - 1, 3e-4, 500, 7)

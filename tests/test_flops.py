@@ -72,6 +72,8 @@ def test_counting_leaves_the_model_untouched():
 
 
 def test_flops_command_prints_the_table():
-    out = subprocess.run([sys.executable, "-m", "lab2.cli.flops", "--model", "simple_cnn"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "lab2.cli.flops", "--model", "simple_cnn"], capture_output=True, text=True, check=True
+    ).stdout
     assert "161,163,264" in out and "4,441,482" in out and "2 FLOPs per multiply-add" in out
     assert "conv4" in out and "46.85%" in out

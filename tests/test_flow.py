@@ -88,7 +88,9 @@ def test_health_warns_once_after_consecutive_bad_snapshots():
     assert health.check(_snapshot(2, 1e-3, 1e-3)) == []  # the streak is broken
     assert health.check(_snapshot(3, 1e-9, 1e-3)) == []
     warnings = health.check(_snapshot(4, 1e-9, 1e-3))
-    assert len(warnings) == 1 and "layer a" in warnings[0] and "vanishing" not in warnings[0] and "< 1e-07" in warnings[0]
+    assert (
+        len(warnings) == 1 and "layer a" in warnings[0] and "vanishing" not in warnings[0] and "< 1e-07" in warnings[0]
+    )
     assert health.check(_snapshot(5, 1e-9, 1e-3)) == []  # warned once only
     health.check(_snapshot(6, 5e3, 0.5))
     messages = health.check(_snapshot(7, 5e3, 0.5))
@@ -113,7 +115,9 @@ def test_histograms_match_numpy_and_come_with_the_snapshot():
     collector.before_step()
     torch.optim.SGD(model.parameters(), lr=0.1).step()
     snapshot = collector.after_step(step=7)
-    assert set(snapshot.histograms) == {f"{kind}/{name}" for kind in ("gradients", "parameters") for name, _ in tracked_parameters(model)}
+    assert set(snapshot.histograms) == {
+        f"{kind}/{name}" for kind in ("gradients", "parameters") for name, _ in tracked_parameters(model)
+    }
     for key, tensor in (("gradients/fc2.weight", grad), ("parameters/fc2.weight", weight)):
         histogram = snapshot.histograms[key]
         values = tensor.double().numpy().ravel()
@@ -143,4 +147,8 @@ def test_a_non_finite_tensor_gets_no_histogram():
     collector = FlowCollector(model)
     collector.before_step()
     histograms = collector.after_step(step=1).histograms
-    assert "gradients/fc2.weight" not in histograms and "parameters/fc2.weight" in histograms and "gradients/fc1.weight" in histograms
+    assert (
+        "gradients/fc2.weight" not in histograms
+        and "parameters/fc2.weight" in histograms
+        and "gradients/fc1.weight" in histograms
+    )

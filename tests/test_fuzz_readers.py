@@ -22,8 +22,13 @@ from lab2.errors import UserError
 from lab2.state.checkpoint import read_progress
 from lab2.state.checkpoint_check import checkpoint_problem
 
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 MEMORY_LIMIT = 48 * 2**20  # bytes any one example may allocate: far above a real file's needs, far below a bomb's
 
 json_values = st.recursive(
@@ -38,9 +43,11 @@ def mutations(original: bytes):
     size = len(original)
     truncate = st.integers(0, size).map(lambda n: original[:n])
     overwrite = st.lists(st.tuples(st.integers(0, size - 1), st.integers(0, 255)), min_size=1, max_size=8).map(
-        lambda edits: bytes(_apply(original, edits)))
+        lambda edits: bytes(_apply(original, edits))
+    )
     repeat = st.tuples(st.integers(0, size - 1), st.integers(1, 64), st.integers(2, 50)).map(
-        lambda t: original[: t[0]] + original[t[0]: t[0] + t[1]] * t[2] + original[t[0]:])
+        lambda t: original[: t[0]] + original[t[0] : t[0] + t[1]] * t[2] + original[t[0] :]
+    )
     return truncate | overwrite | repeat | st.binary(max_size=256)
 
 
@@ -68,8 +75,12 @@ def _checked(call):
 
 def _batch_bytes(n=3, labels=None):
     data = np.arange(n * 3072, dtype=np.uint8).reshape(n, 3072)
-    batch = {"batch_label": "b", "labels": list(range(n)) if labels is None else labels, "data": data,
-             "filenames": [f"f{i}.png" for i in range(n)]}
+    batch = {
+        "batch_label": "b",
+        "labels": list(range(n)) if labels is None else labels,
+        "data": data,
+        "filenames": [f"f{i}.png" for i in range(n)],
+    }
     return pickle.dumps(batch, protocol=2)
 
 
@@ -84,7 +95,9 @@ def test_fuzz_cifar_batch_files(tmp_path, data):
     if not isinstance(result, UserError):
         images, labels = result
         assert images.dtype == np.uint8 and images.shape[1:] == (3, 32, 32)
-        assert labels.dtype == np.int64 and labels.shape == (len(images),) and (labels >= 0).all() and (labels < 10).all()
+        assert (
+            labels.dtype == np.int64 and labels.shape == (len(images),) and (labels >= 0).all() and (labels < 10).all()
+        )
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +108,20 @@ def checkpoint_folder(tmp_path_factory):
     from lab2.state.checkpoint import save_checkpoint
 
     accelerator = Accelerator(cpu=True)
-    model, optimizer = accelerator.prepare(torch.nn.Linear(2, 2), torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))
-    progress = {"epoch": 0, "batch_in_epoch": 1, "global_step": 1, "loss_sum": 1.0, "correct": 1.0, "seen": 2.0,
-                "model": "simple_cnn", "num_classes": 10, "world_size": 1}
+    model, optimizer = accelerator.prepare(
+        torch.nn.Linear(2, 2), torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    )
+    progress = {
+        "epoch": 0,
+        "batch_in_epoch": 1,
+        "global_step": 1,
+        "loss_sum": 1.0,
+        "correct": 1.0,
+        "seen": 2.0,
+        "model": "simple_cnn",
+        "num_classes": 10,
+        "world_size": 1,
+    }
     return save_checkpoint(accelerator, tmp_path_factory.mktemp("ck") / "checkpoints", progress, total_limit=1)
 
 
@@ -125,8 +149,16 @@ def test_fuzz_checkpoint_progress_and_manifest(tmp_path, checkpoint_folder, data
 def model_bytes(tmp_path_factory):
     """A small safetensors file with lab2's metadata keys (tensors of another shape: load must refuse or succeed cleanly)."""
     path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    save_file({"fc2.bias": torch.zeros(10)}, str(path), metadata={"model": "simple_cnn", "num_classes": "10",
-                                                                             "class_names": json.dumps(list("abcdefghij")), "config": "{}"})
+    save_file(
+        {"fc2.bias": torch.zeros(10)},
+        str(path),
+        metadata={
+            "model": "simple_cnn",
+            "num_classes": "10",
+            "class_names": json.dumps(list("abcdefghij")),
+            "config": "{}",
+        },
+    )
     return path.read_bytes()
 
 
@@ -140,19 +172,25 @@ def test_fuzz_safetensors_metadata(tmp_path, model_bytes, data):
     if data.draw(st.booleans()):
         path.write_bytes(data.draw(mutations(model_bytes)))
     else:
-        metadata = data.draw(st.dictionaries(st.sampled_from(["model", "num_classes", "class_names", "config", "other"]),
-                                             metadata_text, max_size=5))
+        metadata = data.draw(
+            st.dictionaries(
+                st.sampled_from(["model", "num_classes", "class_names", "config", "other"]), metadata_text, max_size=5
+            )
+        )
         save_file({"fc2.bias": torch.zeros(10)}, str(path), metadata=metadata)
     result = _checked(lambda: load_exported_model(path))
     assert isinstance(result, UserError), "a file missing almost every tensor must be refused"
 
 
-run_files = st.fixed_dictionaries({}, optional={
-    "config.json": json_values.map(json.dumps) | st.binary(max_size=64),
-    "summary.json": json_values.map(json.dumps) | st.binary(max_size=64),
-    "flops.json": json_values.map(json.dumps),
-    "metrics.jsonl": st.lists(json_values.map(json.dumps), max_size=4).map("\n".join) | st.binary(max_size=64),
-})
+run_files = st.fixed_dictionaries(
+    {},
+    optional={
+        "config.json": json_values.map(json.dumps) | st.binary(max_size=64),
+        "summary.json": json_values.map(json.dumps) | st.binary(max_size=64),
+        "flops.json": json_values.map(json.dumps),
+        "metrics.jsonl": st.lists(json_values.map(json.dumps), max_size=4).map("\n".join) | st.binary(max_size=64),
+    },
+)
 
 
 @FUZZ

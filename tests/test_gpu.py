@@ -15,7 +15,18 @@ def _first_flow(run_dir):
 
 
 def test_fp16_flow_shows_unscaled_gradients(tmp_path):
-    common = ["--dataset", "fake", "--data_dir", tmp_path / "data", "--num_train_epochs", 1, "--report_to", "none", "--flow_log_steps", 1]
+    common = [
+        "--dataset",
+        "fake",
+        "--data_dir",
+        tmp_path / "data",
+        "--num_train_epochs",
+        1,
+        "--report_to",
+        "none",
+        "--flow_log_steps",
+        1,
+    ]
     runs = {}
     for precision in ("no", "fp16"):
         out = tmp_path / precision
@@ -29,8 +40,21 @@ def test_fp16_flow_shows_unscaled_gradients(tmp_path):
 
 def test_bf16_device_pipeline_run(tmp_path):
     out = tmp_path / "bf16"
-    result = run_cli(train_cmd("--dataset", "fake", "--data_dir", tmp_path / "data", "--num_train_epochs", 2, "--report_to", "none", "--output_dir", out),
-                     env=cli_env(ACCELERATE_MIXED_PRECISION="bf16"))
+    result = run_cli(
+        train_cmd(
+            "--dataset",
+            "fake",
+            "--data_dir",
+            tmp_path / "data",
+            "--num_train_epochs",
+            2,
+            "--report_to",
+            "none",
+            "--output_dir",
+            out,
+        ),
+        env=cli_env(ACCELERATE_MIXED_PRECISION="bf16"),
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["precision"] == "bf16" and summary["device"].startswith("cuda") and summary["final_eval_acc"] > 0.5

@@ -53,7 +53,20 @@ def test_other_sizes_are_resized(tmp_path):
 def test_cifar100_shaped_set_trains_with_a_100_class_head(tmp_path):
     _saved_dataset(tmp_path / "c100", 100, n_train=256, n_test=64)
     out = tmp_path / "run"
-    result = run_cli(train_cmd("--dataset_name", tmp_path / "c100", "--output_dir", out, "--num_train_epochs", 1, "--report_to", "none", "--flow_log_steps", 0))
+    result = run_cli(
+        train_cmd(
+            "--dataset_name",
+            tmp_path / "c100",
+            "--output_dir",
+            out,
+            "--num_train_epochs",
+            1,
+            "--report_to",
+            "none",
+            "--flow_log_steps",
+            0,
+        )
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["class_accuracy"]) == 100 and "class_99" in summary["class_accuracy"]
@@ -64,6 +77,8 @@ def test_cifar100_shaped_set_trains_with_a_100_class_head(tmp_path):
 
 
 def test_unreachable_hub_names_the_fix(tmp_path):
-    result = run_cli(train_cmd("--dataset_name", "uoft-cs/cifar10", "--output_dir", tmp_path / "out", "--report_to", "none"),
-                     env=cli_env(HF_HUB_OFFLINE="1"))
+    result = run_cli(
+        train_cmd("--dataset_name", "uoft-cs/cifar10", "--output_dir", tmp_path / "out", "--report_to", "none"),
+        env=cli_env(HF_HUB_OFFLINE="1"),
+    )
     assert_clean_error(result, "uoft-cs/cifar10", "--data_dir", "save_to_disk")

@@ -9,14 +9,28 @@ from conftest import cli_env, run_cli, train_cmd
 from lab2.engine.run_setup import cpu_has_fast_bf16
 
 pytestmark = pytest.mark.slow
-TINY = ["--dataset", "fake", "--fake_train_samples", 64, "--fake_test_samples", 32, "--num_train_epochs", 1,
-        "--per_device_train_batch_size", 16, "--flow_log_steps", 2]
+TINY = [
+    "--dataset",
+    "fake",
+    "--fake_train_samples",
+    64,
+    "--fake_test_samples",
+    32,
+    "--num_train_epochs",
+    1,
+    "--per_device_train_batch_size",
+    16,
+    "--flow_log_steps",
+    2,
+]
 
 
 def test_bf16_autocast_works_on_the_cpu(tmp_path):
     out = tmp_path / "bf16"
-    result = run_cli(train_cmd(*TINY, "--data_dir", tmp_path / "data", "--output_dir", out, "--report_to", "none"),
-                     env=cli_env(ACCELERATE_MIXED_PRECISION="bf16"))
+    result = run_cli(
+        train_cmd(*TINY, "--data_dir", tmp_path / "data", "--output_dir", out, "--report_to", "none"),
+        env=cli_env(ACCELERATE_MIXED_PRECISION="bf16"),
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "summary.json").read_text())["precision"] == "bf16"
     # On a CPU without AMX/AVX512-BF16 the user is told bf16 is emulated and slow.
@@ -25,8 +39,10 @@ def test_bf16_autocast_works_on_the_cpu(tmp_path):
 
 def test_a_single_threaded_launch_is_given_all_cores(tmp_path):
     # `accelerate launch` without a config sets OMP_NUM_THREADS=1; so does this environment.
-    result = run_cli(train_cmd(*TINY, "--data_dir", tmp_path / "data", "--output_dir", tmp_path / "out", "--report_to", "none"),
-                     env=cli_env(OMP_NUM_THREADS="1"))
+    result = run_cli(
+        train_cmd(*TINY, "--data_dir", tmp_path / "data", "--output_dir", tmp_path / "out", "--report_to", "none"),
+        env=cli_env(OMP_NUM_THREADS="1"),
+    )
     assert result.returncode == 0, result.stderr
     if len(__import__("os").sched_getaffinity(0)) > 1:
         assert "running on 1 CPU thread" in result.stdout and "cpu.yaml" in result.stdout
@@ -34,7 +50,9 @@ def test_a_single_threaded_launch_is_given_all_cores(tmp_path):
 
 def test_tensorboard_tracker(tmp_path):
     out = tmp_path / "tb"
-    result = run_cli(train_cmd(*TINY, "--data_dir", tmp_path / "data", "--output_dir", out, "--report_to", "tensorboard"))
+    result = run_cli(
+        train_cmd(*TINY, "--data_dir", tmp_path / "data", "--output_dir", out, "--report_to", "tensorboard")
+    )
     assert result.returncode == 0, result.stderr
     events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert events and sum(e.stat().st_size for e in events) > 10_000  # scalars and the figure images
@@ -48,6 +66,9 @@ def test_unreachable_wandb_goes_offline_and_the_run_completes(tmp_path):
     env = cli_env(WANDB_API_KEY="0" * 40, WANDB_BASE_URL=f"http://127.0.0.1:{port}")
     result = run_cli(train_cmd(*TINY, "--data_dir", tmp_path / "data", "--output_dir", out), env=env)
     assert result.returncode == 0, result.stderr
-    assert f"the W&B server http://127.0.0.1:{port} cannot be reached" in result.stdout and "logging offline" in result.stdout
+    assert (
+        f"the W&B server http://127.0.0.1:{port} cannot be reached" in result.stdout
+        and "logging offline" in result.stdout
+    )
     assert (out / "summary.json").exists() and (out / "report.html").exists()
     assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))

@@ -19,6 +19,7 @@ from lab2.models import create_model
 
 def _png(path, width, height, bit_depth=8, colour=2, pixel=b"\x80"):
     """A real PNG file written by hand (so its header can claim any size at almost no cost)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -34,8 +35,13 @@ def _png(path, width, height, bit_depth=8, colour=2, pixel=b"\x80"):
 @pytest.fixture(scope="module")
 def model_parts():
     state = {k: v.contiguous() for k, v in create_model("simple_cnn", 10).state_dict().items()}
-    metadata = {"model": "simple_cnn", "num_classes": "10", "class_names": json.dumps(list(CIFAR10_CLASSES)),
-                "config": json.dumps(TrainConfig(dataset="fake").to_dict()), "format": "pt"}
+    metadata = {
+        "model": "simple_cnn",
+        "num_classes": "10",
+        "class_names": json.dumps(list(CIFAR10_CLASSES)),
+        "config": json.dumps(TrainConfig(dataset="fake").to_dict()),
+        "format": "pt",
+    }
     return state, metadata
 
 
@@ -73,8 +79,10 @@ def test_a_model_file_with_bad_metadata_gets_one_line_per_problem(tmp_path, caps
     metadata, drop, fragments = BAD_METADATA[case]
     path = _model_file(tmp_path, model_parts, drop, **metadata)
     image = _png(tmp_path / "a.png", 32, 32)
-    for main, argv in ((predict_cli.main, ["--model_path", str(path), str(image)]),
-                       (eval_cli.main, ["--model_path", str(path), "--output_dir", str(tmp_path / "eval")])):
+    for main, argv in (
+        (predict_cli.main, ["--model_path", str(path), str(image)]),
+        (eval_cli.main, ["--model_path", str(path), "--output_dir", str(tmp_path / "eval")]),
+    ):
         code, lines, _ = _errors(capsys, main, argv)
         assert code == 2 and lines, lines
         assert all(str(path) in line for line in lines), lines
@@ -88,7 +96,9 @@ def test_a_decompression_bomb_does_not_stop_the_other_images(tmp_path, capsys, m
     folder = tmp_path / "a-folder.png"
     folder.mkdir()
     good = _png(tmp_path / "good.png", 48, 40)
-    code, lines, out = _errors(capsys, predict_cli.main, ["--model_path", str(model), str(bomb), str(folder), str(good)])
+    code, lines, out = _errors(
+        capsys, predict_cli.main, ["--model_path", str(model), str(bomb), str(folder), str(good)]
+    )
     assert code == 1
     assert len(lines) == 2 and "bomb.png" in lines[0] and "a-folder.png" in lines[1], lines
     assert "good.png:" in out
@@ -96,7 +106,9 @@ def test_a_decompression_bomb_does_not_stop_the_other_images(tmp_path, capsys, m
 
 def test_a_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
     quarter = _png(tmp_path / "gray16.png", 32, 32, bit_depth=16, colour=0, pixel=b"\x40\x00")  # 16384/65535: 25% grey
-    eight = _png(tmp_path / "gray8.png", 32, 32, bit_depth=8, colour=0, pixel=b"\x40")  # 64/255: the same grey in 8 bits
+    eight = _png(
+        tmp_path / "gray8.png", 32, 32, bit_depth=8, colour=0, pixel=b"\x40"
+    )  # 64/255: the same grey in 8 bits
     tensor16, note = predict_cli.read_image(str(quarter))
     tensor8, _ = predict_cli.read_image(str(eight))
     assert note and "16-bit" in note
@@ -109,8 +121,20 @@ def _run_folder(tmp_path):
     (run / ".lab2-run.json").write_text('{"lab2": "run"}')
     (run / "config.json").write_text(json.dumps(TrainConfig(run_name="r").to_dict()))
     (run / "summary.json").write_text(json.dumps({"final_eval_acc": 0.5, "best_eval_acc": 0.6, "params": 10}))
-    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "train_acc": 0.4, "eval_loss": 1.1,
-                                                   "eval_acc": 0.5, "epoch_time_s": 2.0, "train_images_per_s": 100.0}) + "\n")
+    (run / "metrics.jsonl").write_text(
+        json.dumps(
+            {
+                "epoch": 1,
+                "train_loss": 1.0,
+                "train_acc": 0.4,
+                "eval_loss": 1.1,
+                "eval_acc": 0.5,
+                "epoch_time_s": 2.0,
+                "train_images_per_s": 100.0,
+            }
+        )
+        + "\n"
+    )
     return run
 
 
@@ -131,12 +155,16 @@ def test_report_on_a_damaged_run_folder_is_one_error(tmp_path, capsys, case):
     assert code == 2 and len(lines) == 1 and name in lines[0], lines
 
 
-@pytest.mark.parametrize("edit", [
-    lambda r: (r / "config.json").write_text('{"run_name": "no model key"}'),
-    lambda r: (r / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "train_loss": "x"}\n{"epoch": 3, "tra'),
-    lambda r: (r / "summary.json").write_text('{"final_eval_acc": "high", "class_accuracy": [1], "params": null}'),
-    lambda r: (r / "flops.json").write_text('{"layers": 3}'),
-], ids=["no-model-key", "odd-metrics", "odd-summary-values", "odd-flops"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda r: (r / "config.json").write_text('{"run_name": "no model key"}'),
+        lambda r: (r / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "train_loss": "x"}\n{"epoch": 3, "tra'),
+        lambda r: (r / "summary.json").write_text('{"final_eval_acc": "high", "class_accuracy": [1], "params": null}'),
+        lambda r: (r / "flops.json").write_text('{"layers": 3}'),
+    ],
+    ids=["no-model-key", "odd-metrics", "odd-summary-values", "odd-flops"],
+)
 def test_report_renders_what_it_can_of_odd_but_readable_files(tmp_path, capsys, edit):
     run = _run_folder(tmp_path)
     edit(run)

@@ -18,8 +18,12 @@ def executed(mini_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("notebook")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    parameters.source = f"from pathlib import Path\n\nDATA_DIR = Path({str(mini_dir)!r})\nOUTPUT_ROOT = Path({str(out)!r})"
-    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(out)}})
+    parameters.source = (
+        f"from pathlib import Path\n\nDATA_DIR = Path({str(mini_dir)!r})\nOUTPUT_ROOT = Path({str(out)!r})"
+    )
+    client = nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(out)}}
+    )
     client.execute()
     return notebook, out
 
@@ -37,7 +41,9 @@ def test_the_notebook_trains_in_the_kernel_and_shows_the_run_figures(executed):
     summary = json.loads((out / "notebook-one-process" / "summary.json").read_text())
     assert summary["world_size"] == 1 and summary["num_eval_samples"] == 200
     # The accuracy printed in the notebook is the run's own, read from the dict lab2.train returned.
-    assert f"final eval accuracy: {100 * summary['final_eval_acc']:.2f}% on 200 images" in _text(_cell(notebook, "summary = lab2.train"))
+    assert f"final eval accuracy: {100 * summary['final_eval_acc']:.2f}% on 200 images" in _text(
+        _cell(notebook, "summary = lab2.train")
+    )
     figures = [o for o in _cell(notebook, "display(Image").outputs if "image/png" in o.get("data", {})]
     assert len(figures) == 5
     assert '"final_eval_acc"' in _text(_cell(notebook, "json.dumps"))

@@ -193,16 +193,26 @@ def test_recipe_fast_sets_its_values_and_explicit_flags_win():
     assert fast.lr_scheduler_type == "one_cycle" and fast.tta  # what the recipe is about
     mixed = parse_args(["--recipe", "fast", "--learning_rate=0.01", "--num_train", "3", "--no-tta", "--optim", "adam"])
     assert (mixed.learning_rate, mixed.num_train_epochs, mixed.tta, mixed.optim) == (0.01, 3, False, "adam")
-    assert mixed.label_smoothing_factor == RECIPES["fast"]["label_smoothing_factor"]  # the rest still comes from the recipe
+    assert (
+        mixed.label_smoothing_factor == RECIPES["fast"]["label_smoothing_factor"]
+    )  # the rest still comes from the recipe
     api = config_from_flags(recipe="fast", learning_rate=0.01, tta=False)  # lab2.train(**flags): the same rule
     assert (api.learning_rate, api.tta, api.optim, api.lr_scheduler_type) == (0.01, False, "adamw", "one_cycle")
     seed = parse_args([])
-    assert (seed.optim, seed.lr_scheduler_type, seed.label_smoothing_factor, seed.tta, seed.eval_strategy) == ("adam", "constant", 0.0, False, "epoch")
+    assert (seed.optim, seed.lr_scheduler_type, seed.label_smoothing_factor, seed.tta, seed.eval_strategy) == (
+        "adam",
+        "constant",
+        0.0,
+        False,
+        "epoch",
+    )
 
 
 def test_eval_strategy_steps_and_bad_recipe_values(capsys):
     assert parse_args(["--eval_strategy", "steps", "--eval_steps", "7"]).eval_every_steps == 7
-    assert parse_args(["--eval_strategy", "steps", "--logging_steps", "9"]).eval_every_steps == 9  # transformers' fallback
+    assert (
+        parse_args(["--eval_strategy", "steps", "--logging_steps", "9"]).eval_every_steps == 9
+    )  # transformers' fallback
     assert parse_args([]).eval_every_steps is None
     # Out of a flag's range: refused while parsing (exit 2, one line naming the flag).
     for argv, flag in (

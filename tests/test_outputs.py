@@ -10,7 +10,9 @@ from lab2.state.run_paths import append_jsonl, keep_jsonl, read_jsonl
 
 
 def _torn(path, records=2):
-    path.write_text("".join(json.dumps({"epoch": i + 1, "eval_acc": 0.5}) + "\n" for i in range(records)) + '{"epoch": 3, "eva')
+    path.write_text(
+        "".join(json.dumps({"epoch": i + 1, "eval_acc": 0.5}) + "\n" for i in range(records)) + '{"epoch": 3, "eva'
+    )
     return path
 
 

@@ -24,7 +24,9 @@ def test_class_accuracy_figure():
 
 def test_predictions_figure_colours_right_and_wrong():
     images = np.zeros((3, 32, 32, 3), dtype=np.uint8)
-    fig = plots.predictions_figure(images, np.array([0, 1, 2]), np.array([0, 2, 2]), np.array([0.9, 0.8, 0.7]), CLASSES, columns=3)
+    fig = plots.predictions_figure(
+        images, np.array([0, 1, 2]), np.array([0, 2, 2]), np.array([0.9, 0.8, 0.7]), CLASSES, columns=3
+    )
     titles = [ax.title for ax in fig.axes[:3]]
     assert titles[0].get_text().startswith("cat (90%)") and "true: cat" in titles[0].get_text()
     assert [t.get_color() for t in titles] == ["tab:green", "tab:red", "tab:green"]
@@ -41,14 +43,19 @@ def test_flow_bar_figure(kind, label):
 def test_update_ratio_and_heatmap_figures():
     ax = plots.update_ratio_figure(["a", "b"], [1e-3, 1e-2], step=5).axes[0]
     assert ax.get_ylabel() == "update ratio"
-    fig = plots.flow_heatmap_figure(["a", "b"], [200, 400, 600], np.array([[1e-3, 2e-3, 3e-3], [1e-4, 2e-4, 0.0]]), "grad_mean")
+    fig = plots.flow_heatmap_figure(
+        ["a", "b"], [200, 400, 600], np.array([[1e-3, 2e-3, 3e-3], [1e-4, 2e-4, 0.0]]), "grad_mean"
+    )
     ax = fig.axes[0]
     assert ax.get_xlabel() == "optimizer step" and [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
     assert ax.images[0].get_array().shape == (2, 3)
 
 
 def test_curves_figure_and_saving(tmp_path):
-    metrics = [{"epoch": e, "train_loss": 2 / e, "eval_loss": 2.1 / e, "train_acc": 0.1 * e, "eval_acc": 0.09 * e} for e in (1, 2, 3)]
+    metrics = [
+        {"epoch": e, "train_loss": 2 / e, "eval_loss": 2.1 / e, "train_acc": 0.1 * e, "eval_acc": 0.09 * e}
+        for e in (1, 2, 3)
+    ]
     fig = plots.curves_figure(metrics)
     loss_ax, acc_ax = fig.axes
     assert loss_ax.get_title() == "Loss" and acc_ax.get_ylabel() == "accuracy (%)"

@@ -12,9 +12,26 @@ from conftest import BIN, REPO, assert_clean_error, cli_env, run_cli, train_cmd
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--dataset", "fake", "--fake_train_samples", 256, "--fake_test_samples", 64, "--per_device_train_batch_size", 64,
-        "--num_train_epochs", 1, "--report_to", "none", "--flow_log_steps", 2, "--checkpointing_steps", 2,
-        "--checkpoints_total_limit", 3]
+TINY = [
+    "--dataset",
+    "fake",
+    "--fake_train_samples",
+    256,
+    "--fake_test_samples",
+    64,
+    "--per_device_train_batch_size",
+    64,
+    "--num_train_epochs",
+    1,
+    "--report_to",
+    "none",
+    "--flow_log_steps",
+    2,
+    "--checkpointing_steps",
+    2,
+    "--checkpoints_total_limit",
+    3,
+]
 
 
 def tiny(data, *flags):
@@ -47,7 +64,11 @@ def test_overwrite_knows_every_file_a_run_writes(finished):
 
     _, run = finished
     owned = owned_files(run)
-    unknown = [p for p in run.rglob("*") if p.is_file() and p.name != MARKER and not any(p == o or o in p.parents for o in owned)]
+    unknown = [
+        p
+        for p in run.rglob("*")
+        if p.is_file() and p.name != MARKER and not any(p == o or o in p.parents for o in owned)
+    ]
     assert not unknown, f"files a run writes that --overwrite_output_dir would leave behind: {unknown}"
 
 
@@ -75,12 +96,20 @@ def test_overwrite_keeps_user_files_everywhere_and_a_signal_while_finishing_is_r
         mine[(out / sub / "my_notes.txt").relative_to(out)] = f"mine in {sub}".encode()
     env = cli_env()
     env["PATH"] = f"{BIN}:{env['PATH']}"
-    proc = subprocess.Popen(tiny(data, "--output_dir", out, "--overwrite_output_dir"), cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        tiny(data, "--output_dir", out, "--overwrite_output_dir"),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("epoch 1/1: train loss"):  # the last step is done: the final checkpoint, weights, figures and report follow
+        if line.startswith(
+            "epoch 1/1: train loss"
+        ):  # the last step is done: the final checkpoint, weights, figures and report follow
             proc.send_signal(signal.SIGTERM)
             break
     output = "".join(lines) + proc.stdout.read()
@@ -109,11 +138,17 @@ def test_resume_skips_a_damaged_checkpoint_and_torn_log_lines(finished, tmp_path
     assert report.returncode == 0, report.stderr
 
 
-@pytest.mark.parametrize("flags, fragments", [
-    (["--resume_from_checkpoint", "{run}/checkpoints/checkpoint_00000002", "--per_device_train_batch_size", 32],
-     ["--per_device_train_batch_size 64 -> 32", "mid-epoch"]),
-    (["--resume_from_checkpoint", "{run}/checkpoints/checkpoint_00000004"], ["optimizer.bin", "damaged"]),
-], ids=["batch-size-mid-epoch", "explicit-damaged"])
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (
+            ["--resume_from_checkpoint", "{run}/checkpoints/checkpoint_00000002", "--per_device_train_batch_size", 32],
+            ["--per_device_train_batch_size 64 -> 32", "mid-epoch"],
+        ),
+        (["--resume_from_checkpoint", "{run}/checkpoints/checkpoint_00000004"], ["optimizer.bin", "damaged"]),
+    ],
+    ids=["batch-size-mid-epoch", "explicit-damaged"],
+)
 def test_resume_refusals_are_one_line(finished, tmp_path, flags, fragments):
     data, out = _copy(finished, tmp_path)
     (out / "checkpoints" / "checkpoint_00000004" / "optimizer.bin").write_bytes(b"")
@@ -126,9 +161,13 @@ def test_a_full_disk_is_one_line_naming_the_last_good_checkpoint(finished, tmp_p
     data, _ = finished
     mount = tmp_path / "disk"
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60m", "tmpfs", str(mount)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=60m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'not permitted'}); the full-disk case needs root")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'not permitted'}); the full-disk case needs root"
+        )
     try:  # one checkpoint (~53 MB) fits in 60 MB, the second does not
         result = run_cli(tiny(data, "--output_dir", mount / "run"))
         assert_clean_error(result, "disk is full", "checkpoint_00000002", "--resume_from_checkpoint latest")

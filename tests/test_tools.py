@@ -24,25 +24,48 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("tools")
     data = write_synthetic_folder(root / "data", num_train=640, num_test=203)
     out = root / "run"
-    result = run_cli(train_cmd("--data_dir", data, "--output_dir", out, "--num_train_epochs", 2, "--report_to", "none", "--flow_log_steps", 2))
+    result = run_cli(
+        train_cmd(
+            "--data_dir",
+            data,
+            "--output_dir",
+            out,
+            "--num_train_epochs",
+            2,
+            "--report_to",
+            "none",
+            "--flow_log_steps",
+            2,
+        )
+    )
     assert result.returncode == 0, result.stderr
     return out
 
 
 def test_eval_reproduces_the_runs_final_accuracy(run_dir, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
-    result = run_cli([str(BIN / "lab2-eval"), "--model_path", run_dir / "model.safetensors", "--output_dir", tmp_path / "eval"])
+    result = run_cli(
+        [str(BIN / "lab2-eval"), "--model_path", run_dir / "model.safetensors", "--output_dir", tmp_path / "eval"]
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["accuracy"] == summary["final_eval_acc"] and report["num_samples"] == 203
     assert f"accuracy: {100 * summary['final_eval_acc']:.2f}%" in result.stdout and "airplane" in result.stdout
-    assert {p.name for p in (tmp_path / "eval").iterdir()} >= {"confusion_matrix.png", "class_accuracy.png", "predictions.png", "eval.json"}
+    assert {p.name for p in (tmp_path / "eval").iterdir()} >= {
+        "confusion_matrix.png",
+        "class_accuracy.png",
+        "predictions.png",
+        "eval.json",
+    }
 
 
 def test_eval_on_two_processes_matches_too(run_dir, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29535", "-m", "lab2.cli.eval"]
-    result = run_cli([*torchrun, "--model_path", str(run_dir), "--output_dir", str(tmp_path / "eval2")], env=cli_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1"))
+    result = run_cli(
+        [*torchrun, "--model_path", str(run_dir), "--output_dir", str(tmp_path / "eval2")],
+        env=cli_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1"),
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "eval2" / "eval.json").read_text())
     assert report["num_samples"] == 203 and report["accuracy"] == summary["final_eval_acc"]
@@ -75,7 +98,14 @@ def test_predict_prints_top3_and_survives_a_bad_image(run_dir, tmp_path):
 
 def test_report_holds_every_section(run_dir):
     page = (run_dir / "report.html").read_text()  # written automatically at the end of training
-    for fragment in ("Training log", "FLOPs per layer", "161,163,264", "Configuration", "--learning_rate", "Accuracy per class"):
+    for fragment in (
+        "Training log",
+        "FLOPs per layer",
+        "161,163,264",
+        "Configuration",
+        "--learning_rate",
+        "Accuracy per class",
+    ):
         assert fragment in page
     assert page.count("data:image/png;base64,") == 10 and "src='http" not in page and 'src="http' not in page
     result = run_cli([str(BIN / "lab2-report"), str(run_dir)])
@@ -96,19 +126,40 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         pytest.skip("no headless Chromium installed (.ci/run installs Debian's chromium)")
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     # The real page plus a checker script that records, after load, how many images decoded.
     probe = tmp_path / "probe.html"
     probe.write_text((run_dir / "report.html").read_text().replace("</body>", CHECKER))
-    dom = subprocess.run([*flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [*flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert 'data-check="images=10 loaded=10' in dom, dom[-500:]
     height = int(dom.split("height=")[1].split('"')[0])
     assert height > 2000  # a long, non-empty page
     shot = tmp_path / "report.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,2400", (run_dir / "report.html").as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1200,2400", (run_dir / "report.html").as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 10  # not a blank page
     pdf = tmp_path / "report.pdf"
-    subprocess.run([*flags, f"--print-to-pdf={pdf}", (run_dir / "report.html").as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [*flags, f"--print-to-pdf={pdf}", (run_dir / "report.html").as_uri()], capture_output=True, timeout=120
+    )
     assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 50_000

@@ -54,8 +54,11 @@ def test_every_tracker_gets_histograms_images_artifact_summary_and_log(tmp_path,
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # restored after the test: MLflow exports the URI it is given
-    accelerator = Accelerator(cpu=True, log_with=parse_report_to("all"),
-                              project_config=ProjectConfiguration(project_dir=str(tmp_path), logging_dir=str(tmp_path / "tensorboard")))
+    accelerator = Accelerator(
+        cpu=True,
+        log_with=parse_report_to("all"),
+        project_config=ProjectConfiguration(project_dir=str(tmp_path), logging_dir=str(tmp_path / "tensorboard")),
+    )
     init_kwargs, _ = tracker_init_kwargs("all", tmp_path, "unit-run", resume=False)
     notes = []
     tracking = Tracking(accelerator, printer=notes.append)
@@ -64,7 +67,9 @@ def test_every_tracker_gets_histograms_images_artifact_summary_and_log(tmp_path,
     model = SimpleCNN()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     collector = FlowCollector(model)
-    worker = FigureWorker(lambda s: tracking.prepare_flow_images({k: figure_to_array(f) for k, f in flow_figures(s).items()}, s.step))
+    worker = FigureWorker(
+        lambda s: tracking.prepare_flow_images({k: figure_to_array(f) for k, f in flow_figures(s).items()}, s.step)
+    )
     for step in (5, 10):
         F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.arange(4)).backward()
         collector.before_step()
@@ -82,17 +87,27 @@ def test_every_tracker_gets_histograms_images_artifact_summary_and_log(tmp_path,
     config_file.write_text("{}")
     tracking.log_model("unit-run", [model_file, config_file], {"final_eval_acc": 0.25, "model": "simple_cnn"})
     tracking.log_summary({"final_eval_acc": 0.25, "params": 4_441_482, "device": "cpu"}, step=10)
-    tracking.log_training_log([{"epoch": 1, "train_loss": 2.0, "train_acc": 0.2, "eval_loss": 2.1, "eval_acc": 0.25}], "Epoch | ...", step=10)
+    tracking.log_training_log(
+        [{"epoch": 1, "train_loss": 2.0, "train_acc": 0.2, "eval_loss": 2.1, "eval_acc": 0.25}], "Epoch | ...", step=10
+    )
     tracking.finish()
     assert not worker.errors
     assert notes == ["note: mlflow has no histograms; gradient and weight histograms go to wandb and tensorboard only."]
 
     # W&B offline run file
-    assert wandb_steps(tmp_path, "gradients/conv1.weight") == [5, 10] and wandb_steps(tmp_path, "parameters/fc2.weight") == [5, 10]
+    assert wandb_steps(tmp_path, "gradients/conv1.weight") == [5, 10] and wandb_steps(
+        tmp_path, "parameters/fc2.weight"
+    ) == [5, 10]
     assert wandb_value_type(tmp_path, "gradients/conv1.weight") == "histogram"
-    assert wandb_steps(tmp_path, "gradients") == [5, 10] and wandb_value_type(tmp_path, "update_ratio") == "images/separated"
+    assert (
+        wandb_steps(tmp_path, "gradients") == [5, 10]
+        and wandb_value_type(tmp_path, "update_ratio") == "images/separated"
+    )
     (artifact,) = [a for a in wandb_artifacts(tmp_path) if a.type == "model"]
-    assert artifact.name == "unit-run" and {m.path for m in artifact.manifest.contents} == {"model.safetensors", "config.json"}
+    assert artifact.name == "unit-run" and {m.path for m in artifact.manifest.contents} == {
+        "model.safetensors",
+        "config.json",
+    }
     assert json.loads(artifact.metadata) == {"final_eval_acc": 0.25, "model": "simple_cnn"}
     assert {"final_eval_acc", "params"} <= wandb_summary_keys(tmp_path)
     assert any(a.type == "run_table" and "training_log" in a.name for a in wandb_artifacts(tmp_path))

@@ -80,7 +80,11 @@ def test_a_tracker_that_cannot_start_leaves_training_running(tmp_path):
     from accelerate.utils import ProjectConfiguration
 
     # TensorBoard cannot create its folder under a file: init_trackers raises.
-    accelerator = Accelerator(cpu=True, log_with="tensorboard", project_config=ProjectConfiguration(project_dir=str(tmp_path), logging_dir=str(blocker / "tb")))
+    accelerator = Accelerator(
+        cpu=True,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(tmp_path), logging_dir=str(blocker / "tb")),
+    )
     messages = []
     tracking = Tracking(accelerator, printer=messages.append)
     tracking.start("lab2-test", {}, {})

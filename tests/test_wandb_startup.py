@@ -79,17 +79,24 @@ def test_an_online_start_that_times_out_falls_back_to_offline_in_one_line(wandb_
     wandb_env.setenv("WANDB_BASE_URL", silent_server)
     for probe in ("_wandb_answers", "_wandb_reachable"):  # the probe passed, as with a server that hangs after it
         wandb_env.setattr(f"lab2.tracking.startup.{probe}", lambda *args, **kwargs: True, raising=False)
-    run_dir, messages = _start(tmp_path, **({"init_timeout_s": 3.0} if "init_timeout_s" in str(signature(tracker_init_kwargs)) else {}))
+    run_dir, messages = _start(
+        tmp_path, **({"init_timeout_s": 3.0} if "init_timeout_s" in str(signature(tracker_init_kwargs)) else {})
+    )
     assert len(messages) == 1 and "offline" in messages[0] and "could not start online" in messages[0], messages
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb")), "no offline copy in the run folder"
 
 
-@pytest.mark.parametrize("url, fragment", [("http://127.0.0.1:99999", "port"), ("http://exa mple..com:80:90/", "malformed"),
-                                           ("not a url", "malformed")], ids=["bad-port", "bad-host", "no-scheme"])
+@pytest.mark.parametrize(
+    "url, fragment",
+    [("http://127.0.0.1:99999", "port"), ("http://exa mple..com:80:90/", "malformed"), ("not a url", "malformed")],
+    ids=["bad-port", "bad-host", "no-scheme"],
+)
 def test_a_malformed_base_url_goes_offline_in_one_line(wandb_env, tmp_path, url, fragment):
     wandb_env.setenv("WANDB_BASE_URL", url)
     run_dir, messages = _start(tmp_path)
-    assert len(messages) == 1 and "WANDB_BASE_URL" in messages[0] and fragment in messages[0] and "offline" in messages[0], messages
+    assert (
+        len(messages) == 1 and "WANDB_BASE_URL" in messages[0] and fragment in messages[0] and "offline" in messages[0]
+    ), messages
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
 
 

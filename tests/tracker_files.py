@@ -50,7 +50,9 @@ def tensorboard_events(logdir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     folders = sorted({p.parent for p in Path(logdir).rglob("events.out.tfevents.*")}, key=lambda p: len(p.parts))
-    accumulator = EventAccumulator(str(folders[0]), size_guidance={"images": 0, "histograms": 0, "scalars": 0, "tensors": 0})
+    accumulator = EventAccumulator(
+        str(folders[0]), size_guidance={"images": 0, "histograms": 0, "scalars": 0, "tensors": 0}
+    )
     accumulator.Reload()
     return accumulator
 

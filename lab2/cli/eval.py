@@ -38,16 +38,26 @@ def _flag_type(name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="lab2-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_path", required=True, help="a run folder, its model.safetensors, or the course lab's model_final.pth")
+    parser.add_argument(
+        "--model_path", required=True, help="a run folder, its model.safetensors, or the course lab's model_final.pth"
+    )
     parser.add_argument("--data_dir", default=None, help="folder holding cifar-10-batches-py/ (default: the run's)")
     parser.add_argument("--dataset_name", default=None, help="a Hub id or save_to_disk folder (default: the run's)")
     parser.add_argument("--dataset", default=None, choices=("cifar10", "fake"), help="default: the run's")
-    parser.add_argument("--max_eval_samples", type=_flag_type("max_eval_samples"), default=None, help="default: the run's")
+    parser.add_argument(
+        "--max_eval_samples", type=_flag_type("max_eval_samples"), default=None, help="default: the run's"
+    )
     parser.add_argument("--per_device_eval_batch_size", type=_flag_type("per_device_eval_batch_size"), default=512)
     parser.add_argument("--num_prediction_samples", type=_flag_type("num_prediction_samples"), default=24)
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="average each image's logits with its mirror image's (default: as the run was evaluated)")
-    parser.add_argument("--output_dir", default=None, help="where figures and eval.json go (default: <run folder>/eval)")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average each image's logits with its mirror image's (default: as the run was evaluated)",
+    )
+    parser.add_argument(
+        "--output_dir", default=None, help="where figures and eval.json go (default: <run folder>/eval)"
+    )
     return parser
 
 
@@ -58,7 +68,11 @@ def run_eval(args) -> dict:
     out = Path(args.output_dir) if args.output_dir else loaded.path.parent / "eval"
     check_eval_output_dir(out)  # before any work: never write over files lab2-eval did not write
     cfg = loaded.config
-    overrides = {k: getattr(args, k) for k in ("data_dir", "dataset_name", "dataset", "max_eval_samples") if getattr(args, k) is not None}
+    overrides = {
+        k: getattr(args, k)
+        for k in ("data_dir", "dataset_name", "dataset", "max_eval_samples")
+        if getattr(args, k) is not None
+    }
     if "data_dir" in overrides and "dataset_name" not in overrides:
         overrides["dataset_name"] = ""  # an explicit --data_dir means the on-disk files
     cfg = dataclasses.replace(cfg, **overrides)
@@ -67,13 +81,28 @@ def run_eval(args) -> dict:
         with accelerator.main_process_first():
             splits = load_splits(dataclasses.replace(cfg, max_train_samples=1))
         if splits.num_classes != len(loaded.class_names):
-            raise UserError(f"the model has {len(loaded.class_names)} classes but the data set has {splits.num_classes}; evaluate it on the data it was trained for.")
+            raise UserError(
+                f"the model has {len(loaded.class_names)} classes but the data set has {splits.num_classes}; evaluate it on the data it was trained for."
+            )
         channels_last = use_channels_last(cfg.channels_last, accelerator.device)  # as in training: same numerics
         model = loaded.model.to(memory_format=torch.channels_last) if channels_last else loaded.model
-        test_set = DeviceDataset(splits.test_images, splits.test_labels, train=False, device=accelerator.device, channels_last=channels_last)
-        model, loader = accelerator.prepare(model, device_dataloader(test_set, args.per_device_eval_batch_size, shuffle=False))
+        test_set = DeviceDataset(
+            splits.test_images, splits.test_labels, train=False, device=accelerator.device, channels_last=channels_last
+        )
+        model, loader = accelerator.prepare(
+            model, device_dataloader(test_set, args.per_device_eval_batch_size, shuffle=False)
+        )
         tta = cfg.tta if args.tta is None else args.tta
-        result = evaluate(accelerator.unwrap_model(model), loader, accelerator, splits.num_classes, args.num_prediction_samples, CIFAR10_MEAN, CIFAR10_STD, tta=tta)
+        result = evaluate(
+            accelerator.unwrap_model(model),
+            loader,
+            accelerator,
+            splits.num_classes,
+            args.num_prediction_samples,
+            CIFAR10_MEAN,
+            CIFAR10_STD,
+            tta=tta,
+        )
         report = {
             "model_path": str(loaded.path),
             "accuracy": result.accuracy,
@@ -84,10 +113,14 @@ def run_eval(args) -> dict:
         }
         if accelerator.is_main_process:
             claim(out, "eval")
-            for name, fig in plots.evaluation_figures(result.confusion, result.per_class_accuracy, result.samples, splits.class_names).items():
+            for name, fig in plots.evaluation_figures(
+                result.confusion, result.per_class_accuracy, result.samples, splits.class_names
+            ).items():
                 plots.save_figure(fig, out / f"{name}.png")
             write_json(out / "eval.json", report)
-            print(f"accuracy: {100 * result.accuracy:.2f}% ({round(result.accuracy * result.num_samples)}/{result.num_samples}), loss {result.loss:.4f}")
+            print(
+                f"accuracy: {100 * result.accuracy:.2f}% ({round(result.accuracy * result.num_samples)}/{result.num_samples}), loss {result.loss:.4f}"
+            )
             for name, value in report["class_accuracy"].items():
                 print(f"  {name:>12}: {100 * value:6.2f}%")
             print(f"figures and eval.json in {out}")

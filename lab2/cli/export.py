@@ -1,6 +1,6 @@
 """`lab2-export`: the course lab's model_final.pth -> a lab2 model.safetensors (see lab2.state.lab_weights).
 
-    lab2-export model_final.pth [--output model.safetensors] [--model simple_cnn] [--class_names a,b,...]
+lab2-export model_final.pth [--output model.safetensors] [--model simple_cnn] [--class_names a,b,...]
 """
 
 from __future__ import annotations
@@ -14,11 +14,17 @@ from lab2.state.lab_weights import export_lab_model
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lab2-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="lab2-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("source", help="the lab's model_final.pth (torch.save of a state dict)")
-    parser.add_argument("--output", default=None, help="the model.safetensors to write (default: model.safetensors beside the source)")
+    parser.add_argument(
+        "--output", default=None, help="the model.safetensors to write (default: model.safetensors beside the source)"
+    )
     parser.add_argument("--model", default="simple_cnn", help="the lab2 model the weights belong to")
-    parser.add_argument("--class_names", default=",".join(CIFAR10_CLASSES), help="comma-separated class names, in label order")
+    parser.add_argument(
+        "--class_names", default=",".join(CIFAR10_CLASSES), help="comma-separated class names, in label order"
+    )
     args = parser.parse_args(argv)
     try:
         output = Path(args.output) if args.output else Path(args.source).with_name("model.safetensors")
@@ -28,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
         path = export_lab_model(args.source, output, args.model, class_names)
     except UserError as error:
         exit_with_user_error(error, "lab2-export")
-    print(f"wrote {path} ({args.model}, {len(class_names)} classes); evaluate it with: lab2-eval --model_path {path} --data_dir DIR")
+    print(
+        f"wrote {path} ({args.model}, {len(class_names)} classes); evaluate it with: lab2-eval --model_path {path} --data_dir DIR"
+    )
 
 
 if __name__ == "__main__":

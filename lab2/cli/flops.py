@@ -1,6 +1,6 @@
 """`lab2-flops`: the per-layer FLOPs and parameters of a registry model (2 FLOPs per multiply-add).
 
-    lab2-flops [--model simple_cnn] [--num_classes 10] [--json]
+lab2-flops [--model simple_cnn] [--num_classes 10] [--json]
 """
 
 from __future__ import annotations

@@ -58,7 +58,9 @@ def read_image(path: str) -> tuple[torch.Tensor, str | None]:
         with Image.open(file) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
-                raise UserError(f"{path}: {width}x{height} pixels is more than lab2-predict reads ({MAX_PIXELS:,}); shrink it first.")
+                raise UserError(
+                    f"{path}: {width}x{height} pixels is more than lab2-predict reads ({MAX_PIXELS:,}); shrink it first."
+                )
             image.draft("RGB", (32, 32))  # JPEG: decode at a reduced size when it can
             image, note = _to_8bit_rgb(image)
     except UserError:
@@ -72,9 +74,13 @@ def read_image(path: str) -> tuple[torch.Tensor, str | None]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(prog="lab2-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_path", required=True, help="a run folder, its model.safetensors, or the course lab's model_final.pth")
+    parser.add_argument(
+        "--model_path", required=True, help="a run folder, its model.safetensors, or the course lab's model_final.pth"
+    )
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
-    parser.add_argument("--top_k", type=int_flag("--top_k", minimum=1, maximum=1000), default=3, help="classes to show per image")
+    parser.add_argument(
+        "--top_k", type=int_flag("--top_k", minimum=1, maximum=1000), default=3, help="classes to show per image"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args(argv)
     try:
@@ -94,7 +100,11 @@ def main(argv: list[str] | None = None) -> None:
         top = [{"class": loaded.class_names[i], "probability": float(p)} for p, i in zip(probabilities[0], indices[0])]
         results.append({"image": path, "top_k": top, **({"note": note} if note else {})})
         if not args.json:
-            print(f"{path}: " + ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in top) + (f" ({note})" if note else ""))
+            print(
+                f"{path}: "
+                + ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in top)
+                + (f" ({note})" if note else "")
+            )
     if args.json:
         print(json.dumps(results, indent=2))
     sys.exit(1 if failed else 0)

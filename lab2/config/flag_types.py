@@ -44,7 +44,9 @@ def check_int(flag: str, value, minimum: int | None = None, maximum: int | None 
     return value
 
 
-def check_float(flag: str, value, minimum: float | None = None, maximum: float | None = None, above: float | None = None) -> float:
+def check_float(
+    flag: str, value, minimum: float | None = None, maximum: float | None = None, above: float | None = None
+) -> float:
     """`value` (a number, or its ASCII text) as a finite float inside the range; UserError naming `flag` otherwise."""
     if isinstance(value, str):
         if not _FLOAT.fullmatch(value):
@@ -55,7 +57,11 @@ def check_float(flag: str, value, minimum: float | None = None, maximum: float |
     value = float(value)
     if not math.isfinite(value):
         raise UserError(f"{flag} must be a finite number, got {value}.")
-    if (above is not None and value <= above) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+    if (
+        (above is not None and value <= above)
+        or (minimum is not None and value < minimum)
+        or (maximum is not None and value > maximum)
+    ):
         raise UserError(f"{flag} must be {_range_text(minimum, maximum, above)}, got {value:g}.")
     return value
 
@@ -78,7 +84,9 @@ def int_flag(flag: str, minimum: int | None = None, maximum: int | None = None) 
     return _FlagType(flag, check_int, minimum=minimum, maximum=maximum)
 
 
-def float_flag(flag: str, minimum: float | None = None, maximum: float | None = None, above: float | None = None) -> _FlagType:
+def float_flag(
+    flag: str, minimum: float | None = None, maximum: float | None = None, above: float | None = None
+) -> _FlagType:
     return _FlagType(flag, check_float, minimum=minimum, maximum=maximum, above=above)
 
 

@@ -91,7 +91,9 @@ def flip_averaged_logits(model, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator, num_classes: int, num_samples: int = 0, mean=None, std=None, tta: bool = False) -> EvalResult:
+def evaluate(
+    model, loader, accelerator, num_classes: int, num_samples: int = 0, mean=None, std=None, tta: bool = False
+) -> EvalResult:
     """Evaluate `model` over `loader` on every process; the result is identical on all of them.
 
     `num_samples` > 0 also picks images for the predictions grid (main process;

@@ -46,10 +46,16 @@ def _state_problems(model: nn.Module, state: dict) -> list[str]:
     expected = model.state_dict()
     problems = [f"tensor '{k}' is missing" for k in expected if k not in state]
     problems += [f"tensor '{k}' is not part of this model" for k in state if k not in expected]
-    problems += [f"tensor '{k}' has shape {tuple(state[k].shape)}, the model needs {tuple(v.shape)}"
-                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    problems += [
+        f"tensor '{k}' has shape {tuple(state[k].shape)}, the model needs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if len(problems) > MAX_PROBLEM_LINES:
-        problems = [*problems[:MAX_PROBLEM_LINES - 1], f"and {len(problems) - MAX_PROBLEM_LINES + 1} more tensor problems"]
+        problems = [
+            *problems[: MAX_PROBLEM_LINES - 1],
+            f"and {len(problems) - MAX_PROBLEM_LINES + 1} more tensor problems",
+        ]
     return problems
 
 

@@ -57,7 +57,9 @@ def create_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, weight_decay=weight_decay)
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, weight_decay=weight_decay
+        )
     raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
@@ -85,7 +87,9 @@ def lr_factor(kind: str, step: int, total_steps: int, warmup: int) -> float:
     raise ValueError(f"lr_factor has no formula for {kind!r}")
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_ratio: float = 0.0) -> LRScheduler:
+def create_scheduler(
+    optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_ratio: float = 0.0
+) -> LRScheduler:
     """--lr_scheduler_type `kind` over `total_steps` scheduler steps (see the module doc for each shape)."""
     if kind == "one_cycle":
         return OneCycleLR(

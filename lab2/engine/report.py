@@ -47,7 +47,10 @@ figcaption { color: #555; font-size: 0.9em; }
 def _table(header: list[str], rows: list[list], left: int = 1) -> str:
     head = "".join(f"<th class='{'l' if i < left else ''}'>{html.escape(str(h))}</th>" for i, h in enumerate(header))
     body = "".join(
-        "<tr>" + "".join(f"<td class='{'l' if i < left else ''}'>{html.escape(str(c))}</td>" for i, c in enumerate(row)) + "</tr>" for row in rows
+        "<tr>"
+        + "".join(f"<td class='{'l' if i < left else ''}'>{html.escape(str(c))}</td>" for i, c in enumerate(row))
+        + "</tr>"
+        for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -74,7 +77,9 @@ def _read_object(path: Path, required: bool = False) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
     except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:100]}); restore it or re-run the training.") from None
+        raise UserError(
+            f"{path} is damaged ({type(exc).__name__}: {str(exc)[:100]}); restore it or re-run the training."
+        ) from None
     if not isinstance(data, dict):
         raise UserError(f"{path} is damaged: it holds a JSON {type(data).__name__}, lab2 writes an object.")
     return data
@@ -83,7 +88,11 @@ def _read_object(path: Path, required: bool = False) -> dict:
 def _flops_section(flops: dict) -> list[str]:
     """The FLOPs table, or a note when flops.json does not have lab2's layout."""
     layers = flops.get("layers")
-    if not isinstance(layers, list) or not all(isinstance(l, dict) for l in layers) or not _is_number(flops.get("forward_flops")):
+    if (
+        not isinstance(layers, list)
+        or not all(isinstance(l, dict) for l in layers)
+        or not _is_number(flops.get("forward_flops"))
+    ):
         return ["<h2>FLOPs per layer</h2>", "<p>flops.json is not in lab2's layout; the table is left out.</p>"]
     total = max(flops["forward_flops"], 1)
     shape = lambda l: "x".join(map(str, l["output_shape"])) if isinstance(l.get("output_shape"), list) else "?"  # noqa: E731
@@ -93,8 +102,17 @@ def _flops_section(flops: dict) -> list[str]:
         f"({_num(flops.get('gflops_per_sample'), '.4f')} GFLOPs); parameters: {_num(flops.get('params'), ',')}.</p>",
         _table(
             ["layer", "type", "output shape", "params", "FLOPs", "% FLOPs"],
-            [[l.get("name", "?"), l.get("type", "?"), shape(l), _num(l.get("params"), ","), _num(l.get("flops"), ","),
-              _num(100 * l["flops"] / total if _is_number(l.get("flops")) else None, ".2f") + "%"] for l in layers],
+            [
+                [
+                    l.get("name", "?"),
+                    l.get("type", "?"),
+                    shape(l),
+                    _num(l.get("params"), ","),
+                    _num(l.get("flops"), ","),
+                    _num(100 * l["flops"] / total if _is_number(l.get("flops")) else None, ".2f") + "%",
+                ]
+                for l in layers
+            ],
             left=3,
         ),
     ]
@@ -111,7 +129,9 @@ def build_report(run_dir: str | Path) -> str:
     metrics = read_jsonl(paths.metrics)
     model = config.get("model") if isinstance(config.get("model"), str) else "unknown"
     parts = [f"<h1>lab2 run: {html.escape(str(config.get('run_name', paths.root.name)))}</h1>"]
-    parts.append(f"<p>model <b>{html.escape(model)}</b>, {len(metrics)} epoch(s), folder <code>{html.escape(str(paths.root))}</code></p>")
+    parts.append(
+        f"<p>model <b>{html.escape(model)}</b>, {len(metrics)} epoch(s), folder <code>{html.escape(str(paths.root))}</code></p>"
+    )
     if not summary:
         parts.append("<p><b>This run has not finished</b> (no summary.json): the page shows what it wrote so far.</p>")
     kpis = [
@@ -120,15 +140,30 @@ def build_report(run_dir: str | Path) -> str:
         ("GFLOPs / sample", _num(summary.get("gflops_per_sample"), ".4f")),
         ("parameters", _num(summary.get("params"), ",")),
         ("train images/s", _num(summary.get("train_images_per_s"), ".0f")),
-        ("device", f"{summary.get('device', 'n/a')} x{summary.get('world_size', '?')}, {summary.get('precision', '?')}"),
+        (
+            "device",
+            f"{summary.get('device', 'n/a')} x{summary.get('world_size', '?')}, {summary.get('precision', '?')}",
+        ),
     ]
-    parts.append("<div class='kpi'>" + "".join(f"<div>{html.escape(k)}<b>{html.escape(v)}</b></div>" for k, v in kpis) + "</div>")
+    parts.append(
+        "<div class='kpi'>" + "".join(f"<div>{html.escape(k)}<b>{html.escape(v)}</b></div>" for k, v in kpis) + "</div>"
+    )
     parts.append("<h2>Training log</h2>")
     parts.append(
         _table(
             ["Epoch", "Train Loss", "Train Acc", "Val Loss", "Val Acc", "Time (s)", "Images/s"],
-            [[m.get("epoch", "?"), _num(m.get("train_loss"), ".4f"), _pct(m.get("train_acc")), _num(m.get("eval_loss"), ".4f"),
-              _pct(m.get("eval_acc")), _num(m.get("epoch_time_s"), ".1f"), _num(m.get("train_images_per_s"), ".0f")] for m in metrics],
+            [
+                [
+                    m.get("epoch", "?"),
+                    _num(m.get("train_loss"), ".4f"),
+                    _pct(m.get("train_acc")),
+                    _num(m.get("eval_loss"), ".4f"),
+                    _pct(m.get("eval_acc")),
+                    _num(m.get("epoch_time_s"), ".1f"),
+                    _num(m.get("train_images_per_s"), ".0f"),
+                ]
+                for m in metrics
+            ],
         )
     )
     class_accuracy = summary.get("class_accuracy")
@@ -142,7 +177,9 @@ def build_report(run_dir: str | Path) -> str:
         png = paths.figures / f"{name}.png"
         if png.exists():
             data = base64.b64encode(png.read_bytes()).decode("ascii")
-            parts.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+            parts.append(
+                f"<figure><img alt='{name}' src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
     parts.append("<h2>Configuration</h2>")
     parts.append(_table(["flag", "value"], [[f"--{k}", v] for k, v in config.items()]))
     body = "\n".join(parts)

@@ -46,7 +46,11 @@ def training_log_table(metrics: list[dict]) -> str:
     for m in metrics:
         lines.append(
             f"{m['epoch']:>5} | {m['train_loss']:>10.4f} | {100 * m['train_acc']:>8.2f}% | "
-            + (f"{m['eval_loss']:>8.4f} | {100 * m['eval_acc']:>6.2f}%" if m["eval_acc"] is not None else f"{'-':>8} | {'-':>7}")  # --eval_strategy no
+            + (
+                f"{m['eval_loss']:>8.4f} | {100 * m['eval_acc']:>6.2f}%"
+                if m["eval_acc"] is not None
+                else f"{'-':>8} | {'-':>7}"
+            )  # --eval_strategy no
         )
     return "\n".join(lines)
 
@@ -61,7 +65,15 @@ class RunResults:
 
     # ----------------------------------------------------------------- per epoch
 
-    def end_epoch(self, epoch: int, totals: tuple[float, float, float], epoch_time: float, result: EvalResult | None, lr: float, global_step: int) -> dict:
+    def end_epoch(
+        self,
+        epoch: int,
+        totals: tuple[float, float, float],
+        epoch_time: float,
+        result: EvalResult | None,
+        lr: float,
+        global_step: int,
+    ) -> dict:
         """Append the epoch's record to metrics.jsonl, log it, print one line. `totals`: (loss sum, correct, seen) over all processes.
         `result` is None for an epoch without evaluation (--eval_strategy no): its eval fields are null."""
         loss_sum, correct, seen = totals
@@ -96,7 +108,11 @@ class RunResults:
         self.tracking.log(values, step=global_step)
         self.accelerator.print(
             f"epoch {epoch + 1}/{self.cfg.num_train_epochs}: train loss {record['train_loss']:.4f} acc {100 * record['train_acc']:.2f}% | "
-            + (f"eval loss {record['eval_loss']:.4f} acc {100 * record['eval_acc']:.2f}% | " if result else "no eval | ")
+            + (
+                f"eval loss {record['eval_loss']:.4f} acc {100 * record['eval_acc']:.2f}% | "
+                if result
+                else "no eval | "
+            )
             + f"{record['train_images_per_s']:.0f} img/s | {epoch_time:.1f} s"
         )
         return record
@@ -125,7 +141,9 @@ class RunResults:
         for name, fig in figures.items():
             plots.save_figure(fig, paths.figures / f"{name}.png")
         # The flow bars went to the trackers at every snapshot; the files keep the last ones.
-        self.tracking.log_figures({k: v for k, v in figures.items() if k not in FLOW_FIGURES}, step=progress.global_step)
+        self.tracking.log_figures(
+            {k: v for k, v in figures.items() if k not in FLOW_FIGURES}, step=progress.global_step
+        )
         self.tracking.log_confusion_matrix(result.confusion, self.splits.class_names, step=progress.global_step)
         table = training_log_table(metrics)
         paths.training_log.write_text(table + "\n", encoding="utf-8")
@@ -145,7 +163,9 @@ class RunResults:
 
     def final_figures(self, result: EvalResult, metrics: list[dict], flow) -> dict:
         """Evaluation figures, curves, the last flow snapshot's bars and the flow heatmaps over the run."""
-        figures = plots.evaluation_figures(result.confusion, result.per_class_accuracy, result.samples, self.splits.class_names)
+        figures = plots.evaluation_figures(
+            result.confusion, result.per_class_accuracy, result.samples, self.splits.class_names
+        )
         if metrics:
             figures["curves"] = plots.curves_figure(metrics)
         history = flow.history if flow is not None else []
@@ -154,7 +174,9 @@ class RunResults:
             figures.update(plots.flow_figures(last))
             steps = [s.step for s in history]
             for stat in ("grad_mean", "weight_mean", "update_ratio"):
-                figures[f"heatmap_{stat}"] = plots.flow_heatmap_figure(last.layers, steps, flow.matrix(stat).numpy(), stat)
+                figures[f"heatmap_{stat}"] = plots.flow_heatmap_figure(
+                    last.layers, steps, flow.matrix(stat).numpy(), stat
+                )
         return figures
 
     def summary(self, result: EvalResult, metrics: list[dict], progress) -> dict:
@@ -167,7 +189,9 @@ class RunResults:
         device = self.accelerator.device
         return {
             "final_eval_acc": result.accuracy,
-            "best_eval_acc": max([m["eval_acc"] for m in metrics if m["eval_acc"] is not None], default=result.accuracy),
+            "best_eval_acc": max(
+                [m["eval_acc"] for m in metrics if m["eval_acc"] is not None], default=result.accuracy
+            ),
             "final_eval_loss": result.loss,
             "num_eval_samples": result.num_samples,
             "class_accuracy": dict(zip(self.splits.class_names, map(float, result.per_class_accuracy))),
@@ -189,6 +213,7 @@ class RunResults:
 
 
 # --------------------------------------------------------------------------- endings before the end
+
 
 def report_interrupted(accelerator, paths, signal_name: str | None, global_step: int, epoch: int) -> int:
     """Say where a run stopped by a signal saved itself and how to resume; return its exit code."""

@@ -62,5 +62,7 @@ def resume_run(cfg, accelerator, paths, scheduler, position: dict, num_classes: 
         keep_jsonl(paths.flow, lambda r: r["step"] <= progress.global_step)
         if flow is not None:
             flow.history = read_flow_history(paths.flow)
-    accelerator.print(f"resumed from {path}: epoch {progress.epoch + 1}, batch {progress.batch_in_epoch}, step {progress.global_step}")
+    accelerator.print(
+        f"resumed from {path}: epoch {progress.epoch + 1}, batch {progress.batch_in_epoch}, step {progress.global_step}"
+    )
     return progress

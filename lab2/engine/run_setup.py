@@ -30,7 +30,12 @@ def available_cores() -> int:
 def ensure_cpu_threads(accelerator) -> None:
     """`accelerate launch` without a config sets OMP_NUM_THREADS=1, halving CPU speed: undo that for one process."""
     cores = available_cores()
-    if accelerator.device.type == "cpu" and accelerator.num_processes == 1 and torch.get_num_threads() == 1 and cores > 1:
+    if (
+        accelerator.device.type == "cpu"
+        and accelerator.num_processes == 1
+        and torch.get_num_threads() == 1
+        and cores > 1
+    ):
         torch.set_num_threads(cores)
         accelerator.print(
             f"note: running on 1 CPU thread (OMP_NUM_THREADS=1, as `accelerate launch` sets without a config); "
@@ -52,7 +57,9 @@ def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"cannot write to --output_dir {paths.root} ({exc.strerror}); choose a writable folder.") from None
+        raise UserError(
+            f"cannot write to --output_dir {paths.root} ({exc.strerror}); choose a writable folder."
+        ) from None
     if accelerator.is_main_process:
         if cfg.overwrite_output_dir and run_folder.is_marked(paths.root):
             run_folder.remove_owned_files(paths.root)
@@ -71,7 +78,9 @@ def create_accelerator(cfg: TrainConfig):
 
     return Accelerator(
         log_with=log_with_for(cfg.report_to),
-        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(RunPaths(cfg.output_dir).tensorboard)),
+        project_config=ProjectConfiguration(
+            project_dir=cfg.output_dir, logging_dir=str(RunPaths(cfg.output_dir).tensorboard)
+        ),
         # A seedable sampler reshuffles as seed + epoch on every process alike, whatever the loop did before:
         # both pipelines then resume mid-epoch in the same order.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
@@ -144,8 +153,13 @@ def start_records(cfg: TrainConfig, accelerator, paths: RunPaths, flops, trackin
         write_json(paths.config, cfg.to_dict())
         write_json(paths.flops, flops.to_dict())
         accelerator.print(flops.table())
-        init_kwargs, notice = tracker_init_kwargs(cfg.report_to, paths.root, cfg.run_name, bool(cfg.resume_from_checkpoint),
-                                                  init_timeout_s=cfg.wandb_init_timeout_s)
+        init_kwargs, notice = tracker_init_kwargs(
+            cfg.report_to,
+            paths.root,
+            cfg.run_name,
+            bool(cfg.resume_from_checkpoint),
+            init_timeout_s=cfg.wandb_init_timeout_s,
+        )
         if notice:
             accelerator.print(notice)
     tracking.start(cfg.project_name, cfg.to_dict(), init_kwargs, run_folder=paths.root)

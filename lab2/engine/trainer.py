@@ -69,7 +69,9 @@ class Trainer:
         with accelerator.main_process_first():  # downloads and fake-data generation happen once
             self.splits = load_splits(cfg)
         if len(self.splits.train_labels) < accelerator.num_processes or len(self.splits.test_labels) == 0:
-            raise UserError("the data set is too small for this run: it needs at least one image per process in each split.")
+            raise UserError(
+                "the data set is too small for this run: it needs at least one image per process in each split."
+            )
         model = create_model(cfg.model, self.splits.num_classes)
         channels_last = use_channels_last(cfg.channels_last, accelerator.device)
         if channels_last:
@@ -77,25 +79,42 @@ class Trainer:
         self.flops = count_flops(model) if self.main else None  # rank 0 only, before wrapping
         # The fused kernel (one op for all tensors) is the same Adam, measured ~10% faster per CPU step here.
         fused = accelerator.device.type in ("cpu", "cuda") and cfg.optim != "sgd"
-        optimizer = create_optimizer(model.parameters(), cfg.optim, cfg.learning_rate, cfg.weight_decay, cfg.momentum, fused=fused)
+        optimizer = create_optimizer(
+            model.parameters(), cfg.optim, cfg.learning_rate, cfg.weight_decay, cfg.momentum, fused=fused
+        )
         loaders = pipeline_loaders(cfg, self.splits, accelerator.device, channels_last)
         # One prepare for every path: Accelerate shards, evens out, reshuffles per epoch and places the batches.
-        self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(model, optimizer, *loaders)
+        self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
+            model, optimizer, *loaders
+        )
         if len(self.train_loader) == 0:
-            raise UserError(f"--dataloader_drop_last leaves no training batch: {len(self.splits.train_labels)} images per epoch are fewer than "
-                            f"one batch of {cfg.per_device_train_batch_size} per process; lower --per_device_train_batch_size or drop the flag.")
+            raise UserError(
+                f"--dataloader_drop_last leaves no training batch: {len(self.splits.train_labels)} images per epoch are fewer than "
+                f"one batch of {cfg.per_device_train_batch_size} per process; lower --per_device_train_batch_size or drop the flag."
+            )
         # The schedule spans the run's optimizer steps, known once the loader is sharded. Prepared, it steps once per
         # optimizer step (skipped with the step under fp16 overflow) and save_state/load_state carry it.
-        scheduler = create_scheduler(self.optimizer.optimizer, cfg.lr_scheduler_type,
-                                     scheduler_total_steps(len(self.train_loader), cfg.num_train_epochs, accelerator.num_processes), cfg.warmup_ratio)
+        scheduler = create_scheduler(
+            self.optimizer.optimizer,
+            cfg.lr_scheduler_type,
+            scheduler_total_steps(len(self.train_loader), cfg.num_train_epochs, accelerator.num_processes),
+            cfg.warmup_ratio,
+        )
         self.scheduler = accelerator.prepare(scheduler)
         self.latest_eval: EvalResult | None = None  # the last evaluation of --eval_strategy steps
-        self.progress = Progress(model=cfg.model, num_classes=self.splits.num_classes, world_size=accelerator.num_processes)
+        self.progress = Progress(
+            model=cfg.model, num_classes=self.splits.num_classes, world_size=accelerator.num_processes
+        )
         self.tracking = Tracking(accelerator, printer=accelerator.print)
         self.flow = None  # flow statistics, histograms and images: main process only
         if self.main and cfg.flow_log_steps:
-            self.flow = FlowReporter(accelerator.unwrap_model(self.model), self.tracking, paths.flow,
-                                     histograms=cfg.log_histograms == "on", printer=accelerator.print)
+            self.flow = FlowReporter(
+                accelerator.unwrap_model(self.model),
+                self.tracking,
+                paths.flow,
+                histograms=cfg.log_histograms == "on",
+                printer=accelerator.print,
+            )
         precision = {"no": "fp32"}.get(str(accelerator.mixed_precision), str(accelerator.mixed_precision))
         self.results = RunResults(cfg, accelerator, paths, self.splits, self.flops, self.tracking, precision)
 
@@ -110,10 +129,14 @@ class Trainer:
         return {**asdict(self.progress), **sums, "position": self.position()}
 
     def resume(self) -> None:
-        self.progress = resume_run(self.cfg, self.accelerator, self.paths, self.scheduler, self.position(), self.splits.num_classes, self.flow)
+        self.progress = resume_run(
+            self.cfg, self.accelerator, self.paths, self.scheduler, self.position(), self.splits.num_classes, self.flow
+        )
 
     def start(self) -> None:
-        start_records(self.cfg, self.accelerator, self.paths, self.flops, self.tracking, fresh=self.progress.global_step == 0)
+        start_records(
+            self.cfg, self.accelerator, self.paths, self.flops, self.tracking, fresh=self.progress.global_step == 0
+        )
 
     # ----------------------------------------------------------------- training
 
@@ -143,7 +166,9 @@ class Trainer:
         cfg, acc, p = self.cfg, self.accelerator, self.progress
         loader = self.train_loader
         loader.set_epoch(epoch)  # the sampler's shuffle: seed + epoch
-        if hasattr(loader.dataset, "set_epoch"):  # the DeviceDataset's augmentation (Accelerate skips it when the sampler has one)
+        if hasattr(
+            loader.dataset, "set_epoch"
+        ):  # the DeviceDataset's augmentation (Accelerate skips it when the sampler has one)
             loader.dataset.set_epoch(epoch)
         batches = acc.skip_first_batches(loader, p.batch_in_epoch) if p.batch_in_epoch else loader
         device = acc.device
@@ -155,14 +180,24 @@ class Trainer:
         final_epoch = epoch == cfg.num_train_epochs - 1
         check_every = 1 if acc.num_processes == 1 else cfg.logging_steps  # a stop check is a collective with >1 process
         self.model.train()
-        bar = tqdm(total=len(loader), initial=p.batch_in_epoch, desc=f"epoch {epoch + 1}/{cfg.num_train_epochs}", disable=not self.main, mininterval=1.0, leave=False)
+        bar = tqdm(
+            total=len(loader),
+            initial=p.batch_in_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.num_train_epochs}",
+            disable=not self.main,
+            mininterval=1.0,
+            leave=False,
+        )
         try:
             for images, labels in batches:
                 logits = self.model(images)
                 loss = training_loss(logits, labels, cfg.label_smoothing_factor)
                 acc.backward(loss)
                 # Every --flow_log_steps steps, and once at the very end of training.
-                take_flow = cfg.flow_log_steps and ((p.global_step + 1) % cfg.flow_log_steps == 0 or (final_epoch and p.batch_in_epoch + 1 == len(loader)))
+                take_flow = cfg.flow_log_steps and (
+                    (p.global_step + 1) % cfg.flow_log_steps == 0
+                    or (final_epoch and p.batch_in_epoch + 1 == len(loader))
+                )
                 if take_flow:
                     self._flow_snapshot()
                 self.optimizer.step()
@@ -213,7 +248,9 @@ class Trainer:
 
     def _sum_over_processes(self, loss_sum, correct, seen) -> tuple[float, float, float]:
         """The epoch's running sums (tensors or numbers) added over all processes."""
-        local = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.accelerator.device) for v in (loss_sum, correct, seen)])
+        local = torch.stack(
+            [torch.as_tensor(v, dtype=torch.float32, device=self.accelerator.device) for v in (loss_sum, correct, seen)]
+        )
         return tuple(float(t) for t in self.accelerator.reduce(local, "sum"))
 
     def _save(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: float) -> Path:
@@ -228,8 +265,14 @@ class Trainer:
         """Evaluate on the test split with rank 0's BatchNorm statistics (the ones the saved weights carry)."""
         sync_buffers(self.accelerator, self.model)
         return evaluate(
-            self.accelerator.unwrap_model(self.model), self.eval_loader, self.accelerator, self.splits.num_classes,
-            num_samples=num_samples, mean=CIFAR10_MEAN, std=CIFAR10_STD, tta=self.cfg.tta,
+            self.accelerator.unwrap_model(self.model),
+            self.eval_loader,
+            self.accelerator,
+            self.splits.num_classes,
+            num_samples=num_samples,
+            mean=CIFAR10_MEAN,
+            std=CIFAR10_STD,
+            tta=self.cfg.tta,
         )
 
     def _evaluate_at_step(self, step: int) -> None:
@@ -270,7 +313,9 @@ class Trainer:
     # ----------------------------------------------------------------- endings
 
     def _interrupted(self) -> int:
-        return report_interrupted(self.accelerator, self.paths, self.stop.signal_name, self.progress.global_step, self.progress.epoch)
+        return report_interrupted(
+            self.accelerator, self.paths, self.stop.signal_name, self.progress.global_step, self.progress.epoch
+        )
 
     def _diverged(self, step: int, epoch: int) -> int:
         return report_diverged(self.accelerator, self.paths, step, epoch, self.cfg.learning_rate)

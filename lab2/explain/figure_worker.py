@@ -35,7 +35,9 @@ class FigureWorker:
     """A background renderer of flow figures: `submit(snapshot)`, then `ready()` / `flush()` for the images."""
 
     def __init__(self, render=None):
-        self._render = render or (lambda snapshot: {name: figure_to_array(fig) for name, fig in flow_figures(snapshot).items()})
+        self._render = render or (
+            lambda snapshot: {name: figure_to_array(fig) for name, fig in flow_figures(snapshot).items()}
+        )
         self._jobs: queue.Queue = queue.Queue(maxsize=MAX_PENDING)
         self._done: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -62,7 +64,9 @@ class FigureWorker:
                     return
                 self._done.put(RenderedFlow(snapshot.step, self._render(snapshot)))
             except Exception as exc:  # a figure that fails to render must not end training; the caller reports it
-                self.errors.append(f"rendering the flow figures of step {snapshot.step} failed ({type(exc).__name__}: {exc})")
+                self.errors.append(
+                    f"rendering the flow figures of step {snapshot.step} failed ({type(exc).__name__}: {exc})"
+                )
             finally:
                 self._jobs.task_done()
 

@@ -56,13 +56,17 @@ class FlopsReport:
         for layer in self.layers:
             share = 100.0 * layer.flops / self.forward_flops if self.forward_flops else 0.0
             shape = "x".join(str(d) for d in layer.output_shape)
-            lines.append(f"{layer.name:<16}{layer.type:<10}{shape:<20}{layer.params:>12,}{layer.flops:>16,}{share:>8.2f}%")
+            lines.append(
+                f"{layer.name:<16}{layer.type:<10}{shape:<20}{layer.params:>12,}{layer.flops:>16,}{share:>8.2f}%"
+            )
         lines.append("-" * len(header))
         lines.append(f"{'total':<46}{self.params:>12,}{self.forward_flops:>16,}{100.0:>8.2f}%")
         lines.append(f"forward: {self.gflops_per_sample:.4f} GFLOPs per sample ({self.convention})")
         if self.training_flops:
             ratio = self.training_flops / self.forward_flops
-            lines.append(f"training (forward + backward): {self.training_flops / 1e9:.4f} GFLOPs per sample ({ratio:.2f}x forward)")
+            lines.append(
+                f"training (forward + backward): {self.training_flops / 1e9:.4f} GFLOPs per sample ({ratio:.2f}x forward)"
+            )
         return "\n".join(lines)
 
 

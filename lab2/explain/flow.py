@@ -131,7 +131,10 @@ class FlowCollector:
         stats, copies, histogram_rows = self._pending
         self._pending = None
         ratios = torch.stack(
-            [(p.detach().float() - old.float()).norm() / old.float().norm().clamp_min(1e-12) for (_, p), old in zip(self.parameters, copies)]
+            [
+                (p.detach().float() - old.float()).norm() / old.float().norm().clamp_min(1e-12)
+                for (_, p), old in zip(self.parameters, copies)
+            ]
         )
         table = torch.cat([stats, ratios[:, None]], dim=1)
         parts = [table.flatten()] + ([histogram_rows.flatten()] if histogram_rows is not None else [])
@@ -141,7 +144,7 @@ class FlowCollector:
         columns = list(zip(*rows)) if rows else [[] for _ in STATISTICS]
         snapshot = FlowSnapshot(step, list(self.layer_names), *[list(col) for col in columns])
         if histogram_rows is not None:
-            snapshot.histograms = self._unpack_histograms(host[table.numel():].reshape(histogram_rows.shape))
+            snapshot.histograms = self._unpack_histograms(host[table.numel() :].reshape(histogram_rows.shape))
         self.history.append(snapshot)
         return snapshot
 
@@ -155,7 +158,9 @@ class FlowCollector:
                 if not np.isfinite(row).all():  # a diverging step (NaN/inf): no histogram, the loss check reports it
                     continue
                 num = int(counts.sum())  # every value falls in a bin (the range is the tensor's own min..max)
-                histograms[f"{prefix}/{name}"] = Histogram(counts, float(low), float(high), num, float(total), float(squares))
+                histograms[f"{prefix}/{name}"] = Histogram(
+                    counts, float(low), float(high), num, float(total), float(squares)
+                )
         return histograms
 
     def matrix(self, statistic: str) -> torch.Tensor:
@@ -189,7 +194,9 @@ class FlowHealth:
                 self.streaks[key] = self.streaks.get(key, 0) + 1 if detail else 0
                 if self.streaks[key] >= self.patience and key not in self.warned:
                     self.warned.add(key)
-                    messages.append(f"flow warning at step {snapshot.step}: layer {layer}: {detail} for {self.streaks[key]} snapshots in a row")
+                    messages.append(
+                        f"flow warning at step {snapshot.step}: layer {layer}: {detail} for {self.streaks[key]} snapshots in a row"
+                    )
         return messages
 
 

@@ -59,7 +59,11 @@ class FlowReporter:
         """Finish the snapshot, write it, log its scalars and histograms, warn, and hand it to the renderer."""
         snapshot = self.collector.after_step(step)
         append_jsonl(self.flow_file, snapshot.to_record())
-        values = {f"flow/{stat}/{layer}": getattr(snapshot, stat)[i] for stat in STATISTICS for i, layer in enumerate(snapshot.layers)}
+        values = {
+            f"flow/{stat}/{layer}": getattr(snapshot, stat)[i]
+            for stat in STATISTICS
+            for i, layer in enumerate(snapshot.layers)
+        }
         self.tracking.log(values, step=step)
         self.tracking.log_histograms(snapshot.histograms, step=step)
         for message in self.health.check(snapshot):
@@ -69,7 +73,9 @@ class FlowReporter:
         if self.worker is None and self.images and self.tracking.tracker_names:
             self.worker = FigureWorker(self._render)
         if self.worker is not None and not self.worker.submit(snapshot) and self.worker.skipped == 1:
-            self.printer(f"note: flow images of step {step} skipped: rendering is slower than --flow_log_steps; raise it for images at every snapshot.")
+            self.printer(
+                f"note: flow images of step {step} skipped: rendering is slower than --flow_log_steps; raise it for images at every snapshot."
+            )
         return snapshot
 
     def poll(self, reached_step: int) -> None:

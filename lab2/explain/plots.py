@@ -23,7 +23,9 @@ STAT_TITLES = {
 }
 
 
-def flow_bar_figure(layers: Sequence[str], mean: Sequence[float], maximum: Sequence[float], kind: str, step: int) -> Figure:
+def flow_bar_figure(
+    layers: Sequence[str], mean: Sequence[float], maximum: Sequence[float], kind: str, step: int
+) -> Figure:
     """Bar chart over layers of mean and max of |grad| (kind='grad') or |W| (kind='weight'), log scale."""
     title, label = STAT_TITLES[kind]
     fig = Figure(figsize=(max(6, 0.8 * len(layers) + 2), 4), layout="constrained")
@@ -73,7 +75,9 @@ def flow_heatmap_figure(layers: Sequence[str], steps: Sequence[int], values: np.
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
     fig = Figure(figsize=(max(6, 0.25 * len(steps) + 3), max(3, 0.4 * len(layers) + 1.5)), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(np.where(values > 0, values, np.nan), aspect="auto", norm=norm, cmap="viridis", interpolation="nearest")
+    image = ax.imshow(
+        np.where(values > 0, values, np.nan), aspect="auto", norm=norm, cmap="viridis", interpolation="nearest"
+    )
     ax.set_yticks(np.arange(len(layers)), list(layers))
     ticks = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 8)).astype(int)) if len(steps) else []
     ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
@@ -101,7 +105,15 @@ def confusion_matrix_figure(confusion: np.ndarray, class_names: Sequence[str]) -
     ax.set_title(f"Confusion matrix ({int(confusion.sum())} images)")
     if len(class_names) <= 20:  # counts stay legible up to about 20 classes
         for (i, j), count in np.ndenumerate(confusion):
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color="white" if normalised[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if normalised[i, j] > 0.5 else "black",
+            )
     fig.colorbar(image, ax=ax, label="fraction of the true class")
     return fig
 
@@ -123,7 +135,9 @@ def class_accuracy_figure(accuracy: Sequence[float], class_names: Sequence[str])
     return fig
 
 
-def predictions_figure(images: np.ndarray, predictions, labels, confidences, class_names: Sequence[str], columns: int = 8) -> Figure:
+def predictions_figure(
+    images: np.ndarray, predictions, labels, confidences, class_names: Sequence[str], columns: int = 8
+) -> Figure:
     """Grid of uint8 (K, H, W, 3) images titled 'pred (conf) / true', green when right, red when wrong."""
     count = len(images)
     rows = max(1, int(np.ceil(count / columns)))
@@ -154,7 +168,9 @@ def evaluation_figures(confusion: np.ndarray, class_accuracy, samples, class_nam
         "class_accuracy": class_accuracy_figure(class_accuracy, class_names),
     }
     if samples is not None and len(samples.images):
-        figures["predictions"] = predictions_figure(samples.images, samples.predictions, samples.labels, samples.confidences, class_names)
+        figures["predictions"] = predictions_figure(
+            samples.images, samples.predictions, samples.labels, samples.confidences, class_names
+        )
     return figures
 
 
@@ -164,7 +180,9 @@ def curves_figure(metrics: Sequence[dict]) -> Figure:
     fig = Figure(figsize=(10, 4), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     for key, label in (("train_loss", "train"), ("eval_loss", "eval")):
-        points = [(e, m[key]) for e, m in zip(epochs, metrics) if m[key] is not None]  # --eval_strategy no: no eval points
+        points = [
+            (e, m[key]) for e, m in zip(epochs, metrics) if m[key] is not None
+        ]  # --eval_strategy no: no eval points
         loss_ax.plot([e for e, _ in points], [v for _, v in points], marker="o", label=label)
     for key, label in (("train_acc", "train"), ("eval_acc", "eval")):
         points = [(e, m[key]) for e, m in zip(epochs, metrics) if m[key] is not None]

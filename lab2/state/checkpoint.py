@@ -61,8 +61,11 @@ def list_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
     if not folder.is_dir():
         return []
     # A folder with neither file is not a checkpoint (e.g. only someone's own files left after pruning).
-    found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if (m := CHECKPOINT_PATTERN.match(p.name)) and ((p / MANIFEST_FILE).exists() or (p / PROGRESS_FILE).exists())]
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if (m := CHECKPOINT_PATTERN.match(p.name)) and ((p / MANIFEST_FILE).exists() or (p / PROGRESS_FILE).exists())
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -73,13 +76,19 @@ def latest_good_checkpoint(checkpoints_dir: str | Path) -> Path | None:
 
 def _last_good_text(checkpoints_dir: Path) -> str:
     good = latest_good_checkpoint(checkpoints_dir)
-    return f"the last good checkpoint is {good}; free space, then resume with --resume_from_checkpoint latest" if good else "no checkpoint was saved before it"
+    return (
+        f"the last good checkpoint is {good}; free space, then resume with --resume_from_checkpoint latest"
+        if good
+        else "no checkpoint was saved before it"
+    )
 
 
 def disk_full_error(exc: BaseException, where: str | Path, checkpoints_dir: str | Path) -> DiskFull:
     """The one-line DiskFull error for a failed write to `where`, naming the last good checkpoint."""
-    return DiskFull(f"the disk is full: writing {where} failed ({str(exc).splitlines()[0][:120]}); "
-                    f"the partial file was removed and {_last_good_text(Path(checkpoints_dir))}.")
+    return DiskFull(
+        f"the disk is full: writing {where} failed ({str(exc).splitlines()[0][:120]}); "
+        f"the partial file was removed and {_last_good_text(Path(checkpoints_dir))}."
+    )
 
 
 def save_checkpoint(accelerator, checkpoints_dir: str | Path, progress: dict, total_limit: int) -> Path:
@@ -145,13 +154,19 @@ def resolve_resume_path(resume_from: str, output_dir: str | Path, report=_print_
             problem = checkpoint_problem(path)
             if problem is None:
                 if skipped:
-                    report(f"warning: skipped {len(skipped)} damaged checkpoint(s), newest first: {'; '.join(skipped)}; resuming from {path.name}.")
+                    report(
+                        f"warning: skipped {len(skipped)} damaged checkpoint(s), newest first: {'; '.join(skipped)}; resuming from {path.name}."
+                    )
                 return path
             skipped.append(f"{path.name}: {problem}")
-        raise UserError(f"--resume_from_checkpoint latest: no checkpoint in {checkpoints} is complete ({'; '.join(skipped)}); start afresh with --overwrite_output_dir.")
+        raise UserError(
+            f"--resume_from_checkpoint latest: no checkpoint in {checkpoints} is complete ({'; '.join(skipped)}); start afresh with --overwrite_output_dir."
+        )
     path = Path(resume_from)
     if not path.is_dir():
-        raise UserError(f"--resume_from_checkpoint {resume_from}: no such folder; give a checkpoint folder or 'latest'.")
+        raise UserError(
+            f"--resume_from_checkpoint {resume_from}: no such folder; give a checkpoint folder or 'latest'."
+        )
     if not (path / PROGRESS_FILE).is_file():
         raise UserError(
             f"--resume_from_checkpoint {resume_from}: not a lab2 checkpoint (no {PROGRESS_FILE}); "
@@ -159,7 +174,9 @@ def resolve_resume_path(resume_from: str, output_dir: str | Path, report=_print_
         )
     problem = checkpoint_problem(path)
     if problem:
-        raise UserError(f"--resume_from_checkpoint {resume_from} is damaged: {problem}; give another checkpoint, or 'latest' for the newest good one.")
+        raise UserError(
+            f"--resume_from_checkpoint {resume_from} is damaged: {problem}; give another checkpoint, or 'latest' for the newest good one."
+        )
     return path
 
 
@@ -181,7 +198,9 @@ def position_settings(cfg, num_train_samples: int, world_size: int) -> dict:
     return {name: values[name] if name in values else getattr(cfg, name) for name in POSITION_SETTINGS}
 
 
-def check_compatible(progress: dict, path: Path, model_name: str, num_classes: int, world_size: int, position: dict | None = None) -> None:
+def check_compatible(
+    progress: dict, path: Path, model_name: str, num_classes: int, world_size: int, position: dict | None = None
+) -> None:
     """Refuse a checkpoint from another model or class count, or a mid-epoch one whose position means
     something else in this run (another process count, batch size, seed, pipeline or training-set size)."""
     if progress.get("model") != model_name or progress.get("num_classes") != num_classes:
@@ -196,7 +215,11 @@ def check_compatible(progress: dict, path: Path, model_name: str, num_classes: i
         )
     saved = progress.get("position") or {}
     if progress.get("batch_in_epoch", 0) and position:
-        changed = [f"--{k} {saved[k]} -> {position[k]}" for k in POSITION_SETTINGS if k in saved and k in position and saved[k] != position[k]]
+        changed = [
+            f"--{k} {saved[k]} -> {position[k]}"
+            for k in POSITION_SETTINGS
+            if k in saved and k in position and saved[k] != position[k]
+        ]
         if changed:
             raise UserError(
                 f"checkpoint {path} was saved mid-epoch (batch {progress['batch_in_epoch']} of epoch {progress['epoch'] + 1}) and "
@@ -226,7 +249,11 @@ def save_model_file(state: dict[str, torch.Tensor], path: str | Path, metadata: 
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         # safetensors refuses shared or non-contiguous storage; copies are cheap at this size.
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in state.items()},
+            str(tmp),
+            metadata={k: str(v) for k, v in metadata.items()},
+        )
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # never leave half a file behind (a full disk, an interrupt)
@@ -248,7 +275,9 @@ def read_exported_model(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
             for key in handle.keys():
                 tensors[key] = handle.get_tensor(key)
     except Exception as exc:  # safetensors raises its own SafetensorError for damaged headers
-        raise UserError(f"{path} is not a readable safetensors file ({exc}); re-export it or pick another run.") from None
+        raise UserError(
+            f"{path} is not a readable safetensors file ({exc}); re-export it or pick another run."
+        ) from None
     if "model" not in metadata:
         raise UserError(f"{path} has no lab2 metadata (model name); it was not written by lab2.")
     return tensors, metadata

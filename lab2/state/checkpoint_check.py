@@ -94,7 +94,12 @@ def validate_progress(progress, folder: str | Path) -> dict:
         if kind == "count":
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
         else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= minimum
+            ok = (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and value >= minimum
+            )
         if not ok:
             wanted = "a whole number" if kind == "count" else "a finite number"
             raise UserError(f"{where}: '{name}' must be {wanted} >= {minimum}, got {value!r}")

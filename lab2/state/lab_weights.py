@@ -40,28 +40,42 @@ def read_lab_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--model_path {path}: no such file; give the lab's model_final.pth, a run folder or a model.safetensors.")
+        raise UserError(
+            f"--model_path {path}: no such file; give the lab's model_final.pth, a run folder or a model.safetensors."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refuses anything that is not tensors and containers
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} holds more than weights and was not loaded ({first}); load only files you trust, as a state dict.") from None
+        raise UserError(
+            f"{path} holds more than weights and was not loaded ({first}); load only files you trust, as a state dict."
+        ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise UserError(f"{path} is not a readable torch.save file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}).") from None
+        raise UserError(
+            f"{path} is not a readable torch.save file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})."
+        ) from None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} is not a state dict (a dict of tensors); save it with torch.save(model.state_dict(), ...).")
+        raise UserError(
+            f"{path} is not a state dict (a dict of tensors); save it with torch.save(model.state_dict(), ...)."
+        )
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
-def load_lab_model(path: str | Path, model_name: str = "simple_cnn", class_names: tuple[str, ...] = CIFAR10_CLASSES) -> LoadedModel:
+def load_lab_model(
+    path: str | Path, model_name: str = "simple_cnn", class_names: tuple[str, ...] = CIFAR10_CLASSES
+) -> LoadedModel:
     """lab2's `model_name` with the lab's saved weights, in eval mode; the head size comes from the file (fc2)."""
     state = read_lab_state_dict(path)
     head = state.get("fc2.weight")
     num_classes = head.shape[0] if head is not None else len(class_names)
     if num_classes != len(class_names):
-        raise UserError(f"{path} has {num_classes} output classes but {len(class_names)} class names were given; pass --class_names with {num_classes} names.")
+        raise UserError(
+            f"{path} has {num_classes} output classes but {len(class_names)} class names were given; pass --class_names with {num_classes} names."
+        )
     model = create_model(model_name, num_classes)
-    missing, unexpected = (sorted(keys) for keys in (model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()))
+    missing, unexpected = (
+        sorted(keys) for keys in (model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys())
+    )
     if missing or unexpected:
         raise UserError(
             f"{path} does not hold a {model_name} state dict (missing: {', '.join(missing[:4]) or 'none'}; "
@@ -81,7 +95,12 @@ def load_model_file(model_path: str | Path) -> LoadedModel:
     return load_lab_model(model_path) if is_lab_checkpoint(model_path) else load_exported_model(model_path)
 
 
-def export_lab_model(source: str | Path, output: str | Path, model_name: str = "simple_cnn", class_names: tuple[str, ...] = CIFAR10_CLASSES) -> Path:
+def export_lab_model(
+    source: str | Path,
+    output: str | Path,
+    model_name: str = "simple_cnn",
+    class_names: tuple[str, ...] = CIFAR10_CLASSES,
+) -> Path:
     """Write the lab's state dict at `source` as a lab2 model.safetensors at `output`, with lab2's metadata."""
     loaded = load_lab_model(source, model_name, class_names)
     metadata = {

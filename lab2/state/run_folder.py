@@ -25,10 +25,29 @@ from lab2.state.run_paths import RunPaths, write_json
 MARKER = ".lab2-run.json"
 
 # Files a run writes at the top of its folder, and the figures it renders (figures/<name>.png).
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "flops.json", "flow.jsonl", "training_log.txt",
-             "model.safetensors", "report.html", "wandb_run.json")
-FIGURE_NAMES = ("curves", "confusion_matrix", "class_accuracy", "predictions", "gradients", "weights", "update_ratio",
-                "heatmap_grad_mean", "heatmap_weight_mean", "heatmap_update_ratio")
+RUN_FILES = (
+    "config.json",
+    "metrics.jsonl",
+    "summary.json",
+    "flops.json",
+    "flow.jsonl",
+    "training_log.txt",
+    "model.safetensors",
+    "report.html",
+    "wandb_run.json",
+)
+FIGURE_NAMES = (
+    "curves",
+    "confusion_matrix",
+    "class_accuracy",
+    "predictions",
+    "gradients",
+    "weights",
+    "update_ratio",
+    "heatmap_grad_mean",
+    "heatmap_weight_mean",
+    "heatmap_update_ratio",
+)
 EVAL_FILES = ("eval.json", "confusion_matrix.png", "class_accuracy.png", "predictions.png")
 # Folder entries written by lab2's checkpoints, W&B and TensorBoard, by name pattern inside their own subfolders.
 CHECKPOINT_ENTRY = re.compile(r"^(\.tmp-|\.old-)?checkpoint_\d+$")
@@ -36,8 +55,10 @@ WANDB_ENTRY = re.compile(r"^((offline-)?run-\d{8}_\d{6}-\w+|latest-run|debug(-in
 TENSORBOARD_ENTRY = re.compile(r"^events\.out\.tfevents\..+")
 TEMPORARY = re.compile(r"^\.(.+)\.tmp$|^\.write-test-\d+$")
 # Files inside a checkpoint folder: Accelerate's save_state names, lab2's progress and manifest, temporary JSON.
-CHECKPOINT_FILE = re.compile(r"^((model|optimizer|scheduler|scaler|sampler|random_states|custom_checkpoint|dl_state_dict|pytorch_model)"
-                             r"(_\d+)?\.(safetensors|bin|pt|pkl)|progress\.json|manifest\.json|\.(progress|manifest)\.json\.tmp)$")
+CHECKPOINT_FILE = re.compile(
+    r"^((model|optimizer|scheduler|scaler|sampler|random_states|custom_checkpoint|dl_state_dict|pytorch_model)"
+    r"(_\d+)?\.(safetensors|bin|pt|pkl)|progress\.json|manifest\.json|\.(progress|manifest)\.json\.tmp)$"
+)
 
 
 def is_marked(folder: str | Path) -> bool:
@@ -71,8 +92,12 @@ def check_output_dir(root: str | Path, resume: bool, overwrite: bool, flag: str 
         return
     paths = RunPaths(root)
     if paths.summary.exists():
-        raise UserError(f"{flag} {root} holds a finished run; pass --overwrite_output_dir to replace it, or choose another {flag}.")
-    if paths.checkpoints.is_dir() and any(CHECKPOINT_ENTRY.match(p.name) and p.name.startswith("checkpoint_") for p in paths.checkpoints.iterdir()):
+        raise UserError(
+            f"{flag} {root} holds a finished run; pass --overwrite_output_dir to replace it, or choose another {flag}."
+        )
+    if paths.checkpoints.is_dir() and any(
+        CHECKPOINT_ENTRY.match(p.name) and p.name.startswith("checkpoint_") for p in paths.checkpoints.iterdir()
+    ):
         raise UserError(
             f"{flag} {root} holds an unfinished run's checkpoints; add --resume_from_checkpoint latest to continue it, "
             "or --overwrite_output_dir to start afresh."
@@ -95,8 +120,12 @@ def owned_files(root: str | Path) -> list[Path]:
     found += [root / "eval" / name for name in (*EVAL_FILES, MARKER)]
     found += [p for p in root.iterdir() if TEMPORARY.match(p.name)] if root.is_dir() else []
     checkpoints, wandb = root / "checkpoints", root / "wandb"
-    for checkpoint in (p for p in checkpoints.iterdir() if CHECKPOINT_ENTRY.match(p.name)) if checkpoints.is_dir() else ():
-        found += [p for p in checkpoint.iterdir() if CHECKPOINT_FILE.match(p.name)] if checkpoint.is_dir() else [checkpoint]
+    for checkpoint in (
+        (p for p in checkpoints.iterdir() if CHECKPOINT_ENTRY.match(p.name)) if checkpoints.is_dir() else ()
+    ):
+        found += (
+            [p for p in checkpoint.iterdir() if CHECKPOINT_FILE.match(p.name)] if checkpoint.is_dir() else [checkpoint]
+        )
     found += [p for p in wandb.iterdir() if WANDB_ENTRY.match(p.name)] if wandb.is_dir() else []
     tensorboard = root / "tensorboard"
     if tensorboard.is_dir():

@@ -99,7 +99,9 @@ def read_jsonl(path: str | Path, warn: Callable[[str], None] | None = None) -> l
         elif number == len(lines):  # no newline after it: the append that wrote it was cut short
             (warn or _warn)(f"warning: {path}: the last line is incomplete (an interrupted write); skipped it.")
         else:
-            raise UserError(f"{path} line {number} is not a JSON record; the file is damaged. Restore it, or delete the line.")
+            raise UserError(
+                f"{path} line {number} is not a JSON record; the file is damaged. Restore it, or delete the line."
+            )
     return records
 
 
@@ -109,6 +111,7 @@ def _warn(message: str) -> None:
 
 def keep_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> list[dict]:
     """Rewrite a JSONL file with only the records `keep` accepts (used when resuming); return them."""
+
     def kept(record: dict) -> bool:
         try:
             return bool(keep(record))

@@ -40,7 +40,9 @@ def store_config(tracker, config: dict) -> None:
         existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
         if existing:
             mlflow.log_params({k: v for k, v in config.items() if k not in existing})
-            mlflow.set_tags({f"resumed.{k}": str(v) for k, v in config.items() if k in existing and existing[k] != str(v)})
+            mlflow.set_tags(
+                {f"resumed.{k}": str(v) for k, v in config.items() if k in existing and existing[k] != str(v)}
+            )
             return
     tracker.store_init_configuration(config)
 
@@ -50,10 +52,26 @@ def send_histograms(tracker, histograms: dict, step: int) -> bool:
     if tracker.name == "wandb":
         import wandb
 
-        tracker.log({key: wandb.Histogram(np_histogram=(h.counts, h.edges), num_bins=len(h.counts)) for key, h in histograms.items()}, step=step)
+        tracker.log(
+            {
+                key: wandb.Histogram(np_histogram=(h.counts, h.edges), num_bins=len(h.counts))
+                for key, h in histograms.items()
+            },
+            step=step,
+        )
     elif tracker.name == "tensorboard":
         for key, h in histograms.items():
-            tracker.writer.add_histogram_raw(key, h.low, h.high, h.num, h.total, h.total_squares, h.edges[1:].tolist(), h.counts.tolist(), global_step=step)
+            tracker.writer.add_histogram_raw(
+                key,
+                h.low,
+                h.high,
+                h.num,
+                h.total,
+                h.total_squares,
+                h.edges[1:].tolist(),
+                h.counts.tolist(),
+                global_step=step,
+            )
     else:
         return False
     return True
@@ -141,7 +159,9 @@ def send_training_log(tracker, columns: list[str], rows: list[list], text: str, 
     if tracker.name == "wandb":
         tracker.log_table("training_log", columns=columns, data=rows, step=step)
     elif tracker.name == "tensorboard":
-        tracker.writer.add_text("training_log", "    " + text.replace("\n", "\n    "), global_step=step)  # indented: monospace
+        tracker.writer.add_text(
+            "training_log", "    " + text.replace("\n", "\n    "), global_step=step
+        )  # indented: monospace
     elif tracker.name == "mlflow":
         import mlflow
 

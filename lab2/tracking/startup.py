@@ -110,7 +110,9 @@ def choose_wandb_mode(probe_timeout_s: float = 3.0) -> tuple[str, str | None]:
     if not _has_wandb_credentials():
         return "offline", "; ".join([*notes, "no W&B credentials (WANDB_API_KEY or `wandb login`)"])
     if not _wandb_answers(probe_timeout_s):
-        return "offline", "; ".join([*notes, f"the W&B server {_base_url()} cannot be reached (no answer within {probe_timeout_s:g} s)"])
+        return "offline", "; ".join(
+            [*notes, f"the W&B server {_base_url()} cannot be reached (no answer within {probe_timeout_s:g} s)"]
+        )
     return "online", "; ".join(notes) or None
 
 
@@ -147,7 +149,9 @@ def _mlflow_init_kwargs(output_dir: Path, run_name: str, resume: bool) -> dict:
     import mlflow
 
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not user_uri or user_uri in _OWN_MLFLOW_URIS:  # set_tracking_uri exports the variable: an earlier run's is not the user's
+    if (
+        not user_uri or user_uri in _OWN_MLFLOW_URIS
+    ):  # set_tracking_uri exports the variable: an earlier run's is not the user's
         # MLflow 3 keeps the file store only on request; it is what needs no server and no database packages.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         uri = (output_dir / MLFLOW_DIR).resolve().as_uri()
@@ -165,8 +169,9 @@ def offline_notice(reason: str, output_dir: Path) -> str:
     return f"W&B: {reason}; logging offline to {output_dir / 'wandb'} (upload later with `wandb sync {output_dir / 'wandb'}/offline-run-*`)."
 
 
-def tracker_init_kwargs(report_to: str, output_dir: Path, run_name: str, resume: bool,
-                        init_timeout_s: float = DEFAULT_INIT_TIMEOUT_S) -> tuple[dict, str | None]:
+def tracker_init_kwargs(
+    report_to: str, output_dir: Path, run_name: str, resume: bool, init_timeout_s: float = DEFAULT_INIT_TIMEOUT_S
+) -> tuple[dict, str | None]:
     """(init_kwargs for init_trackers, notice line or None). Call on the main process after output_dir exists.
 
     The whole W&B start-up is bounded: the server must answer an HTTP request within

@@ -53,7 +53,9 @@ class Tracking:
             call()
         except Exception as exc:  # a tracker's failure must never end a training run
             self.active = False
-            self.printer(f"tracking: {action} failed ({type(exc).__name__}: {exc}); tracking is off for the rest of the run, local files are still written.")
+            self.printer(
+                f"tracking: {action} failed ({type(exc).__name__}: {exc}); tracking is off for the rest of the run, local files are still written."
+            )
 
     def start(self, project_name: str, config: dict, init_kwargs: dict, run_folder: Path | None = None) -> None:
         """Start the trackers; an online W&B start that fails or times out falls back to offline, in one line."""
@@ -74,7 +76,9 @@ class Tracking:
 
     def _fall_back(self, project_name: str, init_kwargs: dict, exc: Exception) -> None:
         """After a failed start: keep the trackers that started, and W&B offline in place of a failed online start."""
-        failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else 'no message'}"
+        failure = (
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else 'no message'}"
+        )
         self._drop_unstarted_trackers()
         wandb_kwargs = init_kwargs.get("wandb")
         if self.accelerator.is_main_process and wandb_kwargs and wandb_kwargs.get("mode") == "online":
@@ -90,6 +94,7 @@ class Tracking:
 
     def _drop_unstarted_trackers(self) -> None:
         """Forget trackers whose start failed, so closing them later neither fails nor speaks."""
+
         def started(tracker) -> bool:
             try:
                 return tracker.tracker is not None  # W&B's run, TensorBoard's writer: set by a start that worked
@@ -97,7 +102,6 @@ class Tracking:
                 return False
 
         self.accelerator.trackers = [t for t in self.accelerator.trackers if started(t)]
-
 
     def log(self, values: dict, step: int) -> None:
         self._guard("logging", lambda: self.accelerator.log(values, step=step))
@@ -120,7 +124,10 @@ class Tracking:
 
         def send(tracker):
             if not media.send_histograms(tracker, histograms, step):
-                self._note_once(f"histograms-{tracker.name}", f"note: {tracker.name} has no histograms; gradient and weight histograms go to {' and '.join(media.HISTOGRAM_TRACKERS)} only.")
+                self._note_once(
+                    f"histograms-{tracker.name}",
+                    f"note: {tracker.name} has no histograms; gradient and weight histograms go to {' and '.join(media.HISTOGRAM_TRACKERS)} only.",
+                )
 
         self._each_tracker("logging histograms", send)
 
@@ -131,12 +138,17 @@ class Tracking:
     def log_flow_images(self, prepared: dict, snapshot_step: int, reached_step: int) -> None:
         """Send images made by `prepare_flow_images` (on the main thread: W&B steps must not go backwards)."""
         if self.active:
-            self._each_tracker("logging flow images", lambda tracker: media.send_flow_images(tracker, prepared, snapshot_step, reached_step))
+            self._each_tracker(
+                "logging flow images",
+                lambda tracker: media.send_flow_images(tracker, prepared, snapshot_step, reached_step),
+            )
 
     def log_model(self, run_name: str, files: list[Path], metadata: dict) -> None:
         """The final model (model.safetensors + config.json) as a W&B artifact of type `model` and MLflow artifacts."""
         if self.active:
-            self._each_tracker("logging the model artifact", lambda tracker: media.send_model(tracker, run_name, files, metadata))
+            self._each_tracker(
+                "logging the model artifact", lambda tracker: media.send_model(tracker, run_name, files, metadata)
+            )
 
     def log_summary(self, summary: dict, step: int) -> None:
         """The run's summary numbers (W&B run summary, MLflow metrics)."""
@@ -148,9 +160,13 @@ class Tracking:
         columns = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
         rows = [[m["epoch"], m["train_loss"], m["train_acc"], m["eval_loss"], m["eval_acc"]] for m in metrics]
         if self.active:
-            self._each_tracker("logging the training log", lambda tracker: media.send_training_log(tracker, columns, rows, text, step))
+            self._each_tracker(
+                "logging the training log", lambda tracker: media.send_training_log(tracker, columns, rows, text, step)
+            )
 
-    def log_results(self, run_name: str, paths, summary: dict, metrics: list[dict], training_log: str, step: int) -> None:
+    def log_results(
+        self, run_name: str, paths, summary: dict, metrics: list[dict], training_log: str, step: int
+    ) -> None:
         """Everything a finished run gives the trackers besides figures: the model artifact (model.safetensors +
         config.json, with final/best accuracy, GFLOPs, params and model name), the summary, the Table-1 log,
         and (MLflow) the run's other files. `paths` is the run's lab2.state.run_paths.RunPaths."""
@@ -170,6 +186,7 @@ class Tracking:
 
     def log_confusion_matrix(self, confusion: np.ndarray, class_names, step: int) -> None:
         """On W&B, also the interactive confusion matrix (rebuilt exactly from the counts)."""
+
         def send():
             for tracker in self.accelerator.trackers:
                 if tracker.name != "wandb":
