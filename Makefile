@@ -1,5 +1,6 @@
 # make train  - set up .venv (first time) and train SimpleCNN on CIFAR-10 (downloads it into ./data)
 # make test   - set up .venv (first time) and run the test suite (CPU only, about 7 minutes on 2 cores)
+# make lint   - ruff format --check and ruff check at 120 columns (CI runs it before the tests)
 # make smoke  - a 1-epoch CPU run on a small subset, to see the whole pipeline work
 # make bench  - the throughput benchmark against the seed recipe (bench/train_throughput.py)
 
@@ -7,6 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lab2-installed
+TEST_STAMP := $(VENV)/.lab2-test-installed
 MINI := ../shared/data/cifar10-mini
 
 # GPU when one is visible, else the CPU in fp32 (see README: bf16 is only fast on CPUs with AMX).
@@ -23,10 +25,15 @@ export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 endif
 
-.PHONY: install train smoke test bench clean
+.PHONY: install train smoke test lint bench clean
 
+# Training needs the package alone; the tests and the linter add the [test] extra on top.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
@@ -40,8 +47,13 @@ smoke: $(STAMP)
 		$(SMOKE_DATA) --num_train_epochs 1 --max_train_samples 2048 --output_dir runs/smoke --overwrite_output_dir
 
 # Two workers: the end-to-end tests spend much of their time starting processes, which overlaps well.
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+
+# ruff at 120 columns (pyproject.toml): the formatter's check, then the linter. CI runs it before the tests.
+lint: $(TEST_STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

@@ -55,7 +55,8 @@ def main() -> None:
                     times[name].append(time.perf_counter() - start)
     baseline = statistics.median(times["fp32, contiguous (the seed)"])
     print(
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, AMX/AVX512-BF16: {cpu_has_fast_bf16()}, {torch.get_num_threads()} threads, batch 128"
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, AMX/AVX512-BF16: {cpu_has_fast_bf16()}, "
+        f"{torch.get_num_threads()} threads, batch 128"
     )
     for name, values in times.items():
         step = statistics.median(values)

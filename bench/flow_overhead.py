@@ -170,17 +170,20 @@ def main() -> None:
     print(f"device {device}, batch {args.batch_size}, trackers {args.report_to}: training step {1000 * step:.1f} ms")
     print(
         f"per snapshot: {1000 * lost:.1f} ms of training time lost (A/B, statistics + histograms + images, "
-        f"{args.rounds} rounds of {args.block} steps), of which the training thread itself spent {1000 * thread:.1f} ms (budget 10 ms)"
+        f"{args.rounds} rounds of {args.block} steps), of which the training thread itself spent "
+        f"{1000 * thread:.1f} ms (budget 10 ms)"
     )
     for part, times in bench.parts.items():
         if times:
             print(f"  {part}: median {1000 * statistics.median(times):.2f} ms x {len(times)}")
     print(
-        f"overhead at --flow_log_steps {args.interval}: {100 * lost / (args.interval * step):.3f}% of training time (budget 2%)"
+        f"overhead at --flow_log_steps {args.interval}: {100 * lost / (args.interval * step):.3f}% of training time "
+        "(budget 2%)"
     )
     if device.type == "cuda":
         print(
-            f"for a 1 ms step at --flow_log_steps {args.interval}: the training thread's share is {100 * thread / (args.interval * 1e-3):.1f}%"
+            f"for a 1 ms step at --flow_log_steps {args.interval}: the training thread's share is "
+            f"{100 * thread / (args.interval * 1e-3):.1f}%"
         )
     else:
         print(

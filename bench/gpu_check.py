@@ -145,7 +145,8 @@ def table(rows: list[dict]) -> str:
         train = f"{r['train_s']:.1f} s" if r["train_s"] is not None else ""
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
         lines.append(
-            f"| {r['name']} | {r['epochs']} | {r['wall_s']:.1f} s | {train} | {r['images_per_s']:.0f} | {mfu} | {100 * r['eval_acc']:.2f}% |"
+            f"| {r['name']} | {r['epochs']} | {r['wall_s']:.1f} s | {train} | {r['images_per_s']:.0f} | {mfu} | "
+            f"{100 * r['eval_acc']:.2f}% |"
         )
     return "\n".join(lines)
 
@@ -198,7 +199,8 @@ def main() -> None:
         )
         if "error" not in seed:
             verdicts.append(
-                f"{best['images_per_s'] / seed['images_per_s']:.1f}x the seed recipe's images/s (target ≥ {TARGET_SEED_RATIO:.0f}x)"
+                f"{best['images_per_s'] / seed['images_per_s']:.1f}x the seed recipe's images/s "
+                f"(target ≥ {TARGET_SEED_RATIO:.0f}x)"
             )
     report = (
         f"GPU tests: {tests}\n\nData: {data_note}; precision {precision}; torch {torch.__version__}.\n\n"

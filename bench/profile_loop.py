@@ -54,7 +54,7 @@ def summarise(speedscope: Path) -> str:
     frames = data["shared"]["frames"]
     main = max(data["profiles"], key=lambda p: sum(p["weights"]))  # the training thread
     inside, outside = collections.Counter(), collections.Counter()
-    for stack, seconds in zip(main["samples"], main["weights"]):
+    for stack, seconds in zip(main["samples"], main["weights"], strict=False):
         names = [short_name(frames[i]) for i in stack]
         files = [frames[i].get("file") or "" for i in stack]
         if "train_one_epoch" in names:

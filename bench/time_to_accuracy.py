@@ -100,7 +100,8 @@ def main() -> None:
     lines = [
         "| recipe | epochs run | final eval acc | reaches A at epoch | wall time to A |",
         "| --- | --- | --- | --- | --- |",
-        f"| seed (lab2 defaults) | {len(seed)} | {100 * target:.2f}% (= A) | {len(seed)} | {seed[-1]['wall_s']:.0f} s |",
+        f"| seed (lab2 defaults) | {len(seed)} | {100 * target:.2f}% (= A) | {len(seed)} | "
+        f"{seed[-1]['wall_s']:.0f} s |",
     ]
     if reached:
         ratio = seed[-1]["wall_s"] / reached["wall_s"]
@@ -108,12 +109,19 @@ def main() -> None:
             f"| fast (--recipe fast {' '.join(fast_flags[2:])}) | {len(fast)} | {100 * fast[-1]['eval_acc']:.2f}% | "
             f"{reached['epoch']} | {reached['wall_s']:.0f} s |"
         )
-        verdict = f"Wall-time ratio seed / fast to A: **{ratio:.2f}x** (target ≥ 2x, stretch 3x); epochs {len(seed)} vs {reached['epoch']}."
+        verdict = (
+            f"Wall-time ratio seed / fast to A: **{ratio:.2f}x** (target ≥ 2x, stretch 3x); "
+            f"epochs {len(seed)} vs {reached['epoch']}."
+        )
     else:
         lines.append(
-            f"| fast (--recipe fast {' '.join(fast_flags[2:])}) | {len(fast)} | {100 * fast[-1]['eval_acc']:.2f}% | not reached | - |"
+            f"| fast (--recipe fast {' '.join(fast_flags[2:])}) | {len(fast)} | {100 * fast[-1]['eval_acc']:.2f}% | "
+            "not reached | - |"
         )
-        verdict = f"The fast recipe did not reach A = {100 * target:.2f}% in its {len(fast)} epochs (best {100 * max(p['eval_acc'] for p in fast):.2f}%)."
+        verdict = (
+            f"The fast recipe did not reach A = {100 * target:.2f}% in its {len(fast)} epochs "
+            f"(best {100 * max(p['eval_acc'] for p in fast):.2f}%)."
+        )
     curves = f"Per-epoch eval accuracy, seed: {percentages(seed)}; fast: {percentages(fast)}."
     report = "\n".join(lines) + f"\n\n{verdict}\n{curves}"
     print("\n" + report)
@@ -121,7 +129,8 @@ def main() -> None:
         command = "python bench/time_to_accuracy.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         with open(args.results, "a", encoding="utf-8") as handle:
             handle.write(
-                f"\n### {time.strftime('%Y-%m-%d')} · time to accuracy on the mini slice\n\n`{command.strip()}`\n\n{report}\n"
+                f"\n### {time.strftime('%Y-%m-%d')} · time to accuracy on the mini slice\n\n"
+                f"`{command.strip()}`\n\n{report}\n"
             )
     if not reached:
         sys.exit(1)

@@ -112,7 +112,7 @@ def bare_step(device: torch.device, steps: int, batch_size: int = 128, bf16: boo
 
 def lab2_loop(data_dir: Path, epochs: int, out: Path, extra: list[str]) -> dict:
     """lab2's training run in this process, as `train_accelerate.py` runs it; rates from metrics.jsonl."""
-    from lab2.config.train_config import parse_args
+    from lab2.config.command_line import parse_args
     from lab2.engine.trainer import run
 
     flags = [
@@ -265,8 +265,10 @@ def main() -> None:
         "",
         f"loop / bare step: **{loop_ratio:.2f}** (target ≥ {TARGET_LOOP_RATIO:.2f}); "
         f"lab2 / seed: **{seed_ratio:.2f}x** (target ≥ {TARGET_SEED_RATIO}x); "
-        f"training FLOPs per image {training_flops / 1e9:.3f} G (lab2.explain.flops: forward + backward, 2 per multiply-add); "
-        f"eval accuracy lab2 {100 * ours['eval_acc']:.2f}%, seed {100 * seed['eval_acc']:.2f}% (few epochs: a sanity check only).",
+        f"training FLOPs per image {training_flops / 1e9:.3f} G "
+        "(lab2.explain.flops: forward + backward, 2 per multiply-add); "
+        f"eval accuracy lab2 {100 * ours['eval_acc']:.2f}%, seed {100 * seed['eval_acc']:.2f}% "
+        "(few epochs: a sanity check only).",
     ]
     table = "\n".join(lines)
     print("\n" + table)

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import json
 
-from lab2.config.train_config import config_from_flags
+from lab2.config.command_line import config_from_flags
 from lab2.engine.distributed import launched_rank, prepare_process
-from lab2.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, UserError
+from lab2.errors import Diverged, TrainingStopped, UserError
 from lab2.state.run_paths import RunPaths
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the run stopped without exporting the bad weights (exit code 4 on the command line)."""
+    """The loss became NaN or inf; the run stopped without exporting the bad weights (exit code 4 on the command
+    line)."""
 
 
 def train(**flags) -> dict | None:
@@ -51,21 +52,19 @@ def train(**flags) -> dict | None:
     except UserError as error:
         raise ValueError(str(error)) from None
     prepare_process()
-    from lab2.engine.trainer import (
-        run,  # torch and the training stack load here, not at `import lab2`
-    )
+    from lab2.engine.trainer import run  # torch and the training stack load here, not at `import lab2`
 
     try:
-        code = run(cfg)
+        run(cfg)
     except UserError as error:
         raise ValueError(str(error)) from None
-    if code == EXIT_INTERRUPTED:
+    except TrainingStopped:
         raise KeyboardInterrupt(
             f"training stopped after saving a checkpoint in {cfg.output_dir}; "
             "continue with resume_from_checkpoint='latest' and the same output_dir"
-        )
-    if code == EXIT_DIVERGED:
-        raise TrainingDiverged(f"the loss became NaN/inf; see the message above and {cfg.output_dir}")
+        ) from None
+    except Diverged as diverged:
+        raise TrainingDiverged(f"{diverged}; see the message above and {cfg.output_dir}") from None
     if launched_rank() != 0:
         return None
     return json.loads(RunPaths(cfg.output_dir).summary.read_text(encoding="utf-8"))

@@ -1,10 +1,16 @@
-"""The one exception type for mistakes a user can fix.
+"""The exceptions that end a run early, and the exit codes they map to.
 
-Entry points catch `UserError` and print its message as a single line with a
-non-zero exit and no traceback; anything else is a bug and keeps its traceback.
+`UserError` is a mistake the user can fix: entry points print its message as a single
+line with a non-zero exit and no traceback. `TrainingStopped` (a signal, after a
+checkpoint) and `Diverged` (a NaN/inf loss) travel from the loop to the one place
+that maps them: exit codes in lab2.cli.train, exceptions in lab2.train. Anything
+else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
 import sys
+from typing import NoReturn
 
 # Exit codes are part of the command-line contract (README, "Exit codes").
 EXIT_USER_ERROR = 2
@@ -20,12 +26,32 @@ class UserError(Exception):
     exit_code = EXIT_USER_ERROR
 
 
-class UserErrors(UserError):
+class ManyUserErrors(UserError):
     """Several independent problems with one input: each is printed as its own `error:` line."""
 
     def __init__(self, subject: str, problems: list[str]):
         super().__init__(f"{subject}: " + "; ".join(problems))
         self.lines = [f"{subject}: {problem}" for problem in problems]
+
+
+class TrainingStopped(Exception):
+    """A stop was requested (SIGINT/SIGTERM) and the loop saved a checkpoint before leaving."""
+
+    exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, signal_name: str | None = None):
+        super().__init__(f"stopped by {signal_name or 'a signal'}")
+        self.signal_name = signal_name
+
+
+class Diverged(Exception):
+    """The loss became NaN or inf at optimizer step `step`; no checkpoint holds the bad weights."""
+
+    exit_code = EXIT_DIVERGED
+
+    def __init__(self, step: int):
+        super().__init__(f"the loss became NaN/inf at step {step}")
+        self.step = step
 
 
 class DiskFull(UserError):
@@ -59,7 +85,7 @@ def is_disk_full(exc: BaseException, folder=None) -> bool:
     return False
 
 
-def exit_with_user_error(error: UserError, prog: str = "lab2") -> "NoReturn":  # noqa: F821
+def exit_with_user_error(error: UserError, prog: str = "lab2") -> NoReturn:
     """Print `error` as one line on stderr and exit with its code (EXIT_USER_ERROR, or EXIT_DISK_FULL)."""
     for line in getattr(error, "lines", None) or [str(error)]:
         message = " ".join(line.split())  # one line, whatever the message held

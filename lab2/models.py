@@ -6,7 +6,7 @@ Every constructor takes `num_classes`, so the head follows the data set.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,8 @@ class SimpleCNN(nn.Module):
         x = self.pool(F.relu(self.bn2(self.conv2(x)), inplace=True))  # 32x32 -> 16x16
         x = F.relu(self.bn3(self.conv3(x)), inplace=True)
         x = self.pool(F.relu(self.bn4(self.conv4(x)), inplace=True))  # 16x16 -> 8x8
-        # The lab's x.view(-1, 8192), written as flatten: the same (C, H, W) order, and it also takes channels_last input.
+        # The lab's x.view(-1, 8192), written as flatten: the same (C, H, W) order, and it also takes channels_last
+        # input.
         x = torch.flatten(x, 1)
         x = self.dropout(F.relu(self.fc1(x), inplace=True))
         return self.fc2(x)

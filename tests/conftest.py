@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab2.data.cifar import synthetic_images, write_cifar10_folder
+from lab2.data.fake_cifar import synthetic_images, write_cifar10_folder
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO.parent / "shared" / "data" / "cifar10-mini"

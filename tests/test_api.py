@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO
 
 import lab2
-from lab2.config.train_config import config_from_flags, parse_args
+from lab2.config.command_line import config_from_flags, parse_args
 
 
 def test_import_lab2_stays_light():
@@ -19,7 +19,10 @@ def test_import_lab2_stays_light():
 
 def test_defaults_are_the_command_line_defaults():
     varying = ("run_name", "output_dir")  # both default to the time of the run
-    strip = lambda cfg: {k: v for k, v in cfg.to_dict().items() if k not in varying}
+
+    def strip(cfg):
+        return {k: v for k, v in cfg.to_dict().items() if k not in varying}
+
     assert strip(config_from_flags()) == strip(parse_args([]))
     cfg = config_from_flags(data_dir=Path("/data"), learning_rate=1, max_train_samples=None, torch_compile=False)
     assert (cfg.data_dir, cfg.learning_rate, cfg.max_train_samples) == ("/data", 1.0, None)
@@ -59,7 +62,8 @@ def test_a_diverged_run_raises_training_diverged(tmp_path):
     # In a subprocess: a run creates Accelerate's process-wide state, which must not leak into other tests.
     code = (
         "import lab2\n"
-        f"lab2.train(dataset='fake', data_dir={str(tmp_path / 'data')!r}, output_dir={str(tmp_path / 'nan')!r}, report_to='none',\n"
+        f"lab2.train(dataset='fake', data_dir={str(tmp_path / 'data')!r}, output_dir={str(tmp_path / 'nan')!r}, "
+        "report_to='none',\n"
         "           fake_train_samples=128, fake_test_samples=32, per_device_train_batch_size=32, num_train_epochs=1,\n"
         "           learning_rate=1e30, logging_steps=1, flow_log_steps=0)\n"
     )
@@ -76,8 +80,10 @@ def test_train_from_a_worker_thread_returns_the_summary(tmp_path):
     code = (
         "import threading, lab2\n"
         "out = {}\n"
-        f"flags = dict(dataset='fake', data_dir={str(tmp_path / 'data')!r}, output_dir={str(tmp_path / 'run')!r}, report_to='none',\n"
-        "             fake_train_samples=128, fake_test_samples=32, per_device_train_batch_size=64, num_train_epochs=1)\n"
+        f"flags = dict(dataset='fake', data_dir={str(tmp_path / 'data')!r}, output_dir={str(tmp_path / 'run')!r}, "
+        "report_to='none',\n"
+        "             fake_train_samples=128, fake_test_samples=32, per_device_train_batch_size=64, "
+        "num_train_epochs=1)\n"
         "worker = threading.Thread(target=lambda: out.update(lab2.train(**flags)))\n"
         "worker.start(); worker.join()\n"
         "print('num_eval_samples', out['num_eval_samples'])\n"

@@ -2,12 +2,8 @@ import dataclasses
 
 import pytest
 
-from lab2.config.train_config import (
-    TrainConfig,
-    build_parser,
-    config_from_dict,
-    parse_args,
-)
+from lab2.config.command_line import build_parser, config_from_dict, parse_args
+from lab2.config.train_config import TrainConfig
 from lab2.errors import UserError
 
 
@@ -46,12 +42,12 @@ def test_invalid_values_name_the_flag(capsys, argv, fragment):
 
 
 def test_values_set_in_python_meet_the_same_ranges():
-    from lab2.config.train_config import _validate
+    from lab2.config.train_config import check_values
 
     with pytest.raises(UserError, match="--seed"):
-        _validate(TrainConfig(seed=-1))
+        check_values(TrainConfig(seed=-1))
     with pytest.raises(UserError, match="--learning_rate"):
-        _validate(TrainConfig(learning_rate=float("inf")))
+        check_values(TrainConfig(learning_rate=float("inf")))
 
 
 def test_checkpoint_every_steps():

@@ -4,18 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from lab2.data.cifar import (
-    CustomCIFAR10,
-    load_cifar10,
-    make_fake_cifar10,
-    read_cifar10_folder,
-    train_transform,
-    write_cifar_batch,
-)
+from lab2.data.cifar import CustomCIFAR10, load_cifar10, read_cifar10_folder, train_transform
 from lab2.data.cifar import (
     test_transform as normalise_only,  # aliased: pytest would collect test_*
 )
 from lab2.data.cifar_reader import CIFAR10_CLASSES, read_cifar_batch
+from lab2.data.fake_cifar import make_fake_cifar10, write_cifar_batch
 from lab2.errors import UserError
 
 

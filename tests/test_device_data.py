@@ -135,7 +135,7 @@ def test_accelerate_prepares_it_and_skips_batches_for_a_mid_epoch_resume():
     loader.set_epoch(2)
     resumed = list(accelerator.skip_first_batches(loader, 3))
     assert len(resumed) == 2
-    for (xa, ya), (xb, yb) in zip(full[3:], resumed):
+    for (xa, ya), (xb, yb) in zip(full[3:], resumed, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     loader.set_epoch(3)
     assert not torch.equal(next(iter(loader))[1], full[0][1])  # another epoch, another order
@@ -144,3 +144,15 @@ def test_accelerate_prepares_it_and_skips_batches_for_a_mid_epoch_resume():
 def test_dataset_refuses_float_images():
     with pytest.raises(TypeError):
         DeviceDataset(torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), train=True)
+
+
+def test_both_pipelines_take_the_augmentation_from_one_definition():
+    """The torchvision path's RandomCrop and RandomHorizontalFlip carry the values the device path draws with."""
+    from lab2.data.cifar import CROP_PADDING, FLIP_PROBABILITY, train_transform
+
+    steps = {type(step).__name__: step for step in train_transform().transforms}
+    assert steps["RandomCrop"].padding == CROP_PADDING == PAD
+    assert steps["RandomHorizontalFlip"].p == FLIP_PROBABILITY
+    offsets, flips = augmentation_for_epoch(20000, seed=1, epoch=0)
+    assert int(offsets.max()) == 2 * CROP_PADDING and int(offsets.min()) == 0
+    assert abs(flips.float().mean().item() - FLIP_PROBABILITY) < 0.02

@@ -127,7 +127,8 @@ class TwoNodes:
         self.started: list[subprocess.Popen] = []
 
     def create(self) -> None:
-        """Namespaces, the veth pair between them, addresses, loopback up; raises CalledProcessError when not permitted."""
+        """Namespaces, the veth pair between them, addresses, loopback up; raises CalledProcessError when not
+        permitted."""
         ns0, ns1 = self.namespaces
         link0, link1 = self.links
         for args in (
@@ -188,7 +189,8 @@ class TwoNodes:
         return NodeOutput(process)
 
     def processes(self, rank: int) -> list[int]:
-        """Every process of node `rank`: the launcher and its workers (torchrun starts each worker in a session of its own)."""
+        """Every process of node `rank`: the launcher and its workers
+        (torchrun starts each worker in a session of its own)."""
         if self.isolated:
             listed = subprocess.run(
                 ["ip", "netns", "pids", self.namespaces[rank]], capture_output=True, text=True

@@ -129,11 +129,14 @@ def test_two_process_torchrun_is_exact_and_writes_once(mini_dir, tmp_path):
     # The resumed W&B run keeps the run id, and its steps continue from where the first stopped.
     first, second = sorted((out / "wandb").glob("offline-run-*"), key=lambda p: p.stat().st_mtime)
     assert first.name.split("-")[-1] == second.name.split("-")[-1]
-    steps = lambda run: [
-        r.history.step.num
-        for r in read_records(next(run.glob("run-*.wandb")))
-        if r.WhichOneof("record_type") == "history"
-    ]
+
+    def steps(run):
+        return [
+            r.history.step.num
+            for r in read_records(next(run.glob("run-*.wandb")))
+            if r.WhichOneof("record_type") == "history"
+        ]
+
     assert min(steps(second)) >= max(steps(first)) == 4
     # Histograms come from rank 0 alone: in the one W&B run, each snapshot's histograms once.
     assert wandb_steps(next(first.glob("run-*.wandb")), "gradients/conv1.weight") == [2, 4]
@@ -258,10 +261,13 @@ def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(mini_dir, tmp
         out,
     ]
     proc = _start(train_cmd(*args, "--num_train_epochs", 1))
-    saving = lambda: (
-        any(p.name.startswith(".tmp-") for p in (out / "checkpoints").glob(".tmp-*"))
-        and len(list_checkpoints(out / "checkpoints")) >= 1
-    )
+
+    def saving():
+        return (
+            any(p.name.startswith(".tmp-") for p in (out / "checkpoints").glob(".tmp-*"))
+            and len(list_checkpoints(out / "checkpoints")) >= 1
+        )
+
     assert _wait_for(saving), proc.communicate()[1] if proc.poll() is not None else "no save seen"
     proc.kill()  # SIGKILL while a checkpoint is being written
     proc.wait()

@@ -13,17 +13,17 @@ from lab2.cli import eval as eval_cli
 from lab2.cli import export
 from lab2.cli import predict as predict_cli
 from lab2.data.cifar_reader import CIFAR10_CLASSES
-from lab2.engine.inference import load_exported_model
 from lab2.errors import UserError
 from lab2.state.checkpoint import read_exported_model
 from lab2.state.lab_weights import load_lab_model, read_lab_state_dict
+from lab2.state.model_file import load_exported_model
 
 
 class LabSimpleCNN(nn.Module):
     """The course lab's model, written as the lab wrote it (its module names and its forward)."""
 
     def __init__(self, num_classes=10):
-        super(LabSimpleCNN, self).__init__()
+        super().__init__()
         self.conv1 = nn.Conv2d(3, 32, kernel_size=3, padding=1)
         self.bn1 = nn.BatchNorm2d(32)
         self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
@@ -51,7 +51,8 @@ class LabSimpleCNN(nn.Module):
 
 @pytest.fixture(scope="module")
 def lab_checkpoint(tmp_path_factory):
-    """A model_final.pth as the lab saves it, after two training steps (so BatchNorm statistics are not the defaults)."""
+    """A model_final.pth as the lab saves it, after two training steps
+    (so BatchNorm statistics are not the defaults)."""
     torch.manual_seed(0)
     model = LabSimpleCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -44,7 +44,7 @@ def test_grouped_and_depthwise_convs_match_flop_counter_mode():
     model = GroupedNet()
     report = count_flops(model, with_training=False)
     assert report.forward_flops == measured_flops(model)
-    grouped = next(l for l in report.layers if l.name == "grouped")
+    grouped = next(layer for layer in report.layers if layer.name == "grouped")
     assert grouped.flops == 2 * (16 // 4) * 32 * 9 * 32 * 32
 
 

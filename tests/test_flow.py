@@ -71,10 +71,10 @@ def test_scaled_gradients_are_read_unscaled():
     scaler.step(opt_scaled)  # knows the gradients are unscaled already: no double unscale
     scaler.update()
     right = collector.after_step(1)
-    assert all(abs(w / r - 4096) < 1 for w, r in zip(wrong.grad_mean, ref.grad_mean))
-    for a, b in zip(right.grad_mean, ref.grad_mean):
+    assert all(abs(w / r - 4096) < 1 for w, r in zip(wrong.grad_mean, ref.grad_mean, strict=True))
+    for a, b in zip(right.grad_mean, ref.grad_mean, strict=True):
         assert abs(a - b) <= 1e-6 * b
-    for a, b in zip(right.update_ratio, ref.update_ratio):
+    for a, b in zip(right.update_ratio, ref.update_ratio, strict=True):
         assert abs(a - b) <= 1e-4 * b  # the same Adam step was taken
 
 

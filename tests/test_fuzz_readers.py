@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from lab2.data.cifar_reader import read_cifar_batch
-from lab2.engine.inference import load_exported_model
 from lab2.engine.report import build_report
 from lab2.errors import UserError
 from lab2.state.checkpoint import read_progress
 from lab2.state.checkpoint_check import checkpoint_problem
+from lab2.state.model_file import load_exported_model
 
 FUZZ = settings(
     max_examples=60,
@@ -147,7 +147,8 @@ def test_fuzz_checkpoint_progress_and_manifest(tmp_path, checkpoint_folder, data
 
 @pytest.fixture(scope="module")
 def model_bytes(tmp_path_factory):
-    """A small safetensors file with lab2's metadata keys (tensors of another shape: load must refuse or succeed cleanly)."""
+    """A small safetensors file with lab2's metadata keys
+    (tensors of another shape: load must refuse or succeed cleanly)."""
     path = tmp_path_factory.mktemp("model") / "model.safetensors"
     save_file(
         {"fc2.bias": torch.zeros(10)},

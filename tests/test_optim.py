@@ -10,8 +10,8 @@ from accelerate import Accelerator
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR
 
+from lab2.config.command_line import config_from_flags, parse_args
 from lab2.config.recipes import RECIPES
-from lab2.config.train_config import config_from_flags, parse_args
 from lab2.data.device_dataset import DeviceDataset, device_dataloader
 from lab2.engine.evaluation import evaluate, flip_averaged_logits
 from lab2.engine.optim import (
@@ -138,7 +138,7 @@ def test_prepared_scheduler_survives_save_and_load_state(tmp_path):
     second[0].load_state(str(tmp_path / "state"))
     lr_resumed, weights_resumed = train(*second, 7)
     assert lr_resumed == lr_straight
-    assert all(torch.equal(a, b) for a, b in zip(weights_resumed, weights_straight))
+    assert all(torch.equal(a, b) for a, b in zip(weights_resumed, weights_straight, strict=True))
 
 
 def test_label_smoothing_is_torchs_definition():

@@ -87,7 +87,8 @@ def test_a_folder_lab2_did_not_start_is_refused_and_untouched(finished, tmp_path
 
 
 def test_overwrite_keeps_user_files_everywhere_and_a_signal_while_finishing_is_reported(finished, tmp_path):
-    """--overwrite_output_dir on lab2's own run removes only lab2's files; SIGTERM after the last step is said, exit 0."""
+    """--overwrite_output_dir on lab2's own run removes only lab2's files;
+    SIGTERM after the last step is said, exit 0."""
     data, out = _copy(finished, tmp_path)
     mine = {}
     for sub in (".", "figures", "checkpoints", "wandb", "tensorboard", "eval", "checkpoints/checkpoint_00000004"):

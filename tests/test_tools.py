@@ -112,13 +112,16 @@ def test_report_holds_every_section(run_dir):
     assert result.returncode == 0 and result.stdout.strip().endswith("report.html")
 
 
-CHECKER = """<script>
-window.addEventListener('load', () => {
-  const images = [...document.images];
-  const loaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
-  document.body.setAttribute('data-check', `images=${images.length} loaded=${loaded} height=${document.body.scrollHeight}`);
-});
-</script></body>"""
+CHECKER = (
+    "<script>\n"
+    "window.addEventListener('load', () => {\n"
+    "  const images = [...document.images];\n"
+    "  const loaded = images.filter(i => i.complete && i.naturalWidth > 0).length;\n"
+    "  document.body.setAttribute('data-check', "
+    "`images=${images.length} loaded=${loaded} height=${document.body.scrollHeight}`);\n"
+    "});\n"
+    "</script></body>"
+)
 
 
 @pytest.mark.browser

@@ -75,7 +75,8 @@ def test_a_server_that_never_answers_is_not_waited_for(wandb_env, silent_server,
 
 
 def test_an_online_start_that_times_out_falls_back_to_offline_in_one_line(wandb_env, silent_server, tmp_path):
-    """Even past the probe (the server answers the probe, then hangs), wandb.init is bounded and the run goes offline."""
+    """Even past the probe (the server answers the probe, then hangs), wandb.init is bounded and the run goes
+    offline."""
     wandb_env.setenv("WANDB_BASE_URL", silent_server)
     for probe in ("_wandb_answers", "_wandb_reachable"):  # the probe passed, as with a server that hangs after it
         wandb_env.setattr(f"lab2.tracking.startup.{probe}", lambda *args, **kwargs: True, raising=False)

@@ -82,7 +82,8 @@ def run_eval(args) -> dict:
             splits = load_splits(dataclasses.replace(cfg, max_train_samples=1))
         if splits.num_classes != len(loaded.class_names):
             raise UserError(
-                f"the model has {len(loaded.class_names)} classes but the data set has {splits.num_classes}; evaluate it on the data it was trained for."
+                f"the model has {len(loaded.class_names)} classes but the data set has {splits.num_classes}; "
+                "evaluate it on the data it was trained for."
             )
         channels_last = use_channels_last(cfg.channels_last, accelerator.device)  # as in training: same numerics
         model = loaded.model.to(memory_format=torch.channels_last) if channels_last else loaded.model
@@ -109,7 +110,7 @@ def run_eval(args) -> dict:
             "loss": result.loss,
             "num_samples": result.num_samples,
             "tta": tta,
-            "class_accuracy": dict(zip(splits.class_names, map(float, result.per_class_accuracy))),
+            "class_accuracy": dict(zip(splits.class_names, map(float, result.per_class_accuracy), strict=True)),
         }
         if accelerator.is_main_process:
             claim(out, "eval")
@@ -119,7 +120,8 @@ def run_eval(args) -> dict:
                 plots.save_figure(fig, out / f"{name}.png")
             write_json(out / "eval.json", report)
             print(
-                f"accuracy: {100 * result.accuracy:.2f}% ({round(result.accuracy * result.num_samples)}/{result.num_samples}), loss {result.loss:.4f}"
+                f"accuracy: {100 * result.accuracy:.2f}% ({round(result.accuracy * result.num_samples)}/"
+                f"{result.num_samples}), loss {result.loss:.4f}"
             )
             for name, value in report["class_accuracy"].items():
                 print(f"  {name:>12}: {100 * value:6.2f}%")

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as error:
         exit_with_user_error(error, "lab2-export")
     print(
-        f"wrote {path} ({args.model}, {len(class_names)} classes); evaluate it with: lab2-eval --model_path {path} --data_dir DIR"
+        f"wrote {path} ({args.model}, {len(class_names)} classes); "
+        f"evaluate it with: lab2-eval --model_path {path} --data_dir DIR"
     )
 
 

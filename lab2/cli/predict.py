@@ -17,9 +17,9 @@ import torch
 
 from lab2.config.flag_types import Parser, int_flag
 from lab2.data.cifar import test_transform
-from lab2.engine.inference import top_k
 from lab2.errors import UserError, exit_with_user_error
 from lab2.state.lab_weights import load_model_file
+from lab2.state.model_file import top_k
 
 MAX_PIXELS = 64_000_000  # larger images are refused before decoding: a small file can decode to gigabytes
 
@@ -43,7 +43,8 @@ def _to_8bit_rgb(image):
 
 
 def read_image(path: str) -> tuple[torch.Tensor, str | None]:
-    """(normalised (3, 32, 32) tensor as the seed's test transform makes it, conversion note or None) for any image file.
+    """(normalised (3, 32, 32) tensor as the seed's test transform makes it, conversion note or None)
+    for any image file.
 
     Every failure (missing, not a file, unreadable, too large, a decompression bomb) is a UserError naming the file.
     """
@@ -59,7 +60,8 @@ def read_image(path: str) -> tuple[torch.Tensor, str | None]:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise UserError(
-                    f"{path}: {width}x{height} pixels is more than lab2-predict reads ({MAX_PIXELS:,}); shrink it first."
+                    f"{path}: {width}x{height} pixels is more than lab2-predict reads ({MAX_PIXELS:,}); "
+                    "shrink it first."
                 )
             image.draft("RGB", (32, 32))  # JPEG: decode at a reduced size when it can
             image, note = _to_8bit_rgb(image)
@@ -97,7 +99,10 @@ def main(argv: list[str] | None = None) -> None:
             results.append({"image": path, "error": str(error)})
             continue
         probabilities, indices = top_k(loaded.model, image[None], args.top_k)
-        top = [{"class": loaded.class_names[i], "probability": float(p)} for p, i in zip(probabilities[0], indices[0])]
+        top = [
+            {"class": loaded.class_names[i], "probability": float(p)}
+            for p, i in zip(probabilities[0], indices[0], strict=True)
+        ]
         results.append({"image": path, "top_k": top, **({"note": note} if note else {})})
         if not args.json:
             print(

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import sys
 
-from lab2.config.train_config import parse_args
+from lab2.config.command_line import parse_args
 from lab2.engine.distributed import (
     is_peer_lost,
     launched_rank,
     peer_lost_message,
     prepare_process,
 )
-from lab2.errors import EXIT_PEER_LOST, EXIT_USER_ERROR, UserError, exit_with_user_error
+from lab2.errors import EXIT_PEER_LOST, EXIT_USER_ERROR, Diverged, TrainingStopped, UserError, exit_with_user_error
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,19 +24,21 @@ def main(argv: list[str] | None = None) -> None:
         prepare_process()
         from lab2.engine.trainer import run
 
-        code = run(cfg)
+        run(cfg)
     except UserError as error:
         # Under a launcher every rank hits the same user error: one line is enough.
         if launched_rank() == 0:
             exit_with_user_error(error)
         sys.exit(EXIT_USER_ERROR)
+    except (TrainingStopped, Diverged) as ended:  # the loop already said where it stopped and what to do
+        sys.exit(ended.exit_code)
     except RuntimeError as error:
         if not is_peer_lost(error):
             raise
         # Every survivor says so: on several machines each node's log is read on its own.
         print(f"lab2: error: {peer_lost_message(error, cfg.output_dir)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_PEER_LOST)
-    sys.exit(code)
+    sys.exit(0)
 
 
 if __name__ == "__main__":

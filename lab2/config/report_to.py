@@ -43,14 +43,16 @@ def parse_report_to(value: str) -> list[str]:
         chosen = [tracker for tracker in TRACKER_PACKAGES if _installed(tracker)]
         if not chosen:
             raise UserError(
-                "--report_to all: no tracker package is installed; pip install wandb, tensorboard or mlflow-skinny, or pass --report_to none."
+                "--report_to all: no tracker package is installed; pip install wandb, tensorboard or mlflow-skinny, "
+                "or pass --report_to none."
             )
         return chosen
     for tracker in names:
         if not _installed(tracker):
             module, package = TRACKER_PACKAGES[tracker]
             raise UserError(
-                f"--report_to {tracker} needs the {module} package, which is not installed: pip install {package} (or choose another --report_to)."
+                f"--report_to {tracker} needs the {module} package, which is not installed: pip install {package} "
+                "(or choose another --report_to)."
             )
     return [tracker for tracker in TRACKER_PACKAGES if tracker in names]
 

@@ -7,33 +7,25 @@ what goes to the trackers and to `config.json`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
-import os
-import time
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from lab2.config.flag_types import (
-    Parser,
     check_float,
     check_int,
-    checked_text,
-    float_flag,
-    int_flag,
 )
-from lab2.config.recipes import RECIPES, recipe_values
+from lab2.config.recipes import RECIPES
 from lab2.config.report_to import parse_report_to
+from lab2.engine import optim as optim_registry
 from lab2.errors import UserError
 
 DATASETS = ("cifar10", "fake")
 DATA_PIPELINES = ("device", "torchvision")
 CHANNELS_LAST = ("auto", "on", "off")
-# Kept in step with lab2.engine.optim (not imported from there: this module must not load torch).
-OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULERS = ("constant", "linear", "cosine", "one_cycle")
+# The names come from the registries that build them (torch-free to import).
+OPTIMIZERS = tuple(optim_registry.OPTIMIZERS)
+LR_SCHEDULERS = tuple(optim_registry.LR_SCHEDULERS)
 EVAL_STRATEGIES = ("epoch", "steps", "no")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -67,10 +59,10 @@ class TrainConfig:
     num_workers: int = _flag(
         "DataLoader workers for --data_pipeline torchvision", bounds={"minimum": 0, "maximum": 256}, default=2
     )
-    max_train_samples: typing.Optional[int] = _flag(
+    max_train_samples: typing.Optional[int] = _flag(  # noqa: UP045 - f.type text is parsed, see _annotation_type
         "use only the first N training images (smoke runs)", bounds=COUNT, default=None
     )
-    max_eval_samples: typing.Optional[int] = _flag(
+    max_eval_samples: typing.Optional[int] = _flag(  # noqa: UP045 - f.type text is parsed, see _annotation_type
         "use only the first N test images (smoke runs)", bounds=COUNT, default=None
     )
     fake_train_samples: int = _flag(
@@ -117,7 +109,7 @@ class TrainConfig:
         EVAL_STRATEGIES,
         default="epoch",
     )
-    eval_steps: typing.Optional[int] = _flag(
+    eval_steps: typing.Optional[int] = _flag(  # noqa: UP045 - f.type text is parsed, see _annotation_type
         "optimizer steps between evaluations with --eval_strategy steps (default: --logging_steps)",
         bounds=STEPS,
         default=None,
@@ -140,7 +132,8 @@ class TrainConfig:
     run_name: str = _flag("name of the run (default: <model>-<date>-<time>)", default="")
     project_name: str = _flag("tracker project (the W&B project)", default="lab2")
     report_to: str = _flag(
-        "wandb, tensorboard, mlflow, a comma list of them, all (every installed one) or none (W&B goes offline without credentials)",
+        "wandb, tensorboard, mlflow, a comma list of them, all (every installed one) "
+        "or none (W&B goes offline without credentials)",
         default="wandb",
     )
     logging_steps: int = _flag(
@@ -182,7 +175,8 @@ class TrainConfig:
 
     @property
     def eval_every_steps(self) -> int | None:
-        """Optimizer steps between evaluations for --eval_strategy steps (--eval_steps, else --logging_steps), or None."""
+        """Optimizer steps between evaluations for --eval_strategy steps (--eval_steps, else --logging_steps),
+        or None."""
         if self.eval_strategy != "steps":
             return None
         return self.eval_steps or self.logging_steps
@@ -191,7 +185,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _numeric_kind(f: dataclasses.Field) -> str | None:
+def numeric_kind(f: dataclasses.Field) -> str | None:
     """'int' or 'float' for a numeric field (Optional included), else None."""
     base = f.type.replace("typing.Optional[", "").rstrip("]")
     return base if base in ("int", "float") else None
@@ -205,12 +199,13 @@ def check_checkpointing_steps(value: str) -> str:
         check_int("--checkpointing_steps", value, **STEPS)
     except UserError:
         raise UserError(
-            f"--checkpointing_steps must be 'epoch', 'none' or a whole number of steps in 1..{STEPS['maximum']:,}, got {value!r}."
+            f"--checkpointing_steps must be 'epoch', 'none' or a whole number of steps in 1..{STEPS['maximum']:,}, "
+            f"got {value!r}."
         ) from None
     return value
 
 
-def _validate(cfg: TrainConfig) -> None:
+def check_values(cfg: TrainConfig) -> None:
     """Raise UserError for values no run can use, naming the flag and the fix.
 
     Each numeric field is checked against its declared range here too, so a
@@ -218,7 +213,7 @@ def _validate(cfg: TrainConfig) -> None:
     as the command line.
     """
     for f in dataclasses.fields(TrainConfig):
-        kind, value = _numeric_kind(f), getattr(cfg, f.name)
+        kind, value = numeric_kind(f), getattr(cfg, f.name)
         if kind is None or (value is None and f.type.startswith("typing.Optional")):
             continue
         check = check_int if kind == "int" else check_float
@@ -238,14 +233,6 @@ def _validate(cfg: TrainConfig) -> None:
         )
 
 
-def validate_config(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` checked as the command line checks flags (types, choices, ranges, conflicts); for configs read from files."""
-    for f in dataclasses.fields(TrainConfig):
-        setattr(cfg, f.name, _checked_value(f, getattr(cfg, f.name)))
-    _validate(cfg)
-    return cfg
-
-
 def _validate_recipe_flags(cfg: TrainConfig) -> None:
     """The optimizer, schedule and evaluation flags: fractions in [0, 1), nothing negative."""
     fractions = {
@@ -262,126 +249,6 @@ def _validate_recipe_flags(cfg: TrainConfig) -> None:
         raise UserError(f"--eval_steps must be a positive number of optimizer steps, got {cfg.eval_steps}.")
     if cfg.eval_steps is not None and cfg.eval_strategy != "steps":
         raise UserError(
-            f"--eval_steps applies only with --eval_strategy steps (now {cfg.eval_strategy}); add --eval_strategy steps or drop --eval_steps."
+            f"--eval_steps applies only with --eval_strategy steps (now {cfg.eval_strategy}); "
+            "add --eval_strategy steps or drop --eval_steps."
         )
-
-
-def _annotation_type(annotation: str):
-    """The Python type of a field annotation (annotations are strings here)."""
-    base = annotation.replace("typing.Optional[", "").rstrip("]")
-    return {"int": int, "float": float, "str": str, "bool": bool}[base]
-
-
-def _argparse_type(f: dataclasses.Field):
-    """The argparse `type` for a field: a checked number type for numeric fields (range from its bounds)."""
-    kind = _numeric_kind(f)
-    if kind == "int":
-        return int_flag(f"--{f.name}", **f.metadata["bounds"])
-    if kind == "float":
-        return float_flag(f"--{f.name}", **f.metadata["bounds"])
-    if f.name == "checkpointing_steps":
-        return checked_text(check_checkpointing_steps)
-    return bool if f.type == "bool" else str
-
-
-def build_parser(prog: str = "train_accelerate.py") -> argparse.ArgumentParser:
-    parser = Parser(
-        prog=prog,
-        description="Train a CIFAR-10 CNN with Hugging Face Accelerate and explain it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    for f in dataclasses.fields(TrainConfig):
-        kind = _argparse_type(f)
-        help_text = f.metadata["help"]
-        if kind is bool:
-            # --flag / --no-flag: a recipe may switch a flag on that the user wants off.
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
-        else:
-            parser.add_argument(
-                f"--{f.name}",
-                type=kind,
-                default=f.default,
-                choices=f.metadata["choices"],
-                help=help_text + (" (default: all)" if f.default is None else ""),
-            )
-    return parser
-
-
-def given_flags(argv: list[str] | None) -> set[str]:
-    """The names of the flags `argv` gives explicitly (abbreviations and `--flag=value` included).
-
-    Parses again with every default suppressed, so argparse itself decides what was given.
-    """
-    probe = build_parser()
-    for action in probe._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(probe.parse_args(argv)))
-
-
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Parse flags into a validated TrainConfig; raise UserError for bad values.
-
-    Flag errors (unknown flag, wrong type, out of range) print one `error:` line
-    naming the flag and exit with status 2, our bad-input contract.
-    """
-    parser = build_parser()
-    values = vars(parser.parse_args(argv))
-    values.update(recipe_values(values["recipe"], given_flags(argv)))
-    return _finish(TrainConfig(**values))
-
-
-def _finish(cfg: TrainConfig) -> TrainConfig:
-    """Validate, then fill in the run name and output folder that default to the time of the run."""
-    _validate(cfg)
-    if not cfg.run_name:
-        cfg.run_name = f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not cfg.output_dir:
-        cfg.output_dir = str(Path("runs") / cfg.run_name)
-    return cfg
-
-
-def _checked_value(f: dataclasses.Field, value):
-    """`value` for field `f` given as a Python object: the checks argparse makes on the command line (type, choices)."""
-    kind = _annotation_type(f.type)
-    optional = f.type.startswith("typing.Optional[")
-    if kind is str and isinstance(value, os.PathLike):
-        value = os.fspath(value)  # data_dir=Path(...) reads naturally in a notebook
-    if value is None and optional:
-        return value
-    # bool is an int in Python, but True for an epoch count is a mistake, not a 1.
-    fits = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value, fits = float(value), True
-    if not fits:
-        wanted = f"{kind.__name__}{' or None' if optional else ''}"
-        raise UserError(f"--{f.name} must be {wanted}, got {value!r} ({type(value).__name__}).")
-    choices = f.metadata["choices"]
-    if choices and value not in choices:
-        raise UserError(f"--{f.name} must be one of {', '.join(choices)}; got {value!r}.")
-    return value
-
-
-def config_from_flags(**flags) -> TrainConfig:
-    """A validated TrainConfig from flags given as Python values (lab2.train), with the command line's checks.
-
-    Names are TrainConfig's fields (the flags without `--`); anything left out keeps its command-line default
-    (or --recipe's value, when a recipe is given).
-    Raises UserError naming the flag for an unknown name, a wrong type or an invalid value.
-    """
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for name in flags:
-        if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise UserError(
-                f"unknown flag {name!r}; {hint}the flags are lab2.config.train_config.TrainConfig's fields (see --help)."
-            )
-    values = {name: _checked_value(fields[name], value) for name, value in flags.items()}
-    # A --recipe fills in what the caller did not give, as on the command line.
-    return _finish(TrainConfig(**{**recipe_values(values.get("recipe", "none"), set(values)), **values}))
-
-
-def config_from_dict(values: dict) -> TrainConfig:
-    """Rebuild a TrainConfig from `config.json` (unknown keys from newer versions are ignored)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in values.items() if k in names})

@@ -14,8 +14,6 @@ names. Three sources produce it (lab2.data.sources picks one):
 
 from __future__ import annotations
 
-import pickle
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +24,6 @@ from torch.utils.data import DataLoader, Dataset
 from lab2.data.cifar_reader import (
     CIFAR10_CLASSES,
     CIFAR10_FOLDER,
-    IMAGE_SHAPE,
-    META_FILE,
-    ROW_BYTES,
     TEST_FILE,
     TRAIN_FILES,
     read_cifar_batch,
@@ -45,7 +40,8 @@ CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 
 DOWNLOAD_HELP = (
     "Without network access, copy the official cifar-10-batches-py folder into --data_dir, "
-    "pass --dataset_name with a dataset saved by datasets' save_to_disk, or use --dataset fake for an offline smoke run."
+    "pass --dataset_name with a dataset saved by datasets' save_to_disk, "
+    "or use --dataset fake for an offline smoke run."
 )
 
 
@@ -63,7 +59,7 @@ class DataSplits:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def truncated(self, max_train: int | None, max_eval: int | None) -> "DataSplits":
+    def truncated(self, max_train: int | None, max_eval: int | None) -> DataSplits:
         """The first `max_train` / `max_eval` images of each split (None keeps all)."""
         return DataSplits(
             self.train_images[:max_train],
@@ -75,6 +71,7 @@ class DataSplits:
 
 
 # --------------------------------------------------------------------------- reading a folder
+
 
 def find_cifar10_folder(data_dir: str | Path) -> Path | None:
     """The `cifar-10-batches-py` folder under `data_dir` (or `data_dir` itself), or None."""
@@ -132,85 +129,12 @@ def load_cifar10(data_dir: str | Path, download: bool = True) -> DataSplits:
     return read_cifar10_folder(folder)
 
 
-# --------------------------------------------------------------------------- writing (fake data, tests)
-
-def write_cifar_batch(path: str | Path, images: np.ndarray, labels, batch_label: str = "") -> None:
-    """Write uint8 (N, 3, 32, 32) images and labels as one official-format batch (pickle protocol 2)."""
-    images = np.ascontiguousarray(images, dtype=np.uint8)
-    batch = {
-        "batch_label": batch_label,
-        "labels": [int(label) for label in labels],
-        "data": images.reshape(len(images), ROW_BYTES),
-        "filenames": [f"image_{i:05d}.png" for i in range(len(images))],
-    }
-    with open(path, "wb") as handle:
-        pickle.dump(batch, handle, protocol=2)
-
-
-def write_cifar10_folder(
-    folder: str | Path,
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
-    test_images: np.ndarray,
-    test_labels: np.ndarray,
-    class_names=CIFAR10_CLASSES,
-) -> Path:
-    """Write a complete official-format folder: 5 training batches, test_batch and batches.meta."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    chunks = np.array_split(np.arange(len(train_images)), len(TRAIN_FILES))
-    for name, idx in zip(TRAIN_FILES, chunks):
-        write_cifar_batch(folder / name, train_images[idx], np.asarray(train_labels)[idx], f"training batch {name[-1]} of 5")
-    write_cifar_batch(folder / TEST_FILE, test_images, test_labels, "testing batch 1 of 1")
-    with open(folder / META_FILE, "wb") as handle:
-        pickle.dump({"num_cases_per_batch": len(chunks[0]), "label_names": list(class_names), "num_vis": ROW_BYTES}, handle, protocol=2)
-    return folder
-
-
-def synthetic_images(num: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Learnable synthetic 32x32 images: each class has its own colour and stripe pattern, plus noise."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, num_classes, size=num)
-    class_rng = np.random.default_rng(1234)  # the class look is fixed; only the samples depend on `seed`
-    colours = class_rng.uniform(40, 215, size=(num_classes, 3, 1, 1))
-    frequencies = class_rng.uniform(0.2, 1.2, size=num_classes)
-    angles = class_rng.uniform(0, np.pi, size=num_classes)
-    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
-    images = np.empty((num, *IMAGE_SHAPE), dtype=np.uint8)
-    for c in range(num_classes):
-        members = np.flatnonzero(labels == c)
-        stripes = 40 * np.sin(frequencies[c] * (np.cos(angles[c]) * xx + np.sin(angles[c]) * yy))
-        noise = rng.normal(0, 25, size=(len(members), *IMAGE_SHAPE))
-        images[members] = np.clip(colours[c] + stripes + noise, 0, 255).astype(np.uint8)
-    return images, labels
-
-
-def _remove_partial_fake_set(folder: Path) -> None:
-    """Delete a half-written fake set left by an interrupted run, but never a folder holding other files."""
-    if not folder.exists():
-        return
-    foreign = sorted(p.name for p in folder.iterdir() if p.name not in (*TRAIN_FILES, TEST_FILE, META_FILE)) if folder.is_dir() else [folder.name]
-    if foreign:
-        raise UserError(f"{folder} holds files lab2 did not write ({', '.join(foreign[:4])}); move them away or choose another --data_dir.")
-    shutil.rmtree(folder)
-
-
-def make_fake_cifar10(data_dir: str | Path, num_train: int, num_test: int, seed: int = 0) -> Path:
-    """Write (once) a synthetic set in the official format under data_dir; return its folder."""
-    folder = Path(data_dir) / f"lab2-fake-{num_train}-{num_test}-{seed}" / CIFAR10_FOLDER
-    if not (folder / META_FILE).exists():  # batches.meta is written last: its presence means complete
-        train = synthetic_images(num_train, 10, seed)
-        test = synthetic_images(num_test, 10, seed + 1)
-        # Written under a temporary name and renamed, so an interrupted run never leaves half a set.
-        tmp = folder.with_name(folder.name + ".tmp")
-        _remove_partial_fake_set(tmp)
-        _remove_partial_fake_set(folder)
-        write_cifar10_folder(tmp, *train, *test)
-        tmp.rename(folder)
-    return folder
-
-
 # --------------------------------------------------------------------------- the seed's per-image path
+
+# The augmentation, defined once: the seed's values, used by this per-image path and by the device Dataset.
+CROP_PADDING = 4  # pixels of zero padding before a random 32x32 crop
+FLIP_PROBABILITY = 0.5  # horizontal flip
+
 
 def train_transform(mean=CIFAR10_MEAN, std=CIFAR10_STD):
     """The seed's training transform: random crop 32 with zero padding 4, horizontal flip, normalise."""
@@ -218,8 +142,8 @@ def train_transform(mean=CIFAR10_MEAN, std=CIFAR10_STD):
 
     return transforms.Compose(
         [
-            transforms.RandomCrop(32, padding=4),
-            transforms.RandomHorizontalFlip(),
+            transforms.RandomCrop(32, padding=CROP_PADDING),
+            transforms.RandomHorizontalFlip(FLIP_PROBABILITY),
             transforms.ToTensor(),
             transforms.Normalize(mean, std),
         ]
@@ -248,12 +172,14 @@ class CustomCIFAR10(Dataset):
         self.classes = list(class_names)
 
     @classmethod
-    def from_folder(cls, data_dir: str | Path, train: bool = True, transform=None) -> "CustomCIFAR10":
+    def from_folder(cls, data_dir: str | Path, train: bool = True, transform=None) -> CustomCIFAR10:
         folder = find_cifar10_folder(data_dir)
         if folder is None:
             raise UserError(f"no {CIFAR10_FOLDER} folder in {data_dir}. {DOWNLOAD_HELP}")
         splits = read_cifar10_folder(folder)
-        images, labels = (splits.train_images, splits.train_labels) if train else (splits.test_images, splits.test_labels)
+        images, labels = (
+            (splits.train_images, splits.train_labels) if train else (splits.test_images, splits.test_labels)
+        )
         return cls(images, labels, transform, splits.class_names)
 
     def __len__(self) -> int:
@@ -268,7 +194,14 @@ class CustomCIFAR10(Dataset):
         return image, int(self.labels[index])
 
 
-def torchvision_loaders(splits: DataSplits, train_batch_size: int, eval_batch_size: int, num_workers: int, seed: int, drop_last: bool = False):
+def torchvision_loaders(
+    splits: DataSplits,
+    train_batch_size: int,
+    eval_batch_size: int,
+    num_workers: int,
+    seed: int,
+    drop_last: bool = False,
+):
     """The seed's DataLoaders (shuffled train with crop+flip, ordered test), for accelerator.prepare;
     `drop_last` leaves out the last partial training batch (static shapes)."""
     train_set = CustomCIFAR10(splits.train_images, splits.train_labels, train_transform(), splits.class_names)
@@ -276,7 +209,12 @@ def torchvision_loaders(splits: DataSplits, train_batch_size: int, eval_batch_si
     common = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
     # A seeded generator makes the shuffle order reproducible (bit-exact resume relies on it).
     train_loader = DataLoader(
-        train_set, batch_size=train_batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), drop_last=drop_last, **common
+        train_set,
+        batch_size=train_batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=drop_last,
+        **common,
     )
     test_loader = DataLoader(test_set, batch_size=eval_batch_size, shuffle=False, **common)
     return train_loader, test_loader

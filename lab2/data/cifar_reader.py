@@ -87,8 +87,10 @@ def check_structure(obj, max_elements: int, where: str) -> None:
             continue
         count += 1
         if count > max_elements:
-            raise UserError(f"{where} holds nested lists that expand to more elements than the file has bytes "
-                            f"(over {max_elements:,}); it is not a CIFAR-10 batch file, refusing it.")
+            raise UserError(
+                f"{where} holds nested lists that expand to more elements than the file has bytes "
+                f"(over {max_elements:,}); it is not a CIFAR-10 batch file, refusing it."
+            )
         if isinstance(item, np.ndarray) and item.dtype == object:
             raise UserError(f"{where} holds an array of Python objects; CIFAR-10 batch files hold numbers only.")
         if isinstance(item, dict):
@@ -119,10 +121,13 @@ def _unpickle(path: Path) -> dict:
                 f"{path} asks to run code on load ({str(exc).removeprefix('forbidden ')}), which a CIFAR-10 file "
                 f"never does; refusing it as unsafe. {refetch}"
             ) from None
-        raise UserError(f"{path} is not a CIFAR-10 batch file ({exc}); it may be truncated or corrupt. {refetch}") from None
+        raise UserError(
+            f"{path} is not a CIFAR-10 batch file ({exc}); it may be truncated or corrupt. {refetch}"
+        ) from None
     except Exception as exc:  # EOFError, ValueError, UnicodeDecodeError, MemoryError...: all mean a broken file
         raise UserError(
-            f"{path} is not a CIFAR-10 batch file ({type(exc).__name__}: {str(exc)[:200]}); it may be truncated or corrupt. {refetch}"
+            f"{path} is not a CIFAR-10 batch file ({type(exc).__name__}: {str(exc)[:200]}); "
+            f"it may be truncated or corrupt. {refetch}"
         ) from None
     if not isinstance(obj, dict):
         raise UserError(f"{path} holds a {type(obj).__name__}, not a CIFAR-10 batch dict. {refetch}")
@@ -134,16 +139,24 @@ def _labels_array(path: Path, labels, num_images: int) -> np.ndarray:
     """The labels as int64 (N,), with a message that says which rule they break."""
     if isinstance(labels, np.ndarray):
         if labels.ndim != 1:
-            raise UserError(f"{path}: 'labels' must be a flat list of class numbers, one per image; got an array of shape {labels.shape}.")
+            raise UserError(
+                f"{path}: 'labels' must be a flat list of class numbers, one per image; "
+                f"got an array of shape {labels.shape}."
+            )
         if not np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_:
             raise UserError(f"{path}: 'labels' must be whole numbers (class indices); got {labels.dtype} values.")
     elif isinstance(labels, (list, tuple)):
         odd = next((v for v in labels if isinstance(v, (list, tuple, np.ndarray))), None)
         if odd is not None:
-            raise UserError(f"{path}: 'labels' must be a flat list of class numbers, one per image; it holds nested {type(odd).__name__}s.")
+            raise UserError(
+                f"{path}: 'labels' must be a flat list of class numbers, one per image; "
+                f"it holds nested {type(odd).__name__}s."
+            )
         odd = next((v for v in labels if isinstance(v, bool) or not isinstance(v, (int, np.integer))), None)
         if odd is not None:
-            raise UserError(f"{path}: 'labels' must be whole numbers (class indices); found {type(odd).__name__} {odd!r}.")
+            raise UserError(
+                f"{path}: 'labels' must be whole numbers (class indices); found {type(odd).__name__} {odd!r}."
+            )
         labels = np.array(labels, dtype=np.int64) if labels else np.zeros(0, dtype=np.int64)
     else:
         raise UserError(f"{path}: 'labels' must be a list of class numbers, got {type(labels).__name__}.")

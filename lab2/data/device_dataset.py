@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD
+from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CROP_PADDING, FLIP_PROBABILITY
 
-PAD = 4  # random-crop padding in pixels, as the seed's RandomCrop(32, padding=4)
+PAD = CROP_PADDING  # random-crop padding in pixels (lab2.data.cifar: the seed's RandomCrop(32, padding=4))
 
 
 def use_channels_last(setting: str, device: torch.device) -> bool:
@@ -62,7 +62,7 @@ def augmentation_for_epoch(num_samples: int, seed: int, epoch: int) -> tuple[tor
     """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     offsets = torch.randint(0, 2 * PAD + 1, (num_samples, 2), generator=generator)
-    flips = torch.rand(num_samples, generator=generator) < 0.5
+    flips = torch.rand(num_samples, generator=generator) < FLIP_PROBABILITY
     return offsets, flips
 
 
@@ -145,17 +145,43 @@ def keep_batch(batch):
     return batch
 
 
-def device_dataloader(dataset: DeviceDataset, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False) -> DataLoader:
+def device_dataloader(
+    dataset: DeviceDataset, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False
+) -> DataLoader:
     """A plain DataLoader over `dataset` (no workers: the data is already on the device), ready for
     `accelerator.prepare`. A seeded generator makes the shuffle order reproducible; prepared with
     `use_seedable_sampler`, Accelerate reshuffles it as seed + epoch on every process alike.
     `drop_last` leaves out the last partial batch: every batch then has one shape (CUDA graphs need that)."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=keep_batch, num_workers=0, drop_last=drop_last)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=keep_batch,
+        num_workers=0,
+        drop_last=drop_last,
+    )
 
 
-def device_loaders(splits, train_batch_size: int, eval_batch_size: int, *, device, seed: int, channels_last: bool, drop_last: bool = False):
-    """(train, eval) DataLoaders over DeviceDatasets of `splits` (lab2.data.cifar.DataSplits), unprepared; `drop_last` for training only."""
-    train = DeviceDataset(splits.train_images, splits.train_labels, train=True, device=device, seed=seed, channels_last=channels_last)
-    test = DeviceDataset(splits.test_images, splits.test_labels, train=False, device=device, channels_last=channels_last)
-    return device_dataloader(train, train_batch_size, shuffle=True, seed=seed, drop_last=drop_last), device_dataloader(test, eval_batch_size, shuffle=False)
+def device_loaders(
+    splits,
+    train_batch_size: int,
+    eval_batch_size: int,
+    *,
+    device,
+    seed: int,
+    channels_last: bool,
+    drop_last: bool = False,
+):
+    """(train, eval) DataLoaders over DeviceDatasets of `splits` (lab2.data.cifar.DataSplits), unprepared;
+    `drop_last` for training only."""
+    train = DeviceDataset(
+        splits.train_images, splits.train_labels, train=True, device=device, seed=seed, channels_last=channels_last
+    )
+    test = DeviceDataset(
+        splits.test_images, splits.test_labels, train=False, device=device, channels_last=channels_last
+    )
+    return device_dataloader(train, train_batch_size, shuffle=True, seed=seed, drop_last=drop_last), device_dataloader(
+        test, eval_batch_size, shuffle=False
+    )

@@ -38,15 +38,24 @@ def _load(name: str):
         try:
             dataset = load_dataset(name)
         except (ConnectionError, OSError) as exc:
-            raise UserError(f"--dataset_name {name}: could not load it from the Hugging Face Hub ({exc}). {HUB_HELP}") from None
+            raise UserError(
+                f"--dataset_name {name}: could not load it from the Hugging Face Hub ({exc}). {HUB_HELP}"
+            ) from None
         except Exception as exc:  # DatasetNotFoundError and friends
-            raise UserError(f"--dataset_name {name}: {type(exc).__name__}: {exc}. Check the id, or {HUB_HELP[0].lower()}{HUB_HELP[1:]}") from None
+            raise UserError(
+                f"--dataset_name {name}: {type(exc).__name__}: {exc}. "
+                f"Check the id, or {HUB_HELP[0].lower()}{HUB_HELP[1:]}"
+            ) from None
     if not isinstance(dataset, DatasetDict):
-        raise UserError(f"--dataset_name {name} holds a single split; lab2 needs a DatasetDict with 'train' and 'test' splits.")
+        raise UserError(
+            f"--dataset_name {name} holds a single split; lab2 needs a DatasetDict with 'train' and 'test' splits."
+        )
     return dataset
 
 
-def _pick_column(features, wanted: str, names: tuple[str, ...], feature_type, what: str, flag: str, dataset_name: str) -> str:
+def _pick_column(
+    features, wanted: str, names: tuple[str, ...], feature_type, what: str, flag: str, dataset_name: str
+) -> str:
     if wanted:
         if wanted not in features:
             raise UserError(f"--{flag} {wanted!r} is not a column of {dataset_name}; its columns are {list(features)}.")
@@ -56,7 +65,10 @@ def _pick_column(features, wanted: str, names: tuple[str, ...], feature_type, wh
     for candidates in (typed, named):
         if candidates:
             return candidates[0]
-    raise UserError(f"cannot tell which column of {dataset_name} holds the {what}; name it with --{flag} (columns: {list(features)}).")
+    raise UserError(
+        f"cannot tell which column of {dataset_name} holds the {what}; "
+        f"name it with --{flag} (columns: {list(features)})."
+    )
 
 
 def _to_chw_uint8(batch: dict, image_column: str) -> dict:
@@ -88,10 +100,19 @@ def load_hf_splits(name: str, image_column: str = "", label_column: str = "") ->
     for split in ("train", test_split):
         part = dataset[split].select_columns([image_column, label_column])
         # One decode, cached by datasets as Arrow; later runs read the cache.
-        converted = part.map(_to_chw_uint8, batched=True, batch_size=1000, fn_kwargs={"image_column": image_column},
-                             remove_columns=[image_column], desc=f"decoding {split} images once")
+        converted = part.map(
+            _to_chw_uint8,
+            batched=True,
+            batch_size=1000,
+            fn_kwargs={"image_column": image_column},
+            remove_columns=[image_column],
+            desc=f"decoding {split} images once",
+        )
         converted = converted.with_format("numpy")
-        arrays[split] = (np.asarray(converted["pixels"], dtype=np.uint8), np.asarray(converted[label_column], dtype=np.int64))
+        arrays[split] = (
+            np.asarray(converted["pixels"], dtype=np.uint8),
+            np.asarray(converted[label_column], dtype=np.int64),
+        )
     if isinstance(label_feature, ClassLabel):
         class_names = tuple(label_feature.names)
     else:
@@ -100,4 +121,10 @@ def load_hf_splits(name: str, image_column: str = "", label_column: str = "") ->
         if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
             raise UserError(f"--dataset_name {name}: {split} labels fall outside 0..{len(class_names) - 1}.")
     (train_x, train_y), (test_x, test_y) = arrays["train"], arrays[test_split]
-    return DataSplits(torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x), torch.from_numpy(test_y), class_names)
+    return DataSplits(
+        torch.from_numpy(train_x),
+        torch.from_numpy(train_y),
+        torch.from_numpy(test_x),
+        torch.from_numpy(test_y),
+        class_names,
+    )

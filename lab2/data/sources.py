@@ -6,8 +6,9 @@ alone and nothing imports in a cycle: sources -> (data, hf_data) -> data.
 
 from __future__ import annotations
 
-from lab2.data.cifar import DataSplits, load_cifar10, make_fake_cifar10, read_cifar10_folder, torchvision_loaders
+from lab2.data.cifar import DataSplits, load_cifar10, read_cifar10_folder, torchvision_loaders
 from lab2.data.device_dataset import device_loaders
+from lab2.data.fake_cifar import make_fake_cifar10
 
 
 def load_splits(cfg) -> DataSplits:
@@ -32,7 +33,20 @@ def pipeline_loaders(cfg, splits: DataSplits, device, channels_last: bool):
     """(train, eval) DataLoaders of --data_pipeline for `splits`, unprepared: `device` keeps the uint8 data on
     the device and augments whole batches there; `torchvision` is the seed's per-image PIL path."""
     if cfg.data_pipeline == "torchvision":
-        return torchvision_loaders(splits, cfg.per_device_train_batch_size, cfg.per_device_eval_batch_size, cfg.num_workers, cfg.seed,
-                                   drop_last=cfg.dataloader_drop_last)
-    return device_loaders(splits, cfg.per_device_train_batch_size, cfg.per_device_eval_batch_size,
-                          device=device, seed=cfg.seed, channels_last=channels_last, drop_last=cfg.dataloader_drop_last)
+        return torchvision_loaders(
+            splits,
+            cfg.per_device_train_batch_size,
+            cfg.per_device_eval_batch_size,
+            cfg.num_workers,
+            cfg.seed,
+            drop_last=cfg.dataloader_drop_last,
+        )
+    return device_loaders(
+        splits,
+        cfg.per_device_train_batch_size,
+        cfg.per_device_eval_batch_size,
+        device=device,
+        seed=cfg.seed,
+        channels_last=channels_last,
+        drop_last=cfg.dataloader_drop_last,
+    )

@@ -26,7 +26,8 @@ PEER_LOST_SIGNS = (
 
 
 def launched_world_size(env: MutableMapping[str, str] = os.environ) -> int:
-    """The number of processes the launcher started (torchrun, accelerate, notebook_launcher or Open MPI); 1 without one."""
+    """The number of processes the launcher started (torchrun, accelerate, notebook_launcher or Open MPI);
+    1 without one."""
     for name in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
         if env.get(name, "").isdigit():
             return int(env[name])

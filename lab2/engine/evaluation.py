@@ -55,7 +55,7 @@ class _SamplePool:
 
     @staticmethod
     def _merge(pool, new, size, by_confidence):
-        merged = new if pool is None else [torch.cat([a, b]) for a, b in zip(pool, new)]
+        merged = new if pool is None else [torch.cat([a, b]) for a, b in zip(pool, new, strict=True)]
         if by_confidence:
             keep = merged[3].topk(min(size, len(merged[3]))).indices
             return [t[keep] for t in merged]
@@ -75,7 +75,7 @@ class _SamplePool:
         # Half mistakes (most confident first), half correct; either side fills in when the other runs short.
         n_wrong = min(len(self.wrong[0]), max(self.size // 2, self.size - len(self.right[0])))
         n_right = min(len(self.right[0]), self.size - n_wrong)
-        parts = [torch.cat([w[:n_wrong], r[:n_right]]).cpu() for w, r in zip(self.wrong, self.right)]
+        parts = [torch.cat([w[:n_wrong], r[:n_right]]).cpu() for w, r in zip(self.wrong, self.right, strict=True)]
         images = parts[0].float() * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
         images = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         return PredictionSamples(images, parts[1].numpy(), parts[2].numpy(), parts[3].float().numpy())
@@ -114,7 +114,7 @@ def evaluate(
             pool.add(images, predictions, labels, confidences)
         outputs.append(accelerator.gather_for_metrics((predictions, labels, losses)))
     model.train()
-    predictions, labels, losses = (torch.cat(column) for column in zip(*outputs))
+    predictions, labels, losses = (torch.cat(column) for column in zip(*outputs, strict=True))
     count = int(labels.numel())
     confusion = confusion_matrix(labels, predictions, num_classes).cpu().numpy()
     return EvalResult(

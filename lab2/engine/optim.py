@@ -25,14 +25,37 @@ is laid out over `steps * num_processes` scheduler steps: see `scheduler_total_s
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
-
-from lab2.config.train_config import LR_SCHEDULERS, OPTIMIZERS
+if TYPE_CHECKING:  # torch loads when a builder runs, so lab2.config can read the registry's names without it
+    import torch
+    from torch.optim.lr_scheduler import LRScheduler
 
 ONE_CYCLE_DEFAULT_PCT_START = 0.3  # torch.optim.lr_scheduler.OneCycleLR's default
+
+
+def _adam(params, lr, weight_decay, momentum, nesterov, fused):
+    import torch
+
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def _adamw(params, lr, weight_decay, momentum, nesterov, fused):
+    import torch
+
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def _sgd(params, lr, weight_decay, momentum, nesterov, fused):
+    import torch
+
+    # SGD has no fused CPU kernel; torch picks its multi-tensor (foreach) one.
+    nesterov = nesterov and momentum > 0
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+
+
+# The registry --optim is checked against (lab2.config reads its names): name -> builder.
+OPTIMIZERS = {"adam": _adam, "adamw": _adamw, "sgd": _sgd}
 
 
 def create_optimizer(
@@ -52,15 +75,9 @@ def create_optimizer(
     measured ~10% faster per CPU step here for Adam); SGD has no fused CPU kernel, so
     it uses the multi-tensor (foreach) one instead.
     """
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
-    if name == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, weight_decay=weight_decay
-        )
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {tuple(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, lr, weight_decay, momentum, nesterov, fused)
 
 
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
@@ -74,7 +91,8 @@ def scheduler_total_steps(steps_per_epoch: int, epochs: int, num_processes: int 
 
 
 def lr_factor(kind: str, step: int, total_steps: int, warmup: int) -> float:
-    """The multiplier of the peak rate at scheduler step `step` for constant / linear / cosine (transformers' formulas)."""
+    """The multiplier of the peak rate at scheduler step `step` for constant / linear / cosine (transformers'
+    formulas)."""
     if step < warmup:
         return step / max(1, warmup)
     if kind == "constant":
@@ -87,22 +105,41 @@ def lr_factor(kind: str, step: int, total_steps: int, warmup: int) -> float:
     raise ValueError(f"lr_factor has no formula for {kind!r}")
 
 
+def _one_cycle(optimizer, kind: str, total_steps: int, warmup_ratio: float):
+    from torch.optim.lr_scheduler import OneCycleLR
+
+    return OneCycleLR(
+        optimizer,
+        max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=total_steps,
+        pct_start=warmup_ratio or ONE_CYCLE_DEFAULT_PCT_START,
+        anneal_strategy="cos",
+    )
+
+
+def _lambda_schedule(optimizer, kind: str, total_steps: int, warmup_ratio: float):
+    from torch.optim.lr_scheduler import LambdaLR
+
+    warmup = warmup_steps(total_steps, warmup_ratio)
+    return LambdaLR(optimizer, lambda step: lr_factor(kind, step, total_steps, warmup))
+
+
+# The registry --lr_scheduler_type is checked against (lab2.config reads its names): name -> builder.
+LR_SCHEDULERS = {
+    "constant": _lambda_schedule,
+    "linear": _lambda_schedule,
+    "cosine": _lambda_schedule,
+    "one_cycle": _one_cycle,
+}
+
+
 def create_scheduler(
     optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_ratio: float = 0.0
 ) -> LRScheduler:
     """--lr_scheduler_type `kind` over `total_steps` scheduler steps (see the module doc for each shape)."""
-    if kind == "one_cycle":
-        return OneCycleLR(
-            optimizer,
-            max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=total_steps,
-            pct_start=warmup_ratio or ONE_CYCLE_DEFAULT_PCT_START,
-            anneal_strategy="cos",
-        )
     if kind not in LR_SCHEDULERS:
-        raise ValueError(f"unknown scheduler {kind!r}; choose one of {LR_SCHEDULERS}")
-    warmup = warmup_steps(total_steps, warmup_ratio)
-    return LambdaLR(optimizer, lambda step: lr_factor(kind, step, total_steps, warmup))
+        raise ValueError(f"unknown scheduler {kind!r}; choose one of {tuple(LR_SCHEDULERS)}")
+    return LR_SCHEDULERS[kind](optimizer, kind, total_steps, warmup_ratio)
 
 
 def peak_learning_rate(optimizer: torch.optim.Optimizer) -> float:
@@ -133,4 +170,6 @@ def rescale_learning_rate(optimizer: torch.optim.Optimizer, scheduler: LRSchedul
 def training_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """The training objective: mean cross-entropy of float32 `logits` (B, C) against `labels` (B,), with
     --label_smoothing_factor as torch defines it: targets (1 - e) on the true class plus e / C on every class."""
+    import torch.nn.functional as F  # a dict look-up after the first step
+
     return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)

@@ -31,17 +31,20 @@ FIGURES = (
     ("heatmap_update_ratio", "Update ratio over training (layers x steps)"),
 )
 
-STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
-h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
-table { border-collapse: collapse; font-size: 0.9em; } td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
-th { background: #f3f3f3; } td.l, th.l { text-align: left; }
-.kpi { display: flex; gap: 2em; flex-wrap: wrap; } .kpi div { background: #f6f8fa; padding: 0.6em 1em; border-radius: 6px; }
-.kpi b { display: block; font-size: 1.4em; }
-figure { margin: 1em 0; page-break-inside: avoid; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { color: #555; font-size: 0.9em; }
-@media print { body { margin: 0; max-width: none; } h2 { page-break-after: avoid; } }
-"""
+STYLE = (
+    "\n"
+    "body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }\n"
+    "h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }\n"
+    "table { border-collapse: collapse; font-size: 0.9em; } "
+    "td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }\n"
+    "th { background: #f3f3f3; } td.l, th.l { text-align: left; }\n"
+    ".kpi { display: flex; gap: 2em; flex-wrap: wrap; } "
+    ".kpi div { background: #f6f8fa; padding: 0.6em 1em; border-radius: 6px; }\n"
+    ".kpi b { display: block; font-size: 1.4em; }\n"
+    "figure { margin: 1em 0; page-break-inside: avoid; } figure img { max-width: 100%; border: 1px solid #eee; }\n"
+    "figcaption { color: #555; font-size: 0.9em; }\n"
+    "@media print { body { margin: 0; max-width: none; } h2 { page-break-after: avoid; } }\n"
+)
 
 
 def _table(header: list[str], rows: list[list], left: int = 1) -> str:
@@ -90,12 +93,15 @@ def _flops_section(flops: dict) -> list[str]:
     layers = flops.get("layers")
     if (
         not isinstance(layers, list)
-        or not all(isinstance(l, dict) for l in layers)
+        or not all(isinstance(layer, dict) for layer in layers)
         or not _is_number(flops.get("forward_flops"))
     ):
         return ["<h2>FLOPs per layer</h2>", "<p>flops.json is not in lab2's layout; the table is left out.</p>"]
     total = max(flops["forward_flops"], 1)
-    shape = lambda l: "x".join(map(str, l["output_shape"])) if isinstance(l.get("output_shape"), list) else "?"  # noqa: E731
+
+    def shape(layer: dict) -> str:
+        return "x".join(map(str, layer["output_shape"])) if isinstance(layer.get("output_shape"), list) else "?"
+
     return [
         "<h2>FLOPs per layer</h2>",
         f"<p>{html.escape(str(flops.get('convention', '')))}. Total forward: {_num(flops['forward_flops'], ',')} FLOPs "
@@ -104,14 +110,14 @@ def _flops_section(flops: dict) -> list[str]:
             ["layer", "type", "output shape", "params", "FLOPs", "% FLOPs"],
             [
                 [
-                    l.get("name", "?"),
-                    l.get("type", "?"),
-                    shape(l),
-                    _num(l.get("params"), ","),
-                    _num(l.get("flops"), ","),
-                    _num(100 * l["flops"] / total if _is_number(l.get("flops")) else None, ".2f") + "%",
+                    layer.get("name", "?"),
+                    layer.get("type", "?"),
+                    shape(layer),
+                    _num(layer.get("params"), ","),
+                    _num(layer.get("flops"), ","),
+                    _num(100 * layer["flops"] / total if _is_number(layer.get("flops")) else None, ".2f") + "%",
                 ]
-                for l in layers
+                for layer in layers
             ],
             left=3,
         ),
@@ -130,7 +136,8 @@ def build_report(run_dir: str | Path) -> str:
     model = config.get("model") if isinstance(config.get("model"), str) else "unknown"
     parts = [f"<h1>lab2 run: {html.escape(str(config.get('run_name', paths.root.name)))}</h1>"]
     parts.append(
-        f"<p>model <b>{html.escape(model)}</b>, {len(metrics)} epoch(s), folder <code>{html.escape(str(paths.root))}</code></p>"
+        f"<p>model <b>{html.escape(model)}</b>, {len(metrics)} epoch(s), "
+        f"folder <code>{html.escape(str(paths.root))}</code></p>"
     )
     if not summary:
         parts.append("<p><b>This run has not finished</b> (no summary.json): the page shows what it wrote so far.</p>")
@@ -178,12 +185,16 @@ def build_report(run_dir: str | Path) -> str:
         if png.exists():
             data = base64.b64encode(png.read_bytes()).decode("ascii")
             parts.append(
-                f"<figure><img alt='{name}' src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)}</figcaption></figure>"
+                f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
             )
     parts.append("<h2>Configuration</h2>")
     parts.append(_table(["flag", "value"], [[f"--{k}", v] for k, v in config.items()]))
     body = "\n".join(parts)
-    return f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>lab2 report</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>lab2 report</title>"
+        f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
+    )
 
 
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:

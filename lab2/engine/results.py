@@ -12,7 +12,6 @@ import json
 import torch
 
 from lab2.engine.evaluation import EvalResult
-from lab2.errors import EXIT_DIVERGED, EXIT_INTERRUPTED
 from lab2.explain import plots
 from lab2.state.checkpoint import export_model, latest_good_checkpoint
 from lab2.state.run_paths import append_jsonl, read_jsonl, write_json
@@ -74,7 +73,9 @@ class RunResults:
         lr: float,
         global_step: int,
     ) -> dict:
-        """Append the epoch's record to metrics.jsonl, log it, print one line. `totals`: (loss sum, correct, seen) over all processes.
+        """Append the epoch's record to metrics.jsonl, log it, print one line.
+
+        `totals`: (loss sum, correct, seen) over all processes.
         `result` is None for an epoch without evaluation (--eval_strategy no): its eval fields are null."""
         loss_sum, correct, seen = totals
         record = {
@@ -107,7 +108,8 @@ class RunResults:
                 values["perf/mfu"] = achieved / peak
         self.tracking.log(values, step=global_step)
         self.accelerator.print(
-            f"epoch {epoch + 1}/{self.cfg.num_train_epochs}: train loss {record['train_loss']:.4f} acc {100 * record['train_acc']:.2f}% | "
+            f"epoch {epoch + 1}/{self.cfg.num_train_epochs}: "
+            f"train loss {record['train_loss']:.4f} acc {100 * record['train_acc']:.2f}% | "
             + (
                 f"eval loss {record['eval_loss']:.4f} acc {100 * record['eval_acc']:.2f}% | "
                 if result
@@ -120,7 +122,8 @@ class RunResults:
     # ----------------------------------------------------------------- at the end
 
     def finish(self, model, result: EvalResult, progress, flow) -> None:
-        """Final files: weights, figures, flow heatmaps, Table-1 log, summary.json (last: it marks the run finished), report."""
+        """Final files: weights, figures, flow heatmaps, Table-1 log, summary.json (last: it marks the run
+        finished), report."""
         acc, cfg, paths = self.accelerator, self.cfg, self.paths
         metadata = {
             "model": cfg.model,
@@ -194,7 +197,7 @@ class RunResults:
             ),
             "final_eval_loss": result.loss,
             "num_eval_samples": result.num_samples,
-            "class_accuracy": dict(zip(self.splits.class_names, map(float, result.per_class_accuracy))),
+            "class_accuracy": dict(zip(self.splits.class_names, map(float, result.per_class_accuracy), strict=False)),
             "confusion_matrix": result.confusion.tolist(),  # rows: true class, columns: predicted
             "gflops_per_sample": self.flops.gflops_per_sample,
             "training_gflops_per_sample": training_flops / 1e9,
@@ -215,22 +218,20 @@ class RunResults:
 # --------------------------------------------------------------------------- endings before the end
 
 
-def report_interrupted(accelerator, paths, signal_name: str | None, global_step: int, epoch: int) -> int:
-    """Say where a run stopped by a signal saved itself and how to resume; return its exit code."""
+def report_interrupted(accelerator, paths, signal_name: str | None, global_step: int, epoch: int) -> None:
+    """Say where a run stopped by a signal saved itself and how to resume."""
     latest = latest_good_checkpoint(paths.checkpoints)
     accelerator.print(
         f"stopped by {signal_name} at step {global_step} (epoch {epoch + 1}); checkpoint saved to {latest or '?'}. "
         f"resume with the same command plus: --output_dir {paths.root} --resume_from_checkpoint latest"
     )
-    return EXIT_INTERRUPTED
 
 
-def report_diverged(accelerator, paths, step: int, epoch: int, learning_rate: float) -> int:
-    """Say at which step the loss went NaN/inf and which checkpoint is the last good one; return the exit code."""
+def report_diverged(accelerator, paths, step: int, epoch: int, learning_rate: float) -> None:
+    """Say at which step the loss went NaN/inf and which checkpoint is the last good one."""
     latest = latest_good_checkpoint(paths.checkpoints)
     where = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved before it"
     accelerator.print(
         f"error: the loss became NaN/inf at step {step} (epoch {epoch + 1}); training stopped and {where}. "
         f"Lower --learning_rate (now {learning_rate:g}) or check the data."
     )
-    return EXIT_DIVERGED

@@ -24,7 +24,9 @@ class Progress:
     epoch: int = 0  # the epoch in progress (0-based)
     batch_in_epoch: int = 0  # batches of that epoch already trained
     global_step: int = 0  # optimizer steps so far
-    loss_sum: float = 0.0  # running sums of the epoch in progress, over all processes
+    # The epoch in progress's running sums: this process's own while training (TrainMeter); summed over all
+    # processes in a saved progress.json, where rank 0 alone takes them back on resume.
+    loss_sum: float = 0.0
     correct: float = 0.0
     seen: float = 0.0
     model: str = ""
@@ -46,8 +48,8 @@ def resume_run(cfg, accelerator, paths, scheduler, position: dict, num_classes: 
         accelerator.load_state(str(path))
     except (RuntimeError, ValueError, KeyError, OSError, EOFError) as exc:
         raise UserError(
-            f"checkpoint {path} does not load into this run ({str(exc).splitlines()[0][:160]}); it was saved by another "
-            "model or lab2 version: pass the matching --model, or pick another checkpoint."
+            f"checkpoint {path} does not load into this run ({str(exc).splitlines()[0][:160]}); "
+            "it was saved by another model or lab2 version: pass the matching --model, or pick another checkpoint."
         ) from None
     # The command line wins over the checkpoint's learning rate: the schedule is scaled to the new peak, in place.
     old_peak = rescale_learning_rate(scheduler.scheduler.optimizer, scheduler.scheduler, cfg.learning_rate)

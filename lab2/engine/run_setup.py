@@ -128,7 +128,10 @@ class StopRequest:
         """The line to print when a signal came while the run was finishing, else None."""
         if self.signal_name is None:
             return None
-        return f"{self.signal_name} received while finishing; the run is complete (final checkpoint, weights, figures and report written)."
+        return (
+            f"{self.signal_name} received while finishing; the run is complete "
+            "(final checkpoint, weights, figures and report written)."
+        )
 
     @contextmanager
     def installed(self):

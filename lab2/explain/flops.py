@@ -65,7 +65,8 @@ class FlopsReport:
         if self.training_flops:
             ratio = self.training_flops / self.forward_flops
             lines.append(
-                f"training (forward + backward): {self.training_flops / 1e9:.4f} GFLOPs per sample ({ratio:.2f}x forward)"
+                f"training (forward + backward): {self.training_flops / 1e9:.4f} GFLOPs per sample "
+                f"({ratio:.2f}x forward)"
             )
         return "\n".join(lines)
 

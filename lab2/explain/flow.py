@@ -53,7 +53,7 @@ class FlowSnapshot:
     weight_max: list[float]
     update_ratio: list[float]
     # "gradients/<param>" and "parameters/<param>" -> Histogram; not part of flow.jsonl.
-    histograms: dict[str, "Histogram"] = field(default_factory=dict, compare=False, repr=False)
+    histograms: dict[str, Histogram] = field(default_factory=dict, compare=False, repr=False)
 
     def to_record(self) -> dict:
         """The flow.jsonl record: {"step": s, "layers": {layer: {statistic: value}}}."""
@@ -133,15 +133,16 @@ class FlowCollector:
         ratios = torch.stack(
             [
                 (p.detach().float() - old.float()).norm() / old.float().norm().clamp_min(1e-12)
-                for (_, p), old in zip(self.parameters, copies)
+                for (_, p), old in zip(self.parameters, copies, strict=True)
             ]
         )
         table = torch.cat([stats, ratios[:, None]], dim=1)
         parts = [table.flatten()] + ([histogram_rows.flatten()] if histogram_rows is not None else [])
-        # The one host copy of the snapshot. float32 on the device (MPS has no float64): counts stay exact up to 2**24 per bin.
+        # The one host copy of the snapshot. float32 on the device (MPS has no float64): counts stay exact up to 2**24
+        # per bin.
         host = torch.cat(parts).cpu().double().numpy()
         rows = host[: table.numel()].reshape(table.shape).tolist()
-        columns = list(zip(*rows)) if rows else [[] for _ in STATISTICS]
+        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in STATISTICS]
         snapshot = FlowSnapshot(step, list(self.layer_names), *[list(col) for col in columns])
         if histogram_rows is not None:
             snapshot.histograms = self._unpack_histograms(host[table.numel() :].reshape(histogram_rows.shape))
@@ -151,7 +152,7 @@ class FlowCollector:
     def _unpack_histograms(self, rows: np.ndarray) -> dict[str, Histogram]:
         """Host rows (gradient, weight per parameter; counts then min, max, sum, sum of squares) -> keyed Histograms."""
         histograms = {}
-        for i, (name, p) in enumerate(self.parameters):
+        for i, (name, _) in enumerate(self.parameters):
             for j, prefix in enumerate(("gradients", "parameters")):
                 row = rows[2 * i + j]
                 counts, (low, high, total, squares) = row[: self.bins], row[self.bins :]
@@ -195,7 +196,8 @@ class FlowHealth:
                 if self.streaks[key] >= self.patience and key not in self.warned:
                     self.warned.add(key)
                     messages.append(
-                        f"flow warning at step {snapshot.step}: layer {layer}: {detail} for {self.streaks[key]} snapshots in a row"
+                        f"flow warning at step {snapshot.step}: layer {layer}: {detail} "
+                        f"for {self.streaks[key]} snapshots in a row"
                     )
         return messages
 

@@ -25,11 +25,10 @@ from lab2.state.run_paths import append_jsonl
 class FlowReporter:
     """Owns the collector, the health checks and the figure worker of one run's main process."""
 
-    def __init__(self, model, tracking, flow_file, histograms: bool = True, images: bool = True, printer=print):
+    def __init__(self, model, tracking, flow_file, histograms: bool = True, printer=print):
         self.collector = FlowCollector(model, histograms=histograms)
         self.health = FlowHealth()
         self.tracking, self.flow_file, self.printer = tracking, flow_file, printer
-        self.images = images
         self.worker: FigureWorker | None = None  # started at the first snapshot, once the trackers exist
         self._ready: deque = deque()
         self._reported_errors = 0
@@ -70,11 +69,12 @@ class FlowReporter:
             self.printer(message)
             self.tracking.log({"flow/warning": message}, step=step)
         # Images are only worth rendering for a tracker; the final figures on disk are drawn at the end anyway.
-        if self.worker is None and self.images and self.tracking.tracker_names:
+        if self.worker is None and self.tracking.tracker_names:
             self.worker = FigureWorker(self._render)
         if self.worker is not None and not self.worker.submit(snapshot) and self.worker.skipped == 1:
             self.printer(
-                f"note: flow images of step {step} skipped: rendering is slower than --flow_log_steps; raise it for images at every snapshot."
+                f"note: flow images of step {step} skipped: rendering is slower than --flow_log_steps; "
+                "raise it for images at every snapshot."
             )
         return snapshot
 

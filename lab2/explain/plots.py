@@ -7,8 +7,8 @@ then `close` them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -59,7 +59,8 @@ def update_ratio_figure(layers: Sequence[str], ratios: Sequence[float], step: in
 
 
 def flow_figures(snapshot) -> dict[str, Figure]:
-    """The `gradients`, `weights` and `update_ratio` bar charts of one lab2.explain.flow.FlowSnapshot, keyed by their names."""
+    """The `gradients`, `weights` and `update_ratio` bar charts of one lab2.explain.flow.FlowSnapshot, keyed by their
+    names."""
     s = snapshot
     return {
         "gradients": flow_bar_figure(s.layers, s.grad_mean, s.grad_max, "grad", s.step),
@@ -159,7 +160,8 @@ def predictions_figure(
 
 
 def evaluation_figures(confusion: np.ndarray, class_accuracy, samples, class_names: Sequence[str]) -> dict[str, Figure]:
-    """confusion_matrix, class_accuracy and (when `samples` holds images) predictions, keyed by their file/tracker names.
+    """confusion_matrix, class_accuracy and (when `samples` holds images) predictions, keyed by their file/tracker
+    names.
 
     `samples` has .images, .predictions, .labels and .confidences (lab2.engine.evaluation.PredictionSamples) or is None.
     """
@@ -181,11 +183,11 @@ def curves_figure(metrics: Sequence[dict]) -> Figure:
     loss_ax, acc_ax = fig.subplots(1, 2)
     for key, label in (("train_loss", "train"), ("eval_loss", "eval")):
         points = [
-            (e, m[key]) for e, m in zip(epochs, metrics) if m[key] is not None
+            (e, m[key]) for e, m in zip(epochs, metrics, strict=False) if m[key] is not None
         ]  # --eval_strategy no: no eval points
         loss_ax.plot([e for e, _ in points], [v for _, v in points], marker="o", label=label)
     for key, label in (("train_acc", "train"), ("eval_acc", "eval")):
-        points = [(e, m[key]) for e, m in zip(epochs, metrics) if m[key] is not None]
+        points = [(e, m[key]) for e, m in zip(epochs, metrics, strict=False) if m[key] is not None]
         acc_ax.plot([e for e, _ in points], [100 * v for _, v in points], marker="o", label=label)
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")

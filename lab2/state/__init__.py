@@ -1,1 +1,3 @@
-"""What a run keeps on disk: run folder paths and ownership, atomic writers, checkpoints (save, verify) and the course lab's weights."""
+"""What a run keeps on disk: run folder paths and ownership, atomic writers, checkpoints (save, verify)
+and the course lab's weights.
+"""

@@ -155,12 +155,14 @@ def resolve_resume_path(resume_from: str, output_dir: str | Path, report=_print_
             if problem is None:
                 if skipped:
                     report(
-                        f"warning: skipped {len(skipped)} damaged checkpoint(s), newest first: {'; '.join(skipped)}; resuming from {path.name}."
+                        f"warning: skipped {len(skipped)} damaged checkpoint(s), newest first: {'; '.join(skipped)}; "
+                        f"resuming from {path.name}."
                     )
                 return path
             skipped.append(f"{path.name}: {problem}")
         raise UserError(
-            f"--resume_from_checkpoint latest: no checkpoint in {checkpoints} is complete ({'; '.join(skipped)}); start afresh with --overwrite_output_dir."
+            f"--resume_from_checkpoint latest: no checkpoint in {checkpoints} is complete ({'; '.join(skipped)}); "
+            "start afresh with --overwrite_output_dir."
         )
     path = Path(resume_from)
     if not path.is_dir():
@@ -175,7 +177,8 @@ def resolve_resume_path(resume_from: str, output_dir: str | Path, report=_print_
     problem = checkpoint_problem(path)
     if problem:
         raise UserError(
-            f"--resume_from_checkpoint {resume_from} is damaged: {problem}; give another checkpoint, or 'latest' for the newest good one."
+            f"--resume_from_checkpoint {resume_from} is damaged: {problem}; "
+            "give another checkpoint, or 'latest' for the newest good one."
         )
     return path
 
@@ -222,7 +225,8 @@ def check_compatible(
         ]
         if changed:
             raise UserError(
-                f"checkpoint {path} was saved mid-epoch (batch {progress['batch_in_epoch']} of epoch {progress['epoch'] + 1}) and "
+                f"checkpoint {path} was saved mid-epoch "
+                f"(batch {progress['batch_in_epoch']} of epoch {progress['epoch'] + 1}) and "
                 f"{', '.join(changed)} changes what that position means; resume with the checkpoint's settings, "
                 "or from an end-of-epoch checkpoint."
             )

@@ -20,10 +20,10 @@ import torch
 
 from lab2.config.train_config import TrainConfig
 from lab2.data.cifar_reader import CIFAR10_CLASSES
-from lab2.engine.inference import LoadedModel, load_exported_model
 from lab2.errors import UserError
 from lab2.models import create_model
 from lab2.state.checkpoint import save_model_file
+from lab2.state.model_file import LoadedModel, load_exported_model
 
 LAB_SUFFIXES = (".pth", ".pt")
 
@@ -52,7 +52,8 @@ def read_lab_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
         raise UserError(
-            f"{path} is not a readable torch.save file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})."
+            f"{path} is not a readable torch.save file "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})."
         ) from None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(
@@ -70,7 +71,8 @@ def load_lab_model(
     num_classes = head.shape[0] if head is not None else len(class_names)
     if num_classes != len(class_names):
         raise UserError(
-            f"{path} has {num_classes} output classes but {len(class_names)} class names were given; pass --class_names with {num_classes} names."
+            f"{path} has {num_classes} output classes but {len(class_names)} class names were given; "
+            f"pass --class_names with {num_classes} names."
         )
     model = create_model(model_name, num_classes)
     missing, unexpected = (
@@ -79,7 +81,8 @@ def load_lab_model(
     if missing or unexpected:
         raise UserError(
             f"{path} does not hold a {model_name} state dict (missing: {', '.join(missing[:4]) or 'none'}; "
-            f"unexpected: {', '.join(unexpected[:4]) or 'none'}); it must come from the lab's SimpleCNN (conv1, bn1, ... fc2)."
+            f"unexpected: {', '.join(unexpected[:4]) or 'none'}); "
+            "it must come from the lab's SimpleCNN (conv1, bn1, ... fc2)."
         )
     try:
         model.load_state_dict(state)

@@ -86,7 +86,8 @@ def check_output_dir(root: str | Path, resume: bool, overwrite: bool, flag: str 
         raise UserError(
             f"{flag} {root} is not empty and is not a lab2 run folder: it holds {_foreign_summary(root)}; lab2 never "
             f"writes into a folder it did not start{', not even with --overwrite_output_dir' if overwrite else ''}. "
-            "Choose a new or empty folder (a run of an older lab2 without the .lab2-run.json marker: move it away first)."
+            "Choose a new or empty folder "
+            "(a run of an older lab2 without the .lab2-run.json marker: move it away first)."
         )
     if resume or overwrite:
         return

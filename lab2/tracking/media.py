@@ -78,7 +78,8 @@ def send_histograms(tracker, histograms: dict, step: int) -> bool:
 
 
 def prepare_flow_images(tracker_names: list[str], arrays: dict[str, np.ndarray], step: int) -> dict[str, dict]:
-    """Per tracker, ready-to-send image objects for one snapshot's arrays; encoding happens here, off the training thread."""
+    """Per tracker, ready-to-send image objects for one snapshot's arrays; encoding happens here, off the training
+    thread."""
     prepared = {}
     for name in tracker_names:
         if name == "wandb":

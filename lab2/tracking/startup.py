@@ -68,7 +68,8 @@ def _malformed_base_url() -> str | None:
 
 
 def _wandb_answers(timeout_s: float) -> bool:
-    """Whether the W&B server gives any HTTP answer within `timeout_s` (a server that accepts and never answers does not)."""
+    """Whether the W&B server gives any HTTP answer within `timeout_s`
+    (a server that accepts and never answers does not)."""
     import urllib.error
     import urllib.request
 
@@ -166,7 +167,10 @@ def _mlflow_init_kwargs(output_dir: Path, run_name: str, resume: bool) -> dict:
 
 def offline_notice(reason: str, output_dir: Path) -> str:
     """The one line saying W&B logs offline, why, where, and how to upload it later."""
-    return f"W&B: {reason}; logging offline to {output_dir / 'wandb'} (upload later with `wandb sync {output_dir / 'wandb'}/offline-run-*`)."
+    return (
+        f"W&B: {reason}; logging offline to {output_dir / 'wandb'} "
+        f"(upload later with `wandb sync {output_dir / 'wandb'}/offline-run-*`)."
+    )
 
 
 def tracker_init_kwargs(

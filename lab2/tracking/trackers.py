@@ -22,10 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from lab2.explain.plots import figure_to_array
-from lab2.tracking.startup import MLFLOW_RUN_FILE, offline_notice, start_wandb_offline
 from lab2.tracking import media
-
-# Re-exported for lab2.engine.trainer, which imports it from here; that import moves to lab2.tracking.startup at merge.
+from lab2.tracking.startup import MLFLOW_RUN_FILE, offline_notice, start_wandb_offline
 
 
 class Tracking:
@@ -54,7 +52,8 @@ class Tracking:
         except Exception as exc:  # a tracker's failure must never end a training run
             self.active = False
             self.printer(
-                f"tracking: {action} failed ({type(exc).__name__}: {exc}); tracking is off for the rest of the run, local files are still written."
+                f"tracking: {action} failed ({type(exc).__name__}: {exc}); "
+                "tracking is off for the rest of the run, local files are still written."
             )
 
     def start(self, project_name: str, config: dict, init_kwargs: dict, run_folder: Path | None = None) -> None:
@@ -118,7 +117,8 @@ class Tracking:
         self._each_tracker("logging images", lambda tracker: media.send_figures(tracker, arrays, step))
 
     def log_histograms(self, histograms: dict, step: int) -> None:
-        """Log lab2.explain.flow.Histogram values (`gradients/<param>`, `parameters/<param>`); trackers without histograms skip them, with one note."""
+        """Log lab2.explain.flow.Histogram values (`gradients/<param>`, `parameters/<param>`);
+        trackers without histograms skip them, with one note."""
         if not self.active or not histograms:
             return
 
@@ -126,7 +126,8 @@ class Tracking:
             if not media.send_histograms(tracker, histograms, step):
                 self._note_once(
                     f"histograms-{tracker.name}",
-                    f"note: {tracker.name} has no histograms; gradient and weight histograms go to {' and '.join(media.HISTOGRAM_TRACKERS)} only.",
+                    f"note: {tracker.name} has no histograms; "
+                    f"gradient and weight histograms go to {' and '.join(media.HISTOGRAM_TRACKERS)} only.",
                 )
 
         self._each_tracker("logging histograms", send)

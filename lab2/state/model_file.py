@@ -1,4 +1,5 @@
-"""Loading an exported model.safetensors back into a model, and top-k predictions: shared by lab2-eval and lab2-predict."""
+"""Loading an exported model.safetensors back into a model, and top-k predictions: shared by lab2-eval and
+lab2-predict."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lab2.config.command_line import config_from_dict, validate_config
 from lab2.config.flag_types import check_int
-from lab2.config.train_config import TrainConfig, config_from_dict, validate_config
+from lab2.config.train_config import TrainConfig
 from lab2.data.cifar_reader import CIFAR10_CLASSES, MAX_CLASSES
-from lab2.errors import UserError, UserErrors
+from lab2.errors import ManyUserErrors, UserError
 from lab2.models import create_model
 from lab2.state.checkpoint import read_exported_model
 
@@ -63,7 +65,7 @@ def load_exported_model(model_path: str | Path) -> LoadedModel:
     """Build the model a lab2 model.safetensors (or the run folder holding it) describes, weights loaded, in eval mode.
 
     The metadata (num_classes, class_names, config) and the tensors are checked against
-    the model first; every problem found is one line of the UserErrors raised.
+    the model first; every problem found is one line of the ManyUserErrors raised.
     """
     path = Path(model_path)
     file = path / "model.safetensors" if path.is_dir() else path
@@ -100,7 +102,7 @@ def load_exported_model(model_path: str | Path) -> LoadedModel:
     if model is not None and num_classes is not None:
         problems += _state_problems(model, state)
     if problems:
-        raise UserErrors(str(file), problems)
+        raise ManyUserErrors(str(file), problems)
     model.load_state_dict(state)
     model.eval()
     return LoadedModel(model, class_names, config, file)

@@ -1,0 +1,151 @@
+"""The training command line from TrainConfig's fields: the argparse parser, and flags given from Python.
+
+`parse_args` builds the parser from the dataclass fields, so a new field is a new
+flag with its default shown in `--help`. `config_from_flags` (lab2.train) and
+`config_from_dict` (a config.json) apply the same checks to values given as objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import time
+from pathlib import Path
+
+from lab2.config.flag_types import Parser, checked_text, float_flag, int_flag
+from lab2.config.recipes import recipe_values
+from lab2.config.train_config import TrainConfig, check_checkpointing_steps, check_values, numeric_kind
+from lab2.errors import UserError
+
+
+def _annotation_type(annotation: str):
+    """The Python type of a field annotation (annotations are strings here)."""
+    base = annotation.replace("typing.Optional[", "").rstrip("]")
+    return {"int": int, "float": float, "str": str, "bool": bool}[base]
+
+
+def _argparse_type(f: dataclasses.Field):
+    """The argparse `type` for a field: a checked number type for numeric fields (range from its bounds)."""
+    kind = numeric_kind(f)
+    if kind == "int":
+        return int_flag(f"--{f.name}", **f.metadata["bounds"])
+    if kind == "float":
+        return float_flag(f"--{f.name}", **f.metadata["bounds"])
+    if f.name == "checkpointing_steps":
+        return checked_text(check_checkpointing_steps)
+    return bool if f.type == "bool" else str
+
+
+def build_parser(prog: str = "train_accelerate.py") -> argparse.ArgumentParser:
+    parser = Parser(
+        prog=prog,
+        description="Train a CIFAR-10 CNN with Hugging Face Accelerate and explain it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in dataclasses.fields(TrainConfig):
+        kind = _argparse_type(f)
+        help_text = f.metadata["help"]
+        if kind is bool:
+            # --flag / --no-flag: a recipe may switch a flag on that the user wants off.
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        else:
+            parser.add_argument(
+                f"--{f.name}",
+                type=kind,
+                default=f.default,
+                choices=f.metadata["choices"],
+                help=help_text + (" (default: all)" if f.default is None else ""),
+            )
+    return parser
+
+
+def given_flags(argv: list[str] | None) -> set[str]:
+    """The names of the flags `argv` gives explicitly (abbreviations and `--flag=value` included).
+
+    Parses again with every default suppressed, so argparse itself decides what was given.
+    """
+    probe = build_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """Parse flags into a validated TrainConfig; raise UserError for bad values.
+
+    Flag errors (unknown flag, wrong type, out of range) print one `error:` line
+    naming the flag and exit with status 2, our bad-input contract.
+    """
+    parser = build_parser()
+    values = vars(parser.parse_args(argv))
+    values.update(recipe_values(values["recipe"], given_flags(argv)))
+    return _finish(TrainConfig(**values))
+
+
+def _finish(cfg: TrainConfig) -> TrainConfig:
+    """Validate, then fill in the run name and output folder that default to the time of the run."""
+    check_values(cfg)
+    if not cfg.run_name:
+        cfg.run_name = f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not cfg.output_dir:
+        cfg.output_dir = str(Path("runs") / cfg.run_name)
+    return cfg
+
+
+def _checked_value(f: dataclasses.Field, value):
+    """`value` for field `f` given as a Python object: the checks argparse makes on the command line (type, choices)."""
+    kind = _annotation_type(f.type)
+    optional = f.type.startswith("typing.Optional[")
+    if kind is str and isinstance(value, os.PathLike):
+        value = os.fspath(value)  # data_dir=Path(...) reads naturally in a notebook
+    if value is None and optional:
+        return value
+    # bool is an int in Python, but True for an epoch count is a mistake, not a 1.
+    fits = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, fits = float(value), True
+    if not fits:
+        wanted = f"{kind.__name__}{' or None' if optional else ''}"
+        raise UserError(f"--{f.name} must be {wanted}, got {value!r} ({type(value).__name__}).")
+    choices = f.metadata["choices"]
+    if choices and value not in choices:
+        raise UserError(f"--{f.name} must be one of {', '.join(choices)}; got {value!r}.")
+    return value
+
+
+def config_from_flags(**flags) -> TrainConfig:
+    """A validated TrainConfig from flags given as Python values (lab2.train), with the command line's checks.
+
+    Names are TrainConfig's fields (the flags without `--`); anything left out keeps its command-line default
+    (or --recipe's value, when a recipe is given).
+    Raises UserError naming the flag for an unknown name, a wrong type or an invalid value.
+    """
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for name in flags:
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserError(
+                f"unknown flag {name!r}; {hint}the flags are lab2.config.train_config.TrainConfig's fields "
+                "(see --help)."
+            )
+    values = {name: _checked_value(fields[name], value) for name, value in flags.items()}
+    # A --recipe fills in what the caller did not give, as on the command line.
+    return _finish(TrainConfig(**{**recipe_values(values.get("recipe", "none"), set(values)), **values}))
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    """Rebuild a TrainConfig from `config.json` (unknown keys from newer versions are ignored)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in names})
+
+
+def validate_config(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` checked as the command line checks flags (types, choices, ranges, conflicts);
+    for configs read from files."""
+    for f in dataclasses.fields(TrainConfig):
+        setattr(cfg, f.name, _checked_value(f, getattr(cfg, f.name)))
+    check_values(cfg)
+    return cfg
