@@ -22,6 +22,9 @@ pytestmark = pytest.mark.slow
 
 SUMMARY_KEYS = {"final_eval_acc", "best_eval_acc", "gflops_per_sample", "params", "train_time_s", "train_images_per_s"}
 SNAPSHOTS = [3, 6, 9, 10]
+LAB_BARS = ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "conv4", "bn4", "fc1", "fc2"]
+# Histograms of every parameter by default, as wandb.watch(log="all"): weights, biases and BatchNorm.
+HISTOGRAM_KEYS = ("gradients/conv1.weight", "parameters/fc2.weight", "gradients/bn1.weight", "parameters/conv3.bias")
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +54,14 @@ def run_dir(mini_dir, tmp_path_factory):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("mlflow has no histograms") == 1  # the one-time note
-    assert [json.loads(line)["step"] for line in (out / "flow.jsonl").read_text().splitlines()] == SNAPSHOTS
+    flow = [json.loads(line) for line in (out / "flow.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in flow] == SNAPSHOTS
+    assert all(list(record["layers"]) == LAB_BARS for record in flow)  # the lab's 10 bars, in model order
     return out
 
 
 def test_wandb_run_holds_histograms_images_artifact_and_summary(run_dir):
-    for key in ("gradients/conv1.weight", "parameters/fc2.weight"):
+    for key in HISTOGRAM_KEYS:
         assert wandb_steps(run_dir, key) == SNAPSHOTS, key  # logged at the snapshot steps, synchronously
     assert wandb_value_type(run_dir, "gradients/conv1.weight") == "histogram"
     image_steps = wandb_steps(run_dir, "gradients")
@@ -78,11 +83,13 @@ def test_wandb_run_holds_histograms_images_artifact_and_summary(run_dir):
 
 def test_tensorboard_holds_scalars_images_and_histograms(run_dir):
     events = tensorboard_events(run_dir / "tensorboard")
-    assert [e.step for e in events.Histograms("gradients/conv1.weight")] == SNAPSHOTS
-    assert [e.step for e in events.Histograms("parameters/fc2.weight")] == SNAPSHOTS
+    for key in HISTOGRAM_KEYS:
+        assert [e.step for e in events.Histograms(key)] == SNAPSHOTS, key
     assert [e.step for e in events.Images("gradients")] == SNAPSHOTS  # TensorBoard takes each snapshot's own step
     assert {"confusion_matrix", "curves", "heatmap_grad_mean"} <= set(events.Tags()["images"])
-    assert {"train/loss", "eval/accuracy", "flow/grad_mean/conv1"} <= set(events.Tags()["scalars"])
+    assert {"train/loss", "eval/accuracy", "flow/grad_mean/conv1", "flow/update_ratio/bn4"} <= set(
+        events.Tags()["scalars"]
+    )
 
 
 def test_mlflow_store_holds_metrics_and_artifacts(run_dir):

@@ -2,12 +2,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lab2.config.train_config import TrainConfig
 from lab2.explain.flow import (
+    HISTOGRAM_CHOICES,
     FlowCollector,
     FlowHealth,
     FlowSnapshot,
+    flow_parameters,
     read_flow_history,
-    tracked_parameters,
 )
 from lab2.models import SimpleCNN
 from lab2.state.run_paths import append_jsonl
@@ -18,9 +20,21 @@ def _batch():
     return torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
 
 
-def test_tracks_weights_not_biases_or_norm_weights():
-    names = [n for n, _ in tracked_parameters(SimpleCNN())]
-    assert names == ["conv1.weight", "conv2.weight", "conv3.weight", "conv4.weight", "fc1.weight", "fc2.weight"]
+LAB_BARS = ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "conv4", "bn4", "fc1", "fc2"]
+
+
+def test_flow_has_the_labs_ten_layers_in_model_order():
+    """The lab's flow figures have 10 bars: every layer's weight, the BatchNorm scales included, no biases."""
+    assert [n for n, _ in flow_parameters(SimpleCNN())] == [f"{layer}.weight" for layer in LAB_BARS]
+    x, y = _batch()
+    model = SimpleCNN()
+    F.cross_entropy(model(x), y).backward()
+    collector = FlowCollector(model)
+    collector.before_step()
+    snapshot = collector.after_step(step=1)
+    assert snapshot.layers == LAB_BARS and list(snapshot.to_record()["layers"]) == LAB_BARS
+    i = snapshot.layers.index("bn3")
+    assert abs(snapshot.grad_mean[i] - model.bn3.weight.grad.abs().mean().item()) < 1e-9
 
 
 def test_snapshot_values_match_a_direct_computation():
@@ -41,7 +55,7 @@ def test_snapshot_values_match_a_direct_computation():
     assert abs(snapshot.weight_mean[i] - before.abs().mean().item()) < 1e-7
     ratio = ((weight.detach() - before).norm() / before.norm()).item()
     assert abs(snapshot.update_ratio[i] - ratio) < 1e-6
-    assert collector.matrix("grad_mean").shape == (6, 1)
+    assert collector.matrix("grad_mean").shape == (10, 1)
 
 
 def test_scaled_gradients_are_read_unscaled():
@@ -112,13 +126,22 @@ def test_histograms_match_numpy_and_come_with_the_snapshot():
     F.cross_entropy(model(x), y).backward()
     collector = FlowCollector(model)
     grad, weight = model.fc2.weight.grad.clone(), model.fc2.weight.detach().clone()
+    bias, bn_grad = model.fc2.bias.detach().clone(), model.bn2.bias.grad.clone()
     collector.before_step()
     torch.optim.SGD(model.parameters(), lr=0.1).step()
     snapshot = collector.after_step(step=7)
+    # All parameter tensors by default, as wandb.watch(log="all"): weights, biases, BatchNorm.
+    assert len(list(model.parameters())) == 20  # 4 conv, 4 BatchNorm, 2 linear; weight and bias each
     assert set(snapshot.histograms) == {
-        f"{kind}/{name}" for kind in ("gradients", "parameters") for name, _ in tracked_parameters(model)
+        f"{kind}/{name}" for kind in ("gradients", "parameters") for name, _ in model.named_parameters()
     }
-    for key, tensor in (("gradients/fc2.weight", grad), ("parameters/fc2.weight", weight)):
+    cases = {
+        "gradients/fc2.weight": grad,
+        "parameters/fc2.weight": weight,
+        "parameters/fc2.bias": bias,
+        "gradients/bn2.bias": bn_grad,
+    }
+    for key, tensor in cases.items():
         histogram = snapshot.histograms[key]
         values = tensor.double().numpy().ravel()
         counts, edges = np.histogram(values, bins=64, range=(values.min(), values.max()))
@@ -130,13 +153,23 @@ def test_histograms_match_numpy_and_come_with_the_snapshot():
         assert abs(histogram.total_squares - np.square(values).sum()) < 1e-4 * np.square(values).sum()
 
 
-def test_histograms_can_be_turned_off():
+def test_histograms_can_be_limited_to_weights_or_turned_off():
     model = SimpleCNN()
     x, y = _batch()
     F.cross_entropy(model(x), y).backward()
-    collector = FlowCollector(model, histograms=False)
-    collector.before_step()
-    assert collector.after_step(step=1).histograms == {}
+    keys = {}
+    for which in ("all", "on", "weights", "off"):
+        collector = FlowCollector(model, histograms=which)
+        collector.before_step()
+        keys[which] = set(collector.after_step(step=1).histograms)
+    assert len(keys["all"]) == 40 and keys["on"] == keys["all"]  # "on", the old spelling, means all
+    assert keys["weights"] == {f"{kind}/{layer}.weight" for kind in ("gradients", "parameters") for layer in LAB_BARS}
+    assert keys["off"] == set()
+
+
+def test_histogram_choices_are_the_flags_choices():
+    field = next(f for f in TrainConfig.__dataclass_fields__.values() if f.name == "log_histograms")
+    assert field.metadata["choices"] == HISTOGRAM_CHOICES and field.default == "all"
 
 
 def test_a_non_finite_tensor_gets_no_histogram():

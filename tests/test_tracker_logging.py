@@ -150,7 +150,7 @@ def test_the_flags_parse_and_a_bad_tracker_is_a_user_error():
 
     cfg = parse_args(["--report_to", "wandb,tensorboard", "--log_histograms", "off"])
     assert cfg.report_to == "wandb,tensorboard" and cfg.log_histograms == "off"
-    assert parse_args([]).log_histograms == "on"
+    assert parse_args([]).log_histograms == "all"
     with pytest.raises(UserError, match="unknown tracker 'tensorbord'"):
         parse_args(["--report_to", "tensorbord"])
 

@@ -145,7 +145,10 @@ class TrainConfig:
         default=200,
     )
     log_histograms: str = _flag(
-        "gradient and weight histograms at every flow snapshot: on or off", ("on", "off"), default="on"
+        "gradient and value histograms at every flow snapshot: all (every parameter, as wandb.watch log='all'), "
+        "weights (each layer's weight tensor only) or off; on means all",
+        ("all", "weights", "off", "on"),
+        default="all",
     )
     wandb_init_timeout_s: float = _flag(
         "seconds W&B may take to start online; past them the run logs offline into the run folder",

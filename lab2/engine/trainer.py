@@ -106,7 +106,7 @@ class Trainer:
                 accelerator.unwrap_model(self.model),
                 self.tracking,
                 paths.flow,
-                histograms=cfg.log_histograms == "on",
+                histograms=cfg.log_histograms,
                 printer=accelerator.print,
             )
         precision = {"no": "fp32"}.get(str(accelerator.mixed_precision), str(accelerator.mixed_precision))

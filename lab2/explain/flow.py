@@ -1,7 +1,8 @@
 """Gradient, weight and update flow per layer, and the health checks on them.
 
-For each weight tensor (biases and norm weights, the 1-D parameters, are left
-out) a snapshot holds:
+For each layer's weight tensor, in the model's order (for SimpleCNN the lab's 10
+bars: conv1, bn1, conv2, bn2, conv3, bn3, conv4, bn4, fc1, fc2; BatchNorm scales
+included, biases left out) a snapshot holds:
 
 - grad_mean / grad_max: mean and max of |grad|, read after backward and before
   the optimizer step. The caller unscales first (`accelerator.unscale_gradients()`),
@@ -11,9 +12,11 @@ out) a snapshot holds:
 - update_ratio: ||W_after - W_before|| / ||W_before|| of that step, the real
   update flow.
 
-With histograms on (`--log_histograms`, the default), a snapshot also holds the
-distribution of each tracked tensor's gradient and weight, keyed as wandb.watch
-keys them: `gradients/<param name>` and `parameters/<param name>`. They are
+With histograms on (`--log_histograms all`, the default, or `weights`), a snapshot
+also holds the distribution of the gradient and value of every parameter tensor
+(`all`: weights, biases and BatchNorm, as wandb.watch(log="all"); `weights`: the
+flow's weight tensors only), keyed as wandb.watch keys them: `gradients/<param
+name>` and `parameters/<param name>`. They are
 counted on the device with `torch.histc` in HISTOGRAM_BINS bins spanning the
 tensor's own min..max (read at the same moment as the statistics: unscaled
 gradients, weights before the step).
@@ -95,18 +98,35 @@ def _histogram_rows(tensor: torch.Tensor, bins: int) -> tuple[torch.Tensor, torc
     return counts, torch.stack([low, high, flat.sum(), flat.square().sum()])
 
 
-def tracked_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """Weight tensors worth watching: every parameter with 2 or more dimensions."""
-    return [(name, p) for name, p in model.named_parameters() if p.ndim > 1 and p.requires_grad]
+HISTOGRAM_CHOICES = ("all", "weights", "off", "on")  # "on": the old spelling of "all"
+
+
+def flow_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Each layer's weight tensor (conv, BatchNorm scale, linear), in the model's order: the flow's bars."""
+    return [
+        (name, p) for name, p in model.named_parameters() if name.rpartition(".")[2] == "weight" and p.requires_grad
+    ]
+
+
+def histogram_parameters(model: nn.Module, which: str) -> list[tuple[str, nn.Parameter]]:
+    """The tensors whose histograms a snapshot holds: `all` (every trainable parameter), `weights` or `off`."""
+    if which not in HISTOGRAM_CHOICES:
+        raise ValueError(f"histograms must be one of {', '.join(HISTOGRAM_CHOICES)}, not {which!r}")
+    if which == "off":
+        return []
+    if which == "weights":
+        return flow_parameters(model)
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
 
 class FlowCollector:
     """Collects FlowSnapshots from a model: call `before_step()` then, after optimizer.step(), `after_step(step)`."""
 
-    def __init__(self, model: nn.Module, histograms: bool = True, bins: int = HISTOGRAM_BINS):
-        self.parameters = tracked_parameters(model)
+    def __init__(self, model: nn.Module, histograms: str = "all", bins: int = HISTOGRAM_BINS):
+        self.parameters = flow_parameters(model)
         self.layer_names = [name.removesuffix(".weight") for name, _ in self.parameters]
-        self.histograms, self.bins = histograms, bins
+        self.histogram_parameters = histogram_parameters(model, histograms)
+        self.bins = bins
         self.history: list[FlowSnapshot] = []
         self._pending: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None] | None = None
 
@@ -119,8 +139,9 @@ class FlowCollector:
             weight = p.detach().float()
             rows.append(torch.stack([grad.abs().mean(), grad.abs().amax(), weight.abs().mean(), weight.abs().amax()]))
             copies.append(p.detach().clone())
-            if self.histograms:
-                histograms.extend(torch.cat(_histogram_rows(t, self.bins)) for t in (grad, weight))
+        for _, p in self.histogram_parameters:
+            grad = p.grad.detach().float() if p.grad is not None else torch.zeros(1, device=p.device)
+            histograms.extend(torch.cat(_histogram_rows(t, self.bins)) for t in (grad, p.detach().float()))
         self._pending = (torch.stack(rows), copies, torch.stack(histograms) if histograms else None)
 
     @torch.no_grad()
@@ -152,7 +173,7 @@ class FlowCollector:
     def _unpack_histograms(self, rows: np.ndarray) -> dict[str, Histogram]:
         """Host rows (gradient, weight per parameter; counts then min, max, sum, sum of squares) -> keyed Histograms."""
         histograms = {}
-        for i, (name, _) in enumerate(self.parameters):
+        for i, (name, _) in enumerate(self.histogram_parameters):
             for j, prefix in enumerate(("gradients", "parameters")):
                 row = rows[2 * i + j]
                 counts, (low, high, total, squares) = row[: self.bins], row[self.bins :]

@@ -25,7 +25,7 @@ from lab2.state.run_paths import append_jsonl
 class FlowReporter:
     """Owns the collector, the health checks and the figure worker of one run's main process."""
 
-    def __init__(self, model, tracking, flow_file, histograms: bool = True, printer=print):
+    def __init__(self, model, tracking, flow_file, histograms: str = "all", printer=print):
         self.collector = FlowCollector(model, histograms=histograms)
         self.health = FlowHealth()
         self.tracking, self.flow_file, self.printer = tracking, flow_file, printer
