@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 FIGURES = {
     "confusion_matrix",
     "class_accuracy",
+    "calibration",
     "predictions",
     "curves",
     "gradients",

@@ -1,4 +1,4 @@
-"""Evaluation: loss, accuracy, confusion matrix, per-class accuracy and prediction samples.
+"""Evaluation: loss, accuracy, confusion matrix, per-class accuracy, calibration (ECE) and prediction samples.
 
 Works with any nn.Module and any loader of (images, labels) batches. With a
 loader that went through `accelerator.prepare` (both of lab2's pipelines do),
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from lab2.explain.calibration import ReliabilityBins, reliability_bins
 
 
 @dataclass
@@ -31,7 +33,13 @@ class EvalResult:
     accuracy: float
     num_samples: int
     confusion: np.ndarray  # (C, C) int64: rows are true classes, columns predictions
+    calibration: ReliabilityBins | None = None  # of the logits the predictions came from (flip-averaged with tta)
     samples: PredictionSamples | None = None
+
+    @property
+    def ece(self) -> float | None:
+        """Expected calibration error (15 bins) of the test set; None when there is no calibration."""
+        return self.calibration.ece if self.calibration is not None else None
 
     @property
     def per_class_accuracy(self) -> np.ndarray:
@@ -100,7 +108,8 @@ def evaluate(
     `mean`/`std` undo the normalisation for display). `tta` averages each image's
     logits with its mirror image's (`flip_averaged_logits`): twice the forward cost.
     The loss is the plain cross-entropy of those logits, never label-smoothed, so
-    eval/loss stays comparable between recipes.
+    eval/loss stays comparable between recipes; the calibration (ECE) is of their
+    softmax too, so with `tta` it is the calibration of the flip-averaged logits.
     """
     model.eval()
     pool = _SamplePool(num_samples) if num_samples and accelerator.is_main_process else None
@@ -112,9 +121,9 @@ def evaluate(
         confidences, predictions = logits.float().softmax(dim=1).max(dim=1)
         if pool is not None:
             pool.add(images, predictions, labels, confidences)
-        outputs.append(accelerator.gather_for_metrics((predictions, labels, losses)))
+        outputs.append(accelerator.gather_for_metrics((predictions, labels, losses, confidences)))
     model.train()
-    predictions, labels, losses = (torch.cat(column) for column in zip(*outputs, strict=True))
+    predictions, labels, losses, confidences = (torch.cat(column) for column in zip(*outputs, strict=True))
     count = int(labels.numel())
     confusion = confusion_matrix(labels, predictions, num_classes).cpu().numpy()
     return EvalResult(
@@ -122,6 +131,7 @@ def evaluate(
         accuracy=float(np.trace(confusion)) / max(count, 1),
         num_samples=count,
         confusion=confusion,
+        calibration=reliability_bins(confidences, predictions == labels),
         samples=pool.result(mean, std) if pool is not None else None,
     )
 

@@ -22,6 +22,7 @@ FIGURES = (
     ("curves", "Loss and accuracy per epoch (train vs eval)"),
     ("confusion_matrix", "Confusion matrix on the test split (rows: true class)"),
     ("class_accuracy", "Accuracy per class"),
+    ("calibration", "Reliability diagram: accuracy against confidence per bin (15 bins), with the images per bin"),
     ("predictions", "Sample test predictions: most confident mistakes and correct ones"),
     ("gradients", "Gradient flow: mean and max |grad| per layer (last snapshot)"),
     ("weights", "Weight magnitudes: mean and max |W| per layer (last snapshot)"),
@@ -69,6 +70,11 @@ def _pct(value) -> str:
 def _num(value, spec: str) -> str:
     """`value` formatted with `spec`, or 'n/a' when it is not a finite number (a damaged or older file)."""
     return format(value, spec) if _is_number(value) else "n/a"
+
+
+def _of(what) -> str:
+    """' (of <what>)' for a string from summary.json, else nothing."""
+    return f" ({what})" if isinstance(what, str) and what else ""
 
 
 def _read_object(path: Path, required: bool = False) -> dict:
@@ -144,6 +150,7 @@ def build_report(run_dir: str | Path) -> str:
     kpis = [
         ("final eval accuracy", _pct(summary.get("final_eval_acc"))),
         ("best eval accuracy", _pct(summary.get("best_eval_acc"))),
+        ("ECE, 15 bins", _num(summary.get("final_eval_ece"), ".4f") + _of(summary.get("ece_of"))),
         ("GFLOPs / sample", _num(summary.get("gflops_per_sample"), ".4f")),
         ("parameters", _num(summary.get("params"), ",")),
         ("train images/s", _num(summary.get("train_images_per_s"), ".0f")),
@@ -158,7 +165,7 @@ def build_report(run_dir: str | Path) -> str:
     parts.append("<h2>Training log</h2>")
     parts.append(
         _table(
-            ["Epoch", "Train Loss", "Train Acc", "Val Loss", "Val Acc", "Time (s)", "Images/s"],
+            ["Epoch", "Train Loss", "Train Acc", "Val Loss", "Val Acc", "Val ECE", "Time (s)", "Images/s"],
             [
                 [
                     m.get("epoch", "?"),
@@ -166,6 +173,7 @@ def build_report(run_dir: str | Path) -> str:
                     _pct(m.get("train_acc")),
                     _num(m.get("eval_loss"), ".4f"),
                     _pct(m.get("eval_acc")),
+                    _num(m.get("eval_ece"), ".4f"),
                     _num(m.get("epoch_time_s"), ".1f"),
                     _num(m.get("train_images_per_s"), ".0f"),
                 ]

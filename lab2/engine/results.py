@@ -13,6 +13,7 @@ import torch
 
 from lab2.engine.evaluation import EvalResult
 from lab2.explain import plots
+from lab2.explain.calibration import reliability_figure
 from lab2.state.checkpoint import export_model, latest_good_checkpoint
 from lab2.state.run_paths import append_jsonl, read_jsonl, write_json
 
@@ -62,6 +63,11 @@ class RunResults:
         self.flops, self.tracking, self.precision = flops, tracking, precision
         self.main = accelerator.is_main_process
 
+    @property
+    def calibrated_logits(self) -> str:
+        """Which logits eval/ece and the reliability diagram judge: with --tta, the flip-averaged ones."""
+        return "flip-averaged logits (--tta)" if self.cfg.tta else "plain logits"
+
     # ----------------------------------------------------------------- per epoch
 
     def end_epoch(
@@ -84,6 +90,7 @@ class RunResults:
             "train_acc": correct / max(seen, 1),
             "eval_loss": result.loss if result else None,
             "eval_acc": result.accuracy if result else None,
+            "eval_ece": result.ece if result else None,
             "lr": lr,
             "epoch_time_s": epoch_time,
             "train_images_per_s": seen / max(epoch_time, 1e-9),
@@ -100,6 +107,8 @@ class RunResults:
         }
         if result is not None:
             values.update({"eval/loss": record["eval_loss"], "eval/accuracy": record["eval_acc"]})
+            if result.ece is not None:
+                values["eval/ece"] = result.ece
         if self.flops.training_flops:
             achieved = record["train_images_per_s"] * self.flops.training_flops
             values["perf/train_tflops"] = achieved / 1e12
@@ -169,6 +178,8 @@ class RunResults:
         figures = plots.evaluation_figures(
             result.confusion, result.per_class_accuracy, result.samples, self.splits.class_names
         )
+        if result.calibration is not None:
+            figures["calibration"] = reliability_figure(result.calibration, self.calibrated_logits)
         if metrics:
             figures["curves"] = plots.curves_figure(metrics)
         history = flow.history if flow is not None else []
@@ -196,6 +207,8 @@ class RunResults:
                 [m["eval_acc"] for m in metrics if m["eval_acc"] is not None], default=result.accuracy
             ),
             "final_eval_loss": result.loss,
+            "final_eval_ece": result.ece,
+            "ece_of": self.calibrated_logits,
             "num_eval_samples": result.num_samples,
             "class_accuracy": dict(zip(self.splits.class_names, map(float, result.per_class_accuracy), strict=False)),
             "confusion_matrix": result.confusion.tolist(),  # rows: true class, columns: predicted
