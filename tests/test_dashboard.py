@@ -5,6 +5,8 @@ the last, 10): every tracker's files are read back.
 """
 
 import json
+import stat
+from pathlib import Path
 
 import pytest
 from conftest import run_cli, train_cmd
@@ -60,10 +62,26 @@ def run_dir(mini_dir, tmp_path_factory):
     return out
 
 
+def test_every_output_file_has_the_same_permissions(run_dir):
+    """model.safetensors used to be 0600 (safetensors' own default) beside 0644 outputs."""
+    mode = stat.S_IMODE((run_dir / "summary.json").stat().st_mode)
+    for name in ("model.safetensors", "config.json", "metrics.jsonl", "report.html", "figures/calibration.png"):
+        assert stat.S_IMODE((run_dir / name).stat().st_mode) == mode, name
+
+
+def test_calibration_is_in_every_record_the_summary_and_the_report(run_dir):
+    (record,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert 0 <= record["eval_ece"] <= 1 and summary["final_eval_ece"] == record["eval_ece"]
+    assert summary["ece_of"] == "plain logits"
+    assert f"{summary['final_eval_ece']:.4f} (plain logits)" in (run_dir / "report.html").read_text()
+
+
 def test_wandb_run_holds_histograms_images_artifact_and_summary(run_dir):
     for key in HISTOGRAM_KEYS:
         assert wandb_steps(run_dir, key) == SNAPSHOTS, key  # logged at the snapshot steps, synchronously
     assert wandb_value_type(run_dir, "gradients/conv1.weight") == "histogram"
+    assert wandb_steps(run_dir, "eval/ece") == [10] and wandb_steps(run_dir, "calibration") == [10]
     image_steps = wandb_steps(run_dir, "gradients")
     assert len(image_steps) >= 2 and image_steps == sorted(set(image_steps)) and image_steps[-1] == 10
     assert wandb_steps(run_dir, "weights") == image_steps and wandb_steps(run_dir, "update_ratio") == image_steps
@@ -77,17 +95,22 @@ def test_wandb_run_holds_histograms_images_artifact_and_summary(run_dir):
         "model": "simple_cnn",
         **{k: summary[k] for k in ("final_eval_acc", "best_eval_acc", "gflops_per_sample", "params")},
     }
+    for entry in model.manifest.contents:  # staged in the run folder: `wandb sync` of the folder finds them
+        assert Path(entry.local_path).is_relative_to(run_dir / "wandb"), entry.local_path
     assert SUMMARY_KEYS <= wandb_summary_keys(run_dir)
     assert any(a.type == "run_table" and a.name.endswith("training_log") for a in wandb_artifacts(run_dir))
 
 
 def test_tensorboard_holds_scalars_images_and_histograms(run_dir):
+    # One run: the HPARAMS go into the main run instead of a second `<timestamp>` run without metrics.
+    assert len({p.parent for p in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}) == 1
     events = tensorboard_events(run_dir / "tensorboard")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(events.PluginTagToContent("hparams"))
     for key in HISTOGRAM_KEYS:
         assert [e.step for e in events.Histograms(key)] == SNAPSHOTS, key
     assert [e.step for e in events.Images("gradients")] == SNAPSHOTS  # TensorBoard takes each snapshot's own step
-    assert {"confusion_matrix", "curves", "heatmap_grad_mean"} <= set(events.Tags()["images"])
-    assert {"train/loss", "eval/accuracy", "flow/grad_mean/conv1", "flow/update_ratio/bn4"} <= set(
+    assert {"confusion_matrix", "curves", "heatmap_grad_mean", "calibration"} <= set(events.Tags()["images"])
+    assert {"train/loss", "eval/accuracy", "eval/ece", "flow/grad_mean/conv1", "flow/update_ratio/bn4"} <= set(
         events.Tags()["scalars"]
     )
 
@@ -95,13 +118,18 @@ def test_tensorboard_holds_scalars_images_and_histograms(run_dir):
 def test_mlflow_store_holds_metrics_and_artifacts(run_dir):
     client, run = mlflow_run(run_dir / "mlruns")
     assert run.info.run_name == "dash-e2e" and run.data.params["flow_log_steps"] == "3"
-    assert SUMMARY_KEYS <= set(run.data.metrics) and {"eval/accuracy", "train/loss"} <= set(run.data.metrics)
+    metrics = set(run.data.metrics)
+    # Each number once: the summary's final_eval_acc, params and gflops_per_sample are these metrics already.
+    assert {"eval/final_accuracy", "model/params", "model/gflops_per_sample", "train_time_s", "eval/ece"} <= metrics
+    assert {"eval/accuracy", "train/loss", "epoch"} <= metrics and not {"params", "epochs", "final_eval_acc"} & metrics
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     artifacts = mlflow_artifact_paths(client, run.info.run_id)
     assert {
         "model/model.safetensors",
         "model/config.json",
         "figures/confusion_matrix.png",
         "figures/curves.png",
+        "figures/calibration.png",
         "training_log.txt",
         "summary.json",
         "report.html",

@@ -3,6 +3,7 @@ TensorBoard, an MLflow file store), read back from their files; and --report_to 
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from safetensors.torch import save_file
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tracker_files import (
     mlflow_artifact_paths,
     mlflow_run,
@@ -86,7 +88,7 @@ def test_every_tracker_gets_histograms_images_artifact_summary_and_log(tmp_path,
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(model_file))
     config_file.write_text("{}")
     tracking.log_model("unit-run", [model_file, config_file], {"final_eval_acc": 0.25, "model": "simple_cnn"})
-    tracking.log_summary({"final_eval_acc": 0.25, "params": 4_441_482, "device": "cpu"}, step=10)
+    tracking.log_summary({"final_eval_acc": 0.25, "params": 4_441_482, "device_count": 1, "device": "cpu"}, step=10)
     tracking.log_training_log(
         [{"epoch": 1, "train_loss": 2.0, "train_acc": 0.2, "eval_loss": 2.1, "eval_acc": 0.25}], "Epoch | ...", step=10
     )
@@ -109,11 +111,22 @@ def test_every_tracker_gets_histograms_images_artifact_summary_and_log(tmp_path,
         "config.json",
     }
     assert json.loads(artifact.metadata) == {"final_eval_acc": 0.25, "model": "simple_cnn"}
+    # The staged copies `wandb sync` uploads from live in the run folder, not in ~/.local/share/wandb.
+    for entry in artifact.manifest.contents:
+        staged = Path(entry.local_path)
+        assert staged.is_relative_to(tmp_path / "wandb"), staged
+        assert staged.read_bytes() == (tmp_path / entry.path).read_bytes()
+    assert "WANDB_DATA_DIR" not in os.environ  # pointed at the run folder only while the files were staged
     assert {"final_eval_acc", "params"} <= wandb_summary_keys(tmp_path)
     assert any(a.type == "run_table" and "training_log" in a.name for a in wandb_artifacts(tmp_path))
 
-    # TensorBoard event files
+    # TensorBoard event files: one run (the flags' HPARAMS in it, with its metrics), no `<timestamp>` second run
+    assert len({p.parent for p in (tmp_path / "tensorboard").rglob("events.out.tfevents.*")}) == 1
     events = tensorboard_events(tmp_path / "tensorboard")
+    hparams = events.PluginTagToContent("hparams")
+    experiment = HParamsPluginData.FromString(hparams["_hparams_/experiment"]).experiment
+    assert [h.name for h in experiment.hparam_infos] == ["learning_rate"]
+    assert {"eval/accuracy", "eval/ece", "eval/final_accuracy"} <= {m.name.tag for m in experiment.metric_infos}
     assert [e.step for e in events.Histograms("gradients/conv1.weight")] == [5, 10]
     assert events.Histograms("parameters/fc2.weight")[0].histogram_value.num == 5_120
     assert [e.step for e in events.Images("gradients")] == [5, 10]
@@ -122,7 +135,11 @@ def test_every_tracker_gets_histograms_images_artifact_summary_and_log(tmp_path,
     # MLflow file store under the run folder
     client, run = mlflow_run(tmp_path / "mlruns")
     assert (tmp_path / MLFLOW_RUN_FILE).read_text().count(run.info.run_id) == 1
-    assert run.data.metrics["final_eval_acc"] == 0.25 and run.data.params["learning_rate"] == "0.001"
+    assert run.data.metrics["device_count"] == 1 and run.data.params["learning_rate"] == "0.001"
+    # Each number once: the summary's params/final_eval_acc are model/params and eval/final_accuracy already.
+    assert not {"params", "final_eval_acc"} & set(run.data.metrics)
+    # MLflow 3 opens the experiment on its runs, not on GenAI traces.
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [5, 10]
     artifacts = mlflow_artifact_paths(client, run.info.run_id)
     assert {"model/model.safetensors", "model/config.json", "training_log.txt"} <= artifacts

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from lab2.errors import DiskFull, UserError, is_disk_full
 from lab2.state.checkpoint_check import (
@@ -253,11 +253,14 @@ def save_model_file(state: dict[str, torch.Tensor], path: str | Path, metadata: 
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         # safetensors refuses shared or non-contiguous storage; copies are cheap at this size.
-        save_file(
+        data = safetensors_bytes(
             {k: v.detach().contiguous().cpu() for k, v in state.items()},
-            str(tmp),
             metadata={k: str(v) for k, v in metadata.items()},
         )
+        # Written by open(), not safetensors' save_file (which creates its file 0600): the file gets the
+        # permissions of every other output (0644 under the usual umask 022).
+        with open(tmp, "wb") as file:
+            file.write(data)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # never leave half a file behind (a full disk, an interrupt)

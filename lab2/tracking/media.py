@@ -14,12 +14,25 @@ Each function takes one of Accelerate's trackers and dispatches on its `name`:
 
 from __future__ import annotations
 
+import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 HISTOGRAM_TRACKERS = ("wandb", "tensorboard")
+# The scalars TensorBoard's HPARAMS table shows beside the flags (their last values in the run).
+HPARAM_METRICS = ("eval/accuracy", "eval/loss", "eval/ece", "train/accuracy", "train/loss_epoch", "eval/final_accuracy")
+# Tells the MLflow 3 UI this is model training, so the experiment opens on its runs, not on GenAI "Traces".
+MLFLOW_EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# Summary numbers MLflow already has as metrics under another name: logged once, under that name.
+MLFLOW_SUMMARY_ALREADY_LOGGED = {
+    "epochs": "epoch",
+    "params": "model/params",
+    "gflops_per_sample": "model/gflops_per_sample",
+    "final_eval_acc": "eval/final_accuracy",
+}
 
 
 def artifact_name(run_name: str) -> str:
@@ -32,10 +45,26 @@ def store_config(tracker, config: dict) -> None:
 
     A resumed MLflow run already holds parameters and MLflow refuses to change one, so there
     only new keys become parameters and changed values (say --num_train_epochs) become
-    `resumed.<key>` tags.
+    `resumed.<key>` tags. The MLflow experiment is tagged as model training.
+
+    TensorBoard gets the hparams in its main run: Accelerate's `add_hparams` would write them to a second run
+    (`<logdir>/<timestamp>`) with no metrics. Here the HPARAMS table names HPARAM_METRICS, which TensorBoard
+    reads from the main run's scalars.
     """
+    if tracker.name == "tensorboard":
+        from torch.utils.tensorboard.summary import hparams
+
+        for summary in hparams(config, dict.fromkeys(HPARAM_METRICS, 0.0)):
+            tracker.writer.file_writer.add_summary(summary)
+        tracker.writer.flush()
+        return
     if tracker.name == "mlflow":
         import mlflow
+
+        experiment_id = mlflow.active_run().info.experiment_id
+        key, kind = MLFLOW_EXPERIMENT_KIND
+        if key not in mlflow.get_experiment(experiment_id).tags:  # a kind the user chose stays
+            mlflow.MlflowClient().set_experiment_tag(experiment_id, key, kind)
 
         existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
         if existing:
@@ -128,14 +157,32 @@ def send_figures(tracker, arrays: dict[str, np.ndarray], step: int) -> None:
             mlflow.log_image(array, artifact_file=f"figures/{key}.png")
 
 
+@contextmanager
+def _wandb_data_dir(folder: str):
+    """Point W&B's data dir (WANDB_DATA_DIR, read when a file is added to an artifact) at `folder`, then restore it."""
+    before = os.environ.get("WANDB_DATA_DIR")
+    os.environ["WANDB_DATA_DIR"] = folder
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("WANDB_DATA_DIR", None)
+        else:
+            os.environ["WANDB_DATA_DIR"] = before
+
+
 def send_model(tracker, run_name: str, files: list[Path], metadata: dict) -> None:
     """The final model as an artifact: W&B type `model` named after the run; MLflow files under `model/`."""
     if tracker.name == "wandb":
         import wandb
 
         artifact = wandb.Artifact(artifact_name(run_name), type="model", metadata=metadata)
-        for path in files:
-            artifact.add_file(str(path))
+        # add_file copies each file into <data dir>/artifacts/staging, where an offline run's `wandb sync` later
+        # reads it. W&B's default data dir is ~/.local/share/wandb, outside the run folder: a run folder copied
+        # elsewhere would lose its model. Staged under the run's own wandb/ folder, the model travels with it.
+        with _wandb_data_dir(tracker.run.settings.wandb_dir):
+            for path in files:
+                artifact.add_file(str(path))
         tracker.run.log_artifact(artifact)
     elif tracker.name == "mlflow":
         import mlflow
@@ -152,7 +199,8 @@ def send_summary(tracker, summary: dict, step: int) -> None:
     elif tracker.name == "mlflow":
         import mlflow
 
-        mlflow.log_metrics({k: float(v) for k, v in numbers.items()}, step=step)
+        once = {k: float(v) for k, v in numbers.items() if k not in MLFLOW_SUMMARY_ALREADY_LOGGED}
+        mlflow.log_metrics(once, step=step)
 
 
 def send_training_log(tracker, columns: list[str], rows: list[list], text: str, step: int) -> None:
