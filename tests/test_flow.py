@@ -185,3 +185,24 @@ def test_a_non_finite_tensor_gets_no_histogram():
         and "parameters/fc2.weight" in histograms
         and "gradients/fc1.weight" in histograms
     )
+
+
+def test_heatmap_of_a_history_whose_early_snapshots_lack_the_batchnorm_layers():
+    """A run resumed from a flow.jsonl written before BatchNorm was tracked: 6 layers first, then 10."""
+    from lab2.explain.plots import flow_heatmap_figure
+
+    model = SimpleCNN()
+    x, y = _batch()
+    F.cross_entropy(model(x), y).backward()
+    collector = FlowCollector(model)
+    six = [layer for layer in LAB_BARS if not layer.startswith("bn")]
+    old = FlowSnapshot(100, six, [1e-3] * 6, [1e-2] * 6, [0.1] * 6, [1.0] * 6, [1e-3] * 6)
+    collector.history = [old]
+    collector.before_step()
+    collector.after_step(step=200)
+    matrix = collector.matrix("grad_mean")
+    assert matrix.shape == (10, 2)
+    assert torch.isnan(matrix[LAB_BARS.index("bn1"), 0]) and matrix[LAB_BARS.index("conv1"), 0] == 1e-3
+    assert not torch.isnan(matrix[:, 1]).any()
+    fig = flow_heatmap_figure(LAB_BARS, [100, 200], matrix.numpy(), "grad_mean")
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == LAB_BARS

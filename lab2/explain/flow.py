@@ -186,8 +186,14 @@ class FlowCollector:
         return histograms
 
     def matrix(self, statistic: str) -> torch.Tensor:
-        """(layers, snapshots) values of one statistic over the whole history, for heatmaps."""
-        return torch.tensor([getattr(s, statistic) for s in self.history]).T
+        """(layers, snapshots) values of one statistic over the whole history, for heatmaps; rows are the last
+        snapshot's layers. A layer a snapshot lacks is NaN (blank): a run resumed from a flow.jsonl written
+        before the BatchNorm layers were tracked has 6 layers in its early snapshots, 10 later."""
+        if not self.history:
+            return torch.empty(len(self.layer_names), 0)
+        layers = self.history[-1].layers
+        columns = [dict(zip(s.layers, getattr(s, statistic), strict=True)) for s in self.history]
+        return torch.tensor([[column.get(layer, float("nan")) for column in columns] for layer in layers])
 
 
 class FlowHealth:

@@ -63,8 +63,11 @@ def store_config(tracker, config: dict) -> None:
 
         experiment_id = mlflow.active_run().info.experiment_id
         key, kind = MLFLOW_EXPERIMENT_KIND
-        if key not in mlflow.get_experiment(experiment_id).tags:  # a kind the user chose stays
-            mlflow.MlflowClient().set_experiment_tag(experiment_id, key, kind)
+        try:
+            if key not in mlflow.get_experiment(experiment_id).tags:  # a kind the user chose stays
+                mlflow.MlflowClient().set_experiment_tag(experiment_id, key, kind)
+        except Exception:  # noqa: BLE001 - only which page the UI opens on: a server that refuses it stops nothing
+            pass
 
         existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
         if existing:
