@@ -50,11 +50,13 @@ def test_eval_reproduces_the_runs_final_accuracy(run_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["accuracy"] == summary["final_eval_acc"] and report["num_samples"] == 203
+    assert abs(report["ece"] - summary["final_eval_ece"]) < 1e-6  # the same logits, so the same calibration
     assert f"accuracy: {100 * summary['final_eval_acc']:.2f}%" in result.stdout and "airplane" in result.stdout
     assert {p.name for p in (tmp_path / "eval").iterdir()} >= {
         "confusion_matrix.png",
         "class_accuracy.png",
         "predictions.png",
+        "calibration.png",
         "eval.json",
     }
 
@@ -69,6 +71,7 @@ def test_eval_on_two_processes_matches_too(run_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "eval2" / "eval.json").read_text())
     assert report["num_samples"] == 203 and report["accuracy"] == summary["final_eval_acc"]
+    assert abs(report["ece"] - summary["final_eval_ece"]) < 1e-6  # exact over processes: gathered confidences
     assert result.stdout.count("accuracy:") == 1
 
 

@@ -24,6 +24,7 @@ from lab2.data.sources import load_splits
 from lab2.engine.evaluation import evaluate
 from lab2.errors import UserError, exit_with_user_error
 from lab2.explain import plots
+from lab2.explain.calibration import reliability_figure
 from lab2.state.lab_weights import load_model_file
 from lab2.state.run_folder import check_eval_output_dir, claim
 from lab2.state.run_paths import write_json
@@ -110,6 +111,7 @@ def run_eval(args) -> dict:
             "loss": result.loss,
             "num_samples": result.num_samples,
             "tta": tta,
+            "ece": result.ece,  # of the flip-averaged logits with tta, as in training
             "class_accuracy": dict(zip(splits.class_names, map(float, result.per_class_accuracy), strict=True)),
         }
         if accelerator.is_main_process:
@@ -118,10 +120,12 @@ def run_eval(args) -> dict:
                 result.confusion, result.per_class_accuracy, result.samples, splits.class_names
             ).items():
                 plots.save_figure(fig, out / f"{name}.png")
+            logits = "flip-averaged logits (--tta)" if tta else "plain logits"
+            plots.save_figure(reliability_figure(result.calibration, logits), out / "calibration.png")
             write_json(out / "eval.json", report)
             print(
                 f"accuracy: {100 * result.accuracy:.2f}% ({round(result.accuracy * result.num_samples)}/"
-                f"{result.num_samples}), loss {result.loss:.4f}"
+                f"{result.num_samples}), loss {result.loss:.4f}, ECE {result.ece:.4f} (15 bins, {logits})"
             )
             for name, value in report["class_accuracy"].items():
                 print(f"  {name:>12}: {100 * value:6.2f}%")
