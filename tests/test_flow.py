@@ -1,6 +1,9 @@
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_cli, train_cmd
+from tracker_files import tensorboard_events
 
 from lab2.config.train_config import TrainConfig
 from lab2.explain.flow import (
@@ -206,3 +209,15 @@ def test_heatmap_of_a_history_whose_early_snapshots_lack_the_batchnorm_layers():
     assert not torch.isnan(matrix[:, 1]).any()
     fig = flow_heatmap_figure(LAB_BARS, [100, 200], matrix.numpy(), "grad_mean")
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == LAB_BARS
+
+
+@pytest.mark.slow
+def test_log_histograms_weights_through_the_program(mini_dir, tmp_path):
+    """--log_histograms weights reaches the collector: TensorBoard holds the 10 weight tensors' histograms only."""
+    out = tmp_path / "run"
+    flags = ["--data_dir", mini_dir, "--max_train_samples", 64, "--per_device_train_batch_size", 32]
+    flags += ["--max_eval_samples", 64, "--num_train_epochs", 1, "--flow_log_steps", 1, "--output_dir", out]
+    result = run_cli(train_cmd(*flags, "--report_to", "tensorboard", "--log_histograms", "weights"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    tags = set(tensorboard_events(out / "tensorboard").Tags()["histograms"])
+    assert tags == {f"{kind}/{layer}.weight" for kind in ("gradients", "parameters") for layer in LAB_BARS}
