@@ -156,7 +156,8 @@ def test_ece_is_exact_over_two_processes(tmp_path, tta):
     script.write_text(WORKER)
     env = cli_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")])
-    command = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29547", str(script), str(out)]
+    # --standalone: a free port of its own, so tests running beside this one cannot collide with it.
+    command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script), str(out)]
     command.append("tta" if tta else "plain")
     process = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
