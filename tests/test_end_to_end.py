@@ -22,6 +22,7 @@ FIGURES = {
     "confusion_matrix",
     "class_accuracy",
     "predictions",
+    "gradcam",
     "curves",
     "gradients",
     "weights",

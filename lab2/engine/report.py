@@ -23,6 +23,7 @@ FIGURES = (
     ("confusion_matrix", "Confusion matrix on the test split (rows: true class)"),
     ("class_accuracy", "Accuracy per class"),
     ("predictions", "Sample test predictions: most confident mistakes and correct ones"),
+    ("gradcam", "Grad-CAM (last Conv2d) on the same predictions: red is where the predicted class's score came from"),
     ("gradients", "Gradient flow: mean and max |grad| per layer (last snapshot)"),
     ("weights", "Weight magnitudes: mean and max |W| per layer (last snapshot)"),
     ("update_ratio", "Update flow: ||dW|| / ||W|| per layer (last snapshot)"),
