@@ -205,7 +205,11 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """
     target = Path(output) if output else RunPaths(run_dir).report
     check_report_target(target)
-    page = build_report(run_dir)
+    return write_page(target, build_report(run_dir))
+
+
+def write_page(target: Path, page: str) -> Path:
+    """Write `page` to `target` through a temporary file and a rename: a reader never sees half a page."""
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         tmp.write_text(page, encoding="utf-8")
