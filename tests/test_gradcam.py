@@ -13,6 +13,7 @@ from lab2.engine.evaluation import evaluate
 from lab2.errors import UserError
 from lab2.explain import gradcam, plots
 from lab2.models import SimpleCNN
+from lab2.state.run_folder import owned_files
 
 
 class TopRightQuadrantNet(nn.Module):
@@ -133,3 +134,5 @@ def test_a_training_run_writes_reports_and_logs_gradcam(tmp_path):
     page = (out / "report.html").read_text()
     assert "<img alt='gradcam'" in page and "Grad-CAM" in page
     assert "gradcam" in tensorboard_events(out / "tensorboard").Tags()["images"]
+    # lab2 knows the file as its own: --overwrite_output_dir removes it rather than leaving a stale one behind.
+    assert out / "figures" / "gradcam.png" in owned_files(out)
