@@ -1,11 +1,14 @@
 """Grad-CAM (lab2.explain.gradcam): the map points where the evidence is, the grid is the predictions grid, and a
 training run writes, reports and logs it."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import run_cli, train_cmd, write_synthetic_folder
+from conftest import BIN, assert_clean_error, run_cli, train_cmd, write_synthetic_folder
+from PIL import Image
 from torch import nn
 
 from lab2.data.device_dataset import DeviceDataset, device_dataloader
@@ -136,3 +139,54 @@ def test_a_training_run_writes_reports_and_logs_gradcam(tmp_path):
     assert "gradcam" in tensorboard_events(out / "tensorboard").Tags()["images"]
     # lab2 knows the file as its own: --overwrite_output_dir removes it rather than leaving a stale one behind.
     assert out / "figures" / "gradcam.png" in owned_files(out)
+
+
+@pytest.fixture
+def lab_model(tmp_path):
+    """A course-lab style model_final.pth (a SimpleCNN state dict), the quickest real model lab2-predict reads."""
+    torch.manual_seed(0)
+    path = tmp_path / "model_final.pth"
+    torch.save(SimpleCNN().state_dict(), path)
+    return path
+
+
+def _image(path, seed):
+    pixels = np.random.default_rng(seed).integers(0, 255, (64, 48, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_predict_explain_writes_one_overlay_per_image_beside_its_top3(lab_model, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, twin = _image(tmp_path / "a" / "cat.png", 0), _image(tmp_path / "b" / "cat.png", 1)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    out = tmp_path / "explained"
+    cmd = [str(BIN / "lab2-predict"), "--model_path", lab_model, "--explain", out]
+    result = run_cli([*cmd, first, broken, twin])
+    assert result.returncode == 1 and "broken.png: not a readable image" in result.stderr  # the others still ran
+    assert sorted(p.name for p in out.iterdir()) == ["cat.png-2.gradcam.png", "cat.png.gradcam.png"]
+    assert result.stdout.splitlines()[0].endswith(f"-> {out / 'cat.png.gradcam.png'}")
+    with Image.open(out / "cat.png.gradcam.png") as png:
+        assert png.info["Software"] == "lab2-predict --explain" and png.size[0] > 2 * png.size[1]  # image + bars
+    records = json.loads(run_cli([*cmd, "--json", first]).stdout)
+    assert records[0]["explanation"] == str(out / "cat.png.gradcam.png") and len(records[0]["top_k"]) == 3
+
+
+@pytest.mark.slow
+def test_predict_explain_never_replaces_a_file_it_did_not_write(lab_model, tmp_path):
+    image = _image(tmp_path / "dog.png", 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "dog.png.gradcam.png"
+    mine.write_bytes(b"my own file")
+    cmd = [str(BIN / "lab2-predict"), "--model_path", lab_model, image]
+    assert_clean_error(run_cli([*cmd, "--explain", out]), "lab2 did not write it")
+    assert mine.read_bytes() == b"my own file"
+    assert_clean_error(run_cli([*cmd, "--explain", image]), "is a file")
+    mine.unlink()
+    assert run_cli([*cmd, "--explain", out]).returncode == 0
+    assert run_cli([*cmd, "--explain", out]).returncode == 0  # its own file it replaces
+    assert [p.name for p in out.iterdir()] == ["dog.png.gradcam.png"]  # and leaves no temporary file
