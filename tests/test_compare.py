@@ -143,3 +143,14 @@ def test_the_comparison_renders_in_headless_chromium(runs, tmp_path):
         [*flags, f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()], capture_output=True, timeout=120
     )
     assert np.asarray(Image.open(shot).convert("L")).std() > 10  # not a blank page
+
+
+def test_many_runs_wrap_their_confusion_matrices_into_rows():
+    from lab2.explain.comparison import confusion_matrices_figure
+
+    matrices = [(f"run{i}", np.eye(3, dtype=int) * (i + 1)) for i in range(4)]
+    fig = confusion_matrices_figure(matrices, ["cat", "dog", "ship"])
+    shown = [ax for ax in fig.axes if ax.axison]
+    assert [ax.get_title().split("\n")[0] for ax in shown] == ["run0", "run1", "run2", "run3"]
+    assert len(fig.axes) == 6 and fig.get_size_inches()[0] < 3 * 7  # three per row, the last row padded
+    assert shown[3].images[0].get_array()[0, 0] == 1.0 and shown[3].texts[0].get_text() == "4"

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+MATRICES_PER_ROW = 3  # wider rows would shrink each matrix below legibility on a 1100-pixel page
 CURVES = (  # (metrics.jsonl key, line style, scale to display)
     ("eval_loss", "-", 1),
     ("train_loss", "--", 1),
@@ -72,10 +73,14 @@ def confusion_matrices_figure(runs: Sequence[tuple[str, np.ndarray]], class_name
     """Each run's row-normalised confusion matrix (rows: true class) with its counts, side by side, one colour
     scale (0..1 of the true class) for all, so the same shade means the same rate in every run."""
     size = max(4.5, 0.45 * len(class_names) + 2)
-    fig = Figure(figsize=(size * len(runs), size + 0.6), layout="constrained")
-    axes = fig.subplots(1, len(runs), squeeze=False)[0]
+    columns = min(len(runs), MATRICES_PER_ROW)
+    rows = -(-len(runs) // columns)
+    fig = Figure(figsize=(size * columns, (size + 0.6) * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(runs) :]:
+        ax.axis("off")  # the unused places of the last row
     ticks = np.arange(len(class_names))
-    for ax, (label, confusion) in zip(axes, runs, strict=True):
+    for ax, (label, confusion) in zip(axes, runs, strict=False):
         confusion = np.asarray(confusion)
         totals = confusion.sum(axis=1, keepdims=True)
         normalised = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
