@@ -97,12 +97,16 @@ def test_output_never_replaces_a_file_lab2_did_not_write(runs, tmp_path):
     before = config.read_bytes()
     assert_clean_error(_compare(runs[0], runs[1], "--output", config), "must be an .html file")
     assert config.read_bytes() == before
-    # Its own page it may write again: the second comparison replaces the first.
+    # Its own page it may write again: the second comparison replaces the first. A file named like a temporary
+    # one is the user's too: the temporary file gets a fresh name.
     page = tmp_path / "compare.html"
+    lookalike = tmp_path / ".compare.html.tmp"
+    lookalike.write_text("mine")
     assert _compare(runs[0], runs[1], "--output", page).returncode == 0
     assert _compare(runs[1], runs[0], "--output", page).returncode == 0
     assert page.read_text().index("<th class=''>faster</th>") < page.read_text().index("<th class=''>base</th>")
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [lookalike.name]  # no temporary left
+    assert lookalike.read_text() == "mine" and page.stat().st_mode & 0o777 == 0o644
 
 
 def test_a_single_run_still_gets_its_own_report(runs):

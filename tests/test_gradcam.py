@@ -187,6 +187,9 @@ def test_predict_explain_never_replaces_a_file_it_did_not_write(lab_model, tmp_p
     assert mine.read_bytes() == b"my own file"
     assert_clean_error(run_cli([*cmd, "--explain", image]), "is a file")
     mine.unlink()
+    lookalike = out / ".dog.png.gradcam.png.tmp"  # named like a temporary file, but the user's
+    lookalike.write_bytes(b"mine too")
     assert run_cli([*cmd, "--explain", out]).returncode == 0
     assert run_cli([*cmd, "--explain", out]).returncode == 0  # its own file it replaces
-    assert [p.name for p in out.iterdir()] == ["dog.png.gradcam.png"]  # and leaves no temporary file
+    assert sorted(p.name for p in out.iterdir()) == [lookalike.name, mine.name]  # no temporary file left
+    assert lookalike.read_bytes() == b"mine too" and mine.stat().st_mode & 0o777 == 0o644

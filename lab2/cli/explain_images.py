@@ -9,6 +9,8 @@ written.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -70,12 +72,19 @@ class ExplanationWriter:
             title=Path(image_path).name,
         )
         target = self.targets[image_path]
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
+        tmp = None
         try:
-            fig.savefig(tmp, format="png", dpi=100, metadata={"Software": SOFTWARE})
+            self.folder.mkdir(parents=True, exist_ok=True)
+            # A fresh temporary name (never a file of the user's), renamed into place: no half-written PNG.
+            handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=self.folder)
+            tmp = Path(name)
+            with os.fdopen(handle, "wb") as file:
+                fig.savefig(file, format="png", dpi=100, metadata={"Software": SOFTWARE})
+            os.chmod(tmp, 0o644)
             tmp.replace(target)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise UserError(f"cannot write {target} ({exc.strerror}); choose another --explain folder.") from None
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)  # already renamed when all went well
         return target
