@@ -23,6 +23,7 @@ FIGURES = {
     "class_accuracy",
     "calibration",
     "predictions",
+    "gradcam",
     "curves",
     "gradients",
     "weights",

@@ -1,6 +1,6 @@
 """`lab2-predict`: top-k classes for image files (PNG/JPEG of any size, resized to 32x32).
 
-    lab2-predict --model_path runs/<run> cat.png ship.jpg [--json] [--top_k 3]
+    lab2-predict --model_path runs/<run> cat.png ship.jpg [--json] [--top_k 3] [--explain DIR]
 
 An unreadable image gets an error line and the others are still predicted;
 the exit status is 1 when any image failed.
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from lab2.cli.explain_images import ExplanationWriter
 from lab2.config.flag_types import Parser, int_flag
 from lab2.data.cifar import test_transform
 from lab2.errors import UserError, exit_with_user_error
@@ -84,9 +85,16 @@ def main(argv: list[str] | None = None) -> None:
         "--top_k", type=int_flag("--top_k", minimum=1, maximum=1000), default=3, help="classes to show per image"
     )
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    parser.add_argument(
+        "--explain",
+        metavar="DIR",
+        default=None,
+        help="also write DIR/<image>.gradcam.png: the image with its Grad-CAM heat map beside its top classes",
+    )
     args = parser.parse_args(argv)
     try:
         loaded = load_model_file(args.model_path)
+        explainer = ExplanationWriter(args.explain, args.images) if args.explain else None
     except UserError as error:
         exit_with_user_error(error, "lab2-predict")
     results, failed = [], 0
@@ -104,11 +112,18 @@ def main(argv: list[str] | None = None) -> None:
             for p, i in zip(probabilities[0], indices[0], strict=True)
         ]
         results.append({"image": path, "top_k": top, **({"note": note} if note else {})})
+        if explainer is not None:
+            try:
+                explained = explainer.write(loaded.model, path, image, top, int(indices[0, 0]))
+            except UserError as error:  # a model Grad-CAM cannot explain, or a full disk: say so and stop
+                exit_with_user_error(error, "lab2-predict")
+            results[-1]["explanation"] = str(explained)
         if not args.json:
             print(
                 f"{path}: "
                 + ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in top)
                 + (f" ({note})" if note else "")
+                + (f" -> {results[-1]['explanation']}" if explainer is not None else "")
             )
     if args.json:
         print(json.dumps(results, indent=2))

@@ -25,6 +25,7 @@ class PredictionSamples:
     predictions: np.ndarray
     labels: np.ndarray
     confidences: np.ndarray
+    inputs: torch.Tensor | None = None  # the same images as the model saw them (normalised float, CPU): for Grad-CAM
 
 
 @dataclass
@@ -86,7 +87,9 @@ class _SamplePool:
         parts = [torch.cat([w[:n_wrong], r[:n_right]]).cpu() for w, r in zip(self.wrong, self.right, strict=True)]
         images = parts[0].float() * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
         images = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        return PredictionSamples(images, parts[1].numpy(), parts[2].numpy(), parts[3].float().numpy())
+        return PredictionSamples(
+            images, parts[1].numpy(), parts[2].numpy(), parts[3].float().numpy(), inputs=parts[0].float()
+        )
 
 
 def flip_averaged_logits(model, images: torch.Tensor) -> torch.Tensor:

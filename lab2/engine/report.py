@@ -11,6 +11,8 @@ import base64
 import html
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 
 from lab2.errors import UserError
@@ -24,6 +26,7 @@ FIGURES = (
     ("class_accuracy", "Accuracy per class"),
     ("calibration", "Reliability diagram: accuracy against confidence per bin (15 bins), with the images per bin"),
     ("predictions", "Sample test predictions: most confident mistakes and correct ones"),
+    ("gradcam", "Grad-CAM (last Conv2d) on the same predictions: red is where the predicted class's score came from"),
     ("gradients", "Gradient flow: mean and max |grad| per layer (last snapshot)"),
     ("weights", "Weight magnitudes: mean and max |W| per layer (last snapshot)"),
     ("update_ratio", "Update flow: ||dW|| / ||W|| per layer (last snapshot)"),
@@ -212,12 +215,29 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """
     target = Path(output) if output else RunPaths(run_dir).report
     check_report_target(target)
-    page = build_report(run_dir)
-    tmp = target.with_name(f".{target.name}.tmp")
+    return write_page(target, build_report(run_dir))
+
+
+def write_page(target: Path, page: str) -> Path:
+    """Write `page` to `target` through a temporary file and a rename: a reader never sees half a page.
+
+    The temporary file gets a fresh name (mkstemp), so it can never be a file of the user's, and it is removed
+    on any failure, Ctrl-C included.
+    """
     try:
-        tmp.write_text(page, encoding="utf-8")
+        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    except OSError as exc:
+        raise UserError(f"cannot write {target} ({exc.strerror}); choose another --output.") from None
+    tmp = Path(name)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(page)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the page from the other users of a shared machine
         tmp.replace(target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {target} ({exc.strerror}); free space or choose another --output.") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return target

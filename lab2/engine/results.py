@@ -12,7 +12,8 @@ import json
 import torch
 
 from lab2.engine.evaluation import EvalResult
-from lab2.explain import plots
+from lab2.errors import UserError
+from lab2.explain import gradcam, plots
 from lab2.explain.calibration import reliability_figure
 from lab2.state.checkpoint import export_model, latest_good_checkpoint
 from lab2.state.run_paths import append_jsonl, read_jsonl, write_json
@@ -149,6 +150,7 @@ class RunResults:
         if flow is not None:  # the last snapshots' images, before this thread draws figures of its own
             flow.close(progress.global_step)
         figures = self.final_figures(result, metrics, flow)
+        figures.update(self.gradcam_figures(model, result))
         paths.figures.mkdir(parents=True, exist_ok=True)
         for name, fig in figures.items():
             plots.save_figure(fig, paths.figures / f"{name}.png")
@@ -192,6 +194,20 @@ class RunResults:
                     last.layers, steps, flow.matrix(stat).numpy(), stat
                 )
         return figures
+
+    def gradcam_figures(self, model, result: EvalResult) -> dict:
+        """{'gradcam': the predictions grid with Grad-CAM overlays}, or {} (no samples, or a model Grad-CAM cannot
+        explain: that is said in one line, and the run's other files are still written)."""
+        samples = result.samples
+        if samples is None or not len(samples.images) or samples.inputs is None:
+            return {}
+        # The plain module: Captum's hooks and autograd.grad need neither DDP's wrapper nor a compiled graph.
+        plain = self.accelerator.unwrap_model(model, keep_torch_compile=False)
+        try:
+            return {"gradcam": gradcam.gradcam_figure(plain, samples, self.splits.class_names)}
+        except UserError as reason:
+            self.accelerator.print(f"note: no gradcam figure: {reason}")
+            return {}
 
     def summary(self, result: EvalResult, metrics: list[dict], progress) -> dict:
         """summary.json: final and best accuracy, cost, speed and where it ran."""

@@ -41,6 +41,7 @@ FIGURE_NAMES = (
     "confusion_matrix",
     "class_accuracy",
     "predictions",
+    "gradcam",
     "gradients",
     "weights",
     "update_ratio",

@@ -1,0 +1,138 @@
+"""Grad-CAM: where the network looks, with Captum's LayerGradCam on the model's last Conv2d.
+
+Grad-CAM weights each channel of a convolution's output by the mean gradient of
+the class score over that channel, sums the channels and keeps the positive
+part: a coarse map (8x8 for SimpleCNN's conv4) of the regions that raise the
+score. It is upsampled bilinearly to the image size and scaled to 0..1 per
+image, so the overlay shows where, not how strongly in absolute terms.
+
+The grid is the `predictions` grid (lab2.explain.plots.predictions_figure), the
+same images in the same order with the same titles, each with its heat map on
+top; nothing here reads files or trackers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from lab2.errors import UserError
+from lab2.explain import plots
+
+OVERLAY_ALPHA = 0.45  # enough colour to see the map, enough image left to see what it covers
+OVERLAY_CMAP = "jet"  # the colour map Grad-CAM figures conventionally use: red = most important
+
+
+def last_conv_layer(model: nn.Module, example: torch.Tensor) -> nn.Conv2d:
+    """The Conv2d that runs last in `model`'s forward pass on `example` (B, C, H, W).
+
+    Found by running the forward pass with hooks rather than by the order of
+    `model.modules()`, which is the order the attributes were assigned in, not
+    the order the layers run in. A model with no Conv2d is a UserError: Grad-CAM
+    needs a spatial feature map to explain.
+    """
+    ran: list[nn.Conv2d] = []
+    hooks = [
+        module.register_forward_hook(lambda module, _inputs, _output: ran.append(module))
+        for module in model.modules()
+        if isinstance(module, nn.Conv2d)
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not ran:
+        raise UserError(
+            f"{type(model).__name__} runs no Conv2d layer, so Grad-CAM has no spatial feature map to explain; "
+            "--explain and the gradcam figure need a convolutional model."
+        )
+    return ran[-1]
+
+
+def gradcam_heatmaps(model: nn.Module, inputs: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
+    """Grad-CAM maps (B, H, W) in 0..1 for normalised float `inputs` (B, C, H, W) and one target class per image.
+
+    The model runs in eval mode (BatchNorm's running statistics, no dropout), in
+    float32 on its own device; Captum takes gradients with torch.autograd.grad,
+    so no parameter's .grad changes, and the model's mode is restored.
+    """
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    device = next(model.parameters()).device
+    inputs = inputs.detach().float().to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        layer = last_conv_layer(model, inputs[:1])
+        with torch.enable_grad():
+            coarse = LayerGradCam(model, layer).attribute(
+                inputs, target=[int(t) for t in targets], relu_attributions=True
+            )
+        maps = LayerAttribution.interpolate(coarse.detach(), tuple(inputs.shape[-2:]), interpolate_mode="bilinear")
+    finally:
+        model.train(was_training)
+    maps = maps[:, 0].float().cpu().numpy()
+    peaks = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, 1, 1)
+    # A map with no positive evidence stays all zero instead of dividing by zero.
+    return np.divide(maps, peaks, out=np.zeros_like(maps), where=peaks > 0)
+
+
+def overlay(ax, heatmap: np.ndarray) -> None:
+    """Draw `heatmap` (H, W, 0..1) over the image already shown in `ax`."""
+    height, width = heatmap.shape
+    ax.imshow(
+        heatmap,
+        cmap=OVERLAY_CMAP,
+        alpha=OVERLAY_ALPHA,
+        vmin=0,
+        vmax=1,
+        interpolation="bilinear",
+        extent=(-0.5, width - 0.5, height - 0.5, -0.5),  # the pixel grid of the image underneath
+    )
+
+
+def gradcam_figure(model: nn.Module, samples, class_names: Sequence[str]) -> Figure:
+    """The predictions grid of `samples` with each image's Grad-CAM map for its predicted class overlaid.
+
+    `samples` is a lab2.engine.evaluation.PredictionSamples with `inputs` (the
+    normalised images the model saw); the maps explain the predicted class, the
+    one in each title.
+    """
+    if samples.inputs is None:
+        raise ValueError("PredictionSamples without inputs: Grad-CAM needs the normalised images")
+    heatmaps = gradcam_heatmaps(model, samples.inputs, samples.predictions)
+    fig = plots.predictions_figure(
+        samples.images, samples.predictions, samples.labels, samples.confidences, class_names
+    )
+    for ax, heatmap in zip(fig.axes, heatmaps, strict=False):  # the grid's first len(heatmaps) axes hold the images
+        overlay(ax, heatmap)
+    fig.suptitle("Grad-CAM on the predicted class (red: what raised its score); most confident mistakes first")
+    return fig
+
+
+def explain_image_figure(
+    image: np.ndarray, heatmap: np.ndarray, top_classes: Sequence[str], top_probabilities: Sequence[float], title: str
+) -> Figure:
+    """One input image (uint8 H, W, 3) with its Grad-CAM overlay, beside a bar chart of its top-k classes."""
+    fig = Figure(figsize=(7, 3), layout="constrained")
+    image_ax, bars_ax = fig.subplots(1, 2, width_ratios=(1, 1.4))
+    image_ax.imshow(image, interpolation="nearest")
+    overlay(image_ax, heatmap)
+    image_ax.axis("off")
+    image_ax.set_title(f"Grad-CAM: {top_classes[0]}", fontsize=9)
+    rows = np.arange(len(top_classes))
+    bars = bars_ax.barh(rows, 100 * np.asarray(top_probabilities, dtype=float), color="tab:blue")
+    bars_ax.bar_label(bars, fmt="%.1f%%", fontsize=8)
+    bars_ax.set_yticks(rows, list(top_classes))
+    bars_ax.invert_yaxis()  # the most likely class on top
+    bars_ax.set_xlim(0, 115)
+    bars_ax.set_xlabel("probability (%)")
+    bars_ax.set_title(f"top-{len(top_classes)} classes", fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    return fig

@@ -1,0 +1,160 @@
+"""`lab2-report RUN_A RUN_B ... --output compare.html` on real runs: content, refusals, the write policy, Chromium."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import BIN, assert_clean_error, run_cli, train_cmd, write_synthetic_folder
+from PIL import Image
+
+from lab2.engine.compare import read_run
+from lab2.explain.comparison import comparison_curves_figure
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two finished 2-epoch runs that differ in --learning_rate and --seed, and a copy of the second with no
+    summary.json: what a run still training looks like."""
+    root = tmp_path_factory.mktemp("compare")
+    data = write_synthetic_folder(root / "data", num_train=256, num_test=128)
+    folders = []
+    for name, lr, seed in (("base", "1e-3", 0), ("faster", "3e-3", 1)):
+        out = root / name
+        flags = ["--data_dir", data, "--output_dir", out, "--run_name", name, "--num_train_epochs", 2]
+        flags += ["--learning_rate", lr, "--seed", seed, "--report_to", "none", "--flow_log_steps", 0]
+        result = run_cli(train_cmd(*flags))
+        assert result.returncode == 0, result.stderr
+        folders.append(out)
+    running = root / "running"
+    shutil.copytree(folders[1], running)
+    (running / "summary.json").unlink()
+    return [*folders, running]
+
+
+def _compare(*args):
+    return run_cli([str(BIN / "lab2-report"), *map(str, args)])
+
+
+def test_the_page_holds_metrics_only_the_differing_flags_and_every_confusion_matrix(runs, tmp_path):
+    base, faster, running = runs
+    page_file = tmp_path / "compare.html"
+    result = _compare(base, faster, running, "--output", page_file)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(page_file)
+    page = page_file.read_text()
+    differences = page.split("<h2>Configuration differences</h2>")[1].split("<h2>")[0]
+    flags = {cell.split("<")[0] for cell in differences.split("<td class='l'>--")[1:]}
+    assert flags == {"learning_rate", "seed", "output_dir", "run_name"}, flags
+    for name in ("base", "faster"):
+        summary = json.loads((runs[["base", "faster"].index(name)] / "summary.json").read_text())
+        assert f"{100 * summary['final_eval_acc']:.2f}%" in page
+    assert "not finished (running or stopped)" in page  # the copy without summary.json
+    assert "No confusion matrix yet (summary.json is written at the end): running" in page
+    assert page.count("data:image/png;base64,") == 2 and "src='http" not in page  # curves, confusion matrices
+    # The runs all share run_name 'faster' with the copy: labels fall back to the folder name, so columns differ.
+    assert "<th class=''>base</th><th class=''>faster</th><th class=''>running</th>" in page
+
+
+def test_the_wall_time_axis_is_the_running_sum_of_epoch_times(runs):
+    run = read_run(runs[0])
+    fig = comparison_curves_figure([(run.label, run.metrics)])
+    wall_time_eval = fig.axes[2].lines[0]  # loss against wall time, eval
+    expected = np.cumsum([m["epoch_time_s"] for m in run.metrics]) / 60
+    assert np.allclose(wall_time_eval.get_xdata(), expected)
+    assert np.allclose(wall_time_eval.get_ydata(), [m["eval_loss"] for m in run.metrics])
+    assert list(fig.axes[0].lines[0].get_xdata()) == [1, 2]
+
+
+def test_folders_that_are_not_lab2_runs_are_refused_in_one_line(runs, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    other_tool = tmp_path / "bert"
+    other_tool.mkdir()
+    (other_tool / "config.json").write_text('{"architectures": ["BertModel"]}')
+    damaged = tmp_path / "damaged"
+    shutil.copytree(runs[0], damaged)
+    (damaged / "config.json").write_text('{"model": "simple_cnn", "num_tr')
+    out = tmp_path / "c.html"
+    assert_clean_error(_compare(runs[0], empty, "--output", out), "empty is not a lab2 run folder")
+    assert_clean_error(_compare(runs[0], other_tool, "--output", out), "is not a lab2 run", "'model'")
+    assert_clean_error(_compare(runs[0], damaged, "--output", out), "config.json is damaged")
+    assert_clean_error(_compare(runs[0], runs[0] / "summary.json", "--output", out), "is not a folder")
+    assert_clean_error(_compare(runs[0], f"{runs[0]}/", "--output", out), "more than once")
+    assert_clean_error(_compare(runs[0], runs[1]), "needs --output")
+    assert not out.exists()
+
+
+def test_output_never_replaces_a_file_lab2_did_not_write(runs, tmp_path):
+    mine = tmp_path / "notes.html"
+    mine.write_text("my notes")
+    assert_clean_error(_compare(runs[0], runs[1], "--output", mine), "does not replace it")
+    assert mine.read_text() == "my notes"
+    config = runs[0] / "config.json"
+    before = config.read_bytes()
+    assert_clean_error(_compare(runs[0], runs[1], "--output", config), "must be an .html file")
+    assert config.read_bytes() == before
+    # Its own page it may write again: the second comparison replaces the first. A file named like a temporary
+    # one is the user's too: the temporary file gets a fresh name.
+    page = tmp_path / "compare.html"
+    lookalike = tmp_path / ".compare.html.tmp"
+    lookalike.write_text("mine")
+    assert _compare(runs[0], runs[1], "--output", page).returncode == 0
+    assert _compare(runs[1], runs[0], "--output", page).returncode == 0
+    assert page.read_text().index("<th class=''>faster</th>") < page.read_text().index("<th class=''>base</th>")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [lookalike.name]  # no temporary left
+    assert lookalike.read_text() == "mine" and page.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_single_run_still_gets_its_own_report(runs):
+    result = _compare(runs[0])
+    assert result.returncode == 0 and result.stdout.strip() == str(runs[0] / "report.html")
+    assert "lab2 run: base" in (runs[0] / "report.html").read_text()
+
+
+CHECKER = (
+    "<script>window.addEventListener('load', () => { const images = [...document.images];"
+    " document.body.setAttribute('data-check', `images=${images.length} "
+    "loaded=${images.filter(i => i.complete && i.naturalWidth > 0).length} height=${document.body.scrollHeight}`);"
+    "});</script></body>"
+)
+
+
+@pytest.mark.browser
+def test_the_comparison_renders_in_headless_chromium(runs, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("no headless Chromium installed (.ci/run installs Debian's chromium)")
+    page = tmp_path / "compare.html"
+    assert _compare(*runs, "--output", page).returncode == 0
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
+    flags += ["--disable-background-networking", "--disable-component-update", f"--user-data-dir={tmp_path / 'p'}"]
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", CHECKER))
+    dom = subprocess.run(
+        [*flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    assert 'data-check="images=2 loaded=2' in dom, dom[-500:]
+    assert int(dom.split("height=")[1].split('"')[0]) > 1500
+    shot = tmp_path / "compare.png"
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()], capture_output=True, timeout=120
+    )
+    assert np.asarray(Image.open(shot).convert("L")).std() > 10  # not a blank page
+
+
+def test_many_runs_wrap_their_confusion_matrices_into_rows():
+    from lab2.explain.comparison import confusion_matrices_figure
+
+    matrices = [(f"run{i}", np.eye(3, dtype=int) * (i + 1)) for i in range(4)]
+    fig = confusion_matrices_figure(matrices, ["cat", "dog", "ship"])
+    shown = [ax for ax in fig.axes if ax.axison]
+    assert [ax.get_title().split("\n")[0] for ax in shown] == ["run0", "run1", "run2", "run3"]
+    assert len(fig.axes) == 6 and fig.get_size_inches()[0] < 3 * 7  # three per row, the last row padded
+    assert shown[3].images[0].get_array()[0, 0] == 1.0 and shown[3].texts[0].get_text() == "4"
