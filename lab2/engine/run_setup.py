@@ -128,10 +128,14 @@ class StopRequest:
 
     def __init__(self):
         self.signal_name: str | None = None
+        self.current_step = lambda: None  # the loop's optimizer steps done so far (the Trainer sets it)
+        self.received_after_step: int | None = None  # when the first signal came, for the stop report
 
     def _handler(self, signum, frame):
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if self.signal_name is None:
+            self.received_after_step = self.current_step()
         self.signal_name = signal.Signals(signum).name
 
     def finished_note(self) -> str | None:
