@@ -126,6 +126,20 @@ def test_accelerate_launch_multi_cpu_trains_two_ranks_through_open_mpi(mini_dir,
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+@needs_mpirun
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_mpirun_starts_in_the_makefiles_environment_while_tensorboard_listens(tensorboard_port, tmp_path):
+    """`make train` with multi_cpu.yaml starts mpirun in the Makefile's environment: it must not hang on 6006."""
+    probe = tmp_path / "probe.mk"
+    probe.write_text("mpi-probe:\n\tmpirun -n 1 hostname\n")
+    env = cli_env()
+    for name in ("HWLOC_COMPONENTS", "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"):
+        env.pop(name, None)  # the Makefile's own settings only
+    # Before the Makefile exported HWLOC_COMPONENTS=-gl this waited forever (killed whole at the timeout).
+    result = run_cli(["make", "-s", "-f", "Makefile", "-f", probe, "mpi-probe"], env=env, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip(), result.stdout + result.stderr
+
+
 # What torch raised on rank 0 when another program held MASTER_PORT (torch 2.14, measured here).
 EADDRINUSE = (
     "The server socket has failed to listen on any local network address. port: 29500, useIpv6: false, "
