@@ -24,6 +24,9 @@ ifeq ($(shell id -u),0)
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 endif
+# Open MPI's hardware discovery (hwloc's GL plugin) probes X displays on TCP ports 6000-6063 and hangs for good,
+# SIGTERM ignored, while anything listens there: TensorBoard's 6006. Without the plugin nothing else changes.
+export HWLOC_COMPONENTS ?= -gl
 
 .PHONY: install train smoke test lint bench clean
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import launch
 import numpy as np
 import pytest
 
@@ -44,10 +45,11 @@ def cli_env(**extra) -> dict:
 
 
 def run_cli(args, timeout=300, env=None, **kwargs) -> subprocess.CompletedProcess:
-    """Run a command with the venv's tools first on PATH; capture text output."""
+    """Run a command with the venv's tools first on PATH; capture text output. It runs in a session of its own,
+    killed whole on a timeout (tests/launch.py), since it may be a launcher with workers of its own."""
     env = env or cli_env()
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
+    return launch.run(args, cwd=REPO, env=env, timeout=timeout, **kwargs)
 
 
 def train_cmd(*flags, launcher="python") -> list[str]:

@@ -12,21 +12,22 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
+from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import BIN, REPO, cli_env, run_cli
+from conftest import BIN, REPO, assert_clean_error, cli_env, run_cli
+from launch import MPI_ENV, descendants, free_port
 from saved_weights import evaluate_saved_weights
 
 from lab2.engine.distributed import (
     is_peer_lost,
+    is_port_taken,
     peer_lost_message,
     place_on_cpu_without_gpu,
+    port_taken_message,
 )
 
-# Open MPI refuses to start as root without both; they change nothing for other users.
-MPI_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 DIST_TIMEOUT_S = 20
 
 
@@ -72,35 +73,50 @@ def test_a_multi_process_launch_without_a_gpu_goes_to_the_cpu():
     assert place_on_cpu_without_gpu(single) is None and single == {}  # one process: nothing to place
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
+@contextmanager
+def listening(port: int):
+    """A TCP listener on 127.0.0.1:port for the block (TensorBoard's 6006, another run's store)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        yield
+
+
+@pytest.fixture
+def tensorboard_port():
+    """127.0.0.1:6006 listened on, as by TensorBoard: the port Open MPI's hwloc GL plugin hung on."""
+    try:
+        with listening(6006):
+            yield
+    except OSError as error:
+        pytest.skip(f"127.0.0.1:6006 is taken by another program ({error.strerror}); it must be ours to close")
+
+
+def mpi_launch(port: int, *flags) -> list[str]:
+    """`accelerate launch` with multi_cpu.yaml (Open MPI) on `port`, as the README writes it."""
+    head = [BIN / "accelerate", "launch", "--quiet", "--config_file", "accelerate_configs/multi_cpu.yaml"]
+    return list(map(str, [*head, "--main_process_port", port, "train_accelerate.py", *flags]))
+
+
+def mpi_env() -> dict:
+    env = cli_env(**MPI_ENV)  # HWLOC_COMPONENTS=-gl, as the Makefile exports it
+    env.pop("OMP_NUM_THREADS", None)  # threads per rank as the config documents: Accelerate's cores / ranks
+    return env
+
+
+needs_mpirun = pytest.mark.skipif(
     shutil.which("mpirun") is None, reason="Open MPI is not installed (apt-get install openmpi-bin; .ci/run does)"
 )
-def test_accelerate_launch_multi_cpu_trains_two_ranks_through_open_mpi(mini_dir, tmp_path):
+
+
+@pytest.mark.slow
+@needs_mpirun
+def test_accelerate_launch_multi_cpu_trains_two_ranks_through_open_mpi(mini_dir, tmp_path, tensorboard_port):
     out = tmp_path / "mpi"
-    env = cli_env(**MPI_AS_ROOT)
-    env.pop("OMP_NUM_THREADS", None)  # threads per rank as the config documents: Accelerate's cores / ranks
-    command = [
-        BIN / "accelerate",
-        "launch",
-        "--quiet",
-        "--config_file",
-        "accelerate_configs/multi_cpu.yaml",
-        "train_accelerate.py",
-        "--data_dir",
-        mini_dir,
-        "--max_train_samples",
-        512,
-        "--max_eval_samples",
-        1001,
-        "--num_train_epochs",
-        1,
-        "--output_dir",
-        out,
-        "--report_to",
-        "none",
-    ]
-    result = run_cli(list(map(str, command)), env=env, timeout=400)
+    flags = ["--data_dir", mini_dir, "--max_train_samples", 512, "--max_eval_samples", 1001, "--num_train_epochs", 1]
+    command = mpi_launch(free_port(), *flags, "--output_dir", out, "--report_to", "none")
+    # Before HWLOC_COMPONENTS=-gl, mpirun waited forever here, with TensorBoard's port listened on.
+    result = run_cli(command, env=mpi_env(), timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["num_eval_samples"] == 1001
@@ -108,6 +124,44 @@ def test_accelerate_launch_multi_cpu_trains_two_ranks_through_open_mpi(mini_dir,
     assert evaluate_saved_weights(out, mini_dir, max_eval=1001).accuracy == summary["final_eval_acc"]
     assert result.stdout.count("done: final eval accuracy") == 1  # rank 0 alone reports and writes
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+@needs_mpirun
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_mpirun_starts_in_the_makefiles_environment_while_tensorboard_listens(tensorboard_port, tmp_path):
+    """`make train` with multi_cpu.yaml starts mpirun in the Makefile's environment: it must not hang on 6006."""
+    probe = tmp_path / "probe.mk"
+    probe.write_text("mpi-probe:\n\tmpirun -n 1 hostname\n")
+    env = cli_env()
+    for name in ("HWLOC_COMPONENTS", "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"):
+        env.pop(name, None)  # the Makefile's own settings only
+    # Before the Makefile exported HWLOC_COMPONENTS=-gl this waited forever (killed whole at the timeout).
+    result = run_cli(["make", "-s", "-f", "Makefile", "-f", probe, "mpi-probe"], env=env, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip(), result.stdout + result.stderr
+
+
+# What torch raised on rank 0 when another program held MASTER_PORT (torch 2.14, measured here).
+EADDRINUSE = (
+    "The server socket has failed to listen on any local network address. port: 29500, useIpv6: false, "
+    "code: -98, name: EADDRINUSE, message: address already in use"
+)
+
+
+def test_a_taken_port_is_told_from_a_lost_peer():
+    assert is_port_taken(torch.distributed.DistNetworkError(EADDRINUSE))
+    assert not is_port_taken(RuntimeError(GLOO_RESET))
+    message = port_taken_message({"MASTER_PORT": "29500", "MASTER_ADDR": "127.0.0.1"})
+    assert "port 29500 on 127.0.0.1 is already in use" in message and "--main_process_port <port>" in message
+
+
+@needs_mpirun
+def test_a_taken_port_is_named_with_how_to_choose_another(mini_dir, tmp_path):
+    port = free_port()
+    out = tmp_path / "never"
+    with listening(port):  # another run's store holds the port
+        result = run_cli(mpi_launch(port, "--data_dir", mini_dir, "--output_dir", out), env=mpi_env(), timeout=300)
+    assert_clean_error(result, f"port {port}", "already in use", "--main_process_port")
+    assert "lost contact" not in result.stdout + result.stderr and not out.exists()
 
 
 # --------------------------------------------------------------------------- two nodes
@@ -122,7 +176,7 @@ class TwoNodes:
         self.namespaces = [f"lab2-{tag}-node0", f"lab2-{tag}-node1"]
         self.links = [f"l2v{tag}a", f"l2v{tag}b"]  # interface names: at most 15 characters
         self.addresses = ["10.231.0.1", "10.231.0.2"] if isolated else ["127.0.0.1", "127.0.0.1"]
-        self.port = 29500 if isolated else _free_port()  # a namespace has ports of its own
+        self.port = 29500 if isolated else free_port()  # a namespace has ports of its own
         self.launchers: dict[int, subprocess.Popen] = {}  # node rank -> its latest launcher
         self.started: list[subprocess.Popen] = []
 
@@ -196,7 +250,7 @@ class TwoNodes:
                 ["ip", "netns", "pids", self.namespaces[rank]], capture_output=True, text=True
             ).stdout
             return [int(pid) for pid in listed.split()]
-        return _with_descendants(self.launchers[rank].pid)
+        return descendants(self.launchers[rank].pid)
 
     def kill(self, rank: int) -> None:
         """Node `rank` dies: SIGKILL to all of its processes at once."""
@@ -238,24 +292,6 @@ class NodeOutput:
     def first(self, fragment: str) -> float | None:
         """When a line holding `fragment` arrived."""
         return next((at for at, line in self.lines if fragment in line), None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _with_descendants(pid: int) -> list[int]:
-    found = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in children:
-            found += _with_descendants(int(child))
-    return found
 
 
 @pytest.fixture(scope="module")

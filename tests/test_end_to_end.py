@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import BIN, REPO, cli_env, run_cli, train_cmd
+from launch import free_port, started
 from saved_weights import evaluate_saved_weights
 from tracker_files import wandb_steps
 from wandb_reader import history_keys, read_records, run_file
@@ -104,7 +105,7 @@ def test_two_process_torchrun_is_exact_and_writes_once(mini_dir, tmp_path):
         "--flow_log_steps",
         2,
     ]
-    torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29533", "train_accelerate.py"]
+    torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", free_port(), "train_accelerate.py"]
     env = cli_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     result = run_cli([*torchrun, *map(str, common), "--num_train_epochs", "1"], env=env, timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -353,22 +354,17 @@ def test_when_one_rank_dies_the_other_does_not_hang(mini_dir, tmp_path):
         "--logging_steps",
         2,
     ]
-    torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29534", "train_accelerate.py"]
+    torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", free_port(), "train_accelerate.py"]
     env = cli_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    proc = subprocess.Popen(
-        [*torchrun, *map(str, args)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    assert _wait_for(lambda: (out / "config.json").exists() or proc.poll() is not None)
-    time.sleep(2)  # into the training loop
-    victim = _worker_pid(1, str(out))
-    assert victim, "rank 1 not found"
-    started = time.time()
-    os.kill(victim, signal.SIGKILL)
-    try:
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    with started([*torchrun, *args], cwd=REPO, env=env, **pipes) as proc:  # killed whole if the test fails
+        assert _wait_for(lambda: (out / "config.json").exists() or proc.poll() is not None)
+        time.sleep(2)  # into the training loop
+        victim = _worker_pid(1, str(out))
+        assert victim, "rank 1 not found"
+        killed_at = time.time()
+        os.kill(victim, signal.SIGKILL)
         proc.communicate(timeout=150)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode != 0
-    assert time.time() - started < 150  # torchrun tears the group down; nobody waits forever
+    assert time.time() - killed_at < 150  # torchrun tears the group down; nobody waits forever

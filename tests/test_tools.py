@@ -14,6 +14,7 @@ from conftest import (
     train_cmd,
     write_synthetic_folder,
 )
+from launch import free_port
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -63,7 +64,7 @@ def test_eval_reproduces_the_runs_final_accuracy(run_dir, tmp_path):
 
 def test_eval_on_two_processes_matches_too(run_dir, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
-    torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29535", "-m", "lab2.cli.eval"]
+    torchrun = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", free_port(), "-m", "lab2.cli.eval"]
     result = run_cli(
         [*torchrun, "--model_path", str(run_dir), "--output_dir", str(tmp_path / "eval2")],
         env=cli_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1"),

@@ -96,6 +96,25 @@ def is_peer_lost(error: BaseException, env: MutableMapping[str, str] = os.enviro
     return from_the_backend and any(sign in message for sign in PEER_LOST_SIGNS)
 
 
+def is_port_taken(error: BaseException) -> bool:
+    """Whether `error` is the rendezvous store failing to listen because its port is taken (EADDRINUSE).
+
+    torch.distributed raises it as a DistNetworkError, which is_peer_lost would otherwise read as a lost peer.
+    """
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and ("eaddrinuse" in message or "address already in use" in message)
+
+
+def port_taken_message(env: MutableMapping[str, str] = os.environ) -> str:
+    """The one line for a taken rendezvous port: which port, and how to choose another with each launcher."""
+    port, address = env.get("MASTER_PORT", "29500"), env.get("MASTER_ADDR", "127.0.0.1")
+    return (
+        f"port {port} on {address} is already in use (another run or program listens there), so the processes "
+        f"could not meet; nothing was trained or written. Choose a free port: `accelerate launch "
+        f"--main_process_port <port>`, `torchrun --master_port <port>` or `notebook_launcher(..., use_port=...)`."
+    )
+
+
 def peer_lost_message(error: BaseException, output_dir: str, env: MutableMapping[str, str] = os.environ) -> str:
     """The one line a surviving process prints when a peer is lost: which rank, why, and how to go on."""
     first_line = " ".join(str(error).split("\n", 1)[0].split())

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import torch
-
 from lab2.errors import TrainingStopped
 
 
@@ -22,13 +20,11 @@ class PeriodicActions:
         cfg, accelerator = trainer.cfg, trainer.accelerator
         self.trainer, self.accelerator = trainer, accelerator
         self.meter = None  # the epoch's TrainMeter, set by the loop
-        # With >1 process a stop check is a collective, so it runs every --logging_steps; alone, every step.
-        stop_every = 1 if accelerator.num_processes == 1 else cfg.logging_steps
         self.table = [  # (every N optimizer steps, action); 0 or None switches an action off
             (cfg.logging_steps, self.log_train_loss),
             (cfg.checkpoint_every_steps, self.save_checkpoint),
             (cfg.eval_every_steps, self.evaluate),
-            (stop_every, self.stop_if_requested),
+            (1, self.stop_if_requested),  # every step: with several processes an async exchange (StopExchange)
         ]
 
     def after_step(self, step: int) -> None:
@@ -48,10 +44,18 @@ class PeriodicActions:
         self.trainer.evaluate_at_step(step)
 
     def stop_if_requested(self, step: int) -> None:
-        if self.trainer.stop_requested():
-            self.meter.raise_if_diverged()
-            self.trainer.save_mid_epoch(self.meter)
-            raise TrainingStopped(self.trainer.stop.signal_name)
+        if self.trainer.stop_exchange.requested_after_step():
+            self.stop_here()
+
+    def stop_at_epoch_end(self) -> None:
+        """The last step's exchange is settled here (blocking, once an epoch): no stop waits for an evaluation."""
+        if self.trainer.stop_exchange.settle():
+            self.stop_here()
+
+    def stop_here(self) -> None:
+        self.meter.raise_if_diverged()
+        self.trainer.save_mid_epoch(self.meter)
+        raise TrainingStopped(self.trainer.stop.signal_name)
 
 
 @contextmanager
@@ -71,11 +75,3 @@ def flow_snapshot(accelerator, flow, step: int, take: bool):
         if take:  # file, scalars, histograms, warnings; its images render on the worker thread
             flow.after_step(step)
         flow.poll(step)
-
-
-def stop_flag_set(accelerator, stop) -> bool:
-    """Whether any process got SIGINT/SIGTERM; a plain flag read with one process, a collective with more."""
-    if accelerator.num_processes == 1:
-        return stop.signal_name is not None
-    flag = torch.tensor([1 if stop.signal_name else 0], device=accelerator.device)
-    return bool(accelerator.gather(flag).max())

@@ -247,11 +247,14 @@ class RunResults:
 # --------------------------------------------------------------------------- endings before the end
 
 
-def report_interrupted(accelerator, paths, signal_name: str | None, global_step: int, epoch: int) -> None:
-    """Say where a run stopped by a signal saved itself and how to resume."""
+def report_interrupted(accelerator, paths, stop, global_step: int, epoch: int) -> None:
+    """Say when the signal came, where the run stopped and saved itself, and how to resume."""
     latest = latest_good_checkpoint(paths.checkpoints)
+    came = "" if stop.received_after_step is None else f", received after step {stop.received_after_step}"
+    by = stop.signal_name or "a signal to another process"  # the processes agree to stop together
     accelerator.print(
-        f"stopped by {signal_name} at step {global_step} (epoch {epoch + 1}); checkpoint saved to {latest or '?'}. "
+        f"stopped by {by} at step {global_step} (epoch {epoch + 1}{came}); "
+        f"checkpoint saved to {latest or '?'}. "
         f"resume with the same command plus: --output_dir {paths.root} --resume_from_checkpoint latest"
     )
 

@@ -17,6 +17,7 @@ import torch
 
 from lab2.config.report_to import log_with_for
 from lab2.config.train_config import TrainConfig
+from lab2.engine.distributed import is_port_taken, port_taken_message
 from lab2.errors import UserError
 from lab2.state import run_folder
 from lab2.state.run_paths import RunPaths, write_json
@@ -68,6 +69,7 @@ def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> None:
 
 
 def create_accelerator(cfg: TrainConfig):
+    """The run's Accelerator; with several processes it also makes the process group, on the launcher's port."""
     from accelerate import Accelerator
     from accelerate.utils import (
         DataLoaderConfiguration,
@@ -76,19 +78,27 @@ def create_accelerator(cfg: TrainConfig):
         TorchDynamoPlugin,
     )
 
-    return Accelerator(
-        log_with=log_with_for(cfg.report_to),
-        project_config=ProjectConfiguration(
-            project_dir=cfg.output_dir, logging_dir=str(RunPaths(cfg.output_dir).tensorboard)
-        ),
-        # A seedable sampler reshuffles as seed + epoch on every process alike, whatever the loop did before:
-        # both pipelines then resume mid-epoch in the same order.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
-        # A rank that dies must not leave the others waiting forever.
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))],
-        # --torch_compile_mode reduce-overhead adds CUDA graphs (static shapes: --dataloader_drop_last).
-        dynamo_plugin=TorchDynamoPlugin(backend="inductor", mode=cfg.torch_compile_mode) if cfg.torch_compile else None,
-    )
+    try:
+        return Accelerator(
+            log_with=log_with_for(cfg.report_to),
+            project_config=ProjectConfiguration(
+                project_dir=cfg.output_dir, logging_dir=str(RunPaths(cfg.output_dir).tensorboard)
+            ),
+            # A seedable sampler reshuffles as seed + epoch on every process alike, whatever the loop did before:
+            # both pipelines then resume mid-epoch in the same order.
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+            # A rank that dies must not leave the others waiting forever.
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))],
+            # --torch_compile_mode reduce-overhead adds CUDA graphs (static shapes: --dataloader_drop_last).
+            dynamo_plugin=TorchDynamoPlugin(backend="inductor", mode=cfg.torch_compile_mode)
+            if cfg.torch_compile
+            else None,
+        )
+    except RuntimeError as error:
+        # Another run's store on the port reads like a lost peer to torch; it is a choice the user can change.
+        if is_port_taken(error):
+            raise UserError(port_taken_message()) from None
+        raise
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -118,10 +128,14 @@ class StopRequest:
 
     def __init__(self):
         self.signal_name: str | None = None
+        self.current_step = lambda: None  # the loop's optimizer steps done so far (the Trainer sets it)
+        self.received_after_step: int | None = None  # when the first signal came, for the stop report
 
     def _handler(self, signum, frame):
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if self.signal_name is None:
+            self.received_after_step = self.current_step()
         self.signal_name = signal.Signals(signum).name
 
     def finished_note(self) -> str | None:

@@ -5,8 +5,9 @@ output folder, signals) is lab2.engine.run_setup; its results (per-epoch record,
 final figures, summary, Table-1 log, report) are lab2.engine.results. Both data
 pipelines reach the loop as DataLoaders that went through `accelerator.prepare`,
 so Accelerate shards, evens out and skips batches for every path. The hot loop
-has no host-device sync except every --logging_steps steps (divergence and
-interrupt checks, the train/loss point) and at flow snapshots.
+has no host-device sync except every --logging_steps steps (the divergence
+check, the train/loss point) and at flow snapshots; the stop flag is an
+asynchronous exchange read one step later (lab2.engine.stop_exchange).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from lab2.engine.optim import (
     scheduler_total_steps,
     training_loss,
 )
-from lab2.engine.periodic import PeriodicActions, flow_snapshot, stop_flag_set
+from lab2.engine.periodic import PeriodicActions, flow_snapshot
 from lab2.engine.results import RunResults, report_diverged, report_interrupted
 from lab2.engine.resume import Progress, resume_run
 from lab2.engine.run_setup import (
@@ -41,6 +42,7 @@ from lab2.engine.run_setup import (
     start_records,
     warn_slow_bf16,
 )
+from lab2.engine.stop_exchange import StopExchange
 from lab2.errors import Diverged, TrainingStopped, UserError, is_disk_full
 from lab2.explain.flops import count_flops
 from lab2.explain.flow_reporter import FlowReporter
@@ -112,6 +114,8 @@ class Trainer:
         precision = {"no": "fp32"}.get(str(accelerator.mixed_precision), str(accelerator.mixed_precision))
         self.results = RunResults(cfg, accelerator, paths, self.splits, self.flops, self.tracking, precision)
         self.periodic = PeriodicActions(self)  # log, checkpoint, evaluate, stop check: each every N steps
+        self.stop_exchange = StopExchange(accelerator, stop)  # the stop flag, agreed on by every process
+        stop.current_step = lambda: self.progress.global_step  # the signal handler notes when it came
 
     # ----------------------------------------------------------------- start
 
@@ -173,14 +177,12 @@ class Trainer:
                 progress.global_step, progress.batch_in_epoch = step, progress.batch_in_epoch + 1
                 meter.update(loss, logits, labels)  # adds on the device: no host sync
                 self.periodic.after_step(step)  # log, checkpoint, evaluate, stop: each every N steps
+            self.periodic.stop_at_epoch_end()  # a signal during the last step stops before the evaluation
             meter.raise_if_diverged()  # one sync per epoch at least
             meter.log_interval()  # the epoch's last, partial interval
         finally:
             meter.close()
         progress.loss_sum, progress.correct, progress.seen = float(meter.loss_sum), float(meter.correct), meter.seen
-
-    def stop_requested(self) -> bool:
-        return stop_flag_set(self.accelerator, self.stop)
 
     def save_mid_epoch(self, meter: TrainMeter) -> Path:
         """Checkpoint mid-epoch: the meter's running sums, added over processes, go into progress.json."""
@@ -226,7 +228,7 @@ class Trainer:
                 report_diverged(accelerator, self.paths, diverged.step, epoch, cfg.learning_rate)
                 raise
             except TrainingStopped:
-                report_interrupted(accelerator, self.paths, self.stop.signal_name, progress.global_step, epoch)
+                report_interrupted(accelerator, self.paths, self.stop, progress.global_step, epoch)
                 raise
             epoch_time = time.perf_counter() - started
             last = epoch == cfg.num_train_epochs - 1
