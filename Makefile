@@ -39,8 +39,16 @@ $(TEST_STAMP): $(STAMP)
 
 install: $(STAMP)
 
+# Ctrl-C reaches make, the launcher and lab2 together. The launcher ignores it (its subshell's trap '' INT) and
+# waits for lab2, which saves a checkpoint and prints how to resume (LAB2_LAUNCHED_BY=make: in make's words).
+# Make waits for the recipe; after a Ctrl-C the recipe exits 0 so make adds no "Error" line under lab2's
+# message, and make then ends itself by SIGINT (status 130), so the stop still counts as a failure.
+TRAIN_CMD = $(BIN)/accelerate launch --quiet --config_file $(TRAIN_CONFIG) train_accelerate.py --data_dir $(DATA_DIR) $(TRAIN_ARGS)
 train: $(STAMP)
-	$(BIN)/accelerate launch --quiet --config_file $(TRAIN_CONFIG) train_accelerate.py --data_dir $(DATA_DIR) $(TRAIN_ARGS)
+	$(info $(TRAIN_CMD))
+	@ctrl_c=0; trap 'ctrl_c=1' INT; \
+	(trap '' INT; LAB2_LAUNCHED_BY=make exec $(TRAIN_CMD)); status=$$?; \
+	[ $$ctrl_c = 1 ] || exit $$status
 
 smoke: $(STAMP)
 	$(BIN)/accelerate launch --quiet --config_file accelerate_configs/cpu.yaml train_accelerate.py \

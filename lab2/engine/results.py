@@ -11,6 +11,7 @@ import json
 
 import torch
 
+from lab2.config.resume_advice import resume_advice
 from lab2.engine.evaluation import EvalResult
 from lab2.explain import plots
 from lab2.state.checkpoint import export_model, latest_good_checkpoint
@@ -68,6 +69,7 @@ class RunResults:
         self,
         epoch: int,
         totals: tuple[float, float, float],
+        trained_now: float,
         epoch_time: float,
         result: EvalResult | None,
         lr: float,
@@ -75,7 +77,8 @@ class RunResults:
     ) -> dict:
         """Append the epoch's record to metrics.jsonl, log it, print one line.
 
-        `totals`: (loss sum, correct, seen) over all processes.
+        `totals`: (loss sum, correct, seen) over all processes, the part before a mid-epoch resume included;
+        `trained_now`: the images trained in `epoch_time`, i.e. since the resume (the speed counts only those).
         `result` is None for an epoch without evaluation (--eval_strategy no): its eval fields are null."""
         loss_sum, correct, seen = totals
         record = {
@@ -86,7 +89,7 @@ class RunResults:
             "eval_acc": result.accuracy if result else None,
             "lr": lr,
             "epoch_time_s": epoch_time,
-            "train_images_per_s": seen / max(epoch_time, 1e-9),
+            "train_images_per_s": trained_now / max(epoch_time, 1e-9),
             "global_step": global_step,
         }
         if not self.main:
@@ -223,7 +226,7 @@ def report_interrupted(accelerator, paths, signal_name: str | None, global_step:
     latest = latest_good_checkpoint(paths.checkpoints)
     accelerator.print(
         f"stopped by {signal_name} at step {global_step} (epoch {epoch + 1}); checkpoint saved to {latest or '?'}. "
-        f"resume with the same command plus: --output_dir {paths.root} --resume_from_checkpoint latest"
+        + resume_advice(paths.root)
     )
 
 

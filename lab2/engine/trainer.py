@@ -220,6 +220,7 @@ class Trainer:
         result = None
         for epoch in range(progress.epoch, cfg.num_train_epochs):
             started = time.perf_counter()
+            seen_before = progress.seen  # a mid-epoch resume's images, trained before `started`
             try:
                 self.train_one_epoch(epoch)
             except Diverged as diverged:
@@ -234,9 +235,17 @@ class Trainer:
                 result = self._evaluate(num_samples=cfg.num_prediction_samples if last else 0)
             else:  # the record carries the latest step evaluation (steps), or none (no)
                 result = self.latest_eval
-            totals = sum_over_processes(accelerator, progress.loss_sum, progress.correct, progress.seen)
+            *totals, trained_now = sum_over_processes(
+                accelerator, progress.loss_sum, progress.correct, progress.seen, progress.seen - seen_before
+            )
             self.results.end_epoch(
-                epoch, totals, epoch_time, result, self.scheduler.get_last_lr()[0], progress.global_step
+                epoch,
+                tuple(totals),
+                trained_now,
+                epoch_time,
+                result,
+                self.scheduler.get_last_lr()[0],
+                progress.global_step,
             )
             progress.epoch, progress.batch_in_epoch = epoch + 1, 0
             progress.loss_sum = progress.correct = progress.seen = 0.0
