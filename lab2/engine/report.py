@@ -38,6 +38,7 @@ STYLE = (
     "table { border-collapse: collapse; font-size: 0.9em; } "
     "td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }\n"
     "th { background: #f3f3f3; } td.l, th.l { text-align: left; }\n"
+    ".warn { background: #fff3cd; border: 1px solid #e0c36c; padding: 0.6em 1em; border-radius: 6px; }\n"
     ".kpi { display: flex; gap: 2em; flex-wrap: wrap; } "
     ".kpi div { background: #f6f8fa; padding: 0.6em 1em; border-radius: 6px; }\n"
     ".kpi b { display: block; font-size: 1.4em; }\n"
@@ -141,9 +142,16 @@ def build_report(run_dir: str | Path) -> str:
     )
     if not summary:
         parts.append("<p><b>This run has not finished</b> (no summary.json): the page shows what it wrote so far.</p>")
+    synthetic = config.get("dataset") == "fake"
+    if synthetic:
+        parts.append(
+            "<p class='warn'><b>Synthetic data</b> (--dataset fake): every accuracy on this page was measured on "
+            "generated images and says nothing about CIFAR-10.</p>"
+        )
+    on_what = " (synthetic data)" if synthetic else ""
     kpis = [
-        ("final eval accuracy", _pct(summary.get("final_eval_acc"))),
-        ("best eval accuracy", _pct(summary.get("best_eval_acc"))),
+        ("final eval accuracy" + on_what, _pct(summary.get("final_eval_acc"))),
+        ("best eval accuracy" + on_what, _pct(summary.get("best_eval_acc"))),
         ("GFLOPs / sample", _num(summary.get("gflops_per_sample"), ".4f")),
         ("parameters", _num(summary.get("params"), ",")),
         ("train images/s", _num(summary.get("train_images_per_s"), ".0f")),

@@ -27,6 +27,18 @@ PEAK_FLOPS = {
 }
 
 
+def data_label(cfg) -> str:
+    """What the accuracies were measured on, for summary.json and the trackers' summary."""
+    if cfg.dataset == "fake":
+        return "synthetic images (--dataset fake): the accuracies say nothing about CIFAR-10"
+    return cfg.dataset_name or f"CIFAR-10 from {cfg.data_dir}"
+
+
+def synthetic_note(cfg) -> str:
+    """Appended to every console line that reports an accuracy on synthetic data."""
+    return " | synthetic data, not CIFAR-10" if cfg.dataset == "fake" else ""
+
+
 def peak_flops(device: torch.device, precision: str) -> float | None:
     if device.type != "cuda":
         return None
@@ -119,6 +131,7 @@ class RunResults:
                 else "no eval | "
             )
             + f"{record['train_images_per_s']:.0f} img/s | {epoch_time:.1f} s"
+            + synthetic_note(self.cfg)
         )
         return record
 
@@ -152,14 +165,17 @@ class RunResults:
         )
         self.tracking.log_confusion_matrix(result.confusion, self.splits.class_names, step=progress.global_step)
         table = training_log_table(metrics)
+        if cfg.dataset == "fake":
+            table = "Training log on synthetic images (--dataset fake), not CIFAR-10:\n" + table
         paths.training_log.write_text(table + "\n", encoding="utf-8")
         acc.print(table)
         summary = self.summary(result, metrics, progress)
         write_json(paths.summary, summary)
         self.tracking.log({"eval/final_accuracy": result.accuracy}, step=progress.global_step)
         acc.print(
-            f"done: final eval accuracy {100 * result.accuracy:.2f}% on {result.num_samples} images "
-            f"(best {100 * summary['best_eval_acc']:.2f}%); files in {paths.root}"
+            f"done: final eval accuracy {100 * result.accuracy:.2f}% on {result.num_samples} "
+            f"{'synthetic ' if cfg.dataset == 'fake' else ''}images "
+            f"(best {100 * summary['best_eval_acc']:.2f}%); files in {paths.root}" + synthetic_note(cfg)
         )
         from lab2.engine.report import write_report
 
@@ -194,6 +210,7 @@ class RunResults:
         peak = peak_flops(self.accelerator.device, self.precision)
         device = self.accelerator.device
         return {
+            "data": data_label(self.cfg),
             "final_eval_acc": result.accuracy,
             "best_eval_acc": max(
                 [m["eval_acc"] for m in metrics if m["eval_acc"] is not None], default=result.accuracy

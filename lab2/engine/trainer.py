@@ -30,7 +30,7 @@ from lab2.engine.optim import (
     training_loss,
 )
 from lab2.engine.periodic import PeriodicActions, flow_snapshot, stop_flag_set
-from lab2.engine.results import RunResults, report_diverged, report_interrupted
+from lab2.engine.results import RunResults, report_diverged, report_interrupted, synthetic_note
 from lab2.engine.resume import Progress, resume_run
 from lab2.engine.run_setup import (
     StopRequest,
@@ -209,7 +209,9 @@ class Trainer:
         self.latest_eval = result = self._evaluate(num_samples=0)
         if self.main:
             self.tracking.log({"eval/loss": result.loss, "eval/accuracy": result.accuracy}, step=step)
-            self.accelerator.print(f"step {step}: eval loss {result.loss:.4f} acc {100 * result.accuracy:.2f}%")
+            self.accelerator.print(
+                f"step {step}: eval loss {result.loss:.4f} acc {100 * result.accuracy:.2f}%" + synthetic_note(self.cfg)
+            )
 
     def fit(self) -> None:
         """Every epoch left: train, evaluate, record, checkpoint; then the final files.
