@@ -55,7 +55,7 @@ def test_help_names_the_command_that_was_typed_and_needs_no_torch(tmp_path):
 def test_defaults_follow_the_seed_and_design():
     cfg = parse_args([])
     assert (cfg.num_train_epochs, cfg.per_device_train_batch_size, cfg.learning_rate, cfg.seed) == (30, 128, 1e-3, 42)
-    assert cfg.data_pipeline == "device" and cfg.report_to == "wandb" and cfg.flow_log_steps == 200
+    assert cfg.data_pipeline == "device" and cfg.report_to == "wandb" and cfg.flow_log_steps == "auto"
     assert cfg.output_dir.startswith("runs/simple_cnn-")
 
 
@@ -91,3 +91,20 @@ def test_values_set_in_python_meet_the_same_ranges():
 def test_checkpoint_every_steps():
     assert parse_args(["--checkpointing_steps", "500"]).checkpoint_every_steps == 500
     assert parse_args([]).checkpoint_every_steps is None
+
+
+@pytest.mark.parametrize(("value", "stored"), [("auto", "auto"), ("0", "0"), ("25", "25"), (25, "25"), (0, "0")])
+def test_flow_log_steps_takes_auto_or_a_count_from_the_command_line_and_python(value, stored):
+    from lab2.config.command_line import config_from_flags
+
+    if isinstance(value, int):
+        assert config_from_flags(flow_log_steps=value).flow_log_steps == stored
+    else:
+        assert parse_args(["--flow_log_steps", value]).flow_log_steps == stored
+
+
+@pytest.mark.parametrize("bad", ["-1", "often", "1.5", ""])
+def test_a_bad_flow_log_steps_is_one_line_naming_auto(capsys, bad):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--flow_log_steps", bad])
+    assert exit_info.value.code == 2 and "--flow_log_steps must be 'auto'" in capsys.readouterr().err

@@ -17,7 +17,14 @@ from pathlib import Path
 
 from lab2.config.flag_types import Parser, checked_text, float_flag, int_flag
 from lab2.config.recipes import recipe_values
-from lab2.config.train_config import GROUPS, TrainConfig, check_checkpointing_steps, check_values, numeric_kind
+from lab2.config.train_config import (
+    GROUPS,
+    TrainConfig,
+    check_checkpointing_steps,
+    check_flow_log_steps,
+    check_values,
+    numeric_kind,
+)
 from lab2.errors import UserError
 
 METAVARS = {"int": "N", "float": "X"}  # numbers; text flags show their choices or their name
@@ -38,6 +45,8 @@ def _argparse_type(f: dataclasses.Field):
         return float_flag(f"--{f.name}", **f.metadata["bounds"])
     if f.name == "checkpointing_steps":
         return checked_text(check_checkpointing_steps)
+    if f.name == "flow_log_steps":
+        return checked_text(check_flow_log_steps)
     return bool if f.type == "bool" else str
 
 
@@ -142,6 +151,8 @@ def _checked_value(f: dataclasses.Field, value):
     optional = f.type.startswith("typing.Optional[")
     if kind is str and isinstance(value, os.PathLike):
         value = os.fspath(value)  # data_dir=Path(...) reads naturally in a notebook
+    if f.name == "flow_log_steps" and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # flow_log_steps=0 from Python, as on the command line
     if value is None and optional:
         return value
     # bool is an int in Python, but True for an epoch count is a mistake, not a 1.

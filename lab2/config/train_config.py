@@ -54,6 +54,7 @@ def _flag(help_text: str, choices: tuple[str, ...] | None = None, bounds: dict |
 COUNT = {"minimum": 1, "maximum": 100_000_000}
 STEPS = {"minimum": 1, "maximum": 1_000_000_000}
 BATCH = {"minimum": 1, "maximum": 65_536}
+FLOW_SNAPSHOTS, FLOW_MIN_STEPS = 50, 10  # --flow_log_steps auto
 FRACTION = {"minimum": 0.0, "maximum": 1.0}  # [0, 1); the open end is checked in _validate_recipe_flags
 
 
@@ -208,11 +209,11 @@ class TrainConfig:
     logging_steps: int = _flag(
         "check the loss for NaN/inf and log train/loss every N optimizer steps", bounds=STEPS, group=OUTPUT, default=50
     )
-    flow_log_steps: int = _flag(
-        "gradient/weight flow every N optimizer steps (0 turns it off)",
-        bounds={"minimum": 0, "maximum": 1_000_000_000},
+    flow_log_steps: str = _flag(
+        "gradient/weight flow snapshots: auto (about 50 over the run, at least 10 steps apart), every N optimizer "
+        "steps, or 0 (off)",
         group=OUTPUT,
-        default=200,
+        default="auto",
     )
     log_histograms: str = _flag(
         "gradient and weight histograms at every flow snapshot: on or off", ("on", "off"), group=OUTPUT, default="on"
@@ -252,6 +253,14 @@ class TrainConfig:
         """Optimizer steps between checkpoints, or None for per-epoch/no checkpoints."""
         return None if self.checkpointing_steps in ("epoch", "none") else int(self.checkpointing_steps)
 
+    def flow_every_steps(self, total_steps: int) -> int:
+        """Optimizer steps between flow snapshots in a run of `total_steps` (0: none). `auto` aims at
+        FLOW_SNAPSHOTS over the run but never closer than FLOW_MIN_STEPS: on a CPU a snapshot costs about one
+        training step (bench/RESULTS.md), so at most ~10% of a short run and far less of a long one."""
+        if self.flow_log_steps != "auto":
+            return int(self.flow_log_steps)
+        return max(FLOW_MIN_STEPS, -(-total_steps // FLOW_SNAPSHOTS))
+
     @property
     def eval_every_steps(self) -> int | None:
         """Optimizer steps between evaluations for --eval_strategy steps (--eval_steps, else --logging_steps),
@@ -268,6 +277,18 @@ def numeric_kind(f: dataclasses.Field) -> str | None:
     """'int' or 'float' for a numeric field (Optional included), else None."""
     base = f.type.replace("typing.Optional[", "").rstrip("]")
     return base if base in ("int", "float") else None
+
+
+def check_flow_log_steps(value) -> str:
+    """'auto', or a whole number of steps (0: off) in ASCII digits; an int from Python is taken as its text."""
+    if value == "auto":
+        return value
+    try:
+        return str(check_int("--flow_log_steps", value, minimum=0, maximum=STEPS["maximum"]))
+    except UserError:
+        raise UserError(
+            f"--flow_log_steps must be 'auto', 0 (off) or a whole number of steps, got {value!r}."
+        ) from None
 
 
 def check_checkpointing_steps(value: str) -> str:
@@ -298,6 +319,7 @@ def check_values(cfg: TrainConfig) -> None:
         check = check_int if kind == "int" else check_float
         setattr(cfg, f.name, check(f"--{f.name}", value, **f.metadata["bounds"]))
     check_checkpointing_steps(cfg.checkpointing_steps)
+    cfg.flow_log_steps = check_flow_log_steps(cfg.flow_log_steps)
     parse_report_to(cfg.report_to)  # unknown names and missing tracker packages
     if cfg.dataset_name and cfg.dataset != "cifar10":
         raise UserError(

@@ -172,14 +172,15 @@ class RunResults:
         summary = self.summary(result, metrics, progress)
         write_json(paths.summary, summary)
         self.tracking.log({"eval/final_accuracy": result.accuracy}, step=progress.global_step)
+        from lab2.engine.report import write_report
+
+        write_report(paths.root)
         acc.print(
             f"done: final eval accuracy {100 * result.accuracy:.2f}% on {result.num_samples} "
             f"{'synthetic ' if cfg.dataset == 'fake' else ''}images "
             f"(best {100 * summary['best_eval_acc']:.2f}%); files in {paths.root}" + synthetic_note(cfg)
         )
-        from lab2.engine.report import write_report
-
-        write_report(paths.root)
+        acc.print(next_steps(paths))
         # Model artifact, run summary, Table-1 table, and (MLflow) the run's files, report included.
         self.tracking.log_results(cfg.run_name, paths, summary, metrics, table, step=progress.global_step)
 
@@ -233,6 +234,19 @@ class RunResults:
             "precision": self.precision,
             "data_pipeline": self.cfg.data_pipeline,
         }
+
+
+def next_steps(paths) -> str:
+    """The lines after `done:`: where to look, and the commands a newcomer runs next."""
+    tensorboard = paths.root / "tensorboard"
+    return "\n".join(
+        [
+            f"  report:      {paths.report} (open it in a browser)",
+            f"  evaluate:    lab2-eval --model_path {paths.root}",
+            f"  predict:     lab2-predict --model_path {paths.root} IMAGE.png",
+        ]
+        + ([f"  TensorBoard: tensorboard --logdir {paths.root / 'tensorboard'}"] if tensorboard.is_dir() else [])
+    )
 
 
 # --------------------------------------------------------------------------- endings before the end

@@ -101,7 +101,8 @@ class Trainer:
         )
         self.tracking = Tracking(accelerator, printer=accelerator.print)
         self.flow = None  # flow statistics, histograms and images: main process only
-        if self.main and cfg.flow_log_steps:
+        self.flow_every = cfg.flow_every_steps(len(self.train_loader) * cfg.num_train_epochs)
+        if self.main and self.flow_every:
             self.flow = FlowReporter(
                 accelerator.unwrap_model(self.model),
                 self.tracking,
@@ -147,7 +148,7 @@ class Trainer:
 
     def takes_flow_snapshot(self, step: int, epoch: int) -> bool:
         """Every --flow_log_steps optimizer steps, and at the very last step of training."""
-        every = self.cfg.flow_log_steps
+        every = self.flow_every
         last_epoch = epoch == self.cfg.num_train_epochs - 1
         last_step = last_epoch and self.progress.batch_in_epoch + 1 == len(self.train_loader)
         return bool(every) and (step % every == 0 or last_step)
