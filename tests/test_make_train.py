@@ -97,3 +97,15 @@ def test_ctrl_c_under_make_ends_with_lab2s_advice_and_the_advice_resumes(mini_di
 )
 def test_resume_advice_speaks_the_starting_commands_language(argv, env, expected):
     assert resume_advice("o", argv, env).startswith(expected)
+
+
+def test_no_data_under_make_says_data_dir_and_leaves_no_empty_folders(tmp_path, monkeypatch):
+    # No network, deterministically: the download goes to a proxy port nothing listens on (refused at once).
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    data, run = tmp_path / "data", tmp_path / "runs" / "first"
+    status, out = _make(["train", f"DATA_DIR={data}", f"TRAIN_ARGS=--report_to none --output_dir {run}"])
+    errors = [line for line in out.splitlines() if "error:" in line]
+    assert status == 2 and len(errors) == 1 and "Traceback" not in out, out
+    assert "make train DATA_DIR=" in errors[0] and "--data_dir" not in errors[0], errors
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # ./data, the run folder and runs/ are gone

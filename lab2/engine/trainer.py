@@ -36,6 +36,7 @@ from lab2.engine.run_setup import (
     StopRequest,
     check_output_dir,
     create_accelerator,
+    discard_unused_run_folder,
     ensure_cpu_threads,
     prepare_output_dir,
     start_records,
@@ -270,6 +271,8 @@ def run(cfg: TrainConfig) -> None:
     """
     paths = RunPaths(cfg.output_dir)
     check_output_dir(cfg, paths)
+    # A start that fails before training removes the empty folders it made (the run folder, runs/ above it).
+    created = [p for p in (paths.root, *paths.root.parents) if not p.exists()]
     accelerator = create_accelerator(cfg)
     trainer = None
     stop = StopRequest()
@@ -285,7 +288,11 @@ def run(cfg: TrainConfig) -> None:
             trainer.fit()
             if stop.finished_note():
                 accelerator.print(stop.finished_note())
-        except (UserError, TrainingStopped, Diverged):
+        except UserError:
+            if trainer is None and created and accelerator.is_main_process:
+                discard_unused_run_folder(paths.root, created)
+            raise
+        except (TrainingStopped, Diverged):
             raise
         except Exception as exc:
             if is_disk_full(exc, paths.root):
