@@ -61,6 +61,9 @@ def test_ctrl_c_under_make_ends_with_lab2s_advice_and_the_advice_resumes(mini_di
     lines = [line for line in out.splitlines() if line.strip()]
     assert status == -signal.SIGINT, out  # make itself ends by SIGINT: the shell sees an interrupted job
     assert "Traceback" not in out and "make: ***" not in out, out  # no launcher traceback, no make line
+    assert "were not passed to `accelerate launch`" not in out, (
+        out
+    )  # Accelerate's warning: the Makefile gives the value
     last = lines[-1]
     assert last.startswith("stopped by SIGINT") and "resume with: make train " in last, out
     progress = json.loads((list_checkpoints(out_dir / "checkpoints")[-1] / "progress.json").read_text())
