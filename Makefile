@@ -72,5 +72,6 @@ lint: $(TEST_STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 
+# Only what make itself writes: the test cache and the smoke run. Trained runs in runs/ are yours to delete.
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf .pytest_cache runs/smoke
