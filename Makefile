@@ -42,11 +42,25 @@ $(TEST_STAMP): $(STAMP)
 
 install: $(STAMP)
 
+# Ctrl-C reaches make, the launcher and lab2 together. The launcher ignores it (its subshell's trap '' INT) and
+# waits for lab2, which saves a checkpoint and prints how to resume (LAB2_LAUNCHED_BY=make: in make's words).
+# Make waits for the recipe; after a Ctrl-C the recipe exits 0 so make adds no "Error" line under lab2's
+# message, and make then ends itself by SIGINT (status 130), so the stop still counts as a failure.
+# One CPU process: the threads Accelerate would pick itself (physical cores), given explicitly so that it does not
+# print its 3-line "--num_cpu_threads_per_process was set" warning (a config file cannot hold the value).
+CPU_THREADS = $(shell $(BIN)/python -c 'import psutil; print(psutil.cpu_count(logical=False) or 1)' 2>/dev/null || echo 1)
+ONE_CPU_PROCESS = $(if $(filter %/cpu.yaml %/cpu_bf16.yaml,$(1)),--num_cpu_threads_per_process $(CPU_THREADS))
+TRAIN_CMD = $(BIN)/accelerate launch --quiet --config_file $(TRAIN_CONFIG) $(call ONE_CPU_PROCESS,$(TRAIN_CONFIG)) \
+	train_accelerate.py --data_dir $(DATA_DIR) $(TRAIN_ARGS)
 train: $(STAMP)
-	$(BIN)/accelerate launch --quiet --config_file $(TRAIN_CONFIG) train_accelerate.py --data_dir $(DATA_DIR) $(TRAIN_ARGS)
+	$(info $(TRAIN_CMD))
+	@ctrl_c=0; trap 'ctrl_c=1' INT; \
+	(trap '' INT; LAB2_LAUNCHED_BY=make exec $(TRAIN_CMD)); status=$$?; \
+	[ $$ctrl_c = 1 ] || exit $$status
 
 smoke: $(STAMP)
-	$(BIN)/accelerate launch --quiet --config_file accelerate_configs/cpu.yaml train_accelerate.py \
+	$(BIN)/accelerate launch --quiet --config_file accelerate_configs/cpu.yaml \
+		$(call ONE_CPU_PROCESS,accelerate_configs/cpu.yaml) train_accelerate.py \
 		$(SMOKE_DATA) --num_train_epochs 1 --max_train_samples 2048 --output_dir runs/smoke --overwrite_output_dir
 
 # Two workers: the end-to-end tests spend much of their time starting processes, which overlaps well.
@@ -61,5 +75,6 @@ lint: $(TEST_STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 
+# Only what make itself writes: the test cache and the smoke run. Trained runs in runs/ are yours to delete.
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf .pytest_cache runs/smoke

@@ -191,3 +191,21 @@ def test_eval_never_writes_into_a_folder_it_did_not_start(tmp_path, capsys, mode
     code, lines, _ = _errors(capsys, eval_cli.main, ["--model_path", str(model), "--output_dir", str(out)])
     assert code == 2 and len(lines) == 1 and "not a lab2-eval folder" in lines[0]
     assert (out / "confusion_matrix.png").read_bytes() == b"my own figure"
+
+
+def test_predict_on_a_folder_predicts_every_image_in_it_and_skips_other_files(tmp_path, capsys, model_parts):
+    model = _model_file(tmp_path, model_parts)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("b.png", "a.PNG", "c.png"):
+        _png(photos / name, 40, 30)
+    (photos / "notes.txt").write_text("not an image")
+    (photos / ".hidden.png").write_bytes(b"junk")
+    (photos / "sub.png").mkdir()  # a folder named like an image: not read
+    code, lines, out = _errors(capsys, predict_cli.main, ["--model_path", str(model), str(photos), "--json"])
+    assert code == 0 and lines == []
+    assert [r["image"] for r in json.loads(out)] == [str(photos / n) for n in ("a.PNG", "b.png", "c.png")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, lines, _ = _errors(capsys, predict_cli.main, ["--model_path", str(model), str(empty)])
+    assert code == 1 and len(lines) == 1 and "a folder with no image files" in lines[0], lines

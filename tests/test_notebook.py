@@ -61,3 +61,30 @@ def test_notebook_launcher_trains_on_two_cpu_processes_and_writes_once(executed)
     # Rank 0 alone writes: one record per epoch and one flow snapshot (the final one), not one per process.
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     assert len((run / "flow.jsonl").read_text().splitlines()) == 1
+
+
+def test_the_notebook_says_which_data_it_uses_in_a_cell_of_its_own(executed):
+    notebook, _ = executed
+    assert _text(_cell(notebook, "REAL_DATA = next(")).startswith("data: real CIFAR-10 images from ")
+    for fragment in ("summary = lab2.train", "notebook_launcher(train_on_two_processes"):
+        assert "CIFAR-10 from " in _text(_cell(notebook, fragment))  # the accuracy lines name their data
+    assert "on cpu" in _text(_cell(notebook, "notebook_launcher(train_on_two_processes"))  # despite "2 CUDAs"
+
+
+def _data_cell_output(cwd) -> str:
+    """Run only the notebook's parameters and data cells, unchanged, from `cwd`."""
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    last = notebook.cells.index(next(c for c in notebook.cells if "REAL_DATA = next(" in c.source))
+    notebook.cells = notebook.cells[: last + 1]
+    nbclient.NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+    ).execute()
+    return _text(notebook.cells[last])
+
+
+def test_the_notebook_finds_the_real_slice_from_a_clone_and_names_synthetic_data_when_there_is_none(mini_dir, tmp_path):
+    assert mini_dir.resolve() == (REPO / "examples" / "../../shared/data/cifar10-mini").resolve()
+    assert _data_cell_output(REPO / "examples").startswith(f"data: real CIFAR-10 images from {mini_dir.resolve()}")
+    empty = tmp_path / "a" / "b" / "examples"
+    empty.mkdir(parents=True)
+    assert _data_cell_output(empty).startswith("data: SYNTHETIC images")

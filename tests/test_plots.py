@@ -63,3 +63,29 @@ def test_curves_figure_and_saving(tmp_path):
     path = plots.save_figure(fig, tmp_path / "figures" / "curves.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plots.figure_to_array(fig).shape[2] == 3
+
+
+def test_class_accuracy_mean_is_labelled_as_the_mean_over_classes():
+    ax = plots.class_accuracy_figure([0.5, 1.0, 0.25], CLASSES).axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mean over classes 58.3%"]
+
+
+def test_update_ratio_band_is_the_rule_of_thumb_and_the_warning_range_is_the_flow_checks():
+    from matplotlib.patches import Polygon, Rectangle
+
+    from lab2.explain.flow import UPDATE_RATIO_RANGE
+
+    assert plots.UPDATE_RATIO_RANGE == UPDATE_RATIO_RANGE
+    ax = plots.update_ratio_figure(["a", "b"], [1e-3, 1e-2], step=5).axes[0]
+    band = next(p for p in ax.patches if isinstance(p, (Polygon, Rectangle)) and p.get_alpha() == 0.15)
+    ys = band.get_xy()[:, 1] if isinstance(band, Polygon) else [band.get_y(), band.get_y() + band.get_height()]
+    assert (min(ys), max(ys)) == pytest.approx((1e-4, 1e-2))  # in data units (axhspan spans y, not x)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[0].startswith("typical: ~1e-3") and "warning outside 1e-05..0.1" in legend
+
+
+@pytest.mark.parametrize(("snapshots", "warned"), [(1, True), (4, True), (5, False)])
+def test_a_heatmap_with_too_few_snapshots_says_so(snapshots, warned):
+    steps = list(range(10, 10 * snapshots + 1, 10))
+    ax = plots.flow_heatmap_figure(["a"], steps, np.full((1, snapshots), 1e-3), "grad_mean").axes[0]
+    assert ("too few for a trend" in ax.get_title()) == warned

@@ -107,6 +107,7 @@ def run_eval(args) -> dict:
         )
         report = {
             "model_path": str(loaded.path),
+            "data": "synthetic images (--dataset fake)" if cfg.dataset == "fake" else cfg.dataset_name or cfg.data_dir,
             "accuracy": result.accuracy,
             "loss": result.loss,
             "num_samples": result.num_samples,
@@ -126,6 +127,7 @@ def run_eval(args) -> dict:
             print(
                 f"accuracy: {100 * result.accuracy:.2f}% ({round(result.accuracy * result.num_samples)}/"
                 f"{result.num_samples}), loss {result.loss:.4f}, ECE {result.ece:.4f} (15 bins, {logits})"
+                + (" | synthetic data, not CIFAR-10" if cfg.dataset == "fake" else "")
             )
             for name, value in report["class_accuracy"].items():
                 print(f"  {name:>12}: {100 * value:6.2f}%")

@@ -1,6 +1,7 @@
 """`lab2-predict`: top-k classes for image files (PNG/JPEG of any size, resized to 32x32).
 
     lab2-predict --model_path runs/<run> cat.png ship.jpg [--json] [--top_k 3] [--explain DIR]
+    lab2-predict --model_path runs/<run> my_photos/     (every image file in the folder, by name)
 
 An unreadable image gets an error line and the others are still predicted;
 the exit status is 1 when any image failed.
@@ -54,7 +55,9 @@ def read_image(path: str) -> tuple[torch.Tensor, str | None]:
     file = Path(path)
     if not file.exists():
         raise UserError(f"{path}: no such file.")
-    if not file.is_file():  # a folder, or a FIFO that would block the read
+    if file.is_dir():  # expand_folders found no image in it
+        raise UserError(f"{path}: a folder with no image files (PNG, JPEG, ...) in it.")
+    if not file.is_file():  # a FIFO that would block the read, a device
         raise UserError(f"{path}: not a regular file.")
     try:
         with Image.open(file) as image:
@@ -75,12 +78,32 @@ def read_image(path: str) -> tuple[torch.Tensor, str | None]:
     return test_transform()(image), note
 
 
+def expand_folders(paths: list[str]) -> list[str]:
+    """`paths` with each folder replaced by the image files directly in it (sorted; names PIL knows how to read,
+    hidden files skipped). A folder without any stays as it is, so reading it reports the problem."""
+    from PIL import Image
+
+    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    expanded = []
+    for path in paths:
+        folder = Path(path)
+        images = []
+        if folder.is_dir():
+            images = sorted(
+                str(f)
+                for f in folder.iterdir()
+                if f.suffix.lower() in extensions and not f.name.startswith(".") and f.is_file()
+            )
+        expanded.extend(images or [path])
+    return expanded
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(prog="lab2-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--model_path", required=True, help="a run folder, its model.safetensors, or the course lab's model_final.pth"
     )
-    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or folders of them")
     parser.add_argument(
         "--top_k", type=int_flag("--top_k", minimum=1, maximum=1000), default=3, help="classes to show per image"
     )
@@ -98,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as error:
         exit_with_user_error(error, "lab2-predict")
     results, failed = [], 0
-    for path in args.images:
+    for path in expand_folders(args.images):
         try:
             image, note = read_image(path)
         except UserError as error:  # one bad file never stops the others

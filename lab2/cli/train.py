@@ -6,9 +6,11 @@ mistakes answer at once; only a valid configuration loads the training stack.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from lab2.config.command_line import parse_args
+from lab2.config.resume_advice import launched_by_make
 from lab2.engine.distributed import (
     is_peer_lost,
     launched_rank,
@@ -18,7 +20,15 @@ from lab2.engine.distributed import (
 from lab2.errors import EXIT_PEER_LOST, EXIT_USER_ERROR, Diverged, TrainingStopped, UserError, exit_with_user_error
 
 
+def hear_ctrl_c_under_make() -> None:
+    """Under `make train` the recipe makes the launcher ignore SIGINT, so that Ctrl-C leaves lab2 to save and say
+    how to resume while the launcher and make wait; this process inherits the ignore and takes Ctrl-C back."""
+    if launched_by_make() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> None:
+    hear_ctrl_c_under_make()
     try:
         cfg = parse_args(argv)
         prepare_process()

@@ -11,13 +11,23 @@ import argparse
 import dataclasses
 import difflib
 import os
+import sys
 import time
 from pathlib import Path
 
 from lab2.config.flag_types import Parser, checked_text, float_flag, int_flag
 from lab2.config.recipes import recipe_values
-from lab2.config.train_config import TrainConfig, check_checkpointing_steps, check_values, numeric_kind
+from lab2.config.train_config import (
+    GROUPS,
+    TrainConfig,
+    check_checkpointing_steps,
+    check_flow_log_steps,
+    check_values,
+    numeric_kind,
+)
 from lab2.errors import UserError
+
+METAVARS = {"int": "N", "float": "X"}  # numbers; text flags show their choices or their name
 
 
 def _annotation_type(annotation: str):
@@ -35,28 +45,69 @@ def _argparse_type(f: dataclasses.Field):
         return float_flag(f"--{f.name}", **f.metadata["bounds"])
     if f.name == "checkpointing_steps":
         return checked_text(check_checkpointing_steps)
+    if f.name == "flow_log_steps":
+        return checked_text(check_flow_log_steps)
     return bool if f.type == "bool" else str
 
 
-def build_parser(prog: str = "train_accelerate.py") -> argparse.ArgumentParser:
+EXAMPLES = """examples:
+  the lab's recipe (SimpleCNN, Adam 1e-3, batch 128, 30 epochs) on CIFAR-10 in ./data (downloaded if missing):
+    %(prog)s --data_dir ./data
+  the fast recipe (15 epochs, one-cycle AdamW, label smoothing, test-time flips):
+    %(prog)s --data_dir ./data --recipe fast
+  synthetic images, no download: checks the pipeline, its accuracy means nothing:
+    %(prog)s --dataset fake --num_train_epochs 1 --report_to none
+  continue a stopped run (give its other flags again too):
+    %(prog)s --output_dir runs/NAME --resume_from_checkpoint latest
+
+Under `make train`, these flags go in TRAIN_ARGS="..." and the data folder in DATA_DIR=...
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each default once: shown when the help text does not already say it, and not for an empty or None default
+    (the help text says what those mean). The epilog keeps its line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default:" in text or "%(default)" in text or action.default in (None, "", argparse.SUPPRESS):
+            return text
+        if action.option_strings and action.nargs != 0 or isinstance(action, argparse.BooleanOptionalAction):
+            return text + " (default: %(default)s)"
+        return text
+
+
+def _program_name() -> str:
+    """lab2-train or train_accelerate.py, as the user typed it; python -m shows the script's name."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name and name not in ("__main__.py", "-c") else "train_accelerate.py"
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = Parser(
-        prog=prog,
+        prog=prog or _program_name(),
+        usage="%(prog)s [options]    (the options are grouped below; examples at the end)",
         description="Train a CIFAR-10 CNN with Hugging Face Accelerate and explain it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
     )
+    sections = {name: parser.add_argument_group(name) for name in GROUPS}
     for f in dataclasses.fields(TrainConfig):
         kind = _argparse_type(f)
-        help_text = f.metadata["help"]
+        section = sections[f.metadata["group"]]
         if kind is bool:
             # --flag / --no-flag: a recipe may switch a flag on that the user wants off.
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            section.add_argument(
+                f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"]
+            )
         else:
-            parser.add_argument(
+            section.add_argument(
                 f"--{f.name}",
                 type=kind,
                 default=f.default,
                 choices=f.metadata["choices"],
-                help=help_text + (" (default: all)" if f.default is None else ""),
+                metavar=METAVARS.get(numeric_kind(f)),
+                help=f.metadata["help"],
             )
     return parser
 
@@ -100,6 +151,8 @@ def _checked_value(f: dataclasses.Field, value):
     optional = f.type.startswith("typing.Optional[")
     if kind is str and isinstance(value, os.PathLike):
         value = os.fspath(value)  # data_dir=Path(...) reads naturally in a notebook
+    if f.name == "flow_log_steps" and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # flow_log_steps=0 from Python, as on the command line
     if value is None and optional:
         return value
     # bool is an int in Python, but True for an epoch count is a mistake, not a 1.

@@ -14,6 +14,7 @@ names. Three sources produce it (lab2.data.sources picks one):
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lab2.config.resume_advice import launched_by_make
 from lab2.data.cifar_reader import (
     CIFAR10_CLASSES,
     CIFAR10_FOLDER,
@@ -43,6 +45,16 @@ DOWNLOAD_HELP = (
     "pass --dataset_name with a dataset saved by datasets' save_to_disk, "
     "or use --dataset fake for an offline smoke run."
 )
+
+
+def download_help() -> str:
+    """DOWNLOAD_HELP in the words of the command that started lab2 (`make train` takes DATA_DIR=, not a flag)."""
+    if launched_by_make():
+        return (
+            "Without network access, run make train DATA_DIR=<a folder holding cifar-10-batches-py>, "
+            "or TRAIN_ARGS='--dataset fake' for an offline smoke run (synthetic images)."
+        )
+    return DOWNLOAD_HELP
 
 
 @dataclass
@@ -108,14 +120,22 @@ def download_cifar10(data_dir: str | Path) -> Path:
     from torchvision.datasets import CIFAR10
 
     data_dir = Path(data_dir)
+    created = not data_dir.exists()  # a failed download removes the folder it made, with the partial archive
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         CIFAR10(root=str(data_dir), train=True, download=True)
     except OSError as exc:  # URLError is an OSError; so are a full disk and a read-only folder
-        raise UserError(f"could not download CIFAR-10 into {data_dir} ({exc}). {DOWNLOAD_HELP}") from None
+        _remove_if_created(data_dir, created)
+        raise UserError(f"could not download CIFAR-10 into {data_dir} ({exc}). {download_help()}") from None
     except RuntimeError as exc:  # torchvision's md5 mismatch after download
-        raise UserError(f"the CIFAR-10 download into {data_dir} failed its check ({exc}). {DOWNLOAD_HELP}") from None
+        _remove_if_created(data_dir, created)
+        raise UserError(f"the CIFAR-10 download into {data_dir} failed its check ({exc}). {download_help()}") from None
     return data_dir / CIFAR10_FOLDER
+
+
+def _remove_if_created(data_dir: Path, created: bool) -> None:
+    if created:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def load_cifar10(data_dir: str | Path, download: bool = True) -> DataSplits:
@@ -124,7 +144,7 @@ def load_cifar10(data_dir: str | Path, download: bool = True) -> DataSplits:
     folder = find_cifar10_folder(data_dir)
     if folder is None:
         if not download:
-            raise UserError(f"no {CIFAR10_FOLDER} folder in {data_dir}. {DOWNLOAD_HELP}")
+            raise UserError(f"no {CIFAR10_FOLDER} folder in {data_dir}. {download_help()}")
         folder = download_cifar10(data_dir)
     return read_cifar10_folder(folder)
 
@@ -175,7 +195,7 @@ class CustomCIFAR10(Dataset):
     def from_folder(cls, data_dir: str | Path, train: bool = True, transform=None) -> CustomCIFAR10:
         folder = find_cifar10_folder(data_dir)
         if folder is None:
-            raise UserError(f"no {CIFAR10_FOLDER} folder in {data_dir}. {DOWNLOAD_HELP}")
+            raise UserError(f"no {CIFAR10_FOLDER} folder in {data_dir}. {download_help()}")
         splits = read_cifar10_folder(folder)
         images, labels = (
             (splits.train_images, splits.train_labels) if train else (splits.test_images, splits.test_labels)

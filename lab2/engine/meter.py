@@ -13,6 +13,8 @@ from tqdm.auto import tqdm
 
 from lab2.errors import Diverged
 
+EARLY_LOSS_STEPS = 5  # the bar's loss before the first --logging_steps interval: every 5 steps
+
 
 class TrainMeter:
     """This process's sums over the epoch in progress, from the saved Progress when resuming mid-epoch."""
@@ -27,6 +29,7 @@ class TrainMeter:
         self.first_bad_step = torch.tensor(-1, device=device)  # the first step with a NaN/inf loss, or -1
         self.interval_loss = torch.zeros((), device=device)  # sum of step losses since interval_start
         self.interval_start = progress.global_step
+        self.logged_interval = False  # until the epoch's first --logging_steps interval, update() shows the loss
         self.bar = tqdm(
             total=total_batches,
             initial=progress.batch_in_epoch,
@@ -46,6 +49,10 @@ class TrainMeter:
         self.correct += (logits.argmax(dim=1) == labels).sum()
         self.seen += len(labels)
         self.bar.update(1)
+        if not self.logged_interval and not self.bar.disable and self.progress.batch_in_epoch % EARLY_LOSS_STEPS == 0:
+            # Before the first interval (--logging_steps may exceed a small epoch) the bar would show no loss:
+            # show the epoch's running mean every few steps (one sync each, main process, that stretch only).
+            self.bar.set_postfix(loss=f"{float(self.loss_sum) / max(self.seen, 1):.4f}")
 
     def raise_if_diverged(self) -> None:
         """Raise Diverged if any process saw a non-finite loss (one sync; a gather with >1 process)."""
@@ -66,6 +73,7 @@ class TrainMeter:
         self.bar.set_postfix(loss=f"{mean_loss:.4f}")
         self.interval_loss.zero_()
         self.interval_start = self.progress.global_step
+        self.logged_interval = True
 
     def totals(self) -> tuple[float, float, float]:
         """(loss_sum, correct, seen) added over all processes (one sync: a reduce)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 import os
@@ -42,6 +43,7 @@ STYLE = (
     "table { border-collapse: collapse; font-size: 0.9em; } "
     "td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }\n"
     "th { background: #f3f3f3; } td.l, th.l { text-align: left; }\n"
+    ".warn { background: #fff3cd; border: 1px solid #e0c36c; padding: 0.6em 1em; border-radius: 6px; }\n"
     ".kpi { display: flex; gap: 2em; flex-wrap: wrap; } "
     ".kpi div { background: #f6f8fa; padding: 0.6em 1em; border-radius: 6px; }\n"
     ".kpi b { display: block; font-size: 1.4em; }\n"
@@ -133,6 +135,22 @@ def _flops_section(flops: dict) -> list[str]:
     ]
 
 
+def _figure(name: str, png: bytes, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (
+        f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _curves_png(metrics: list[dict]) -> bytes:
+    from lab2.explain.plots import curves_figure
+
+    buffer = io.BytesIO()
+    curves_figure(metrics).savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
 def build_report(run_dir: str | Path) -> str:
     """The report page for `run_dir` as an HTML string."""
     paths = RunPaths(run_dir)
@@ -149,19 +167,37 @@ def build_report(run_dir: str | Path) -> str:
         f"folder <code>{html.escape(str(paths.root))}</code></p>"
     )
     if not summary:
-        parts.append("<p><b>This run has not finished</b> (no summary.json): the page shows what it wrote so far.</p>")
-    kpis = [
-        ("final eval accuracy", _pct(summary.get("final_eval_acc"))),
-        ("best eval accuracy", _pct(summary.get("best_eval_acc"))),
-        ("ECE, 15 bins", _num(summary.get("final_eval_ece"), ".4f") + _of(summary.get("ece_of"))),
-        ("GFLOPs / sample", _num(summary.get("gflops_per_sample"), ".4f")),
-        ("parameters", _num(summary.get("params"), ",")),
-        ("train images/s", _num(summary.get("train_images_per_s"), ".0f")),
-        (
-            "device",
-            f"{summary.get('device', 'n/a')} x{summary.get('world_size', '?')}, {summary.get('precision', '?')}",
-        ),
-    ]
+        parts.append(
+            "<p class='warn'><b>Unfinished run</b> (no summary.json: still training, stopped or failed): the page "
+            "shows what it wrote so far; continue it with --resume_from_checkpoint latest.</p>"
+        )
+    synthetic = config.get("dataset") == "fake"
+    if synthetic:
+        parts.append(
+            "<p class='warn'><b>Synthetic data</b> (--dataset fake): every accuracy on this page was measured on "
+            "generated images and says nothing about CIFAR-10.</p>"
+        )
+    on_what = " (synthetic data)" if synthetic else ""
+    if summary:
+        kpis = [
+            ("final eval accuracy" + on_what, _pct(summary.get("final_eval_acc"))),
+            ("best eval accuracy" + on_what, _pct(summary.get("best_eval_acc"))),
+            ("ECE, 15 bins", _num(summary.get("final_eval_ece"), ".4f") + _of(summary.get("ece_of"))),
+            ("GFLOPs / sample", _num(summary.get("gflops_per_sample"), ".4f")),
+            ("parameters", _num(summary.get("params"), ",")),
+            ("train images/s", _num(summary.get("train_images_per_s"), ".0f")),
+            (
+                "device",
+                f"{summary.get('device', 'n/a')} x{summary.get('world_size', '?')}, {summary.get('precision', '?')}",
+            ),
+        ]
+    else:  # what metrics.jsonl knows so far; where it ran is in summary.json only
+        last = metrics[-1] if metrics else {}
+        kpis = [
+            ("epochs done", f"{len(metrics)} of {config.get('num_train_epochs', '?')}"),
+            ("last eval accuracy" + on_what, _pct(last.get("eval_acc"))),
+            ("train images/s (last epoch)", _num(last.get("train_images_per_s"), ".0f")),
+        ]
     parts.append(
         "<div class='kpi'>" + "".join(f"<div>{html.escape(k)}<b>{html.escape(v)}</b></div>" for k, v in kpis) + "</div>"
     )
@@ -191,14 +227,18 @@ def build_report(run_dir: str | Path) -> str:
     if flops:
         parts += _flops_section(flops)
     parts.append("<h2>Figures</h2>")
+    curve_keys = ("epoch", "train_loss", "train_acc", "eval_loss", "eval_acc")  # a key a torn record lacks: None
+    drawable = [
+        {k: m.get(k) if _is_number(m.get(k)) else None for k in curve_keys}
+        for m in metrics
+        if all(_is_number(m.get(k)) for k in curve_keys[:3])
+    ]
+    if not summary and drawable:  # the final figures come at the end: draw the curves so far from metrics.jsonl
+        parts.append(_figure("curves", _curves_png(drawable), "Loss and accuracy per epoch so far (unfinished run)"))
     for name, caption in FIGURES:
         png = paths.figures / f"{name}.png"
         if png.exists():
-            data = base64.b64encode(png.read_bytes()).decode("ascii")
-            parts.append(
-                f"<figure><img alt='{name}' src='data:image/png;base64,{data}'>"
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-            )
+            parts.append(_figure(name, png.read_bytes(), caption))
     parts.append("<h2>Configuration</h2>")
     parts.append(_table(["flag", "value"], [[f"--{k}", v] for k, v in config.items()]))
     body = "\n".join(parts)

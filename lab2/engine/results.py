@@ -11,6 +11,7 @@ import json
 
 import torch
 
+from lab2.config.resume_advice import resume_advice
 from lab2.engine.evaluation import EvalResult
 from lab2.errors import UserError
 from lab2.explain import gradcam, plots
@@ -26,6 +27,18 @@ PEAK_FLOPS = {
     "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
     "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
 }
+
+
+def data_label(cfg) -> str:
+    """What the accuracies were measured on, for summary.json and the trackers' summary."""
+    if cfg.dataset == "fake":
+        return "synthetic images (--dataset fake): the accuracies say nothing about CIFAR-10"
+    return cfg.dataset_name or f"CIFAR-10 from {cfg.data_dir}"
+
+
+def synthetic_note(cfg) -> str:
+    """Appended to every console line that reports an accuracy on synthetic data."""
+    return " | synthetic data, not CIFAR-10" if cfg.dataset == "fake" else ""
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:
@@ -75,6 +88,7 @@ class RunResults:
         self,
         epoch: int,
         totals: tuple[float, float, float],
+        trained_now: float,
         epoch_time: float,
         result: EvalResult | None,
         lr: float,
@@ -82,7 +96,8 @@ class RunResults:
     ) -> dict:
         """Append the epoch's record to metrics.jsonl, log it, print one line.
 
-        `totals`: (loss sum, correct, seen) over all processes.
+        `totals`: (loss sum, correct, seen) over all processes, the part before a mid-epoch resume included;
+        `trained_now`: the images trained in `epoch_time`, i.e. since the resume (the speed counts only those).
         `result` is None for an epoch without evaluation (--eval_strategy no): its eval fields are null."""
         loss_sum, correct, seen = totals
         record = {
@@ -94,7 +109,7 @@ class RunResults:
             "eval_ece": result.ece if result else None,
             "lr": lr,
             "epoch_time_s": epoch_time,
-            "train_images_per_s": seen / max(epoch_time, 1e-9),
+            "train_images_per_s": trained_now / max(epoch_time, 1e-9),
             "global_step": global_step,
         }
         if not self.main:
@@ -126,6 +141,7 @@ class RunResults:
                 else "no eval | "
             )
             + f"{record['train_images_per_s']:.0f} img/s | {epoch_time:.1f} s"
+            + synthetic_note(self.cfg)
         )
         return record
 
@@ -160,18 +176,22 @@ class RunResults:
         )
         self.tracking.log_confusion_matrix(result.confusion, self.splits.class_names, step=progress.global_step)
         table = training_log_table(metrics)
+        if cfg.dataset == "fake":
+            table = "Training log on synthetic images (--dataset fake), not CIFAR-10:\n" + table
         paths.training_log.write_text(table + "\n", encoding="utf-8")
         acc.print(table)
         summary = self.summary(result, metrics, progress)
         write_json(paths.summary, summary)
         self.tracking.log({"eval/final_accuracy": result.accuracy}, step=progress.global_step)
-        acc.print(
-            f"done: final eval accuracy {100 * result.accuracy:.2f}% on {result.num_samples} images "
-            f"(best {100 * summary['best_eval_acc']:.2f}%); files in {paths.root}"
-        )
         from lab2.engine.report import write_report
 
         write_report(paths.root)
+        acc.print(
+            f"done: final eval accuracy {100 * result.accuracy:.2f}% on {result.num_samples} "
+            f"{'synthetic ' if cfg.dataset == 'fake' else ''}images "
+            f"(best {100 * summary['best_eval_acc']:.2f}%); files in {paths.root}" + synthetic_note(cfg)
+        )
+        acc.print(next_steps(paths))
         # Model artifact, run summary, Table-1 table, and (MLflow) the run's files, report included.
         self.tracking.log_results(cfg.run_name, paths, summary, metrics, table, step=progress.global_step)
 
@@ -218,6 +238,7 @@ class RunResults:
         peak = peak_flops(self.accelerator.device, self.precision)
         device = self.accelerator.device
         return {
+            "data": data_label(self.cfg),
             "final_eval_acc": result.accuracy,
             "best_eval_acc": max(
                 [m["eval_acc"] for m in metrics if m["eval_acc"] is not None], default=result.accuracy
@@ -244,6 +265,19 @@ class RunResults:
         }
 
 
+def next_steps(paths) -> str:
+    """The lines after `done:`: where to look, and the commands a newcomer runs next."""
+    tensorboard = paths.root / "tensorboard"
+    return "\n".join(
+        [
+            f"  report:      {paths.report} (open it in a browser)",
+            f"  evaluate:    lab2-eval --model_path {paths.root}",
+            f"  predict:     lab2-predict --model_path {paths.root} IMAGE.png",
+        ]
+        + ([f"  TensorBoard: tensorboard --logdir {paths.root / 'tensorboard'}"] if tensorboard.is_dir() else [])
+    )
+
+
 # --------------------------------------------------------------------------- endings before the end
 
 
@@ -254,8 +288,7 @@ def report_interrupted(accelerator, paths, stop, global_step: int, epoch: int) -
     by = stop.signal_name or "a signal to another process"  # the processes agree to stop together
     accelerator.print(
         f"stopped by {by} at step {global_step} (epoch {epoch + 1}{came}); "
-        f"checkpoint saved to {latest or '?'}. "
-        f"resume with the same command plus: --output_dir {paths.root} --resume_from_checkpoint latest"
+        f"checkpoint saved to {latest or '?'}. " + resume_advice(paths.root)
     )
 
 

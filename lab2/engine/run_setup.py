@@ -68,6 +68,19 @@ def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> None:
     accelerator.wait_for_everyone()
 
 
+def discard_unused_run_folder(root: Path, created: list[Path]) -> None:
+    """Remove a run folder this start created when it failed before training, and the `created` folders above it
+    that are left empty. Only lab2's marker may be in the run folder; a folder holding anything else stays."""
+    if not (root.is_dir() and [p.name for p in root.iterdir()] == [run_folder.MARKER]):
+        return
+    (root / run_folder.MARKER).unlink()
+    for folder in created:  # the run folder first, then its new parents, each only while empty
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def create_accelerator(cfg: TrainConfig):
     """The run's Accelerator; with several processes it also makes the process group, on the launcher's port."""
     from accelerate import Accelerator

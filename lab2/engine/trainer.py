@@ -31,12 +31,13 @@ from lab2.engine.optim import (
     training_loss,
 )
 from lab2.engine.periodic import PeriodicActions, flow_snapshot
-from lab2.engine.results import RunResults, report_diverged, report_interrupted
+from lab2.engine.results import RunResults, report_diverged, report_interrupted, synthetic_note
 from lab2.engine.resume import Progress, resume_run
 from lab2.engine.run_setup import (
     StopRequest,
     check_output_dir,
     create_accelerator,
+    discard_unused_run_folder,
     ensure_cpu_threads,
     prepare_output_dir,
     start_records,
@@ -103,7 +104,8 @@ class Trainer:
         )
         self.tracking = Tracking(accelerator, printer=accelerator.print)
         self.flow = None  # flow statistics, histograms and images: main process only
-        if self.main and cfg.flow_log_steps:
+        self.flow_every = cfg.flow_every_steps(len(self.train_loader) * cfg.num_train_epochs)
+        if self.main and self.flow_every:
             self.flow = FlowReporter(
                 accelerator.unwrap_model(self.model),
                 self.tracking,
@@ -151,7 +153,7 @@ class Trainer:
 
     def takes_flow_snapshot(self, step: int, epoch: int) -> bool:
         """Every --flow_log_steps optimizer steps, and at the very last step of training."""
-        every = self.cfg.flow_log_steps
+        every = self.flow_every
         last_epoch = epoch == self.cfg.num_train_epochs - 1
         last_step = last_epoch and self.progress.batch_in_epoch + 1 == len(self.train_loader)
         return bool(every) and (step % every == 0 or last_step)
@@ -211,7 +213,9 @@ class Trainer:
         self.latest_eval = result = self._evaluate(num_samples=0)
         if self.main:
             self.tracking.log({"eval/loss": result.loss, "eval/accuracy": result.accuracy}, step=step)
-            self.accelerator.print(f"step {step}: eval loss {result.loss:.4f} acc {100 * result.accuracy:.2f}%")
+            self.accelerator.print(
+                f"step {step}: eval loss {result.loss:.4f} acc {100 * result.accuracy:.2f}%" + synthetic_note(self.cfg)
+            )
 
     def fit(self) -> None:
         """Every epoch left: train, evaluate, record, checkpoint; then the final files.
@@ -222,6 +226,7 @@ class Trainer:
         result = None
         for epoch in range(progress.epoch, cfg.num_train_epochs):
             started = time.perf_counter()
+            seen_before = progress.seen  # a mid-epoch resume's images, trained before `started`
             try:
                 self.train_one_epoch(epoch)
             except Diverged as diverged:
@@ -236,9 +241,17 @@ class Trainer:
                 result = self._evaluate(num_samples=cfg.num_prediction_samples if last else 0)
             else:  # the record carries the latest step evaluation (steps), or none (no)
                 result = self.latest_eval
-            totals = sum_over_processes(accelerator, progress.loss_sum, progress.correct, progress.seen)
+            *totals, trained_now = sum_over_processes(
+                accelerator, progress.loss_sum, progress.correct, progress.seen, progress.seen - seen_before
+            )
             self.results.end_epoch(
-                epoch, totals, epoch_time, result, self.scheduler.get_last_lr()[0], progress.global_step
+                epoch,
+                tuple(totals),
+                trained_now,
+                epoch_time,
+                result,
+                self.scheduler.get_last_lr()[0],
+                progress.global_step,
             )
             progress.epoch, progress.batch_in_epoch = epoch + 1, 0
             progress.loss_sum = progress.correct = progress.seen = 0.0
@@ -260,6 +273,8 @@ def run(cfg: TrainConfig) -> None:
     """
     paths = RunPaths(cfg.output_dir)
     check_output_dir(cfg, paths)
+    # A start that fails before training removes the empty folders it made (the run folder, runs/ above it).
+    created = [p for p in (paths.root, *paths.root.parents) if not p.exists()]
     accelerator = create_accelerator(cfg)
     trainer = None
     stop = StopRequest()
@@ -275,7 +290,11 @@ def run(cfg: TrainConfig) -> None:
             trainer.fit()
             if stop.finished_note():
                 accelerator.print(stop.finished_note())
-        except (UserError, TrainingStopped, Diverged):
+        except UserError:
+            if trainer is None and created and accelerator.is_main_process:
+                discard_unused_run_folder(paths.root, created)
+            raise
+        except (TrainingStopped, Diverged):
             raise
         except Exception as exc:
             if is_disk_full(exc, paths.root):

@@ -17,6 +17,10 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+MIN_SNAPSHOTS_FOR_TREND = 5  # a heatmap "over training" with fewer columns says so in its title
+# lab2.explain.flow.UPDATE_RATIO_RANGE (the health warnings' range; that module imports torch, this one does not).
+UPDATE_RATIO_RANGE = (1e-5, 1e-1)
+
 STAT_TITLES = {
     "grad": ("Gradient flow", "|grad|"),
     "weight": ("Weight magnitudes", "|W|"),
@@ -43,11 +47,21 @@ def flow_bar_figure(
 
 
 def update_ratio_figure(layers: Sequence[str], ratios: Sequence[float], step: int) -> Figure:
-    """Bar chart of ||dW|| / ||W|| per layer, log scale, with the healthy 1e-5..1e-1 band shaded."""
+    """Bar chart of ||dW|| / ||W|| per layer, log scale: the ~1e-3 rule of thumb shaded (1e-4..1e-2), and the
+    range outside which lab2 warns (lab2.explain.flow.UPDATE_RATIO_RANGE) as dotted lines."""
     fig = Figure(figsize=(max(6, 0.8 * len(layers) + 2), 4), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(layers))
-    ax.axhspan(1e-5, 1e-1, color="tab:green", alpha=0.1, label="healthy range")
+    ax.axhspan(1e-4, 1e-2, color="tab:green", alpha=0.15, label="typical: ~1e-3 per step (rule of thumb)")
+    for bound in UPDATE_RATIO_RANGE:
+        ax.axhline(bound, color="tab:red", linestyle=":", linewidth=1)
+    ax.plot(
+        [],
+        [],
+        color="tab:red",
+        linestyle=":",
+        label=f"warning outside {UPDATE_RATIO_RANGE[0]:g}..{UPDATE_RATIO_RANGE[1]:g}",
+    )
     ax.bar(x, np.maximum(ratios, 1e-30), color="tab:purple", label="||dW|| / ||W||")
     ax.set_yscale("log")
     ax.set_xticks(x, list(layers), rotation=45, ha="right")
@@ -85,6 +99,12 @@ def flow_heatmap_figure(layers: Sequence[str], steps: Sequence[int], values: np.
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("layer")
     ax.set_title(f"{statistic} over training")
+    if len(steps) < MIN_SNAPSHOTS_FOR_TREND:
+        ax.set_title(
+            f"{statistic} over training: only {len(steps)} snapshot(s), too few for a trend; "
+            "lower --flow_log_steps or train longer",
+            fontsize="small",
+        )
     fig.colorbar(image, ax=ax, label=statistic)
     return fig
 
@@ -126,7 +146,8 @@ def class_accuracy_figure(accuracy: Sequence[float], class_names: Sequence[str])
     ax = fig.add_subplot()
     bars = ax.bar(np.arange(len(class_names)), accuracy, color="tab:blue")
     ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.axhline(accuracy.mean(), color="tab:red", linestyle="--", label=f"mean {accuracy.mean():.1f}%")
+    # The macro mean: each class counts once, whatever its size (it differs from the overall accuracy).
+    ax.axhline(accuracy.mean(), color="tab:red", linestyle="--", label=f"mean over classes {accuracy.mean():.1f}%")
     ax.set_xticks(np.arange(len(class_names)), class_names, rotation=45, ha="right")
     ax.set_ylim(0, 105)
     ax.set_xlabel("class")

@@ -197,13 +197,16 @@ def send_model(tracker, run_name: str, files: list[Path], metadata: dict) -> Non
 def send_summary(tracker, summary: dict, step: int) -> None:
     """Run-level numbers: W&B's run summary (its runs table), MLflow metrics; TensorBoard has no summary."""
     numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    # What the accuracies were measured on ("synthetic images ..." for --dataset fake) stays beside them.
+    data = {"data": summary["data"]} if "data" in summary else {}
     if tracker.name == "wandb":
-        tracker.run.summary.update(numbers)
+        tracker.run.summary.update({**numbers, **data})
     elif tracker.name == "mlflow":
         import mlflow
 
         once = {k: float(v) for k, v in numbers.items() if k not in MLFLOW_SUMMARY_ALREADY_LOGGED}
         mlflow.log_metrics(once, step=step)
+        mlflow.set_tags(data)
 
 
 def send_training_log(tracker, columns: list[str], rows: list[list], text: str, step: int) -> None:

@@ -174,6 +174,7 @@ class Tracking:
         metadata = {
             "model": json.loads(paths.config.read_text())["model"],
             **{key: summary[key] for key in ("final_eval_acc", "best_eval_acc", "gflops_per_sample", "params")},
+            "data": summary.get("data", ""),  # says "synthetic" beside the accuracies of a --dataset fake run
         }
         self.log_model(run_name, [paths.model, paths.config], metadata)
         self.log_summary(summary, step)

@@ -1,0 +1,57 @@
+"""Write the first N CIFAR-10 test images as PNG files, to try `lab2-predict` without writing a script.
+
+    python examples/sample_images.py --data_dir ./data --count 8 --output samples
+    lab2-predict --model_path runs/<run> samples
+
+Each file is named <index>-<true class>.png, so the prediction can be checked by eye. The output folder must be
+new or empty: nothing is ever written over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from lab2.config.flag_types import Parser, int_flag
+from lab2.data.cifar import find_cifar10_folder
+from lab2.data.cifar_reader import TEST_FILE, read_cifar_batch, read_class_names
+from lab2.errors import UserError, exit_with_user_error
+
+
+def write_samples(data_dir: str | Path, count: int, output: str | Path) -> list[Path]:
+    folder = find_cifar10_folder(data_dir)
+    if folder is None:
+        raise UserError(f"no cifar-10-batches-py folder in {data_dir}; give --data_dir the folder make train uses.")
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise UserError(f"{output} exists and is not an empty folder; choose a new --output.")
+    images, labels = read_cifar_batch(folder / TEST_FILE)
+    names = read_class_names(folder)
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index in range(min(count, len(labels))):
+        path = output / f"{index:04d}-{names[labels[index]]}.png"
+        Image.fromarray(images[index].transpose(1, 2, 0)).save(path)  # (3, 32, 32) -> (32, 32, 3)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = Parser(prog="sample_images.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default="./data", help="folder holding cifar-10-batches-py (default: ./data)")
+    parser.add_argument("--count", type=int_flag("--count", minimum=1, maximum=10_000), default=8)
+    parser.add_argument("--output", default="samples", help="a new or empty folder (default: samples)")
+    args = parser.parse_args(argv)
+    try:
+        written = write_samples(args.data_dir, args.count, args.output)
+    except UserError as error:
+        exit_with_user_error(error, "lab2 sample_images.py")
+    print(f"wrote {len(written)} images to {args.output}; try: lab2-predict --model_path runs/<run> {args.output}")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""`make train` as a newcomer uses it: Ctrl-C mid-epoch, then the resume command lab2 prints, followed literally."""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, cli_env
+
+from lab2.config.resume_advice import resume_advice
+from lab2.state.checkpoint import list_checkpoints
+
+pytestmark = pytest.mark.slow
+
+VENV = Path(sys.executable).parent.parent
+# The venv the tests run in stands for make's .venv; -o keeps make from reinstalling into it.
+MAKE = ["make", "--no-print-directory", f"VENV={VENV}", "-o", f"{VENV}/.lab2-installed"]
+SMALL = "--max_train_samples 512 --per_device_train_batch_size 64 --max_eval_samples 128 --report_to none"
+SMALL += " --flow_log_steps 0 --checkpointing_steps 1"
+
+
+def _make(args: list[str], stop_when=None, timeout=300) -> tuple[int, str]:
+    """Run make in its own process group (as a terminal's foreground job); when `stop_when()` turns true, send
+    SIGINT to the whole group, as Ctrl-C does. Returns make's status and its merged output."""
+    env = cli_env()
+    env.pop("TQDM_DISABLE")  # the bar is part of what the user sees
+    proc = subprocess.Popen(
+        [*MAKE, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        if stop_when is not None:
+            deadline = time.time() + timeout
+            while not stop_when() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=timeout)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return proc.returncode, out
+
+
+def test_ctrl_c_under_make_ends_with_lab2s_advice_and_the_advice_resumes(mini_dir, tmp_path):
+    out_dir = tmp_path / "run"
+    status, out = _make(
+        ["train", f"DATA_DIR={mini_dir}", f"TRAIN_ARGS={SMALL} --num_train_epochs 1 --output_dir {out_dir}"],
+        stop_when=lambda: list_checkpoints(out_dir / "checkpoints"),
+    )
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert status == -signal.SIGINT, out  # make itself ends by SIGINT: the shell sees an interrupted job
+    assert "Traceback" not in out and "make: ***" not in out, out  # no launcher traceback, no make line
+    assert "were not passed to `accelerate launch`" not in out, (
+        out
+    )  # Accelerate's warning: the Makefile gives the value
+    last = lines[-1]
+    assert last.startswith("stopped by SIGINT") and "resume with: make train " in last, out
+    progress = json.loads((list_checkpoints(out_dir / "checkpoints")[-1] / "progress.json").read_text())
+    assert 0 < progress["batch_in_epoch"] < 8, progress  # mid-epoch
+
+    # Follow the advice literally (only pointing make at the test's venv).
+    advice = shlex.split(last.split("resume with: ", 1)[1])
+    assert advice[:2] == ["make", "train"] and f"DATA_DIR={mini_dir}" in advice, advice
+    status, out = _make(advice[1:])
+    assert status == 0, out
+    assert f"resumed from {out_dir}/checkpoints/" in out, out
+    # The resumed epoch's speed counts only the images trained after the resume.
+    record = json.loads((out_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    trained_after_resume = (8 - progress["batch_in_epoch"]) * 64
+    assert record["train_images_per_s"] * record["epoch_time_s"] == pytest.approx(trained_after_resume), record
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["--data_dir", "d", "--lr", "1"], {}, "resume with the same command plus: --output_dir o"),
+        (
+            ["--data_dir", "./data", "--num_train_epochs", "2", "--output_dir", "old"],
+            {"LAB2_LAUNCHED_BY": "make"},
+            "resume with: make train TRAIN_ARGS='--num_train_epochs 2 --output_dir o --resume_from_checkpoint latest'",
+        ),
+        (  # a --data_dir in TRAIN_ARGS comes after make's own and stays in TRAIN_ARGS; odd paths stay quoted
+            ["--data_dir", "my data", "--data_dir=x", "--resume_from_checkpoint=latest"],
+            {"LAB2_LAUNCHED_BY": "make"},
+            "resume with: make train 'DATA_DIR=my data' TRAIN_ARGS='--data_dir=x --output_dir o "
+            "--resume_from_checkpoint latest'",
+        ),
+    ],
+)
+def test_resume_advice_speaks_the_starting_commands_language(argv, env, expected):
+    assert resume_advice("o", argv, env).startswith(expected)
+
+
+def test_no_data_under_make_says_data_dir_and_leaves_no_empty_folders(tmp_path, monkeypatch):
+    # No network, deterministically: the download goes to a proxy port nothing listens on (refused at once).
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    data, run = tmp_path / "data", tmp_path / "runs" / "first"
+    status, out = _make(["train", f"DATA_DIR={data}", f"TRAIN_ARGS=--report_to none --output_dir {run}"])
+    errors = [line for line in out.splitlines() if "error:" in line]
+    assert status == 2 and len(errors) == 1 and "Traceback" not in out, out
+    assert "make train DATA_DIR=" in errors[0] and "--data_dir" not in errors[0], errors
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # ./data, the run folder and runs/ are gone
