@@ -13,6 +13,7 @@ The same marker guards lab2-eval's output folder and the report page.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -23,6 +24,9 @@ from lab2.errors import UserError
 from lab2.state.run_paths import RunPaths, write_json
 
 MARKER = ".lab2-run.json"
+# Held (fcntl.flock) by the one process writing the run, for the run's life; the OS drops it when that process
+# dies, so a killed run never leaves a stale lock. Never deleted: a new file would let a second writer in.
+LOCK = ".lab2-run.lock"
 
 # Files a run writes at the top of its folder, and the figures it renders (figures/<name>.png).
 RUN_FILES = (
@@ -192,3 +196,45 @@ def check_report_target(report: str | Path) -> None:
             f"{report} exists and {report.parent} is not a folder lab2 marked as its own (no {MARKER}), so it may be "
             "yours; lab2-report does not replace it. Pass --output with another file name."
         )
+
+
+def _another_writer(root: Path) -> UserError:
+    return UserError(
+        f"another lab2 process is writing to {root} (it holds {root / LOCK}); two runs in one folder would mix "
+        "their metrics and checkpoints. Wait for it to finish or stop it (Ctrl-C saves a checkpoint), "
+        "or choose another --output_dir."
+    )
+
+
+def refuse_if_locked(root: str | Path) -> None:
+    """Read-only check: a UserError when a running lab2 process holds `root`'s lock (a shared probe, released)."""
+    lock_file = Path(root) / LOCK
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: no run has written there yet (or it is unreadable; the real lock will tell)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _another_writer(Path(root)) from None
+    finally:
+        os.close(fd)  # closing releases the probe
+
+
+class RunFolderLock:
+    """The exclusive lock of one run folder, taken by the main process before it writes anything there."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._fd: int | None = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise _another_writer(self.root) from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
