@@ -19,7 +19,7 @@ from lab2.config.report_to import log_with_for
 from lab2.config.train_config import TrainConfig
 from lab2.engine.distributed import launched_rank
 from lab2.errors import UserError
-from lab2.state import run_folder
+from lab2.state import run_folder, run_lock
 from lab2.state.run_paths import RunPaths, write_json
 from lab2.tracking.startup import tracker_init_kwargs
 
@@ -48,18 +48,18 @@ def check_output_dir(cfg: TrainConfig, paths: RunPaths) -> None:
     """Refuse a folder lab2 may not write into (lab2.state.run_folder's rule), a run it would clobber, or a folder
     another lab2 process is writing to; read-only."""
     if launched_rank() == 0:  # the other ranks' probes could meet rank 0's own lock
-        run_folder.refuse_if_locked(paths.root)
+        run_lock.refuse_if_locked(paths.root)
     run_folder.check_output_dir(paths.root, bool(cfg.resume_from_checkpoint), cfg.overwrite_output_dir)
 
 
-def _lock_on_main(accelerator, paths: RunPaths) -> run_folder.RunFolderLock | None:
+def _lock_on_main(accelerator, paths: RunPaths) -> run_lock.RunFolderLock | None:
     """The main process takes the run folder's lock; every process learns whether it could, so all stop alike."""
     from accelerate.utils import broadcast_object_list
 
     lock, problem = None, None
     if accelerator.is_main_process:
         try:
-            lock = run_folder.RunFolderLock(paths.root)
+            lock = run_lock.RunFolderLock(paths.root)
         except UserError as error:
             problem = str(error)
     if accelerator.num_processes > 1:
@@ -69,7 +69,7 @@ def _lock_on_main(accelerator, paths: RunPaths) -> run_folder.RunFolderLock | No
     return lock
 
 
-def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> run_folder.RunFolderLock | None:
+def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> run_lock.RunFolderLock | None:
     """Create, lock and mark --output_dir (checking it is writable on every process); --overwrite_output_dir
     removes lab2's own files from it by name, never anything else. Returns the lock (main process; None on the
     others), to hold until the run has written its last file."""
