@@ -136,8 +136,8 @@ def test_lab2_export_replaces_only_its_own_files(lab_weights, run_copy, capsys):
     folder = lab_weights.parent
     planted = _plant(folder, ["model.safetensors", "notes.txt", ".model.safetensors.tmp", ".mine.safetensors.tmp"])
     cases = [
-        ([], "model.safetensors exists and lab2 did not write it"),  # the default output, beside the source
-        (["--output", str(folder / "notes.txt")], "notes.txt exists and lab2 did not write it"),
+        ([], "model.safetensors exists and is not a file lab2-export wrote"),  # the default output, beside the source
+        (["--output", str(folder / "notes.txt")], "notes.txt exists and is not a file lab2-export wrote"),
         (["--output", str(folder / "missing" / "x.safetensors")], "does not exist; create it first"),
         (["--output", str(folder)], "is a folder; give a file name"),
     ]
@@ -149,7 +149,9 @@ def test_lab2_export_replaces_only_its_own_files(lab_weights, run_copy, capsys):
     model_before = (run / "model.safetensors").read_bytes()
     code, lines = _exit(capsys, export_cli.main, [str(run / "model_final.pth")])
     assert (
-        code == 2 and "lab2 did not write it" in lines[0] and (run / "model.safetensors").read_bytes() == model_before
+        code == 2
+        and "is not a file lab2-export wrote" in lines[0]
+        and (run / "model.safetensors").read_bytes() == model_before
     )
     # a new file, then the same file again: lab2-export's own file may be replaced
     for _ in range(2):
@@ -171,7 +173,7 @@ def test_lab2_report_replaces_only_its_own_pages(run_copy, tmp_path, capsys):
     folder = tmp_path / "pages"
     planted = _plant(folder, ["mine.html", ".page.html.tmp", ".mine.html.tmp"])
     for output, fragment in (
-        (folder / "mine.html", "mine.html exists and lab2 did not write it"),
+        (folder / "mine.html", "mine.html exists and is not a file lab2-report wrote"),
         (folder / "no" / "page.html", "does not exist; create it first"),
         (folder, "is a folder; give a file name"),
     ):

@@ -228,7 +228,7 @@ def _carries_export_mark(path: Path) -> bool:
         return False
 
 
-def check_new_file(target: Path, flag: str, replaceable) -> None:
+def check_new_file(target: Path, flag: str, command: str, replaceable) -> None:
     """A file a command writes: its folder must exist; the file must be new, or one `replaceable(path)` knows as
     lab2's. Otherwise one UserError; nothing is written."""
     if target.is_dir():
@@ -239,8 +239,8 @@ def check_new_file(target: Path, flag: str, replaceable) -> None:
         )
     if (target.exists() or target.is_symlink()) and not replaceable(target):
         raise UserError(
-            f"{target} exists and lab2 did not write it; lab2 never replaces a file it did not write. "
-            f"Choose another {flag}, or move the file away."
+            f"{target} exists and is not a file {command} wrote; it replaces only its own files, never yours "
+            f"or another command's. Choose another {flag}, or move the file away."
         )
 
 
@@ -250,10 +250,11 @@ def check_report_target(report: str | Path) -> None:
     check_new_file(
         report,
         "--output",
+        "lab2-report",
         lambda path: _carries_report_mark(path) or (path.name == "report.html" and marked_kind(path.parent) == "run"),
     )
 
 
 def check_export_target(output: str | Path, flag: str = "--output") -> None:
     """lab2-export writes a new file or replaces one it wrote itself (EXPORT_MARK), never a run's own model."""
-    check_new_file(Path(output), flag, _carries_export_mark)
+    check_new_file(Path(output), flag, "lab2-export", _carries_export_mark)
