@@ -17,7 +17,6 @@ import torch
 
 from lab2.config.report_to import log_with_for
 from lab2.config.train_config import TrainConfig
-from lab2.engine.distributed import launched_rank
 from lab2.errors import UserError
 from lab2.state import run_folder, run_lock
 from lab2.state.run_paths import RunPaths, write_json
@@ -47,8 +46,9 @@ def ensure_cpu_threads(accelerator) -> None:
 def check_output_dir(cfg: TrainConfig, paths: RunPaths) -> None:
     """Refuse a folder lab2 may not write into (lab2.state.run_folder's rule), a run it would clobber, or a folder
     another lab2 process is writing to; read-only."""
-    if launched_rank() == 0:  # the other ranks' probes could meet rank 0's own lock
-        run_lock.refuse_if_locked(paths.root)
+    # Every rank probes, so all of them stop alike; rank 0 takes the lock only after the Accelerator's
+    # rendezvous, when every rank's probe is over.
+    run_lock.refuse_if_locked(paths.root)
     run_folder.check_output_dir(paths.root, bool(cfg.resume_from_checkpoint), cfg.overwrite_output_dir)
 
 
