@@ -119,7 +119,7 @@ def test_a_training_run_is_never_started_in_a_lab2_eval_folder(run_copy, tmp_pat
     before = _files(out)
     for extra in ({}, {"overwrite_output_dir": True}):
         with pytest.raises(ValueError, match="is a lab2-eval output folder"):
-            lab2.train(output_dir=out, dataset="fake", report_to="none", **extra)
+            lab2.train(output_dir=out, dataset="fake", report_to="none", fake_train_samples=64, **extra)
     assert _files(out) == before
 
 
