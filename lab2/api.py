@@ -16,11 +16,16 @@ torch is imported only when `train` runs, so `import lab2` stays light.
 from __future__ import annotations
 
 import json
+import threading
 
 from lab2.config.command_line import config_from_flags
 from lab2.engine.distributed import launched_rank, prepare_process
 from lab2.errors import Diverged, TrainingStopped, UserError
 from lab2.state.run_paths import RunPaths
+
+# One training per process at a time: the Accelerator's state, the random seeds, torch's thread count and the
+# signal handlers are process-wide, so a second call beside a running one would silently change both results.
+_ONE_TRAINING_AT_A_TIME = threading.Lock()
 
 
 class TrainingDiverged(RuntimeError):
@@ -42,7 +47,8 @@ def train(**flags) -> dict | None:
         KeyboardInterrupt: stopped by Ctrl-C / SIGINT / SIGTERM after saving a checkpoint (exit code 3);
             call again with resume_from_checkpoint="latest" and the same output_dir to continue.
         TrainingDiverged: the loss became NaN/inf (exit code 4).
-        RuntimeError: from torch.distributed, when another process of a multi-process run was lost.
+        RuntimeError: another lab2.train call is running in this process (another thread); or, from
+            torch.distributed, another process of a multi-process run was lost.
 
     In a multi-process run (notebook_launcher, accelerate launch) the main process returns the summary
     and the others return None: only rank 0 writes the run's files.
@@ -51,6 +57,19 @@ def train(**flags) -> dict | None:
         cfg = config_from_flags(**flags)
     except UserError as error:
         raise ValueError(str(error)) from None
+    if not _ONE_TRAINING_AT_A_TIME.acquire(blocking=False):
+        raise RuntimeError(
+            "lab2.train is already running in this process (called from another thread); one process trains one "
+            "run at a time, since the Accelerator, the random seeds and torch's threads are shared by the whole "
+            "process. Wait for the first call to return, or start the second training in another process."
+        )
+    try:
+        return _train(cfg)
+    finally:
+        _ONE_TRAINING_AT_A_TIME.release()
+
+
+def _train(cfg) -> dict | None:
     prepare_process()
     from lab2.engine.trainer import run  # torch and the training stack load here, not at `import lab2`
 

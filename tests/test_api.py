@@ -91,3 +91,39 @@ def test_train_from_a_worker_thread_returns_the_summary(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "num_eval_samples 32" in result.stdout
+
+
+@pytest.mark.slow
+def test_a_second_train_call_beside_a_running_one_is_refused(tmp_path):
+    """Two threads, one process: the second lab2.train call raises at once instead of mixing with the first."""
+    code = (
+        "import threading, time, pathlib, lab2\n"
+        "out = {}\n"
+        f"data, first, second = {str(tmp_path / 'data')!r}, pathlib.Path({str(tmp_path / 'first')!r}), "
+        f"{str(tmp_path / 'second')!r}\n"
+        "flags = dict(dataset='fake', data_dir=data, report_to='none', fake_train_samples=256, fake_test_samples=32,\n"
+        "             per_device_train_batch_size=32, num_train_epochs=2, flow_log_steps=0)\n"
+        "worker = threading.Thread(target=lambda: out.update(lab2.train(output_dir=first, **flags)))\n"
+        "worker.start()\n"
+        "while not (first / '.lab2-run.json').exists() and worker.is_alive():\n"
+        "    time.sleep(0.02)\n"
+        "try:\n"
+        "    lab2.train(output_dir=second, **flags)\n"
+        "    print('second call trained')\n"
+        "except RuntimeError as error:\n"
+        "    print('refused:', error, '| first still running:', worker.is_alive())\n"
+        "worker.join()\n"
+        "print('first finished with', out['num_eval_samples'], 'eval samples')\n"
+        "try:\n"  # the guard is released once the first call returns: the next call gets as far as its flags
+        "    lab2.train(output_dir=first / 'config.json')\n"
+        "except ValueError as error:\n"
+        "    print('after:', error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "refused: lab2.train is already running in this process" in output
+    assert "first still running: True" in output and "second call trained" not in output
+    assert not (tmp_path / "second").exists()
+    assert "first finished with 32 eval samples" in output
+    assert "after: --output_dir" in output and "is a file" in output

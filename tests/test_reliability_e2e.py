@@ -61,13 +61,14 @@ def _files(folder):
 def test_overwrite_knows_every_file_a_run_writes(finished):
     """--overwrite_output_dir removes by name: every file of a real run must be on lab2's list (a new figure too)."""
     from lab2.state.run_folder import MARKER, owned_files
+    from lab2.state.run_lock import LOCK
 
     _, run = finished
     owned = owned_files(run)
     unknown = [
         p
         for p in run.rglob("*")
-        if p.is_file() and p.name != MARKER and not any(p == o or o in p.parents for o in owned)
+        if p.is_file() and p.name not in (MARKER, LOCK) and not any(p == o or o in p.parents for o in owned)
     ]
     assert not unknown, f"files a run writes that --overwrite_output_dir would leave behind: {unknown}"
 

@@ -21,11 +21,10 @@ from pathlib import Path
 from lab2.engine.report import STYLE, _num, _pct, _read_object, _table, write_page
 from lab2.errors import UserError
 from lab2.explain import comparison
-from lab2.state.run_folder import check_report_target
+from lab2.state.run_folder import REPORT_MARK, check_report_target
 from lab2.state.run_paths import RunPaths, read_jsonl
 
 LAB2_CONFIG_KEYS = ("model", "num_train_epochs", "learning_rate")  # every lab2 config.json has them
-GENERATOR = "<meta name='generator' content='lab2-report compare'>"  # how lab2 knows a page is its own
 
 
 @dataclass
@@ -177,7 +176,7 @@ def build_comparison(run_dirs: Sequence[str | Path]) -> str:
     parts += confusion_section(runs)
     body = "\n".join(parts)
     return (
-        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>{GENERATOR}<title>lab2 runs side by side</title>"
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>{REPORT_MARK}<title>lab2 runs side by side</title>"
         f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
     )
 
@@ -195,17 +194,5 @@ def write_comparison(run_dirs: Sequence[str | Path], output: str | Path | None) 
     )
     if repeated:
         raise UserError(f"{repeated} is given more than once; name each run to compare once.")
-    if not _is_own_page(target):  # a comparison lab2 wrote may be rewritten, as its report.html is
-        check_report_target(target)
+    check_report_target(target)  # a new page, or one lab2 wrote (REPORT_MARK): the one write policy
     return write_page(target, build_comparison(run_dirs))
-
-
-def _is_own_page(target: Path) -> bool:
-    """Whether `target` is a regular file that starts like a comparison page lab2 wrote."""
-    if not target.is_file():  # checked before opening: a FIFO named compare.html would block the read
-        return False
-    try:
-        with target.open("rb") as file:
-            return GENERATOR.encode() in file.read(512)
-    except OSError:
-        return False

@@ -12,13 +12,11 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from lab2.errors import UserError
-from lab2.state.run_folder import check_report_target
-from lab2.state.run_paths import RunPaths, read_jsonl
+from lab2.state.run_folder import REPORT_MARK, check_report_target
+from lab2.state.run_paths import RunPaths, read_jsonl, temporary_beside
 
 # Figures in reading order, with their captions; missing ones are skipped.
 FIGURES = (
@@ -243,7 +241,7 @@ def build_report(run_dir: str | Path) -> str:
     parts.append(_table(["flag", "value"], [[f"--{k}", v] for k, v in config.items()]))
     body = "\n".join(parts)
     return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>lab2 report</title>"
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>{REPORT_MARK}<title>lab2 report</title>"
         f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
     )
 
@@ -251,7 +249,7 @@ def build_report(run_dir: str | Path) -> str:
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write the report atomically to `output` (default `run_dir/report.html`) and return its path.
 
-    An existing report.html is replaced only in a folder lab2 marked as its own run (lab2.state.run_folder).
+    It writes a new file or replaces a page lab2 wrote (lab2.state.run_folder's write policy), nothing else.
     """
     target = Path(output) if output else RunPaths(run_dir).report
     check_report_target(target)
@@ -261,23 +259,20 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
 def write_page(target: Path, page: str) -> Path:
     """Write `page` to `target` through a temporary file and a rename: a reader never sees half a page.
 
-    The temporary file gets a fresh name (mkstemp), so it can never be a file of the user's, and it is removed
-    on any failure, Ctrl-C included.
+    The temporary file gets a fresh name, so it can never be a file of the user's, and it is removed on any
+    failure, Ctrl-C included.
     """
+    tmp = None
     try:
-        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    except OSError as exc:
-        raise UserError(f"cannot write {target} ({exc.strerror}); choose another --output.") from None
-    tmp = Path(name)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(page)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the page from the other users of a shared machine
+        tmp = temporary_beside(target)  # a unique name: --output may point into a folder that is not lab2's
+        tmp.write_text(page, encoding="utf-8")
         tmp.replace(target)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {target} ({exc.strerror}); free space or choose another --output.") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
     return target

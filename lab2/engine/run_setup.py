@@ -19,7 +19,7 @@ from lab2.config.report_to import log_with_for
 from lab2.config.train_config import TrainConfig
 from lab2.engine.distributed import is_port_taken, port_taken_message
 from lab2.errors import UserError
-from lab2.state import run_folder
+from lab2.state import run_folder, run_lock
 from lab2.state.run_paths import RunPaths, write_json
 from lab2.tracking.startup import tracker_init_kwargs
 
@@ -45,13 +45,35 @@ def ensure_cpu_threads(accelerator) -> None:
 
 
 def check_output_dir(cfg: TrainConfig, paths: RunPaths) -> None:
-    """Refuse a folder lab2 may not write into (lab2.state.run_folder's rule) or a run it would clobber; read-only."""
+    """Refuse a folder lab2 may not write into (lab2.state.run_folder's rule), a run it would clobber, or a folder
+    another lab2 process is writing to; read-only."""
+    # Every rank probes, so all of them stop alike; rank 0 takes the lock only after the Accelerator's
+    # rendezvous, when every rank's probe is over.
+    run_lock.refuse_if_locked(paths.root)
     run_folder.check_output_dir(paths.root, bool(cfg.resume_from_checkpoint), cfg.overwrite_output_dir)
 
 
-def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> None:
-    """Create and mark --output_dir (checking it is writable on every process); --overwrite_output_dir removes
-    lab2's own files from it by name, never anything else."""
+def _lock_on_main(accelerator, paths: RunPaths) -> run_lock.RunFolderLock | None:
+    """The main process takes the run folder's lock; every process learns whether it could, so all stop alike."""
+    from accelerate.utils import broadcast_object_list
+
+    lock, problem = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = run_lock.RunFolderLock(paths.root)
+        except UserError as error:
+            problem = str(error)
+    if accelerator.num_processes > 1:
+        problem = broadcast_object_list([problem])[0]
+    if problem:
+        raise UserError(problem)
+    return lock
+
+
+def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> run_lock.RunFolderLock | None:
+    """Create, lock and mark --output_dir (checking it is writable on every process); --overwrite_output_dir
+    removes lab2's own files from it by name, never anything else. Returns the lock (main process; None on the
+    others), to hold until the run has written its last file."""
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
         probe = paths.root / f".write-test-{accelerator.process_index}"
@@ -61,11 +83,18 @@ def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> None:
         raise UserError(
             f"cannot write to --output_dir {paths.root} ({exc.strerror}); choose a writable folder."
         ) from None
-    if accelerator.is_main_process:
-        if cfg.overwrite_output_dir and run_folder.is_marked(paths.root):
-            run_folder.remove_owned_files(paths.root)
-        run_folder.claim(paths.root)
-    accelerator.wait_for_everyone()
+    lock = _lock_on_main(accelerator, paths)  # before anything is removed or written
+    try:
+        if accelerator.is_main_process:
+            if cfg.overwrite_output_dir and run_folder.is_marked(paths.root):
+                run_folder.remove_owned_files(paths.root)
+            run_folder.claim(paths.root)
+        accelerator.wait_for_everyone()
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
 
 
 def discard_unused_run_folder(root: Path, created: list[Path]) -> None:

@@ -276,13 +276,13 @@ def run(cfg: TrainConfig) -> None:
     # A start that fails before training removes the empty folders it made (the run folder, runs/ above it).
     created = [p for p in (paths.root, *paths.root.parents) if not p.exists()]
     accelerator = create_accelerator(cfg)
-    trainer = None
+    trainer = lock = None
     stop = StopRequest()
     with stop.installed():  # also around closing the trackers: a signal there is still heard
         try:
             ensure_cpu_threads(accelerator)
             warn_slow_bf16(accelerator)
-            prepare_output_dir(accelerator, cfg, paths)
+            lock = prepare_output_dir(accelerator, cfg, paths)  # held until the last file is written
             trainer = Trainer(cfg, accelerator, paths, stop)
             if cfg.resume_from_checkpoint:
                 trainer.resume()
@@ -301,9 +301,13 @@ def run(cfg: TrainConfig) -> None:
                 raise disk_full_error(exc, getattr(exc, "filename", None) or paths.root, paths.checkpoints) from None
             raise
         finally:
-            if trainer is not None:
-                if trainer.flow is not None:  # stopped early: still log the images already rendering
-                    trainer.flow.close(trainer.progress.global_step)
-                trainer.tracking.finish()
-            else:
-                accelerator.end_training()  # still tear down the process group
+            try:
+                if trainer is not None:
+                    if trainer.flow is not None:  # stopped early: still log the images already rendering
+                        trainer.flow.close(trainer.progress.global_step)
+                    trainer.tracking.finish()
+                else:
+                    accelerator.end_training()  # still tear down the process group
+            finally:
+                if lock is not None:  # a notebook's next run in this folder must not find it still held
+                    lock.release()

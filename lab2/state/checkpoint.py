@@ -43,7 +43,7 @@ from lab2.state.checkpoint_check import (
     write_manifest,
 )
 from lab2.state.run_folder import remove_checkpoint_files
-from lab2.state.run_paths import write_json
+from lab2.state.run_paths import temporary_beside, write_json
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)$")
 MODEL_FILE = "model.safetensors"
@@ -250,7 +250,7 @@ def export_model(accelerator, model, path: str | Path, metadata: dict) -> Path:
 def save_model_file(state: dict[str, torch.Tensor], path: str | Path, metadata: dict) -> Path:
     """Write a state dict as safetensors with string `metadata`, atomically (temporary name, then rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_beside(path)  # a unique name: lab2-export writes into folders that are not lab2's
     try:
         # safetensors refuses shared or non-contiguous storage; copies are cheap at this size.
         data = safetensors_bytes(

@@ -24,6 +24,7 @@ from lab2.errors import UserError
 from lab2.models import create_model
 from lab2.state.checkpoint import save_model_file
 from lab2.state.model_file import LoadedModel, load_exported_model
+from lab2.state.run_folder import EXPORT_MARK, check_export_target
 
 LAB_SUFFIXES = (".pth", ".pt")
 
@@ -106,12 +107,14 @@ def export_lab_model(
 ) -> Path:
     """Write the lab's state dict at `source` as a lab2 model.safetensors at `output`, with lab2's metadata."""
     loaded = load_lab_model(source, model_name, class_names)
+    check_export_target(output)  # a new file, or one lab2-export wrote: never a user's or a run's own model
     metadata = {
         "model": model_name,
         "num_classes": len(loaded.class_names),
         "class_names": json.dumps(list(loaded.class_names)),
         "config": json.dumps(loaded.config.to_dict()),
         "source": f"lab state dict {Path(source).name}",
+        EXPORT_MARK[0]: EXPORT_MARK[1],  # lets a later export replace this file, and only this kind of file
         "format": "pt",
     }
     return save_model_file(loaded.model.state_dict(), output, metadata)

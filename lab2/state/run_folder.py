@@ -1,18 +1,19 @@
-"""Which folders lab2 may write into, and which files in them are its own.
+"""lab2's one write policy: which folders and files every command may write, replace or remove.
 
-The rule (README, "Your files are safe"):
+The rule (README, "Your files are safe"), for lab2-train, lab2-eval, lab2-export, lab2-report and the trackers:
 
-- lab2 writes only into a missing or empty folder, or into one it marked as its
-  own when it started a run there (the marker file `.lab2-run.json`);
-- `--overwrite_output_dir` removes only files lab2 itself writes, by name
-  (`owned_files`), and never a file it does not know;
+- lab2 writes a new file, or replaces or removes a file it wrote: known by name in a folder it marked as its
+  own (the marker `.lab2-run.json`, which also says which command's folder it is), or by a marker inside the
+  file (lab2-export's metadata, lab2-report's <meta name="generator">);
+- folders: a command writes into a missing or empty folder, or one it marked itself;
+- `--overwrite_output_dir` removes only the files lab2 and its trackers write, by name (`owned_files`;
+  the trackers' names are in lab2.state.tracker_files), never a whole folder holding something else;
 - anything else is a UserError (one line, exit 2), before anything is written.
-
-The same marker guards lab2-eval's output folder and the report page.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,9 +22,9 @@ from pathlib import Path
 
 from lab2.errors import UserError
 from lab2.state.run_paths import RunPaths, write_json
+from lab2.state.tracker_files import mlflow_files, wandb_files
 
 MARKER = ".lab2-run.json"
-
 # Files a run writes at the top of its folder, and the figures it renders (figures/<name>.png).
 RUN_FILES = (
     "config.json",
@@ -35,6 +36,7 @@ RUN_FILES = (
     "model.safetensors",
     "report.html",
     "wandb_run.json",
+    "mlflow_run.json",
 )
 FIGURE_NAMES = (
     "curves",
@@ -50,10 +52,9 @@ FIGURE_NAMES = (
     "heatmap_update_ratio",
 )
 EVAL_FILES = ("eval.json", "confusion_matrix.png", "class_accuracy.png", "predictions.png")
-# Folder entries written by lab2's checkpoints, W&B and TensorBoard, by name pattern inside their own subfolders.
+# Folder entries written by lab2's checkpoints and TensorBoard, by name pattern inside their own subfolders.
 CHECKPOINT_ENTRY = re.compile(r"^(\.tmp-|\.old-)?checkpoint_\d+$")
-WANDB_ENTRY = re.compile(r"^((offline-)?run-\d{8}_\d{6}-\w+|latest-run|debug(-internal|-core)?\.log)$")
-TENSORBOARD_ENTRY = re.compile(r"^events\.out\.tfevents\..+")
+TENSORBOARD_ENTRY = re.compile(r"^(events\.out\.tfevents\..+|hparams\.yml)$")
 TEMPORARY = re.compile(r"^\.(.+)\.tmp$|^\.write-test-\d+$")
 # Files inside a checkpoint folder: Accelerate's save_state names, lab2's progress and manifest, temporary JSON.
 CHECKPOINT_FILE = re.compile(
@@ -64,6 +65,18 @@ CHECKPOINT_FILE = re.compile(
 
 def is_marked(folder: str | Path) -> bool:
     return (Path(folder) / MARKER).is_file()
+
+
+def marked_kind(folder: str | Path) -> str | None:
+    """Which command marked `folder` ("run" or "eval"), or None when it is not marked; an unreadable marker
+    still marks the folder as lab2's ("unknown")."""
+    if not is_marked(folder):
+        return None
+    try:
+        kind = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8")).get("lab2", "run")
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
+    return kind if isinstance(kind, str) else "unknown"
 
 
 def _visible_entries(folder: Path) -> list[str]:
@@ -90,6 +103,8 @@ def check_output_dir(root: str | Path, resume: bool, overwrite: bool, flag: str 
             "Choose a new or empty folder "
             "(a run of an older lab2 without the .lab2-run.json marker: move it away first)."
         )
+    if marked_kind(root) == "eval":
+        raise UserError(f"{flag} {root} is a lab2-eval output folder, not a training run's; choose another {flag}.")
     if resume or overwrite:
         return
     paths = RunPaths(root)
@@ -128,7 +143,8 @@ def owned_files(root: str | Path) -> list[Path]:
         found += (
             [p for p in checkpoint.iterdir() if CHECKPOINT_FILE.match(p.name)] if checkpoint.is_dir() else [checkpoint]
         )
-    found += [p for p in wandb.iterdir() if WANDB_ENTRY.match(p.name)] if wandb.is_dir() else []
+    found += wandb_files(wandb)
+    found += mlflow_files(root / "mlruns", {*RUN_FILES, *(f"{name}.png" for name in FIGURE_NAMES)})
     tensorboard = root / "tensorboard"
     if tensorboard.is_dir():
         found += [p for p in tensorboard.rglob("*") if p.is_file() and TENSORBOARD_ENTRY.match(p.name)]
@@ -146,7 +162,7 @@ def remove_owned_files(root: str | Path) -> list[Path]:
             shutil.rmtree(path)
         else:
             path.unlink()
-    for sub in ("figures", "eval", "checkpoints", "wandb", "tensorboard"):
+    for sub in ("figures", "eval", "checkpoints", "wandb", "tensorboard", "mlruns"):
         folder = root / sub
         for dirpath, _dirs, _files in os.walk(folder, topdown=False):  # deepest first
             try:
@@ -173,23 +189,73 @@ def remove_checkpoint_files(folder: str | Path) -> bool:
 
 
 def check_eval_output_dir(out: str | Path) -> None:
-    """lab2-eval writes into a missing or empty folder, one it marked before, or a run's own eval/ subfolder."""
+    """lab2-eval writes into a missing or empty folder, or one it marked before (a run's eval/ by default)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} is a file; give a folder.")
-    if not _visible_entries(out) or is_marked(out) or (out.name == "eval" and is_marked(out.parent)):
+    kind = marked_kind(out)
+    if not _visible_entries(out) or kind == "eval":
         return
+    if kind is not None:
+        raise UserError(
+            f"--output_dir {out} is a lab2 training run's folder; lab2-eval writes only into a folder of its own. "
+            f"Leave --output_dir out (it then writes {out / 'eval'}) or choose a new or empty folder."
+        )
     raise UserError(
         f"--output_dir {out} is not empty and is not a lab2-eval folder: it holds {_foreign_summary(out)}; "
         "lab2-eval never writes over files it did not write. Choose a new or empty folder."
     )
 
 
-def check_report_target(report: str | Path) -> None:
-    """lab2-report replaces report.html only in a folder lab2 marked; elsewhere it writes only a new file."""
-    report = Path(report)
-    if report.exists() and not is_marked(report.parent):
+REPORT_MARK = '<meta name="generator" content="lab2-report">'  # in every page lab2 writes (lab2.engine.report)
+EXPORT_MARK = ("written_by", "lab2-export")  # in the safetensors metadata of every file lab2-export writes
+
+
+def _carries_report_mark(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return REPORT_MARK.encode() in handle.read(4096)
+    except OSError:
+        return False
+
+
+def _carries_export_mark(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get(EXPORT_MARK[0]) == EXPORT_MARK[1]
+    except Exception:  # not a safetensors file at all: certainly not lab2-export's
+        return False
+
+
+def check_new_file(target: Path, flag: str, command: str, replaceable) -> None:
+    """A file a command writes: its folder must exist; the file must be new, or one `replaceable(path)` knows as
+    lab2's. Otherwise one UserError; nothing is written."""
+    if target.is_dir():
+        raise UserError(f"{flag} {target} is a folder; give a file name.")
+    if not target.parent.is_dir():
         raise UserError(
-            f"{report} exists and {report.parent} is not a folder lab2 marked as its own (no {MARKER}), so it may be "
-            "yours; lab2-report does not replace it. Pass --output with another file name."
+            f"{flag} {target}: the folder {target.parent} does not exist; create it first or choose another {flag}."
         )
+    if (target.exists() or target.is_symlink()) and not replaceable(target):
+        raise UserError(
+            f"{target} exists and is not a file {command} wrote; it replaces only its own files, never yours "
+            f"or another command's. Choose another {flag}, or move the file away."
+        )
+
+
+def check_report_target(report: str | Path) -> None:
+    """lab2-report replaces a report.html in a run folder lab2 marked, or a page it wrote (REPORT_MARK)."""
+    report = Path(report)
+    check_new_file(
+        report,
+        "--output",
+        "lab2-report",
+        lambda path: _carries_report_mark(path) or (path.name == "report.html" and marked_kind(path.parent) == "run"),
+    )
+
+
+def check_export_target(output: str | Path, flag: str = "--output") -> None:
+    """lab2-export writes a new file or replaces one it wrote itself (EXPORT_MARK), never a run's own model."""
+    check_new_file(Path(output), flag, "lab2-export", _carries_export_mark)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,16 @@ class RunPaths:
     report = property(lambda self: self.root / "report.html")
     tensorboard = property(lambda self: self.root / "tensorboard")
     wandb = property(lambda self: self.root / "wandb")
+
+
+def temporary_beside(path: str | Path) -> Path:
+    """A new temporary file beside `path`, created with a unique name (O_EXCL): writing it can never replace a
+    file that is already there, whoever wrote it. Rename it onto `path` once complete."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(name, 0o644)  # mkstemp's 0600 would follow the file through the rename
+    return Path(name)
 
 
 def write_json(path: str | Path, data) -> None:
