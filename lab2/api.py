@@ -19,6 +19,7 @@ import json
 
 from lab2.config.command_line import config_from_flags
 from lab2.engine.distributed import launched_rank, prepare_process
+from lab2.tracking.home_caches import redirect_unwritable_caches
 from lab2.errors import Diverged, TrainingStopped, UserError
 from lab2.state.run_paths import RunPaths
 
@@ -52,6 +53,9 @@ def train(**flags) -> dict | None:
     except UserError as error:
         raise ValueError(str(error)) from None
     prepare_process()
+    cache_note = redirect_unwritable_caches()  # a read-only HOME: W&B and matplotlib caches in a temporary folder
+    if cache_note and launched_rank() == 0:
+        print(cache_note, flush=True)
     from lab2.engine.trainer import run  # torch and the training stack load here, not at `import lab2`
 
     try:
