@@ -170,3 +170,16 @@ def test_state_files_that_do_not_load_are_one_line(one_cycle_run, tmp_path, name
     result = _resume(data, copy, tmp_path / "out", *BASE)
     assert_clean_error(result, *fragments)
     assert result.returncode == 2
+
+
+def test_momentum_and_weight_decay_are_written_as_a_fresh_sgd_would_hold_them():
+    from lab2.engine.resume_settings import apply_optimizer_settings
+
+    params = [torch.zeros(2, requires_grad=True)]
+    for momentum, scheduler in ((0.5, "constant"), (0.0, "cosine")):
+        resumed = create_optimizer(params, "sgd", weight_decay=0.0, momentum=0.9)
+        cfg = SimpleNamespace(weight_decay=0.01, momentum=momentum, lr_scheduler_type=scheduler)
+        apply_optimizer_settings(resumed, cfg)
+        fresh = create_optimizer(params, "sgd", weight_decay=0.01, momentum=momentum)
+        keys = ("weight_decay", "momentum", "nesterov")
+        assert [resumed.param_groups[0][k] for k in keys] == [fresh.param_groups[0][k] for k in keys]
