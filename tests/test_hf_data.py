@@ -87,7 +87,7 @@ def test_unreachable_hub_names_the_fix(tmp_path):
 # Issue 16, section 3: bad save_to_disk folders are one line, never trained silently or a traceback.
 
 
-def _bad_dataset(path, train_images=None, train_labels=None, label_feature=None, n_test=4):
+def _bad_dataset(path, train_images=None, train_labels=None, label_feature=None, n_test=4, image_feature=None):
     """A save_to_disk folder whose train split has the given images / labels (4 rows); the test split is fine."""
     import PIL.Image
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
@@ -96,7 +96,7 @@ def _bad_dataset(path, train_images=None, train_labels=None, label_feature=None,
     classes = ClassLabel(names=["a", "b"])
     train = Dataset.from_dict(
         {"img": good if train_images is None else train_images, "label": train_labels or [0, 1, 0, 1]},
-        features=Features({"img": Image(), "label": label_feature or classes}),
+        features=Features({"img": image_feature or Image(), "label": label_feature or classes}),
     )
     test = Dataset.from_dict(
         {"img": good[:n_test], "label": [0, 1, 0, 1][:n_test]}, features=Features({"img": Image(), "label": classes})
@@ -119,10 +119,16 @@ def _bad_cases():
             ["train row 1", "does not decode"],
         ),
         "empty-test": (dict(n_test=0), ["'test' split holds no rows"]),
+        "image-column-of-numbers": (
+            dict(train_images=[1, 2, 3, 4], image_feature=Value("int64")),
+            ["image column 'img' is a Value column"],
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["float-labels", "string-labels", "none-image", "damaged-bytes", "empty-test"])
+@pytest.mark.parametrize(
+    "case", ["float-labels", "string-labels", "none-image", "damaged-bytes", "empty-test", "image-column-of-numbers"]
+)
 def test_bad_saved_datasets_are_refused_naming_the_problem(tmp_path, case):
     kwargs, fragments = _bad_cases()[case]
     folder = _bad_dataset(tmp_path / "ds", **kwargs)

@@ -167,6 +167,12 @@ def load_hf_splits(name: str, image_column: str = "", label_column: str = "") ->
             if column not in dataset[split].features:
                 raise UserError(f"--dataset_name {name}: the {split} split has no column {column!r}.")
         _check_labels(dataset[split].features[label_column], label_column, split, name)
+        if not isinstance(dataset[split].features[image_column], Image):
+            kind = type(dataset[split].features[image_column]).__name__
+            raise UserError(
+                f"--dataset_name {name}: the {split} split's image column {image_column!r} is a {kind} column, not "
+                "an Image one; name the image column with --image_column."
+            )
         # decode=False: lab2 decodes the stored bytes itself, so a damaged image names its row.
         part = (
             dataset[split].select_columns([image_column, label_column]).cast_column(image_column, Image(decode=False))
