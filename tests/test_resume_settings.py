@@ -183,3 +183,19 @@ def test_momentum_and_weight_decay_are_written_as_a_fresh_sgd_would_hold_them():
         fresh = create_optimizer(params, "sgd", weight_decay=0.01, momentum=momentum)
         keys = ("weight_decay", "momentum", "nesterov")
         assert [resumed.param_groups[0][k] for k in keys] == [fresh.param_groups[0][k] for k in keys]
+
+
+def test_a_checkpoint_without_the_record_is_said_and_its_one_cycle_still_re_laid(one_cycle_run, tmp_path):
+    data, run = one_cycle_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    checkpoint = _checkpoint(copy, 2)
+    progress = json.loads((checkpoint / "progress.json").read_text())
+    del progress["training"]  # as a lab2 before the record wrote it
+    _replace(checkpoint, "progress.json", json.dumps(progress).encode())
+    result = _resume(data, copy, tmp_path / "out", *BASE[:-2], "--num_train_epochs", 2)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "has no record of its training settings" in output
+    assert "re-laid over 2 epochs (4 steps, was 2 steps)" in output
+    assert torch.load(_checkpoint(tmp_path / "out", 4) / "scheduler.bin", weights_only=True)["total_steps"] == 4

@@ -74,7 +74,9 @@ def relay_schedule(scheduler, fresh_state: dict, saved: dict | None, cfg, schedu
     loaded one keeps the old length (OneCycleLR's total_steps and phases; a LambdaLR's formula is this
     run's already). The rates the optimizer holds are recomputed for the current step.
     """
-    old_steps = (saved or {}).get("schedule_steps")
+    saved = saved or {}
+    # An older checkpoint has no record; its OneCycleLR still knows its length (a LambdaLR needs none here).
+    old_steps = saved.get("schedule_steps") or getattr(scheduler, "total_steps", None)
     if old_steps in (None, schedule_steps) or not schedule_length_matters(cfg):
         return
     if scheduler.last_epoch > schedule_steps:  # no step is left to train: nothing follows the schedule
@@ -89,9 +91,10 @@ def relay_schedule(scheduler, fresh_state: dict, saved: dict | None, cfg, schedu
     for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
         group["lr"] = rate
     scheduler._last_lr = list(rates)
+    was = f"{saved['num_train_epochs']} epochs, " if "num_train_epochs" in saved else ""
     report(
         f"note: the {cfg.lr_scheduler_type} schedule is re-laid over {cfg.num_train_epochs} epochs "
-        f"({schedule_steps} steps, was {saved.get('num_train_epochs')} epochs, {old_steps} steps); it goes on "
+        f"({schedule_steps} steps, was {was}{old_steps} steps); it goes on "
         f"from step {scheduler.last_epoch}, whose rate is now {scheduler.optimizer.param_groups[0]['lr']:g} "
         f"(was {before:g})."
     )
