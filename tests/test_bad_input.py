@@ -64,6 +64,17 @@ def test_missing_data_folder_without_network(tmp_path):
     assert_clean_error(result, "could not download", "--data_dir", "--dataset fake")
 
 
+@pytest.mark.parametrize("dataset, inside", [("cifar10", ""), ("fake", ""), ("cifar10", "sub")])
+def test_a_data_dir_that_is_a_file_is_named_so(tmp_path, dataset, inside):
+    """Issue 16, section 3: it said 'could not download ... File exists'."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    data_dir = notes / inside if inside else notes
+    result = run_cli(train_cmd("--dataset", dataset, "--data_dir", data_dir, "--output_dir", tmp_path / "out", *FAST))
+    assert_clean_error(result, "--data_dir", "a file, not a folder")
+    assert "could not download" not in result.stderr and notes.read_text() == "mine"
+
+
 def test_empty_data_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run_cli(train_cmd("--data_dir", tmp_path / "empty", "--output_dir", tmp_path / "out", *FAST))

@@ -117,6 +117,23 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
         read_lab_state_dict(path)
 
 
+def test_a_plain_pickle_is_one_line_without_torch_warnings(tmp_path):
+    """Issue 16, section 3: torch printed two lines of protocol warnings before lab2's error."""
+    import pickle
+    import sys
+
+    from conftest import run_cli
+    from PIL import Image
+
+    path = tmp_path / "model_final.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"conv1.weight": torch.zeros(1)}, handle, protocol=4)  # pickle.dump, not torch.save
+    Image.new("RGB", (32, 32)).save(tmp_path / "cat.png")
+    result = run_cli([sys.executable, "-m", "lab2.cli.predict", "--model_path", str(path), str(tmp_path / "cat.png")])
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("lab2-predict: error:") and "plain pickle file" in result.stderr
+
+
 def test_a_state_dict_of_another_model_is_a_clear_error(tmp_path, capsys):
     path = tmp_path / "other.pth"
     torch.save(nn.Linear(3, 2).state_dict(), path)

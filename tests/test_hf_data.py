@@ -82,3 +82,92 @@ def test_unreachable_hub_names_the_fix(tmp_path):
         env=cli_env(HF_HUB_OFFLINE="1"),
     )
     assert_clean_error(result, "uoft-cs/cifar10", "--data_dir", "save_to_disk")
+
+
+# Issue 16, section 3: bad save_to_disk folders are one line, never trained silently or a traceback.
+
+
+def _bad_dataset(path, train_images=None, train_labels=None, label_feature=None, n_test=4, image_feature=None):
+    """A save_to_disk folder whose train split has the given images / labels (4 rows); the test split is fine."""
+    import PIL.Image
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+
+    good = [PIL.Image.fromarray(np.full((32, 32, 3), 40 * i, dtype=np.uint8)) for i in range(4)]
+    classes = ClassLabel(names=["a", "b"])
+    train = Dataset.from_dict(
+        {"img": good if train_images is None else train_images, "label": train_labels or [0, 1, 0, 1]},
+        features=Features({"img": image_feature or Image(), "label": label_feature or classes}),
+    )
+    test = Dataset.from_dict(
+        {"img": good[:n_test], "label": [0, 1, 0, 1][:n_test]}, features=Features({"img": Image(), "label": classes})
+    )
+    DatasetDict({"train": train, "test": test}).save_to_disk(str(path))
+    return path
+
+
+def _bad_cases():
+    import PIL.Image
+    from datasets import Value
+
+    good = PIL.Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8))
+    return {
+        "float-labels": (dict(train_labels=[0.5, 1.5, 0.5, 1.5], label_feature=Value("float32")), ["float32", "label"]),
+        "string-labels": (dict(train_labels=["a", "b", "a", "b"], label_feature=Value("string")), ["string", "label"]),
+        "none-image": (dict(train_images=[good, good, None, good]), ["train row 2 has no image"]),
+        "damaged-bytes": (
+            dict(train_images=[good, {"bytes": b"\x89PNG not really", "path": None}, good, good]),
+            ["train row 1", "does not decode"],
+        ),
+        "empty-test": (dict(n_test=0), ["'test' split holds no rows"]),
+        "image-column-of-numbers": (
+            dict(train_images=[1, 2, 3, 4], image_feature=Value("int64")),
+            ["image column 'img' is a Value column"],
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["float-labels", "string-labels", "none-image", "damaged-bytes", "empty-test", "image-column-of-numbers"]
+)
+def test_bad_saved_datasets_are_refused_naming_the_problem(tmp_path, case):
+    kwargs, fragments = _bad_cases()[case]
+    folder = _bad_dataset(tmp_path / "ds", **kwargs)
+    with pytest.raises(UserError) as raised:
+        load_hf_splits(str(folder))
+    for fragment in fragments:
+        assert fragment in str(raised.value)
+
+
+@pytest.mark.slow
+def test_float_labels_are_refused_by_the_program_not_truncated(tmp_path):
+    kwargs, _ = _bad_cases()["float-labels"]
+    folder = _bad_dataset(tmp_path / "ds", **kwargs)
+    result = run_cli(
+        train_cmd(
+            "--dataset_name", folder, "--output_dir", tmp_path / "out", "--report_to", "none", "--num_train_epochs", 1
+        )
+    )
+    assert_clean_error(result, "float32", "not class numbers")  # was: trained on labels 0, 1, exit 0
+    assert result.returncode == 2
+
+
+def test_a_folder_on_a_read_only_mount_is_decoded_in_memory(tmp_path):
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    images, labels, _ = _saved_dataset(tmp_path / "ds", 3, n_train=8, n_test=4)
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(tmp_path / "ds"), str(mount)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr!r}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], check=True)
+        splits = load_hf_splits(str(mount))  # was: OSError [Errno 30] writing the cache beside the files
+        assert np.array_equal(splits.train_images.numpy(), images) and np.array_equal(
+            splits.train_labels.numpy(), labels
+        )
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

@@ -115,6 +115,23 @@ def test_a_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
     assert (tensor16 - tensor8).abs().max() < 0.02, (float(tensor16[0, 0, 0]), float(tensor8[0, 0, 0]))
 
 
+@pytest.mark.parametrize("peak", [1.0, 255.0, 4000.0])
+def test_a_32_bit_float_tiff_is_read_by_its_range_not_as_16_bit(tmp_path, peak):
+    """Issue 16, section 3: a float TIFF of 0..255 was divided by 65535 (a black image, called 16-bit)."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.full((32, 32), 0.25 * peak, dtype=np.float32)
+    values[0, 0] = peak  # the range's top, so a 0..4000 image is scaled by its range
+    values[0, 1] = 0.0
+    Image.fromarray(values, mode="F").save(tmp_path / "float.tiff")
+    _png(tmp_path / "gray8.png", 32, 32, bit_depth=8, colour=0, pixel=b"\x40")  # 64/255: the same 25% grey
+    tensor, note = predict_cli.read_image(str(tmp_path / "float.tiff"))
+    reference, _ = predict_cli.read_image(str(tmp_path / "gray8.png"))
+    assert note and "32-bit float" in note and "16-bit" not in note
+    assert (tensor[:, 8:, 8:] - reference[:, 8:, 8:]).abs().max() < 0.02  # away from the two marker pixels
+
+
 def _run_folder(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -181,3 +181,21 @@ def test_a_second_run_in_one_process_gets_its_own_mlflow_store(tmp_path, monkeyp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")  # the user's own server wins
     tracker_init_kwargs("mlflow", tmp_path / "third", "third", resume=False)
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://mlflow.example:5000"
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"run": "abc"}', '["abc"]', '{"id": "../x"}'])
+def test_a_damaged_mlflow_record_starts_a_new_mlflow_run_with_a_warning(tmp_path, monkeypatch, content):
+    """Issue 16, section 3: a damaged mlflow_run.json crashed every --report_to mlflow resume."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    (tmp_path / MLFLOW_RUN_FILE).write_text(content)
+    init_kwargs, notice = tracker_init_kwargs("mlflow", tmp_path, "resumed", resume=True)
+    assert "run_id" not in init_kwargs["mlflow"]
+    assert notice.count("\n") == 0 and "damaged" in notice and "new MLflow run" in notice
+    accelerator = Accelerator(cpu=True, log_with=["mlflow"])
+    tracking = Tracking(accelerator, printer=print)
+    tracking.start("lab2-test", {"seed": 42}, init_kwargs, run_folder=tmp_path)
+    tracking.log({"eval/accuracy": 0.5}, step=3)
+    tracking.finish()
+    client, run = mlflow_run(tmp_path / "mlruns")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/accuracy")] == [3]
+    assert json.loads((tmp_path / MLFLOW_RUN_FILE).read_text())["id"] == run.info.run_id  # the record is whole again

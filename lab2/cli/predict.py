@@ -33,13 +33,21 @@ def _to_8bit_rgb(image):
 
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         values = np.asarray(image, dtype=np.float64)
-        if image.mode == "F" and values.size and np.nanmax(values) <= 1.0:
-            scale, note = 1.0, "32-bit float grayscale read as 0..1"
+        low = 0.0
+        if image.mode == "F":  # 32-bit float: no fixed range, so read it from the values (NaN/inf left out)
+            finite = values[np.isfinite(values)]
+            low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            if low >= 0 and high <= 1:
+                low, scale, note = 0.0, 1.0, "32-bit float grayscale read as 0..1"
+            elif low >= 0 and high <= 255:
+                low, scale, note = 0.0, 255.0, "32-bit float grayscale read as 0..255"
+            else:
+                scale, note = (high - low) or 1.0, f"32-bit float grayscale scaled from its range {low:g}..{high:g}"
         elif image.mode == "I" and values.size and values.max() > 65535:
             scale, note = float(values.max()), "32-bit grayscale scaled by its maximum"
         else:
             scale, note = 65535.0, "16-bit grayscale scaled to 8 bits"
-        gray = np.clip(np.nan_to_num(values / scale) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        gray = np.clip(np.nan_to_num((values - low) / scale) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(gray, mode="L").convert("RGB"), note
     return image.convert("RGB"), None
 

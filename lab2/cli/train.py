@@ -18,6 +18,7 @@ from lab2.engine.distributed import (
     prepare_process,
 )
 from lab2.errors import EXIT_PEER_LOST, EXIT_USER_ERROR, Diverged, TrainingStopped, UserError, exit_with_user_error
+from lab2.tracking.home_caches import redirect_unwritable_caches
 
 
 def hear_ctrl_c_under_make() -> None:
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = parse_args(argv)
         prepare_process()
+        cache_note = redirect_unwritable_caches()  # before wandb or matplotlib is imported
+        if cache_note and launched_rank() == 0:
+            print(cache_note, flush=True)
         from lab2.engine.trainer import run
 
         run(cfg)

@@ -5,10 +5,19 @@ as Arrow (in its cache for Hub data, beside the files for a saved folder); the
 rest of lab2 then sees the same uint8 (N, 3, 32, 32) tensors as for the
 official files, with no per-epoch PIL decoding. Class names come from the
 label column's ClassLabel feature; the model's head follows their number.
+
+Bad input is one UserError, never a traceback or a silent change: labels that are not
+whole numbers (floats would be truncated, strings fail deep in numpy), a row with no
+image or with bytes that do not decode (lab2 decodes them itself, to name the row), an
+empty split. A folder on a read-only mount is decoded in memory, since `datasets`
+cannot write its cache beside it.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +42,9 @@ def _load(name: str):
         try:
             dataset = load_from_disk(name)
         except Exception as exc:  # FileNotFoundError / ValueError for folders that are not saved datasets
+            empty = _empty_saved_splits(Path(name))  # load_from_disk fails on a 0-row split with an IndexError
+            if empty:
+                raise UserError(_empty_split_message(name, empty)) from None
             raise UserError(f"--dataset_name {name}: not a folder written by save_to_disk ({exc}).") from None
     else:
         try:
@@ -53,6 +65,37 @@ def _load(name: str):
     return dataset
 
 
+def _empty_saved_splits(folder: Path) -> list[str]:
+    """The splits of a save_to_disk folder that hold no data file (no rows); [] when it cannot tell."""
+    try:
+        splits = json.loads((folder / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        states = {split: json.loads((folder / split / "state.json").read_text(encoding="utf-8")) for split in splits}
+        return [split for split, state in states.items() if not state.get("_data_files")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def _empty_split_message(name: str, splits: list[str]) -> str:
+    return (
+        f"--dataset_name {name}: the {' and '.join(repr(s) for s in splits)} split holds no rows; "
+        "lab2 needs images in both the train and the test split."
+    )
+
+
+def _check_labels(feature, column: str, split: str, name: str) -> None:
+    """Labels must be class numbers: a ClassLabel or an integer column (floats would be truncated silently)."""
+    from datasets import ClassLabel, Value
+
+    if isinstance(feature, ClassLabel) or (isinstance(feature, Value) and feature.dtype.startswith(("int", "uint"))):
+        return
+    kind = feature.dtype if isinstance(feature, Value) else type(feature).__name__
+    raise UserError(
+        f"--dataset_name {name}: the {split} split's label column {column!r} holds {kind} values, not class "
+        f"numbers; lab2 needs whole-number labels 0..C-1 (a ClassLabel or an integer column): convert it, e.g. "
+        f"dataset.class_encode_column({column!r}) for names, or pick another column with --label_column."
+    )
+
+
 def _pick_column(
     features, wanted: str, names: tuple[str, ...], feature_type, what: str, flag: str, dataset_name: str
 ) -> str:
@@ -71,15 +114,34 @@ def _pick_column(
     )
 
 
-def _to_chw_uint8(batch: dict, image_column: str) -> dict:
-    """Decode a batch of images to uint8 (3, 32, 32) arrays; other sizes are resized to 32x32."""
-    pixels = []
-    for image in batch[image_column]:
-        image = image.convert("RGB")
-        if image.size != (32, 32):
-            image = image.resize((32, 32))
-        pixels.append(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
-    return {"pixels": pixels}
+def _decode(item, row: int, split: str, name: str) -> np.ndarray:
+    """One stored image (datasets' {'bytes', 'path'} record) as uint8 (3, 32, 32); other sizes are resized."""
+    from PIL import Image as PILImage
+
+    if item is None or not (item.get("bytes") or item.get("path")):
+        raise UserError(f"--dataset_name {name}: {split} row {row} has no image (None); drop or fill that row.")
+    try:
+        with PILImage.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]) as image:
+            image = image.convert("RGB")
+            if image.size != (32, 32):
+                image = image.resize((32, 32))
+            return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+    except Exception as exc:  # noqa: BLE001 - whatever PIL raises, the row's bytes are the problem
+        raise UserError(
+            f"--dataset_name {name}: {split} row {row}'s image does not decode ({type(exc).__name__}); "
+            "drop or re-encode that row."
+        ) from None
+
+
+def _to_chw_uint8(batch: dict, rows: list[int], image_column: str, split: str, name: str) -> dict:
+    """Decode a batch of stored images to uint8 (3, 32, 32) arrays, naming the row of any that fails."""
+    return {"pixels": [_decode(item, row, split, name) for item, row in zip(batch[image_column], rows, strict=True)]}
+
+
+def _cache_writable(part) -> bool:
+    """Can `datasets` write its cache beside this split's Arrow files (not on a read-only mount)?"""
+    folders = {os.path.dirname(entry["filename"]) for entry in part.cache_files}
+    return all(os.access(folder, os.W_OK) for folder in folders)
 
 
 def load_hf_splits(name: str, image_column: str = "", label_column: str = "") -> DataSplits:
@@ -87,6 +149,9 @@ def load_hf_splits(name: str, image_column: str = "", label_column: str = "") ->
     from datasets import ClassLabel, Image
 
     dataset = _load(name)
+    empty = [split for split in dataset if len(dataset[split]) == 0]
+    if empty:
+        raise UserError(_empty_split_message(name, empty))
     if "train" not in dataset:
         raise UserError(f"--dataset_name {name} has no 'train' split (splits: {list(dataset)}).")
     test_split = next((s for s in TEST_SPLITS if s in dataset), None)
@@ -98,14 +163,29 @@ def load_hf_splits(name: str, image_column: str = "", label_column: str = "") ->
     label_feature = features[label_column]
     arrays = {}
     for split in ("train", test_split):
-        part = dataset[split].select_columns([image_column, label_column])
-        # One decode, cached by datasets as Arrow; later runs read the cache.
+        for column in (image_column, label_column):
+            if column not in dataset[split].features:
+                raise UserError(f"--dataset_name {name}: the {split} split has no column {column!r}.")
+        _check_labels(dataset[split].features[label_column], label_column, split, name)
+        if not isinstance(dataset[split].features[image_column], Image):
+            kind = type(dataset[split].features[image_column]).__name__
+            raise UserError(
+                f"--dataset_name {name}: the {split} split's image column {image_column!r} is a {kind} column, not "
+                "an Image one; name the image column with --image_column."
+            )
+        # decode=False: lab2 decodes the stored bytes itself, so a damaged image names its row.
+        part = (
+            dataset[split].select_columns([image_column, label_column]).cast_column(image_column, Image(decode=False))
+        )
+        # One decode, cached by datasets as Arrow beside the files (later runs read it); in memory when read-only.
         converted = part.map(
             _to_chw_uint8,
             batched=True,
             batch_size=1000,
-            fn_kwargs={"image_column": image_column},
+            with_indices=True,
+            fn_kwargs={"image_column": image_column, "split": split, "name": name},
             remove_columns=[image_column],
+            keep_in_memory=not _cache_writable(part),
             desc=f"decoding {split} images once",
         )
         converted = converted.with_format("numpy")

@@ -33,6 +33,7 @@ from lab2.engine.optim import (
 from lab2.engine.periodic import PeriodicActions, flow_snapshot
 from lab2.engine.results import RunResults, report_diverged, report_interrupted, synthetic_note
 from lab2.engine.resume import Progress, resume_run
+from lab2.engine.resume_settings import training_settings
 from lab2.engine.run_setup import (
     StopRequest,
     check_output_dir,
@@ -91,11 +92,11 @@ class Trainer:
             )
         # The schedule spans the run's optimizer steps, known once the loader is sharded. Prepared, it steps once per
         # optimizer step (skipped with the step under fp16 overflow) and save_state/load_state carry it.
+        self.schedule_steps = scheduler_total_steps(
+            len(self.train_loader), cfg.num_train_epochs, accelerator.num_processes
+        )
         scheduler = create_scheduler(
-            self.optimizer.optimizer,
-            cfg.lr_scheduler_type,
-            scheduler_total_steps(len(self.train_loader), cfg.num_train_epochs, accelerator.num_processes),
-            cfg.warmup_ratio,
+            self.optimizer.optimizer, cfg.lr_scheduler_type, self.schedule_steps, cfg.warmup_ratio
         )
         self.scheduler = accelerator.prepare(scheduler)
         self.latest_eval: EvalResult | None = None  # the last evaluation of --eval_strategy steps
@@ -126,12 +127,21 @@ class Trainer:
         return position_settings(self.cfg, len(self.splits.train_labels), self.accelerator.num_processes)
 
     def progress_record(self, **sums) -> dict:
-        """progress.json's content: the Progress fields, the position settings, `sums` overriding the running sums."""
-        return {**asdict(self.progress), **sums, "position": self.position()}
+        """progress.json's content: the Progress fields, `sums` overriding the running sums, the position settings
+        and the settings that define the training (compared on resume)."""
+        training = training_settings(self.cfg, self.schedule_steps)
+        return {**asdict(self.progress), **sums, "position": self.position(), "training": training}
 
     def resume(self) -> None:
         self.progress = resume_run(
-            self.cfg, self.accelerator, self.paths, self.scheduler, self.position(), self.splits.num_classes, self.flow
+            self.cfg,
+            self.accelerator,
+            self.paths,
+            self.scheduler,
+            self.position(),
+            self.splits.num_classes,
+            self.flow,
+            self.schedule_steps,
         )
 
     def start(self) -> None:

@@ -234,7 +234,10 @@ def check_compatible(
 
 def export_model(accelerator, model, path: str | Path, metadata: dict) -> Path:
     """Write the unwrapped model's weights as safetensors, with string `metadata`, atomically (main process)."""
-    state = accelerator.get_state_dict(model)  # gathers and unwraps (DDP, torch.compile) on every process
+    # The plain module's names: unwrap_model keeps torch.compile's wrapper by default, whose keys start with
+    # `_orig_mod.`, and lab2-eval / lab2-predict build the plain model. Called on every process.
+    plain = accelerator.unwrap_model(model, keep_torch_compile=False)
+    state = accelerator.get_state_dict(plain, unwrap=False)
     path = Path(path)
     if accelerator.is_main_process:
         try:

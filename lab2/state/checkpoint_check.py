@@ -108,4 +108,6 @@ def validate_progress(progress, folder: str | Path) -> dict:
     position = progress.get("position", {})
     if not isinstance(position, dict):
         raise UserError(f"{where}: 'position' must be a record of settings, got {type(position).__name__}")
+    if not isinstance(progress.get("training", {}), dict):
+        raise UserError(f"{where}: 'training' must be a record of settings, got {type(progress['training']).__name__}")
     return progress

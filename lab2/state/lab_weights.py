@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -45,8 +47,17 @@ def read_lab_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"--model_path {path}: no such file; give the lab's model_final.pth, a run folder or a model.safetensors."
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with (
+            warnings.catch_warnings()
+        ):  # torch warns about a plain pickle's protocol before refusing it: one line is ours
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refuses anything that is not tensors and containers
+        if not zipfile.is_zipfile(path):  # pickle.dump's output, not torch.save's archive
+            raise UserError(
+                f"{path} is a plain pickle file, not a torch.save file, and was not loaded (unpickling it could run "
+                "code); where you trust it, re-save the weights with torch.save(model.state_dict(), path)."
+            ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
             f"{path} holds more than weights and was not loaded ({first}); load only files you trust, as a state dict."

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from lab2.config.command_line import config_from_dict, validate_config
 from lab2.config.flag_types import check_int
@@ -70,6 +71,8 @@ def load_exported_model(model_path: str | Path) -> LoadedModel:
     path = Path(model_path)
     file = path / "model.safetensors" if path.is_dir() else path
     state, metadata = read_exported_model(model_path)
+    # An older lab2 exported a --torch_compile run with torch.compile's prefix on every name: strip it.
+    consume_prefix_in_state_dict_if_present(state, "_orig_mod.")
     problems: list[str] = []
     num_classes = None
     text = metadata.get("num_classes", "10")

@@ -145,8 +145,25 @@ def _wandb_init_kwargs(output_dir: Path, run_name: str, mode: str, resume: bool,
     }
 
 
-def _mlflow_init_kwargs(output_dir: Path, run_name: str, resume: bool) -> dict:
-    """A local MLflow file store under the run folder (no server), unless MLFLOW_TRACKING_URI names one."""
+def _recorded_mlflow_run(record: Path) -> tuple[str | None, str | None]:
+    """(run id, None) from mlflow_run.json, or (None, a warning line) when the record is damaged."""
+    try:
+        run_id = json.loads(record.read_text(encoding="utf-8"))["id"]
+    except (OSError, ValueError) as exc:
+        problem = "not JSON" if isinstance(exc, ValueError) else f"unreadable: {exc.strerror}"
+    except (KeyError, TypeError, IndexError):
+        problem = "no run 'id' in it"
+    else:
+        if isinstance(run_id, str) and run_id.isalnum():
+            return run_id, None
+        problem = f"its id is {run_id!r}"
+    # lab2 wrote this file (it keeps the run id); a damaged one costs the link to the old MLflow run, not the run.
+    return None, f"warning: MLflow: {record} is damaged ({problem}); this run logs into a new MLflow run."
+
+
+def _mlflow_init_kwargs(output_dir: Path, run_name: str, resume: bool) -> tuple[dict, str | None]:
+    """A local MLflow file store under the run folder (no server), unless MLFLOW_TRACKING_URI names one;
+    with a warning line when a resume's mlflow_run.json is damaged (the run then starts a new MLflow run)."""
     import mlflow
 
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -159,10 +176,12 @@ def _mlflow_init_kwargs(output_dir: Path, run_name: str, resume: bool) -> dict:
         _OWN_MLFLOW_URIS.add(uri)
         mlflow.set_tracking_uri(uri)
     record = output_dir / MLFLOW_RUN_FILE
-    kwargs = {"run_name": run_name}
+    kwargs, warning = {"run_name": run_name}, None
     if resume and record.exists():  # continue the same MLflow run, as W&B does
-        kwargs["run_id"] = json.loads(record.read_text())["id"]
-    return kwargs
+        run_id, warning = _recorded_mlflow_run(record)
+        if run_id:
+            kwargs["run_id"] = run_id
+    return kwargs, warning
 
 
 def offline_notice(reason: str, output_dir: Path) -> str:
@@ -176,23 +195,23 @@ def offline_notice(reason: str, output_dir: Path) -> str:
 def tracker_init_kwargs(
     report_to: str, output_dir: Path, run_name: str, resume: bool, init_timeout_s: float = DEFAULT_INIT_TIMEOUT_S
 ) -> tuple[dict, str | None]:
-    """(init_kwargs for init_trackers, notice line or None). Call on the main process after output_dir exists.
+    """(init_kwargs for init_trackers, notice lines or None). Call on the main process after output_dir exists.
 
     The whole W&B start-up is bounded: the server must answer an HTTP request within
     min(3 s, init_timeout_s), and wandb.init gets init_timeout_s; a server that
     accepts connections and never answers costs at most that, then the run is offline.
     """
     trackers = parse_report_to(report_to)
-    kwargs, notice = {}, None
+    kwargs, notices = {}, []
     if "mlflow" in trackers:
-        kwargs["mlflow"] = _mlflow_init_kwargs(output_dir, run_name, resume)
-    if "wandb" not in trackers:
-        return kwargs, None
-    mode, reason = choose_wandb_mode(min(3.0, init_timeout_s))
-    if reason:
-        notice = offline_notice(reason, output_dir) if mode == "offline" else f"W&B: {reason}."
-    kwargs["wandb"] = _wandb_init_kwargs(output_dir, run_name, mode, resume, init_timeout_s)
-    return kwargs, notice
+        kwargs["mlflow"], warning = _mlflow_init_kwargs(output_dir, run_name, resume)
+        notices += [warning] if warning else []
+    if "wandb" in trackers:
+        mode, reason = choose_wandb_mode(min(3.0, init_timeout_s))
+        if reason:
+            notices.append(offline_notice(reason, output_dir) if mode == "offline" else f"W&B: {reason}.")
+        kwargs["wandb"] = _wandb_init_kwargs(output_dir, run_name, mode, resume, init_timeout_s)
+    return kwargs, "\n".join(notices) or None
 
 
 def start_wandb_offline(project_name: str, wandb_kwargs: dict):
