@@ -176,7 +176,8 @@ def build_comparison(run_dirs: Sequence[str | Path]) -> str:
     parts += confusion_section(runs)
     body = "\n".join(parts)
     return (
-        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>{REPORT_MARK}<title>lab2 runs side by side</title>"
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>{REPORT_MARK}"
+        "<title>lab2 runs side by side</title>"
         f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
     )
 
