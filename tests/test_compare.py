@@ -91,7 +91,7 @@ def test_folders_that_are_not_lab2_runs_are_refused_in_one_line(runs, tmp_path):
 def test_output_never_replaces_a_file_lab2_did_not_write(runs, tmp_path):
     mine = tmp_path / "notes.html"
     mine.write_text("my notes")
-    assert_clean_error(_compare(runs[0], runs[1], "--output", mine), "does not replace it")
+    assert_clean_error(_compare(runs[0], runs[1], "--output", mine), "is not a file lab2-report wrote")
     assert mine.read_text() == "my notes"
     config = runs[0] / "config.json"
     before = config.read_bytes()

@@ -93,7 +93,7 @@ def test_wandb_run_holds_histograms_images_artifact_and_summary(run_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert json.loads(model.metadata) == {
         "model": "simple_cnn",
-        **{k: summary[k] for k in ("final_eval_acc", "best_eval_acc", "gflops_per_sample", "params")},
+        **{k: summary[k] for k in ("final_eval_acc", "best_eval_acc", "gflops_per_sample", "params", "data")},
     }
     for entry in model.manifest.contents:  # staged in the run folder: `wandb sync` of the folder finds them
         assert Path(entry.local_path).is_relative_to(run_dir / "wandb"), entry.local_path

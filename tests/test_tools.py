@@ -111,7 +111,7 @@ def test_report_holds_every_section(run_dir):
         "Accuracy per class",
     ):
         assert fragment in page
-    assert page.count("data:image/png;base64,") == 11 and "src='http" not in page and 'src="http' not in page
+    assert page.count("data:image/png;base64,") == 12 and "src='http" not in page and 'src="http' not in page
     result = run_cli([str(BIN / "lab2-report"), str(run_dir)])
     assert result.returncode == 0 and result.stdout.strip().endswith("report.html")
 
@@ -154,7 +154,7 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
         text=True,
         timeout=120,
     ).stdout
-    assert 'data-check="images=11 loaded=11' in dom, dom[-500:]
+    assert 'data-check="images=12 loaded=12' in dom, dom[-500:]
     height = int(dom.split("height=")[1].split('"')[0])
     assert height > 2000  # a long, non-empty page
     shot = tmp_path / "report.png"

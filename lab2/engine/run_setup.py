@@ -99,10 +99,12 @@ def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> run_lo
 
 def discard_unused_run_folder(root: Path, created: list[Path]) -> None:
     """Remove a run folder this start created when it failed before training, and the `created` folders above it
-    that are left empty. Only lab2's marker may be in the run folder; a folder holding anything else stays."""
-    if not (root.is_dir() and [p.name for p in root.iterdir()] == [run_folder.MARKER]):
+    that are left empty. Only lab2's marker and lock may be in the run folder; one holding anything else stays."""
+    own = {run_folder.MARKER, run_lock.LOCK}
+    if not (root.is_dir() and {p.name for p in root.iterdir()} <= own):
         return
-    (root / run_folder.MARKER).unlink()
+    for name in own:  # the lock's flock is released later by its handle; unlinking the name first is harmless
+        (root / name).unlink(missing_ok=True)
     for folder in created:  # the run folder first, then its new parents, each only while empty
         try:
             folder.rmdir()

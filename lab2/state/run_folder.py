@@ -44,6 +44,7 @@ FIGURE_NAMES = (
     "class_accuracy",
     "predictions",
     "gradcam",
+    "calibration",
     "gradients",
     "weights",
     "update_ratio",
