@@ -7,7 +7,7 @@ shared and noisy, so only ratios within one run mean much):
    machine's practical matrix-multiply peak;
 2. bare step: SimpleCNN forward, backward and fused Adam on batches already on the
    device (batch 128, channels_last) - the most a training loop could reach;
-3. lab2's loop: `lab2.engine.trainer.run` with default flags (--report_to none, no
+3. lab2's loop: `lab2.engine.run.run` with default flags (--report_to none, no
    checkpoints) on the mini slice, images/s read from its metrics.jsonl over the
    epochs after the first (which pays one-off warm-up);
 4. the seed recipe: the course lab's per-image PIL DataLoader and plain loop.
@@ -113,7 +113,7 @@ def bare_step(device: torch.device, steps: int, batch_size: int = 128, bf16: boo
 def lab2_loop(data_dir: Path, epochs: int, out: Path, extra: list[str]) -> dict:
     """lab2's training run in this process, as `train_accelerate.py` runs it; rates from metrics.jsonl."""
     from lab2.config.command_line import parse_args
-    from lab2.engine.trainer import run
+    from lab2.engine.run import run
 
     flags = [
         "--data_dir",
@@ -221,7 +221,7 @@ def main() -> None:
     if args.quick:
         args.epochs, args.seed_epochs, args.bare_steps, max_samples = 2, 1, 3, 512
         extra += ["--max_train_samples", "512", "--max_eval_samples", "256"]
-    os.environ["TQDM_DISABLE"] = "1"  # before lab2.engine.trainer imports tqdm, which reads it then
+    os.environ["TQDM_DISABLE"] = "1"  # before lab2.engine imports tqdm, which reads it then
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = args.mixed_precision == "bf16"
     os.environ["ACCELERATE_MIXED_PRECISION"] = args.mixed_precision

@@ -80,7 +80,7 @@ def test_invalid_values_name_the_flag(capsys, argv, fragment):
 
 
 def test_values_set_in_python_meet_the_same_ranges():
-    from lab2.config.train_config import check_values
+    from lab2.config.checks import check_values
 
     with pytest.raises(UserError, match="--seed"):
         check_values(TrainConfig(seed=-1))

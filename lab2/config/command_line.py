@@ -15,16 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from lab2.config.checks import check_checkpointing_steps, check_flow_log_steps, check_values, numeric_kind
 from lab2.config.flag_types import Parser, checked_text, float_flag, int_flag
 from lab2.config.recipes import recipe_values
-from lab2.config.train_config import (
-    GROUPS,
-    TrainConfig,
-    check_checkpointing_steps,
-    check_flow_log_steps,
-    check_values,
-    numeric_kind,
-)
+from lab2.config.train_config import GROUPS, TrainConfig
 from lab2.errors import UserError
 
 METAVARS = {"int": "N", "float": "X"}  # numbers; text flags show their choices or their name
