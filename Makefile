@@ -1,5 +1,5 @@
 # make train  - set up .venv (first time) and train SimpleCNN on CIFAR-10 (downloads it into ./data)
-# make test   - set up .venv (first time) and run the test suite (CPU only, about 7 minutes on 2 cores)
+# make test   - set up .venv (first time) and run the test suite (CPU only, about 17-19 minutes on 2 cores)
 # make lint   - ruff format --check and ruff check at 120 columns (CI runs it before the tests)
 # make smoke  - a 1-epoch CPU run on a small subset, to see the whole pipeline work
 # make bench  - the throughput benchmark against the seed recipe (bench/train_throughput.py)
@@ -63,7 +63,7 @@ smoke: $(STAMP)
 		$(call ONE_CPU_PROCESS,accelerate_configs/cpu.yaml) train_accelerate.py \
 		$(SMOKE_DATA) --num_train_epochs 1 --max_train_samples 2048 --output_dir runs/smoke --overwrite_output_dir
 
-# Two workers: the end-to-end tests spend much of their time starting processes, which overlaps well.
+# Two workers: the end-to-end tests (most of its 17-19 minutes here) spend much of their time starting processes, which overlaps well.
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
