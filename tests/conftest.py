@@ -1,6 +1,7 @@
 """Shared fixtures: the real mini slice, synthetic official-format folders, and a CLI runner."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,16 @@ import numpy as np
 import pytest
 
 from lab2.data.fake_cifar import synthetic_images, write_cifar10_folder
+
+# Two pytest workers share the cores (`make test` runs `-n 2`): one thread per worker and per program a test starts.
+# Two processes of two threads each on two cores ran a training step 1.57x slower than two of one thread, measured
+# here (threads that spin-wait for each other fight for the same cores). lab2 honours OMP_NUM_THREADS=1 when
+# started by python or torchrun; under `accelerate launch` it still takes all cores (tests/test_launch_options.py).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO.parent / "shared" / "data" / "cifar10-mini"
@@ -21,6 +32,25 @@ def mini_dir() -> Path:
     if not (MINI / "cifar-10-batches-py" / "test_batch").exists():
         pytest.skip(f"the real CIFAR-10 mini slice is not at {MINI}")
     return MINI
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `build(folder)` makes, built once per test session and shared by both pytest workers: a module's
+    tests are spread over the workers, and a module-scoped fixture would train the same run on each. The first
+    worker to ask builds it under a lock; the other waits, then reads the same files. Tests must not change it
+    (copy it first)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's folder under xdist
+    folder, done = shared / name, shared / f"{name}.built"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed half-way is started again
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 def write_synthetic_folder(root: Path, num_train: int = 500, num_test: int = 101, seed: int = 0) -> Path:

@@ -260,6 +260,7 @@ class RunResults:
             "mfu": images_per_s * training_flops / peak if peak and training_flops else None,
             "device": str(device) + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
             "world_size": self.accelerator.num_processes,
+            "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,  # per process
             "precision": self.precision,
             "data_pipeline": self.cfg.data_pipeline,
         }

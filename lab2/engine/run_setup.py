@@ -28,11 +28,20 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def launched_by_accelerate() -> bool:
+    """True under `accelerate launch`, whose launchers export their settings (ACCELERATE_DYNAMO_BACKEND among them)
+    to the script; plain python and torchrun do not."""
+    return "ACCELERATE_DYNAMO_BACKEND" in os.environ
+
+
 def ensure_cpu_threads(accelerator) -> None:
-    """`accelerate launch` without a config sets OMP_NUM_THREADS=1, halving CPU speed: undo that for one process."""
+    """`accelerate launch` without a config sets OMP_NUM_THREADS=1, halving CPU speed: undo that for one process.
+    Started any other way, a single thread is the user's own OMP_NUM_THREADS=1 (two runs sharing the cores, say),
+    and it is honoured."""
     cores = available_cores()
     if (
-        accelerator.device.type == "cpu"
+        launched_by_accelerate()
+        and accelerator.device.type == "cpu"
         and accelerator.num_processes == 1
         and torch.get_num_threads() == 1
         and cores > 1
