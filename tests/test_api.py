@@ -65,7 +65,7 @@ def test_a_diverged_run_raises_training_diverged(tmp_path):
         f"lab2.train(dataset='fake', data_dir={str(tmp_path / 'data')!r}, output_dir={str(tmp_path / 'nan')!r}, "
         "report_to='none',\n"
         "           fake_train_samples=128, fake_test_samples=32, per_device_train_batch_size=32, num_train_epochs=1,\n"
-        "           learning_rate=1e30, logging_steps=1, flow_log_steps=0)\n"
+        "           learning_rate=1e30, logging_steps=1, flow_log_steps=0, num_prediction_samples=0)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -102,7 +102,7 @@ def test_a_second_train_call_beside_a_running_one_is_refused(tmp_path):
         f"data, first, second = {str(tmp_path / 'data')!r}, pathlib.Path({str(tmp_path / 'first')!r}), "
         f"{str(tmp_path / 'second')!r}\n"
         "flags = dict(dataset='fake', data_dir=data, report_to='none', fake_train_samples=256, fake_test_samples=32,\n"
-        "             per_device_train_batch_size=32, num_train_epochs=2, flow_log_steps=0)\n"
+        "             per_device_train_batch_size=32, num_train_epochs=2, flow_log_steps=0, num_prediction_samples=0)\n"
         "worker = threading.Thread(target=lambda: out.update(lab2.train(output_dir=first, **flags)))\n"
         "worker.start()\n"
         "while not (first / '.lab2-run.json').exists() and worker.is_alive():\n"

@@ -6,21 +6,22 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import assert_clean_error, run_cli, train_cmd, write_synthetic_folder
+from conftest import assert_clean_error, built_once, run_cli, train_cmd, write_synthetic_folder
 
 from lab2.data.fake_cifar import synthetic_images, write_cifar10_folder
 
-FAST = ["--report_to", "none", "--flow_log_steps", "0", "--num_train_epochs", "1"]
+FAST = ["--report_to", "none", "--flow_log_steps", "0", "--num_prediction_samples", "0", "--num_train_epochs", "1"]
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("finished")
-    data = write_synthetic_folder(root / "data", num_train=256, num_test=64)
-    out = root / "run"
-    result = run_cli(train_cmd("--data_dir", data, "--output_dir", out, *FAST))
-    assert result.returncode == 0, result.stderr
-    return data, out
+    def build(root):
+        data = write_synthetic_folder(root / "data", num_train=256, num_test=64)
+        result = run_cli(train_cmd("--data_dir", data, "--output_dir", root / "run", *FAST))
+        assert result.returncode == 0, result.stderr
+
+    root = built_once(tmp_path_factory, "bad_input_finished", build)
+    return root / "data", root / "run"
 
 
 def _corrupt(data_root, name, how):

@@ -2,12 +2,11 @@
 
 import json
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
-from conftest import BIN, assert_clean_error, run_cli, train_cmd, write_synthetic_folder
-from PIL import Image
+from browser import Chromium
+from conftest import BIN, assert_clean_error, built_once, run_cli, train_cmd, write_synthetic_folder
 
 from lab2.engine.compare import read_run
 from lab2.explain.comparison import comparison_curves_figure
@@ -19,20 +18,19 @@ pytestmark = pytest.mark.slow
 def runs(tmp_path_factory):
     """Two finished 2-epoch runs that differ in --learning_rate and --seed, and a copy of the second with no
     summary.json: what a run still training looks like."""
-    root = tmp_path_factory.mktemp("compare")
-    data = write_synthetic_folder(root / "data", num_train=256, num_test=128)
-    folders = []
-    for name, lr, seed in (("base", "1e-3", 0), ("faster", "3e-3", 1)):
-        out = root / name
-        flags = ["--data_dir", data, "--output_dir", out, "--run_name", name, "--num_train_epochs", 2]
-        flags += ["--learning_rate", lr, "--seed", seed, "--report_to", "none", "--flow_log_steps", 0]
-        result = run_cli(train_cmd(*flags))
-        assert result.returncode == 0, result.stderr
-        folders.append(out)
-    running = root / "running"
-    shutil.copytree(folders[1], running)
-    (running / "summary.json").unlink()
-    return [*folders, running]
+
+    def build(root):
+        data = write_synthetic_folder(root / "data", num_train=256, num_test=128)
+        for name, lr, seed in (("base", "1e-3", 0), ("faster", "3e-3", 1)):
+            flags = ["--data_dir", data, "--output_dir", root / name, "--run_name", name, "--num_train_epochs", 2]
+            flags += ["--learning_rate", lr, "--seed", seed, "--report_to", "none", "--flow_log_steps", 0]
+            result = run_cli(train_cmd(*flags))
+            assert result.returncode == 0, result.stderr
+        shutil.copytree(root / "faster", root / "running")
+        (root / "running" / "summary.json").unlink()
+
+    root = built_once(tmp_path_factory, "compare_runs", build)
+    return [root / "base", root / "faster", root / "running"]
 
 
 def _compare(*args):
@@ -115,38 +113,14 @@ def test_a_single_run_still_gets_its_own_report(runs):
     assert "lab2 run: base" in (runs[0] / "report.html").read_text()
 
 
-CHECKER = (
-    "<script>window.addEventListener('load', () => { const images = [...document.images];"
-    " document.body.setAttribute('data-check', `images=${images.length} "
-    "loaded=${images.filter(i => i.complete && i.naturalWidth > 0).length} height=${document.body.scrollHeight}`);"
-    "});</script></body>"
-)
-
-
 @pytest.mark.browser
 def test_the_comparison_renders_in_headless_chromium(runs, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        pytest.skip("no headless Chromium installed (.ci/run installs Debian's chromium)")
+    chromium = Chromium(tmp_path)
     page = tmp_path / "compare.html"
     assert _compare(*runs, "--output", page).returncode == 0
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
-    flags += ["--disable-background-networking", "--disable-component-update", f"--user-data-dir={tmp_path / 'p'}"]
-    probe = tmp_path / "probe.html"
-    probe.write_text(page.read_text().replace("</body>", CHECKER))
-    dom = subprocess.run(
-        [*flags, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    assert 'data-check="images=2 loaded=2' in dom, dom[-500:]
-    assert int(dom.split("height=")[1].split('"')[0]) > 1500
-    shot = tmp_path / "compare.png"
-    subprocess.run(
-        [*flags, f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()], capture_output=True, timeout=120
-    )
-    assert np.asarray(Image.open(shot).convert("L")).std() > 10  # not a blank page
+    images, height = chromium.images_and_height(page)
+    assert images == "images=2 loaded=2" and height > 1500
+    assert chromium.screenshot_contrast(page, tmp_path / "compare.png") > 10  # not a blank page
 
 
 def test_many_runs_wrap_their_confusion_matrices_into_rows():

@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, train_cmd
+from conftest import built_once, run_cli, train_cmd
 from tracker_files import (
     mlflow_artifact_paths,
     mlflow_run,
@@ -31,35 +31,37 @@ HISTOGRAM_KEYS = ("gradients/conv1.weight", "parameters/fc2.weight", "gradients/
 
 @pytest.fixture(scope="module")
 def run_dir(mini_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("dashboard") / "run"
-    result = run_cli(
-        train_cmd(
-            "--data_dir",
-            mini_dir,
-            "--max_train_samples",
-            320,
-            "--per_device_train_batch_size",
-            32,
-            "--max_eval_samples",
-            128,
-            "--num_train_epochs",
-            1,
-            "--flow_log_steps",
-            3,
-            "--report_to",
-            "all",
-            "--output_dir",
-            out,
-            "--run_name",
-            "dash-e2e",
+    def build(root):
+        out = root / "run"
+        result = run_cli(
+            train_cmd(
+                "--data_dir",
+                mini_dir,
+                "--max_train_samples",
+                320,
+                "--per_device_train_batch_size",
+                32,
+                "--max_eval_samples",
+                128,
+                "--num_train_epochs",
+                1,
+                "--flow_log_steps",
+                3,
+                "--report_to",
+                "all",
+                "--output_dir",
+                out,
+                "--run_name",
+                "dash-e2e",
+            )
         )
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("mlflow has no histograms") == 1  # the one-time note
-    flow = [json.loads(line) for line in (out / "flow.jsonl").read_text().splitlines()]
-    assert [record["step"] for record in flow] == SNAPSHOTS
-    assert all(list(record["layers"]) == LAB_BARS for record in flow)  # the lab's 10 bars, in model order
-    return out
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.count("mlflow has no histograms") == 1  # the one-time note
+        flow = [json.loads(line) for line in (out / "flow.jsonl").read_text().splitlines()]
+        assert [record["step"] for record in flow] == SNAPSHOTS
+        assert all(list(record["layers"]) == LAB_BARS for record in flow)  # the lab's 10 bars, in model order
+
+    return built_once(tmp_path_factory, "dashboard_run", build) / "run"
 
 
 def test_every_output_file_has_the_same_permissions(run_dir):

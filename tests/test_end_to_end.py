@@ -36,10 +36,10 @@ FIGURES = {
 
 
 def test_accelerate_launch_one_epoch_on_the_mini_slice(mini_dir, tmp_path):
+    """Half of the slice's 5,085 training images (20 steps of 128), every test image, all the defaults."""
     out = tmp_path / "run"
-    result = run_cli(
-        train_cmd("--data_dir", mini_dir, "--num_train_epochs", 1, "--output_dir", out, launcher="accelerate")
-    )
+    flags = ["--data_dir", mini_dir, "--max_train_samples", 2560, "--num_train_epochs", 1, "--output_dir", out]
+    result = run_cli(train_cmd(*flags, launcher="accelerate"))
     assert result.returncode == 0, result.stdout + result.stderr
     for name in (
         "metrics.jsonl",
@@ -53,8 +53,8 @@ def test_accelerate_launch_one_epoch_on_the_mini_slice(mini_dir, tmp_path):
     ):
         assert (out / name).is_file(), name
     assert {p.stem for p in (out / "figures").glob("*.png")} == FIGURES
-    # 40 steps and the default --flow_log_steps auto: about 50 snapshots, but at least 10 steps apart.
-    assert [json.loads(line)["step"] for line in (out / "flow.jsonl").read_text().splitlines()] == [10, 20, 30, 40]
+    # 20 steps and the default --flow_log_steps auto: about 50 snapshots, but at least 10 steps apart.
+    assert [json.loads(line)["step"] for line in (out / "flow.jsonl").read_text().splitlines()] == [10, 20]
     summary = json.loads((out / "summary.json").read_text())
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 1 and set(metrics[0]) >= {
@@ -68,7 +68,7 @@ def test_accelerate_launch_one_epoch_on_the_mini_slice(mini_dir, tmp_path):
         "train_images_per_s",
     }
     assert summary["num_eval_samples"] == 1017 and summary["params"] == 4_441_482
-    assert summary["final_eval_acc"] >= 0.20, summary  # chance is 10%; the seed recipe reaches ~26%
+    assert summary["final_eval_acc"] >= 0.18, summary  # chance is 10%; `make smoke` (16 steps) reaches ~23%
     # The saved weights reproduce the reported accuracy exactly.
     assert evaluate_saved_weights(out, mini_dir).accuracy == summary["final_eval_acc"]
     assert "Epoch | Train Loss" in result.stdout and "161,163,264" in result.stdout
@@ -97,9 +97,11 @@ def test_two_process_torchrun_is_exact_and_writes_once(mini_dir, tmp_path):
         "--data_dir",
         mini_dir,
         "--max_train_samples",
-        1024,
+        512,
+        "--per_device_train_batch_size",
+        64,
         "--max_eval_samples",
-        1001,
+        203,
         "--output_dir",
         out,
         "--flow_log_steps",
@@ -110,16 +112,16 @@ def test_two_process_torchrun_is_exact_and_writes_once(mini_dir, tmp_path):
     result = run_cli([*torchrun, *map(str, common), "--num_train_epochs", "1"], env=env, timeout=400)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["num_eval_samples"] == 1001
-    assert evaluate_saved_weights(out, mini_dir, max_eval=1001).accuracy == summary["final_eval_acc"]
+    assert summary["world_size"] == 2 and summary["num_eval_samples"] == 203
+    assert evaluate_saved_weights(out, mini_dir, max_eval=203).accuracy == summary["final_eval_acc"]
     assert result.stdout.count("done: final eval accuracy") == 1  # rank 0 alone reports
     assert result.stdout.count("161,163,264") == 1  # the FLOPs counter ran on rank 0 only
     assert len(list((out / "wandb").glob("offline-run-*"))) == 1  # rank 0 alone tracks
     assert len(summary["class_accuracy"]) == 10
-    assert sum(map(sum, summary["confusion_matrix"])) == 1001  # gathered exactly: no padding, no duplicates
+    assert sum(map(sum, summary["confusion_matrix"])) == 203  # gathered exactly: no padding, no duplicates
     assert {p.stem for p in (out / "figures").glob("*.png")} == FIGURES
     flow = (out / "flow.jsonl").read_text().splitlines()
-    assert len(flow) == 2  # 4 steps per process at batch 128 over 512 images; every 2 steps; rank 0 only
+    assert len(flow) == 2  # 4 steps per process at batch 64 over 256 images; every 2 steps; rank 0 only
     # Resume the 2-process checkpoint on 2 processes for a second epoch.
     again = run_cli(
         [*torchrun, *map(str, common), "--num_train_epochs", "2", "--resume_from_checkpoint", "latest"],
@@ -166,6 +168,8 @@ def test_resume_is_bit_exact(mini_dir, tmp_path, pipeline):
         128,
         "--report_to",
         "none",
+        "--num_prediction_samples",
+        0,
         "--data_pipeline",
         pipeline,
         "--num_workers",
@@ -175,19 +179,26 @@ def test_resume_is_bit_exact(mini_dir, tmp_path, pipeline):
     ]
     straight = run_cli(train_cmd(*common, "--num_train_epochs", 2, "--output_dir", tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr
-    first = run_cli(train_cmd(*common, "--num_train_epochs", 1, "--output_dir", tmp_path / "resumed"))
-    assert first.returncode == 0, first.stderr
+    # The straight run's epoch-1 checkpoint (3 steps of 128), resumed in a folder of its own for the second epoch.
+    epoch_one = tmp_path / "straight" / "checkpoints" / "checkpoint_00000003"
+    assert json.loads((epoch_one / "progress.json").read_text())["epoch"] == 1
     second = run_cli(
         train_cmd(
-            *common, "--num_train_epochs", 2, "--output_dir", tmp_path / "resumed", "--resume_from_checkpoint", "latest"
+            *common,
+            "--num_train_epochs",
+            2,
+            "--output_dir",
+            tmp_path / "resumed",
+            "--resume_from_checkpoint",
+            epoch_one,
         )
     )
     assert second.returncode == 0, second.stderr
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert _deterministic(tmp_path / "straight" / "metrics.jsonl") == _deterministic(
-        tmp_path / "resumed" / "metrics.jsonl"
-    )
+    straight_metrics = _deterministic(tmp_path / "straight" / "metrics.jsonl")
+    assert [m["epoch"] for m in straight_metrics] == [1, 2]
+    assert _deterministic(tmp_path / "resumed" / "metrics.jsonl") == straight_metrics[1:]
 
 
 def _wait_for(predicate, timeout=120):
@@ -212,11 +223,15 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_bit_exact_mid_epoch(mini_dir, 
         "--data_dir",
         mini_dir,
         "--max_train_samples",
-        1280,
+        640,
+        "--per_device_train_batch_size",
+        64,
         "--max_eval_samples",
         256,
         "--report_to",
         "none",
+        "--num_prediction_samples",
+        0,
         "--flow_log_steps",
         0,
         "--checkpointing_steps",
@@ -249,11 +264,15 @@ def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(mini_dir, tmp
         "--data_dir",
         mini_dir,
         "--max_train_samples",
-        1280,
+        640,
+        "--per_device_train_batch_size",
+        64,
         "--max_eval_samples",
         128,
         "--report_to",
         "none",
+        "--num_prediction_samples",
+        0,
         "--flow_log_steps",
         0,
         "--checkpointing_steps",
@@ -296,6 +315,8 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(mini_
         128,
         "--report_to",
         "none",
+        "--num_prediction_samples",
+        0,
         "--flow_log_steps",
         0,
         "--output_dir",

@@ -39,7 +39,8 @@ def test_a_read_only_home_adds_one_note_and_no_wandb_log_lines(tmp_path):
             env.pop(name, None)
         flags = ["--dataset", "fake", "--data_dir", tmp_path / "data", "--fake_train_samples", 64]
         flags += ["--fake_test_samples", 32, "--per_device_train_batch_size", 64, "--num_train_epochs", 1]
-        flags += ["--flow_log_steps", 0, "--output_dir", tmp_path / "run", "--report_to", "wandb"]
+        flags += ["--flow_log_steps", 0, "--num_prediction_samples", 0]
+        flags += ["--output_dir", tmp_path / "run", "--report_to", "wandb"]
         result = run_cli(train_cmd(*flags), env=env)
     finally:
         subprocess.run(["umount", str(home)], check=False)

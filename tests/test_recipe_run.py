@@ -22,6 +22,8 @@ TINY = [
     "none",
     "--flow_log_steps",
     0,
+    "--num_prediction_samples",
+    0,
     "--checkpointing_steps",
     "none",
 ]

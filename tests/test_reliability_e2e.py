@@ -8,7 +8,7 @@ import signal
 import subprocess
 
 import pytest
-from conftest import BIN, REPO, assert_clean_error, cli_env, run_cli, train_cmd
+from conftest import BIN, REPO, assert_clean_error, built_once, cli_env, run_cli, train_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -41,9 +41,12 @@ def tiny(data, *flags):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished 1-epoch run with checkpoints at steps 2 (mid-epoch) and 4 (its end)."""
-    root = tmp_path_factory.mktemp("finished")
-    result = run_cli(tiny(root / "data", "--output_dir", root / "run"))
-    assert result.returncode == 0, result.stdout + result.stderr
+
+    def build(root):
+        result = run_cli(tiny(root / "data", "--output_dir", root / "run"))
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    root = built_once(tmp_path_factory, "reliability_finished", build)
     return root / "data", root / "run"
 
 

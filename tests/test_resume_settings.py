@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import assert_clean_error, run_cli, train_cmd
+from conftest import assert_clean_error, built_once, run_cli, train_cmd
 
 from lab2.engine.optim import create_optimizer, create_scheduler
 from lab2.engine.resume_settings import refuse_changed_settings, relay_schedule, training_settings
@@ -34,6 +34,8 @@ TINY = [
     "none",
     "--flow_log_steps",
     0,
+    "--num_prediction_samples",
+    0,
 ]
 BASE = ["--optim", "adam", "--lr_scheduler_type", "one_cycle", "--num_train_epochs", 1]
 
@@ -41,9 +43,12 @@ BASE = ["--optim", "adam", "--lr_scheduler_type", "one_cycle", "--num_train_epoc
 @pytest.fixture(scope="module")
 def one_cycle_run(tmp_path_factory):
     """A finished 1-epoch Adam / one_cycle run: its checkpoint is at step 2, the schedule's end."""
-    root = tmp_path_factory.mktemp("one_cycle")
-    result = run_cli(train_cmd("--data_dir", root / "data", *TINY, *BASE, "--output_dir", root / "run"))
-    assert result.returncode == 0, result.stdout + result.stderr
+
+    def build(root):
+        result = run_cli(train_cmd("--data_dir", root / "data", *TINY, *BASE, "--output_dir", root / "run"))
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    root = built_once(tmp_path_factory, "resume_settings_one_cycle", build)
     return root / "data", root / "run"
 
 

@@ -39,7 +39,7 @@ def test_sigterm_stops_within_two_steps_with_any_number_of_processes(processes, 
     flags += ["--per_device_train_batch_size", 8, "--logging_steps", LOGGING_STEPS, "--num_train_epochs", 1]
     # A checkpoint every 5 steps shows from outside that training is under way (and slows the steps).
     flags += ["--checkpointing_steps", 5, "--checkpoints_total_limit", 2, "--report_to", "none"]
-    flags += ["--flow_log_steps", 0, "--output_dir", out]
+    flags += ["--flow_log_steps", 0, "--num_prediction_samples", 0, "--output_dir", out]
     if processes == 1:
         head = [sys.executable]
         env = cli_env()
@@ -82,7 +82,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(mini_dir, tmp_pa
     flags = ["--data_dir", mini_dir, "--max_train_samples", 3200, "--max_eval_samples", 128]
     flags += ["--per_device_train_batch_size", 8, "--logging_steps", LOGGING_STEPS, "--num_train_epochs", 1]
     flags += ["--checkpointing_steps", 5, "--checkpoints_total_limit", 2, "--report_to", "none"]
-    flags += ["--flow_log_steps", 0, "--output_dir", out]
+    flags += ["--flow_log_steps", 0, "--num_prediction_samples", 0, "--output_dir", out]
     head = [BIN / "torchrun", "--nproc_per_node", 2, "--master_port", free_port()]
     env = cli_env(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     with started([*head, "train_accelerate.py", *flags], cwd=REPO, env=env, **PIPES) as proc:

@@ -23,7 +23,8 @@ def _wandb_summary(run_dir) -> dict:
 def test_every_accuracy_on_synthetic_data_says_so(tmp_path):
     out = tmp_path / "fake"
     flags = ["--dataset", "fake", "--fake_train_samples", 256, "--fake_test_samples", 128, "--num_train_epochs", 2]
-    flags += ["--report_to", "wandb", "--flow_log_steps", 0, "--eval_strategy", "steps", "--eval_steps", 1]
+    flags += ["--report_to", "wandb", "--flow_log_steps", 0, "--num_prediction_samples", 0]
+    flags += ["--eval_strategy", "steps", "--eval_steps", 1]
     result = run_cli(train_cmd(*flags, "--output_dir", out))
     assert result.returncode == 0, result.stderr
     accuracy_lines = [line for line in result.stdout.splitlines() if re.search(r"\bacc(uracy)? [0-9.]+%", line)]
@@ -41,7 +42,8 @@ def test_every_accuracy_on_synthetic_data_says_so(tmp_path):
 def test_a_real_run_is_not_called_synthetic(mini_dir, tmp_path):
     out = tmp_path / "real"
     flags = ["--data_dir", mini_dir, "--max_train_samples", 256, "--max_eval_samples", 128, "--num_train_epochs", 1]
-    result = run_cli(train_cmd(*flags, "--report_to", "none", "--flow_log_steps", 0, "--output_dir", out))
+    flags += ["--report_to", "none", "--flow_log_steps", 0, "--num_prediction_samples", 0]
+    result = run_cli(train_cmd(*flags, "--output_dir", out))
     assert result.returncode == 0, result.stderr
     assert "synthetic" not in result.stdout.lower() and "synthetic" not in (out / "report.html").read_text().lower()
     assert json.loads((out / "summary.json").read_text())["data"] == f"CIFAR-10 from {mini_dir}"

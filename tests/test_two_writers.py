@@ -16,6 +16,7 @@ from lab2.state.run_lock import LOCK, RunFolderLock, refuse_if_locked
 
 TINY = ["--dataset", "fake", "--fake_train_samples", 128, "--fake_test_samples", 32]
 TINY += ["--per_device_train_batch_size", 32, "--report_to", "none", "--flow_log_steps", 0]
+TINY += ["--num_prediction_samples", 0]
 
 
 def _files(folder):

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import BIN, assert_clean_error, run_cli, train_cmd
+from conftest import BIN, assert_clean_error, built_once, run_cli, train_cmd
 
 import lab2
 from lab2.cli import eval as eval_cli
@@ -25,10 +25,12 @@ TINY += ["--per_device_train_batch_size", 32, "--num_train_epochs", 1, "--flow_l
 
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tracked")
-    flags = ["--data_dir", root / "data", "--output_dir", root / "run", *TINY]
-    result = run_cli(train_cmd(*flags, "--report_to", "wandb,mlflow,tensorboard"), timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
+    def build(root):
+        flags = ["--data_dir", root / "data", "--output_dir", root / "run", *TINY]
+        result = run_cli(train_cmd(*flags, "--report_to", "wandb,mlflow,tensorboard"), timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    root = built_once(tmp_path_factory, "write_policy_tracked", build)
     return root / "data", root / "run"
 
 
