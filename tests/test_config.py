@@ -50,6 +50,10 @@ def test_help_names_the_command_that_was_typed_and_needs_no_torch(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(repo)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout
     assert out.startswith("usage: lab2-train ") and "torch imported: False" in out, out
+    # `python -m lab2.cli.train` runs the module's file as argv[0]: the usage line says the command typed.
+    command = [sys.executable, "-m", "lab2.cli.train", "--help"]
+    module = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=60)
+    assert module.stdout.startswith("usage: python -m lab2.cli.train [options]"), module.stdout + module.stderr
 
 
 def test_defaults_follow_the_seed_and_design():

@@ -72,8 +72,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _program_name() -> str:
-    """lab2-train or train_accelerate.py, as the user typed it; python -m shows the script's name."""
-    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    """lab2-train or train_accelerate.py, as the user typed it; `python -m lab2.cli.train` as typed too (its argv[0]
+    is the module's file, train.py, which is no command)."""
+    path = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if path.replace(os.sep, "/").endswith("lab2/cli/train.py"):
+        return "python -m lab2.cli.train"
+    name = os.path.basename(path)
     return name if name and name not in ("__main__.py", "-c") else "train_accelerate.py"
 
 
