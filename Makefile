@@ -28,7 +28,7 @@ endif
 # SIGTERM ignored, while anything listens there: TensorBoard's 6006. Without the plugin nothing else changes.
 export HWLOC_COMPONENTS ?= -gl
 
-.PHONY: install train smoke test lint bench clean
+.PHONY: install train smoke readme-samples test lint bench clean
 
 # Training needs the package alone; the tests and the linter add the [test] extra on top.
 $(STAMP): setup.cfg pyproject.toml
@@ -62,6 +62,11 @@ smoke: $(STAMP)
 	$(BIN)/accelerate launch --quiet --config_file accelerate_configs/cpu.yaml \
 		$(call ONE_CPU_PROCESS,accelerate_configs/cpu.yaml) train_accelerate.py \
 		$(SMOKE_DATA) --num_train_epochs 1 --max_train_samples 2048 --output_dir runs/smoke --overwrite_output_dir
+
+# The README's lab2-eval and lab2-predict samples, regenerated from the smoke run on the real mini slice.
+readme-samples: smoke
+	$(if $(wildcard $(MINI)/cifar-10-batches-py),,$(error readme-samples needs the real mini slice at $(MINI)))
+	$(BIN)/python docs/readme_samples.py --run runs/smoke --data_dir $(MINI)
 
 # Two workers: the end-to-end tests (most of its 17-19 minutes here) spend much of their time starting processes, which overlaps well.
 test: $(TEST_STAMP)

@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import BIN, REPO, cli_env, run_cli
+import pytest
+from conftest import BIN, REPO, built_once, cli_env, run_cli, train_cmd
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -15,6 +16,8 @@ from lab2.data.cifar_reader import CIFAR10_CLASSES, read_cifar_batch
 from lab2.models import create_model
 
 README = (REPO / "README.md").read_text()
+sys.path.insert(0, str(REPO / "docs"))
+import readme_samples  # noqa: E402  (docs/ is not a package: the script the Makefile runs)
 
 
 def _block_after(marker: str) -> str:
@@ -60,3 +63,44 @@ def test_sample_images_then_predict_on_the_folder_as_the_readme_says(mini_dir, t
     predicted = run_cli([str(BIN / "lab2-predict"), "--model_path", str(model), str(samples)])
     assert predicted.returncode == 0, predicted.stderr
     assert [line.split(":")[0] for line in predicted.stdout.splitlines()] == [str(f) for f in files]
+
+
+@pytest.fixture(scope="module")
+def small_real_run(mini_dir, tmp_path_factory):
+    """A finished 1-epoch run on the real slice: the README's samples come from real CIFAR-10 images."""
+
+    def build(root):
+        flags = ["--data_dir", mini_dir, "--max_train_samples", 128, "--max_eval_samples", 100, "--num_train_epochs", 1]
+        flags += ["--report_to", "none", "--flow_log_steps", 0, "--output_dir", root / "run"]
+        result = run_cli(train_cmd(*flags))
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    return built_once(tmp_path_factory, "readme_run", build) / "run"
+
+
+def _samples(run, data, *flags):
+    return run_cli([sys.executable, str(REPO / "docs" / "readme_samples.py"), "--run", run, "--data_dir", data, *flags])
+
+
+def test_the_readme_samples_match_the_code_and_a_stale_one_is_found_and_rewritten(small_real_run, mini_dir, tmp_path):
+    """docs/readme_samples.py (`make readme-samples`) on a small real run: --check finds a stale line, writing
+    replaces it, and what it writes has the shape of the README's own samples (the numbers are the smoke run's)."""
+    readme = tmp_path / "README.md"
+    first = _block_after("<!-- sample: lab2-eval -->").splitlines()[1]
+    assert first.startswith("accuracy:")
+    # The line as lab2-eval printed it before it reported the ECE.
+    readme.write_text(README.replace(first, "accuracy: 23.21% (236/1017), loss 2.1233"))
+    stale = _samples(small_real_run, mini_dir, "--check", "--readme", readme)
+    assert stale.returncode == 1 and "lab2-eval sample no longer matches" in stale.stdout, stale.stdout + stale.stderr
+    assert "lab2-predict" not in stale.stdout.replace("lab2-predict --model_path", "")  # that sample still matches
+    rewritten = _samples(small_real_run, mini_dir, "--readme", readme)
+    assert rewritten.returncode == 0, rewritten.stdout + rewritten.stderr
+    text = readme.read_text()
+    start = "<!-- sample: lab2-eval"
+    assert text.count("<!-- /sample -->") == 2 and text[: text.index(start)] == README[: README.index(start)]
+    assert ", ECE " in text and "figures and eval.json in runs/smoke/eval" in text
+    assert "lab2-predict: error: nothing.jpg: no such file." in text
+    # What was written is what --check compares with: the README's own samples have its shape.
+    for marker in ("<!-- sample: lab2-eval -->", "<!-- sample: lab2-predict -->"):
+        written = re.search(r"```\n(.*?)```", text[text.index(marker) :], re.S).group(1)
+        assert readme_samples.masked(written) == readme_samples.masked(_block_after(marker))
