@@ -52,7 +52,7 @@ FIGURE_NAMES = (
     "heatmap_weight_mean",
     "heatmap_update_ratio",
 )
-EVAL_FILES = ("eval.json", "confusion_matrix.png", "class_accuracy.png", "predictions.png")
+EVAL_FILES = ("eval.json", "confusion_matrix.png", "class_accuracy.png", "predictions.png", "calibration.png")
 # Folder entries written by lab2's checkpoints and TensorBoard, by name pattern inside their own subfolders.
 CHECKPOINT_ENTRY = re.compile(r"^(\.tmp-|\.old-)?checkpoint_\d+$")
 TENSORBOARD_ENTRY = re.compile(r"^(events\.out\.tfevents\..+|hparams\.yml)$")
