@@ -37,6 +37,9 @@ def _make(args: list[str], stop_when=None, timeout=300) -> tuple[int, str]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # A terminal's foreground job starts with SIGINT at its default. A test run from a background job or a CI
+        # runner may inherit it ignored, and then neither make nor the recipe's shell could hear Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         if stop_when is not None:
