@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, cli_env
+from launch import started
 
 from lab2.config.resume_advice import resume_advice
 from lab2.state.checkpoint import list_checkpoints
@@ -24,34 +25,25 @@ SMALL = "--max_train_samples 512 --per_device_train_batch_size 64 --max_eval_sam
 SMALL += " --flow_log_steps 0 --num_prediction_samples 0 --checkpointing_steps 1"
 
 
+def _default_sigint() -> None:
+    """A terminal's foreground job starts with SIGINT at its default. A test run from a background job or a CI
+    runner may inherit it ignored, and then neither make nor the recipe's shell could hear Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _make(args: list[str], stop_when=None, timeout=300) -> tuple[int, str]:
     """Run make in its own process group (as a terminal's foreground job); when `stop_when()` turns true, send
     SIGINT to the whole group, as Ctrl-C does. Returns make's status and its merged output."""
     env = cli_env()
     env.pop("TQDM_DISABLE")  # the bar is part of what the user sees
-    proc = subprocess.Popen(
-        [*MAKE, *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        # A terminal's foreground job starts with SIGINT at its default. A test run from a background job or a CI
-        # runner may inherit it ignored, and then neither make nor the recipe's shell could hear Ctrl-C.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    try:
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    with started([*MAKE, *args], cwd=REPO, env=env, preexec_fn=_default_sigint, **pipes) as proc:  # killed whole
         if stop_when is not None:
             deadline = time.time() + timeout
             while not stop_when() and proc.poll() is None and time.time() < deadline:
                 time.sleep(0.05)
             os.killpg(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=timeout)
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
     return proc.returncode, out
 
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 from conftest import BIN, REPO, assert_clean_error, cli_env, run_cli, train_cmd
+from launch import started
 
 from lab2.errors import UserError
 from lab2.state.run_lock import LOCK, RunFolderLock, refuse_if_locked
@@ -69,16 +70,8 @@ def test_a_second_writer_on_a_running_folder_is_refused_and_the_first_run_stays_
     env = cli_env()
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     resume = ["--data_dir", data, "--output_dir", run, *TINY, "--num_train_epochs", 2, "--resume_from_checkpoint"]
-    writer = subprocess.Popen(
-        train_cmd(*resume, "latest"),
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    with started(train_cmd(*resume, "latest"), cwd=REPO, env=env, **pipes) as writer:  # killed whole on a failure
         _wait_until_locked(run, writer)
         os.killpg(writer.pid, signal.SIGSTOP)  # hold the first writer mid-run, so the second surely meets it
         before = _files(run)
@@ -93,10 +86,6 @@ def test_a_second_writer_on_a_running_folder_is_refused_and_the_first_run_stays_
         os.killpg(writer.pid, signal.SIGCONT)
         output, _ = writer.communicate(timeout=300)
         assert writer.returncode == 0, output
-    finally:
-        if writer.poll() is None:
-            os.killpg(writer.pid, signal.SIGKILL)
-            writer.wait(timeout=30)
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
     refuse_if_locked(run)  # released at the end of the run
