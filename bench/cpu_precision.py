@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lab2.engine.run_setup import cpu_has_fast_bf16  # noqa: E402
+from lab2.engine.setup import cpu_has_fast_bf16  # noqa: E402
 from lab2.models import SimpleCNN  # noqa: E402
 
 VARIANTS = {

@@ -7,7 +7,7 @@ shared and noisy, so only ratios within one run mean much):
    machine's practical matrix-multiply peak;
 2. bare step: SimpleCNN forward, backward and fused Adam on batches already on the
    device (batch 128, channels_last) - the most a training loop could reach;
-3. lab2's loop: `lab2.engine.run.run` with default flags (--report_to none, no
+3. lab2's loop: `lab2.engine.loop.run` with default flags (--report_to none, no
    checkpoints) on the mini slice, images/s read from its metrics.jsonl over the
    epochs after the first (which pays one-off warm-up);
 4. the seed recipe: the course lab's per-image PIL DataLoader and plain loop.
@@ -113,7 +113,7 @@ def bare_step(device: torch.device, steps: int, batch_size: int = 128, bf16: boo
 def lab2_loop(data_dir: Path, epochs: int, out: Path, extra: list[str]) -> dict:
     """lab2's training run in this process, as `train_accelerate.py` runs it; rates from metrics.jsonl."""
     from lab2.config.command_line import parse_args
-    from lab2.engine.run import run
+    from lab2.engine.loop import run
 
     flags = [
         "--data_dir",

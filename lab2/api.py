@@ -75,7 +75,7 @@ def _train(cfg) -> dict | None:
     cache_note = redirect_unwritable_caches()  # a read-only HOME: W&B and matplotlib caches in a temporary folder
     if cache_note and launched_rank() == 0:
         print(cache_note, flush=True)
-    from lab2.engine.run import run  # torch and the training stack load here, not at `import lab2`
+    from lab2.engine.loop import run  # torch and the training stack load here, not at `import lab2`
 
     try:
         run(cfg)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from lab2.engine.resume import check_compatible
 from lab2.errors import UserError
 from lab2.state.checkpoint import (
-    check_compatible,
     export_model,
     read_progress,
     resolve_resume_path,
@@ -141,12 +141,10 @@ def test_mid_epoch_resume_refuses_settings_that_move_the_position(tmp_path, sett
         "world_size": 1,
     }
     progress = {**PROGRESS, "global_step": 2, "batch_in_epoch": 2, "position": position}
-    check_compatible(progress, tmp_path, "simple_cnn", 10, 1, position=dict(position))  # same settings: fine
+    check_compatible(progress, tmp_path, "simple_cnn", 10, dict(position))  # same settings: fine
     with pytest.raises(UserError, match=f"--{setting}"):
-        check_compatible(progress, tmp_path, "simple_cnn", 10, 1, position={**position, setting: value})
-    check_compatible(
-        {**progress, "batch_in_epoch": 0}, tmp_path, "simple_cnn", 10, 1, position={**position, setting: value}
-    )
+        check_compatible(progress, tmp_path, "simple_cnn", 10, {**position, setting: value})
+    check_compatible({**progress, "batch_in_epoch": 0}, tmp_path, "simple_cnn", 10, {**position, setting: value})
 
 
 # --------------------------------------------------------------------------- full disk, on a real tmpfs

@@ -7,7 +7,7 @@ import socket
 import pytest
 from conftest import cli_env, run_cli, train_cmd
 
-from lab2.engine.run_setup import cpu_has_fast_bf16
+from lab2.engine.setup import cpu_has_fast_bf16
 
 pytestmark = pytest.mark.slow
 TINY = [

@@ -2,7 +2,8 @@
 
 Every flag that defines the training is either applied exactly on resume (the test reads the new value back
 from the next checkpoint's optimizer and scheduler) or refused before training in one line naming each
-flag's old and new value. Damaged random states and pickled objects in optimizer.bin are one line, exit 2."""
+flag's old and new value; a schedule whose length changed is refused too (issue 21: refused instead of re-laid).
+Damaged random states and pickled objects in optimizer.bin are one line, exit 2."""
 
 import io
 import json
@@ -13,10 +14,11 @@ import pytest
 import torch
 from conftest import assert_clean_error, built_once, run_cli, train_cmd
 
-from lab2.engine.optim import create_optimizer, create_scheduler
-from lab2.engine.resume_settings import refuse_changed_settings, relay_schedule, training_settings
+from lab2.engine.loop import Progress
+from lab2.engine.optim import create_optimizer
+from lab2.engine.resume import apply_optimizer_settings, checkpoint_record, refuse_changed_settings
 from lab2.errors import UserError
-from lab2.state.checkpoint_check import write_manifest
+from lab2.state.checkpoint import write_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +44,11 @@ BASE = ["--optim", "adam", "--lr_scheduler_type", "one_cycle", "--num_train_epoc
 
 @pytest.fixture(scope="module")
 def one_cycle_run(tmp_path_factory):
-    """A finished 1-epoch Adam / one_cycle run: its checkpoint is at step 2, the schedule's end."""
+    """A finished 1-epoch Adam / one_cycle run: checkpoints at step 1 (mid-epoch) and 2 (the schedule's end)."""
 
     def build(root):
-        result = run_cli(train_cmd("--data_dir", root / "data", *TINY, *BASE, "--output_dir", root / "run"))
+        flags = [*TINY, *BASE, "--checkpointing_steps", 1, "--output_dir", root / "run"]
+        result = run_cli(train_cmd("--data_dir", root / "data", *flags))
         assert result.returncode == 0, result.stdout + result.stderr
 
     root = built_once(tmp_path_factory, "resume_settings_one_cycle", build)
@@ -56,10 +59,10 @@ def _checkpoint(run, step):
     return run / "checkpoints" / f"checkpoint_{step:08d}"
 
 
-def _resume(data, run, out, *flags):
+def _resume(data, run, out, *flags, step=2):
     return run_cli(
         train_cmd(
-            "--data_dir", data, *TINY, "--output_dir", out, "--resume_from_checkpoint", _checkpoint(run, 2), *flags
+            "--data_dir", data, *TINY, "--output_dir", out, "--resume_from_checkpoint", _checkpoint(run, step), *flags
         )
     )
 
@@ -88,59 +91,56 @@ def test_settings_the_checkpoint_cannot_carry_are_refused_before_training(one_cy
     assert not (tmp_path / "out" / "checkpoints").exists()  # refused before training: nothing was saved
 
 
+def _recorded(**changes):
+    values = dict(optim="adam", lr_scheduler_type="constant", warmup_ratio=0.0, learning_rate=1e-3, weight_decay=0.0)
+    values.update(momentum=0.9, label_smoothing_factor=0.0, num_train_epochs=1)
+    return SimpleNamespace(**{**values, **changes})
+
+
 def test_constant_to_one_cycle_is_refused_naming_the_flag():
     """The reverse direction (was KeyError: 'max_lr'), on the recorded settings themselves."""
-    cfg = SimpleNamespace(optim="adam", lr_scheduler_type="constant", warmup_ratio=0.0, learning_rate=1e-3)
-    cfg.__dict__.update(weight_decay=0.0, momentum=0.9, label_smoothing_factor=0.0, num_train_epochs=1)
-    saved = training_settings(cfg, schedule_steps=2)
+    cfg = _recorded()
+    saved = checkpoint_record(cfg, Progress(), {}, schedule_steps=2)["training"]
     cfg.lr_scheduler_type = "one_cycle"
     with pytest.raises(UserError, match="--lr_scheduler_type constant -> one_cycle"):
-        refuse_changed_settings(saved, cfg, "ckpt", report=print)
+        refuse_changed_settings(saved, cfg, 2, "ckpt", report=print)
     notes = []
-    refuse_changed_settings(None, cfg, "ckpt", report=notes.append)  # an older checkpoint: said, not hidden
+    refuse_changed_settings(None, cfg, 2, "ckpt", report=notes.append)  # an older checkpoint: said, not hidden
     assert len(notes) == 1 and "no record of its training settings" in notes[0]
 
 
-def test_weight_decay_and_longer_one_cycle_are_applied_exactly(one_cycle_run, tmp_path):
+@pytest.mark.parametrize("kind, warmup", [("linear", 0.0), ("cosine", 0.0), ("one_cycle", 0.0), ("constant", 0.1)])
+def test_a_schedule_whose_length_changed_is_refused_with_what_to_pass(kind, warmup):
+    saved = checkpoint_record(_recorded(lr_scheduler_type=kind, warmup_ratio=warmup), Progress(), {}, 4)
+    longer = _recorded(lr_scheduler_type=kind, warmup_ratio=warmup, num_train_epochs=2)
+    with pytest.raises(UserError, match=r"length 4 -> 8 steps \(--num_train_epochs 1 -> 2") as refused:
+        refuse_changed_settings(saved["training"], longer, 8, "ckpt", report=print)
+    assert "resume with the checkpoint's values" in str(refused.value)
+    refuse_changed_settings(saved["training"], longer, 4, "ckpt", report=print)  # the same length: accepted
+
+
+def test_a_constant_rate_trains_longer_on_resume():
+    """A constant rate without warm-up is the same at every step, so more epochs are simply applied."""
+    saved = checkpoint_record(_recorded(), Progress(), {}, schedule_steps=4)["training"]
+    refuse_changed_settings(saved, _recorded(num_train_epochs=3), 12, "ckpt", report=print)
+
+
+def test_weight_decay_is_applied_exactly_and_a_longer_one_cycle_refused(one_cycle_run, tmp_path):
     data, run = one_cycle_run
     out = tmp_path / "out"
-    result = _resume(data, run, out, *BASE[:-2], "--num_train_epochs", 2, "--weight_decay", 0.05)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    assert "one_cycle schedule is re-laid over 2 epochs (4 steps, was 1 epochs, 2 steps)" in output, output
-    after = _checkpoint(out, 4)
+    result = _resume(data, run, out, *BASE, "--weight_decay", 0.05, step=1)  # mid-epoch: one step left to train
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = _checkpoint(out, 2)
     optimizer = torch.load(after / "optimizer.bin", weights_only=True)
     scheduler = torch.load(after / "scheduler.bin", weights_only=True)
     assert [group["weight_decay"] for group in optimizer["param_groups"]] == [0.05]  # was 0.0: the flag was ignored
-    assert scheduler["total_steps"] == 4 and scheduler["last_epoch"] == 4  # was 2: frozen past the old end
-    # The rate each epoch ended at is the 4-step schedule's (a fresh OneCycleLR stepped alike), not a frozen one.
-    reference = create_scheduler(create_optimizer([torch.zeros(1, requires_grad=True)]), "one_cycle", 4)
-    rates = []
-    for _ in range(4):
-        reference.optimizer.step()
-        reference.step()
-        rates.append(reference.get_last_lr()[0])
-    logged = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert logged[-1] == pytest.approx(rates[3])
+    assert scheduler["total_steps"] == 2 and scheduler["last_epoch"] == 2  # the checkpoint's schedule, to its end
     assert json.loads((after / "progress.json").read_text())["training"]["weight_decay"] == 0.05
-
-
-def test_a_linear_schedule_is_re_laid_at_the_same_step():
-    """A LambdaLR keeps its position (step 2) and follows the new length's formula from there."""
-    params = [torch.zeros(1, requires_grad=True)]
-    short = create_scheduler(create_optimizer(params, lr=1.0), "linear", 4)
-    for _ in range(2):
-        short.optimizer.step()
-        short.step()
-    longer = create_scheduler(create_optimizer(params, lr=1.0), "linear", 8)
-    fresh = longer.state_dict()
-    longer.optimizer.load_state_dict(short.optimizer.state_dict())
-    longer.load_state_dict(short.state_dict())  # what load_state does
-    cfg = SimpleNamespace(lr_scheduler_type="linear", warmup_ratio=0.0, num_train_epochs=2)
-    notes = []
-    relay_schedule(longer, fresh, {"schedule_steps": 4, "num_train_epochs": 1}, cfg, 8, notes.append)
-    assert longer.optimizer.param_groups[0]["lr"] == pytest.approx(1 - 2 / 8)  # was 1 - 2 / 4
-    assert len(notes) == 1 and "re-laid" in notes[0]
+    refused = _resume(data, run, tmp_path / "longer", *BASE[:-2], "--num_train_epochs", 2)
+    assert_clean_error(
+        refused, "other settings", "one_cycle schedule's length 2 -> 4 steps", "--num_train_epochs 1 -> 2"
+    )
+    assert refused.returncode == 2 and not (tmp_path / "longer" / "checkpoints").exists()
 
 
 class NotAState:  # any pickled object: weights_only refuses to build it
@@ -178,8 +178,6 @@ def test_state_files_that_do_not_load_are_one_line(one_cycle_run, tmp_path, name
 
 
 def test_momentum_and_weight_decay_are_written_as_a_fresh_sgd_would_hold_them():
-    from lab2.engine.resume_settings import apply_optimizer_settings
-
     params = [torch.zeros(2, requires_grad=True)]
     for momentum, scheduler in ((0.5, "constant"), (0.0, "cosine")):
         resumed = create_optimizer(params, "sgd", weight_decay=0.0, momentum=0.9)
@@ -190,17 +188,16 @@ def test_momentum_and_weight_decay_are_written_as_a_fresh_sgd_would_hold_them():
         assert [resumed.param_groups[0][k] for k in keys] == [fresh.param_groups[0][k] for k in keys]
 
 
-def test_a_checkpoint_without_the_record_is_said_and_its_one_cycle_still_re_laid(one_cycle_run, tmp_path):
+def test_a_checkpoint_without_the_record_is_said_and_resumes(one_cycle_run, tmp_path):
     data, run = one_cycle_run
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    checkpoint = _checkpoint(copy, 2)
+    checkpoint = _checkpoint(copy, 1)
     progress = json.loads((checkpoint / "progress.json").read_text())
     del progress["training"]  # as a lab2 before the record wrote it
     _replace(checkpoint, "progress.json", json.dumps(progress).encode())
-    result = _resume(data, copy, tmp_path / "out", *BASE[:-2], "--num_train_epochs", 2)
+    result = _resume(data, copy, tmp_path / "out", *BASE, step=1)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "has no record of its training settings" in output
-    assert "re-laid over 2 epochs (4 steps, was 2 steps)" in output
-    assert torch.load(_checkpoint(tmp_path / "out", 4) / "scheduler.bin", weights_only=True)["total_steps"] == 4
+    assert torch.load(_checkpoint(tmp_path / "out", 2) / "scheduler.bin", weights_only=True)["last_epoch"] == 2

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         cache_note = redirect_unwritable_caches()  # before wandb or matplotlib is imported
         if cache_note and launched_rank() == 0:
             print(cache_note, flush=True)
-        from lab2.engine.run import run
+        from lab2.engine.loop import run
 
         run(cfg)
     except UserError as error:

@@ -1,3 +1,3 @@
-"""Training and evaluation: the loop (Trainer), its meter and periodic actions, run set-up, the
-optimizer and scheduler registry, evaluate(), resume, results and the run report.
+"""Training: the loop (loop.py, one step top to bottom), its set-up, meter and stop signals, resume, the optimizer
+and scheduler registry, evaluation and the run's results.
 """

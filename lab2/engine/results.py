@@ -1,6 +1,6 @@
 """A run's results: the per-epoch record, and at the end the weights, figures, Table-1 log, summary and report.
 
-The loop (lab2.engine.trainer) hands over numbers already summed over processes;
+The loop (lab2.engine.loop) hands over its Run record and numbers already summed over processes;
 everything here writes on the main process only, except the weights export,
 which gathers on every process.
 """
@@ -13,6 +13,7 @@ import torch
 
 from lab2.config.resume_advice import resume_advice
 from lab2.engine.evaluation import EvalResult
+from lab2.engine.report import write_report
 from lab2.errors import UserError
 from lab2.explain import gradcam, plots
 from lab2.explain.calibration import reliability_figure
@@ -69,201 +70,176 @@ def training_log_table(metrics: list[dict]) -> str:
     return "\n".join(lines)
 
 
-class RunResults:
-    """Writes what a run reports: one record per epoch, and the final files."""
+def calibrated_logits(cfg) -> str:
+    """Which logits eval/ece and the reliability diagram judge: with --tta, the flip-averaged ones."""
+    return "flip-averaged logits (--tta)" if cfg.tta else "plain logits"
 
-    def __init__(self, cfg, accelerator, paths, splits, flops, tracking, precision: str):
-        self.cfg, self.accelerator, self.paths, self.splits = cfg, accelerator, paths, splits
-        self.flops, self.tracking, self.precision = flops, tracking, precision
-        self.main = accelerator.is_main_process
 
-    @property
-    def calibrated_logits(self) -> str:
-        """Which logits eval/ece and the reliability diagram judge: with --tta, the flip-averaged ones."""
-        return "flip-averaged logits (--tta)" if self.cfg.tta else "plain logits"
+def end_epoch(run, epoch: int, totals: tuple[float, float, float], trained_now: float, epoch_time: float, result):
+    """Append the epoch's record to metrics.jsonl, log it, print one line (`run`: lab2.engine.loop.Run).
 
-    # ----------------------------------------------------------------- per epoch
-
-    def end_epoch(
-        self,
-        epoch: int,
-        totals: tuple[float, float, float],
-        trained_now: float,
-        epoch_time: float,
-        result: EvalResult | None,
-        lr: float,
-        global_step: int,
-    ) -> dict:
-        """Append the epoch's record to metrics.jsonl, log it, print one line.
-
-        `totals`: (loss sum, correct, seen) over all processes, the part before a mid-epoch resume included;
-        `trained_now`: the images trained in `epoch_time`, i.e. since the resume (the speed counts only those).
-        `result` is None for an epoch without evaluation (--eval_strategy no): its eval fields are null."""
-        loss_sum, correct, seen = totals
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_acc": correct / max(seen, 1),
-            "eval_loss": result.loss if result else None,
-            "eval_acc": result.accuracy if result else None,
-            "eval_ece": result.ece if result else None,
-            "lr": lr,
-            "epoch_time_s": epoch_time,
-            "train_images_per_s": trained_now / max(epoch_time, 1e-9),
-            "global_step": global_step,
-        }
-        if not self.main:
-            return record
-        append_jsonl(self.paths.metrics, record)
-        values = {
-            "train/loss_epoch": record["train_loss"],
-            "train/accuracy": record["train_acc"],
-            "epoch": record["epoch"],
-            "perf/train_images_per_s": record["train_images_per_s"],
-        }
-        if result is not None:
-            values.update({"eval/loss": record["eval_loss"], "eval/accuracy": record["eval_acc"]})
-            if result.ece is not None:
-                values["eval/ece"] = result.ece
-        if self.flops.training_flops:
-            achieved = record["train_images_per_s"] * self.flops.training_flops
-            values["perf/train_tflops"] = achieved / 1e12
-            peak = peak_flops(self.accelerator.device, self.precision)
-            if peak:
-                values["perf/mfu"] = achieved / peak
-        self.tracking.log(values, step=global_step)
-        self.accelerator.print(
-            f"epoch {epoch + 1}/{self.cfg.num_train_epochs}: "
-            f"train loss {record['train_loss']:.4f} acc {100 * record['train_acc']:.2f}% | "
-            + (
-                f"eval loss {record['eval_loss']:.4f} acc {100 * record['eval_acc']:.2f}% | "
-                if result
-                else "no eval | "
-            )
-            + f"{record['train_images_per_s']:.0f} img/s | {epoch_time:.1f} s"
-            + synthetic_note(self.cfg)
-        )
+    `totals`: (loss sum, correct, seen) over all processes, the part before a mid-epoch resume included;
+    `trained_now`: the images trained in `epoch_time`, i.e. since the resume (the speed counts only those).
+    `result` is None for an epoch without evaluation (--eval_strategy no): its eval fields are null."""
+    loss_sum, correct, seen = totals
+    global_step = run.progress.global_step
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / max(seen, 1),
+        "train_acc": correct / max(seen, 1),
+        "eval_loss": result.loss if result else None,
+        "eval_acc": result.accuracy if result else None,
+        "eval_ece": result.ece if result else None,
+        "lr": run.scheduler.get_last_lr()[0],
+        "epoch_time_s": epoch_time,
+        "train_images_per_s": trained_now / max(epoch_time, 1e-9),
+        "global_step": global_step,
+    }
+    if not run.accelerator.is_main_process:
         return record
+    append_jsonl(run.paths.metrics, record)
+    values = {
+        "train/loss_epoch": record["train_loss"],
+        "train/accuracy": record["train_acc"],
+        "epoch": record["epoch"],
+        "perf/train_images_per_s": record["train_images_per_s"],
+    }
+    if result is not None:
+        values.update({"eval/loss": record["eval_loss"], "eval/accuracy": record["eval_acc"]})
+        if result.ece is not None:
+            values["eval/ece"] = result.ece
+    if run.flops.training_flops:
+        achieved = record["train_images_per_s"] * run.flops.training_flops
+        values["perf/train_tflops"] = achieved / 1e12
+        peak = peak_flops(run.accelerator.device, run.precision)
+        if peak:
+            values["perf/mfu"] = achieved / peak
+    run.tracking.log(values, step=global_step)
+    evaluated = (
+        f"eval loss {record['eval_loss']:.4f} acc {100 * record['eval_acc']:.2f}% | " if result else "no eval | "
+    )
+    run.accelerator.print(
+        f"epoch {epoch + 1}/{run.cfg.num_train_epochs}: "
+        f"train loss {record['train_loss']:.4f} acc {100 * record['train_acc']:.2f}% | {evaluated}"
+        f"{record['train_images_per_s']:.0f} img/s | {epoch_time:.1f} s" + synthetic_note(run.cfg)
+    )
+    return record
 
-    # ----------------------------------------------------------------- at the end
 
-    def finish(self, model, result: EvalResult, progress, flow) -> None:
-        """Final files: weights, figures, flow heatmaps, Table-1 log, summary.json (last: it marks the run
-        finished), report."""
-        acc, cfg, paths = self.accelerator, self.cfg, self.paths
-        metadata = {
-            "model": cfg.model,
-            "num_classes": self.splits.num_classes,
-            "class_names": json.dumps(list(self.splits.class_names)),
-            "eval_acc": repr(result.accuracy),
-            "config": json.dumps(cfg.to_dict()),
-            "format": "pt",
-        }
-        export_model(acc, model, paths.model, metadata)
-        if not self.main:
-            return
-        metrics = read_jsonl(paths.metrics)
-        if flow is not None:  # the last snapshots' images, before this thread draws figures of its own
-            flow.close(progress.global_step)
-        figures = self.final_figures(result, metrics, flow)
-        figures.update(self.gradcam_figures(model, result))
-        paths.figures.mkdir(parents=True, exist_ok=True)
-        for name, fig in figures.items():
-            plots.save_figure(fig, paths.figures / f"{name}.png")
-        # The flow bars went to the trackers at every snapshot; the files keep the last ones.
-        self.tracking.log_figures(
-            {k: v for k, v in figures.items() if k not in FLOW_FIGURES}, step=progress.global_step
-        )
-        self.tracking.log_confusion_matrix(result.confusion, self.splits.class_names, step=progress.global_step)
-        table = training_log_table(metrics)
-        if cfg.dataset == "fake":
-            table = "Training log on synthetic images (--dataset fake), not CIFAR-10:\n" + table
-        paths.training_log.write_text(table + "\n", encoding="utf-8")
-        acc.print(table)
-        summary = self.summary(result, metrics, progress)
-        write_json(paths.summary, summary)
-        self.tracking.log({"eval/final_accuracy": result.accuracy}, step=progress.global_step)
-        from lab2.engine.report import write_report
+def finish(run, result: EvalResult) -> None:
+    """Final files: weights, figures, flow heatmaps, Table-1 log, summary.json (last but the report: it marks the
+    run finished), report."""
+    acc, cfg, paths, step = run.accelerator, run.cfg, run.paths, run.progress.global_step
+    metadata = {
+        "model": cfg.model,
+        "num_classes": run.splits.num_classes,
+        "class_names": json.dumps(list(run.splits.class_names)),
+        "eval_acc": repr(result.accuracy),
+        "config": json.dumps(cfg.to_dict()),
+        "format": "pt",
+    }
+    export_model(acc, run.model, paths.model, metadata)
+    if not acc.is_main_process:
+        return
+    metrics = read_jsonl(paths.metrics)
+    if run.flow is not None:  # the last snapshots' images, before this thread draws figures of its own
+        run.flow.close(step)
+    figures = final_figures(run, result, metrics)
+    figures.update(gradcam_figures(run, result))
+    paths.figures.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+        plots.save_figure(fig, paths.figures / f"{name}.png")
+    # The flow bars went to the trackers at every snapshot; the files keep the last ones.
+    run.tracking.log_figures({k: v for k, v in figures.items() if k not in FLOW_FIGURES}, step=step)
+    run.tracking.log_confusion_matrix(result.confusion, run.splits.class_names, step=step)
+    table = training_log_table(metrics)
+    if cfg.dataset == "fake":
+        table = "Training log on synthetic images (--dataset fake), not CIFAR-10:\n" + table
+    paths.training_log.write_text(table + "\n", encoding="utf-8")
+    acc.print(table)
+    summary = run_summary(run, result, metrics)
+    write_json(paths.summary, summary)
+    run.tracking.log({"eval/final_accuracy": result.accuracy}, step=step)
+    write_report(paths.root)
+    acc.print(
+        f"done: final eval accuracy {100 * result.accuracy:.2f}% on {result.num_samples} "
+        f"{'synthetic ' if cfg.dataset == 'fake' else ''}images "
+        f"(best {100 * summary['best_eval_acc']:.2f}%); files in {paths.root}" + synthetic_note(cfg)
+    )
+    acc.print(next_steps(paths))
+    # Model artifact, run summary, Table-1 table, and (MLflow) the run's files, report included.
+    run.tracking.log_results(cfg.run_name, paths, summary, metrics, table, step=step)
 
-        write_report(paths.root)
-        acc.print(
-            f"done: final eval accuracy {100 * result.accuracy:.2f}% on {result.num_samples} "
-            f"{'synthetic ' if cfg.dataset == 'fake' else ''}images "
-            f"(best {100 * summary['best_eval_acc']:.2f}%); files in {paths.root}" + synthetic_note(cfg)
-        )
-        acc.print(next_steps(paths))
-        # Model artifact, run summary, Table-1 table, and (MLflow) the run's files, report included.
-        self.tracking.log_results(cfg.run_name, paths, summary, metrics, table, step=progress.global_step)
 
-    def final_figures(self, result: EvalResult, metrics: list[dict], flow) -> dict:
-        """Evaluation figures, curves, the last flow snapshot's bars and the flow heatmaps over the run."""
-        figures = plots.evaluation_figures(
-            result.confusion, result.per_class_accuracy, result.samples, self.splits.class_names
-        )
-        if result.calibration is not None:
-            figures["calibration"] = reliability_figure(result.calibration, self.calibrated_logits)
-        if metrics:
-            figures["curves"] = plots.curves_figure(metrics)
-        history = flow.history if flow is not None else []
-        if history:
-            last = history[-1]
-            figures.update(plots.flow_figures(last))
-            steps = [s.step for s in history]
-            for stat in ("grad_mean", "weight_mean", "update_ratio"):
-                figures[f"heatmap_{stat}"] = plots.flow_heatmap_figure(
-                    last.layers, steps, flow.matrix(stat).numpy(), stat
-                )
-        return figures
+def final_figures(run, result: EvalResult, metrics: list[dict]) -> dict:
+    """Evaluation figures, curves, the last flow snapshot's bars and the flow heatmaps over the run."""
+    figures = plots.evaluation_figures(
+        result.confusion, result.per_class_accuracy, result.samples, run.splits.class_names
+    )
+    if result.calibration is not None:
+        figures["calibration"] = reliability_figure(result.calibration, calibrated_logits(run.cfg))
+    if metrics:
+        figures["curves"] = plots.curves_figure(metrics)
+    history = run.flow.history if run.flow is not None else []
+    if history:
+        last = history[-1]
+        figures.update(plots.flow_figures(last))
+        steps = [s.step for s in history]
+        for stat in ("grad_mean", "weight_mean", "update_ratio"):
+            figures[f"heatmap_{stat}"] = plots.flow_heatmap_figure(
+                last.layers, steps, run.flow.matrix(stat).numpy(), stat
+            )
+    return figures
 
-    def gradcam_figures(self, model, result: EvalResult) -> dict:
-        """{'gradcam': the predictions grid with Grad-CAM overlays}, or {} (no samples, or a model Grad-CAM cannot
-        explain: that is said in one line, and the run's other files are still written)."""
-        samples = result.samples
-        if samples is None or not len(samples.images) or samples.inputs is None:
-            return {}
-        # The plain module: Captum's hooks and autograd.grad need neither DDP's wrapper nor a compiled graph.
-        plain = self.accelerator.unwrap_model(model, keep_torch_compile=False)
-        try:
-            return {"gradcam": gradcam.gradcam_figure(plain, samples, self.splits.class_names)}
-        except UserError as reason:
-            self.accelerator.print(f"note: no gradcam figure: {reason}")
-            return {}
 
-    def summary(self, result: EvalResult, metrics: list[dict], progress) -> dict:
-        """summary.json: final and best accuracy, cost, speed and where it ran."""
-        images = sum(m["train_images_per_s"] * m["epoch_time_s"] for m in metrics)
-        time_s = sum(m["epoch_time_s"] for m in metrics)
-        images_per_s = images / time_s if time_s else 0.0
-        training_flops = self.flops.training_flops or 0
-        peak = peak_flops(self.accelerator.device, self.precision)
-        device = self.accelerator.device
-        return {
-            "data": data_label(self.cfg),
-            "final_eval_acc": result.accuracy,
-            "best_eval_acc": max(
-                [m["eval_acc"] for m in metrics if m["eval_acc"] is not None], default=result.accuracy
-            ),
-            "final_eval_loss": result.loss,
-            "final_eval_ece": result.ece,
-            "ece_of": self.calibrated_logits,
-            "num_eval_samples": result.num_samples,
-            "class_accuracy": dict(zip(self.splits.class_names, map(float, result.per_class_accuracy), strict=False)),
-            "confusion_matrix": result.confusion.tolist(),  # rows: true class, columns: predicted
-            "gflops_per_sample": self.flops.gflops_per_sample,
-            "training_gflops_per_sample": training_flops / 1e9,
-            "params": self.flops.params,
-            "epochs": progress.epoch,
-            "global_step": progress.global_step,
-            "train_time_s": time_s,
-            "train_images_per_s": images_per_s,
-            "train_tflops": images_per_s * training_flops / 1e12,
-            "mfu": images_per_s * training_flops / peak if peak and training_flops else None,
-            "device": str(device) + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
-            "world_size": self.accelerator.num_processes,
-            "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,  # per process
-            "precision": self.precision,
-            "data_pipeline": self.cfg.data_pipeline,
-        }
+def gradcam_figures(run, result: EvalResult) -> dict:
+    """{'gradcam': the predictions grid with Grad-CAM overlays}, or {} (no samples, or a model Grad-CAM cannot
+    explain: that is said in one line, and the run's other files are still written)."""
+    samples = result.samples
+    if samples is None or not len(samples.images) or samples.inputs is None:
+        return {}
+    # The plain module: Captum's hooks and autograd.grad need neither DDP's wrapper nor a compiled graph.
+    plain = run.accelerator.unwrap_model(run.model, keep_torch_compile=False)
+    try:
+        return {"gradcam": gradcam.gradcam_figure(plain, samples, run.splits.class_names)}
+    except UserError as reason:
+        run.accelerator.print(f"note: no gradcam figure: {reason}")
+        return {}
+
+
+def run_summary(run, result: EvalResult, metrics: list[dict]) -> dict:
+    """summary.json: final and best accuracy, cost, speed and where it ran."""
+    images = sum(m["train_images_per_s"] * m["epoch_time_s"] for m in metrics)
+    time_s = sum(m["epoch_time_s"] for m in metrics)
+    images_per_s = images / time_s if time_s else 0.0
+    training_flops = run.flops.training_flops or 0
+    peak = peak_flops(run.accelerator.device, run.precision)
+    device = run.accelerator.device
+    return {
+        "data": data_label(run.cfg),
+        "final_eval_acc": result.accuracy,
+        "best_eval_acc": max([m["eval_acc"] for m in metrics if m["eval_acc"] is not None], default=result.accuracy),
+        "final_eval_loss": result.loss,
+        "final_eval_ece": result.ece,
+        "ece_of": calibrated_logits(run.cfg),
+        "num_eval_samples": result.num_samples,
+        "class_accuracy": dict(zip(run.splits.class_names, map(float, result.per_class_accuracy), strict=False)),
+        "confusion_matrix": result.confusion.tolist(),  # rows: true class, columns: predicted
+        "gflops_per_sample": run.flops.gflops_per_sample,
+        "training_gflops_per_sample": training_flops / 1e9,
+        "params": run.flops.params,
+        "epochs": run.progress.epoch,
+        "global_step": run.progress.global_step,
+        "train_time_s": time_s,
+        "train_images_per_s": images_per_s,
+        "train_tflops": images_per_s * training_flops / 1e12,
+        "mfu": images_per_s * training_flops / peak if peak and training_flops else None,
+        "device": str(device) + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
+        "world_size": run.accelerator.num_processes,
+        "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,  # per process
+        "precision": run.precision,
+        "data_pipeline": run.cfg.data_pipeline,
+    }
 
 
 def next_steps(paths) -> str:

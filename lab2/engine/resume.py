@@ -1,62 +1,153 @@
-"""Where training stands (`Progress`, saved in every checkpoint as progress.json) and resuming from a checkpoint.
+"""Resuming: the record every checkpoint carries (progress.json), and loading a checkpoint into a new run.
 
-`resume_run` picks the checkpoint (the newest that verifies, for `latest`),
-checks it fits this run, loads the Accelerate state (model, optimizer,
-scheduler, RNG states) and returns the saved Progress; records logged after
-the checkpoint are dropped, since the resumed run produces them again.
+`checkpoint_record` alone builds progress.json: where training stands (the loop's Progress), the settings that give
+a mid-epoch position its meaning ('position') and the flags that define the training ('training'). On resume
+`accelerator.load_state` puts the checkpoint's optimizer and scheduler back, their hyper-parameters included, so
+each flag that differs from the record is either applied or refused, never silently ignored (docs/resume.md):
+- applied: --learning_rate (the schedule is scaled to the new peak), --weight_decay and --momentum (written into
+  every optimizer group), --label_smoothing_factor (the loss reads it every step), and --num_train_epochs when the
+  schedule does not depend on the run's length (a constant rate without warm-up);
+- refused before training, in one line: --optim, --lr_scheduler_type and --warmup_ratio (the optimizer and
+  schedule state belong to the old ones), and a schedule whose length in steps changed (--num_train_epochs, the
+  batch size or the training-set size): stretching a half-done schedule over a new length is not the same
+  training as either run, so lab2 asks for the checkpoint's values or a fresh run instead.
 """
 
 from __future__ import annotations
 
 import pickle
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from pathlib import Path
 
 from lab2.engine.optim import rescale_learning_rate
-from lab2.engine.resume_settings import (
-    apply_optimizer_settings,
-    check_random_states,
-    refuse_changed_settings,
-    relay_schedule,
-)
 from lab2.errors import UserError
 from lab2.explain.flow import read_flow_history
-from lab2.state.checkpoint import check_compatible, read_progress, resolve_resume_path
+from lab2.state.checkpoint import read_progress, resolve_resume_path
 from lab2.state.run_paths import keep_jsonl
 
-
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint as progress.json."""
-
-    epoch: int = 0  # the epoch in progress (0-based)
-    batch_in_epoch: int = 0  # batches of that epoch already trained
-    global_step: int = 0  # optimizer steps so far
-    # The epoch in progress's running sums: this process's own while training (TrainMeter); summed over all
-    # processes in a saved progress.json, where rank 0 alone takes them back on resume.
-    loss_sum: float = 0.0
-    correct: float = 0.0
-    seen: float = 0.0
-    model: str = ""
-    num_classes: int = 0
-    world_size: int = 1
+REFUSED = ("optim", "lr_scheduler_type", "warmup_ratio")
+APPLIED = ("learning_rate", "weight_decay", "momentum", "label_smoothing_factor", "num_train_epochs")
+# Settings that decide what a mid-epoch position (batch_in_epoch) means: a resume mid-epoch needs them unchanged.
+POSITION = ("per_device_train_batch_size", "seed", "data_pipeline", "num_train_samples", "world_size")
+RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")  # what Accelerate's random state holds
 
 
-def resume_run(
-    cfg, accelerator, paths, scheduler, position: dict, num_classes: int, flow, schedule_steps: int
-) -> Progress:
-    """Load the checkpoint `cfg.resume_from_checkpoint` names into the prepared objects; return its Progress.
+def position_settings(cfg, num_train_samples: int, world_size: int) -> dict:
+    known = {"num_train_samples": num_train_samples, "world_size": world_size}
+    return {name: known[name] if name in known else getattr(cfg, name) for name in POSITION}
 
-    `scheduler` is the prepared one, laid over `schedule_steps`; the flags that define the training are
-    compared with the checkpoint's record and applied or refused (lab2.engine.resume_settings). `flow`, the
-    main process's FlowReporter or None, gets its history back for the heatmaps over the whole run.
-    """
-    # The newest checkpoint that verifies against its manifest; damaged ones are named in one line.
+
+def checkpoint_record(cfg, progress, position: dict, schedule_steps: int, **sums) -> dict:
+    """progress.json: the Progress fields (`sums` overriding the running sums), 'position' and 'training'."""
+    training = {**{name: getattr(cfg, name) for name in REFUSED + APPLIED}, "schedule_steps": schedule_steps}
+    return {**asdict(progress), **sums, "position": position, "training": training}
+
+
+def check_compatible(saved: dict, path: Path, model: str, num_classes: int, position: dict) -> None:
+    """Refuse a checkpoint of another model or class count, or a mid-epoch one whose position means something else
+    in this run (another process count, batch size, seed, pipeline or training-set size)."""
+    if saved.get("model") != model or saved.get("num_classes") != num_classes:
+        raise UserError(
+            f"checkpoint {path} is from model {saved.get('model')!r} with {saved.get('num_classes')} classes, "
+            f"but this run is {model!r} with {num_classes}; pass the matching --model or another checkpoint."
+        )
+    if not saved.get("batch_in_epoch"):
+        return
+    if saved.get("world_size") != position["world_size"]:
+        raise UserError(
+            f"checkpoint {path} was saved mid-epoch by {saved.get('world_size')} processes; resume it with the "
+            f"same number of processes (this run has {position['world_size']}), or from an end-of-epoch checkpoint."
+        )
+    old = saved.get("position") or {}
+    changed = [f"--{k} {old[k]} -> {position[k]}" for k in POSITION if k in old and old[k] != position[k]]
+    if changed:
+        raise UserError(
+            f"checkpoint {path} was saved mid-epoch (batch {saved['batch_in_epoch']} of epoch {saved['epoch'] + 1}) "
+            f"and {', '.join(changed)} changes what that position means; resume with the checkpoint's settings, "
+            "or from an end-of-epoch checkpoint."
+        )
+
+
+def schedule_length_matters(cfg) -> bool:
+    """Only a constant rate without warm-up is the same at every step whatever the run's length."""
+    return not (cfg.lr_scheduler_type == "constant" and cfg.warmup_ratio == 0)
+
+
+def refuse_changed_settings(saved: dict | None, cfg, schedule_steps: int, path, report) -> None:
+    """UserError listing every refused flag that differs from the checkpoint's; a warning when it has no record."""
+    if not saved:  # written by a lab2 before the record existed
+        report(
+            f"warning: checkpoint {path} has no record of its training settings (an older lab2 wrote it), so "
+            f"--{', --'.join(REFUSED)} and the schedule's length cannot be checked: give the values it was trained "
+            "with."
+        )
+        return
+    changed = [
+        f"--{n} {saved[n]} -> {getattr(cfg, n)}" for n in REFUSED if saved.get(n, getattr(cfg, n)) != getattr(cfg, n)
+    ]
+    old_steps = saved.get("schedule_steps")
+    if not changed and old_steps not in (None, schedule_steps) and schedule_length_matters(cfg):
+        changed.append(
+            f"the {cfg.lr_scheduler_type} schedule's length {old_steps} -> {schedule_steps} steps (--num_train_epochs "
+            f"{saved.get('num_train_epochs', '?')} -> {cfg.num_train_epochs}, or another batch size or training-set "
+            "size)"
+        )
+    if changed:
+        raise UserError(
+            f"checkpoint {path} was trained with other settings ({', '.join(changed)}), and its optimizer and "
+            "schedule state belong to those: resume with the checkpoint's values, or train afresh into a new "
+            "--output_dir without --resume_from_checkpoint."
+        )
+
+
+def apply_optimizer_settings(optimizer, cfg) -> None:
+    """Write --weight_decay and --momentum into every optimizer group, as a fresh optimizer would have them."""
+    for group in optimizer.param_groups:
+        group["weight_decay"] = cfg.weight_decay
+        # one_cycle cycles SGD's momentum itself (0.85-0.95, as in a fresh run); otherwise the flag sets it.
+        if "momentum" in group and cfg.lr_scheduler_type != "one_cycle":
+            group["momentum"] = cfg.momentum
+            group["nesterov"] = cfg.momentum > 0  # as lab2.engine.optim builds SGD
+
+
+def check_random_states(path: Path, num_processes: int, report) -> None:
+    """UserError for a random_states_<rank>.pkl that does not load (Accelerate would skip it without a word and
+    the resume would not be exact); a warning for a missing one (saved by fewer processes)."""
+    from accelerate.utils import RNG_STATE_NAME, load
+
+    missing = []
+    for rank in range(num_processes):
+        file = Path(path) / f"{RNG_STATE_NAME}_{rank}.pkl"
+        if not file.is_file():
+            missing.append(file.name)
+            continue
+        try:
+            states = load(file)  # as Accelerate loads it (weights_only, its safe globals)
+            problem = None if isinstance(states, dict) and all(k in states for k in RNG_KEYS) else "not a random state"
+        except Exception as exc:  # noqa: BLE001 - any failure means Accelerate would skip it silently
+            problem = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}" if str(exc) else type(exc).__name__
+        if problem:
+            raise UserError(
+                f"checkpoint {path}: {file.name} does not load ({problem}), so the resume would not be exact; "
+                "resume from another checkpoint, or 'latest'."
+            )
+    if missing:
+        report(
+            f"warning: checkpoint {path} has no {', '.join(missing)} (saved by fewer processes): those processes "
+            "start from --seed, so this resume is not exact."
+        )
+
+
+def resume(run) -> None:
+    """Load the checkpoint --resume_from_checkpoint names into `run` (lab2.engine.loop.Run): its prepared model,
+    optimizer, scheduler and RNG states, and its Progress (in place). Records logged after the checkpoint are
+    dropped, since the resumed run produces them again; the flow history comes back for the heatmaps."""
+    cfg, accelerator, paths, progress = run.cfg, run.accelerator, run.paths, run.progress
     path = resolve_resume_path(cfg.resume_from_checkpoint, cfg.output_dir, report=accelerator.print)
     saved = read_progress(path)
-    check_compatible(saved, path, cfg.model, num_classes, accelerator.num_processes, position)
-    refuse_changed_settings(saved.get("training"), cfg, path, accelerator.print)  # before anything loads
+    check_compatible(saved, path, cfg.model, run.splits.num_classes, run.position)
+    refuse_changed_settings(saved.get("training"), cfg, run.schedule_steps, path, accelerator.print)
     check_random_states(path, accelerator.num_processes, accelerator.print)
-    fresh_schedule = scheduler.scheduler.state_dict()  # this run's length, which load_state replaces
     try:
         accelerator.load_state(str(path))
     except pickle.UnpicklingError as exc:  # weights_only refused it: a pickled object, not saved tensors
@@ -69,23 +160,21 @@ def resume_run(
             f"checkpoint {path} does not load into this run ({str(exc).splitlines()[0][:160]}); "
             "it was saved by another model or lab2 version: pass the matching --model, or pick another checkpoint."
         ) from None
-    optimizer = scheduler.scheduler.optimizer
+    optimizer = run.scheduler.scheduler.optimizer
     apply_optimizer_settings(optimizer, cfg)
-    relay_schedule(scheduler.scheduler, fresh_schedule, saved.get("training"), cfg, schedule_steps, accelerator.print)
     # The command line wins over the checkpoint's learning rate: the schedule is scaled to the new peak, in place.
-    old_peak = rescale_learning_rate(optimizer, scheduler.scheduler, cfg.learning_rate)
+    old_peak = rescale_learning_rate(optimizer, run.scheduler.scheduler, cfg.learning_rate)
     if old_peak != cfg.learning_rate:
         accelerator.print(f"note: --learning_rate {cfg.learning_rate:g} replaces the checkpoint's {old_peak:g}")
-    progress = Progress(**{k: saved[k] for k in asdict(Progress()) if k in saved})
+    vars(progress).update({k: saved[k] for k in asdict(progress) if k in saved})
     progress.world_size = accelerator.num_processes
     if not accelerator.is_main_process:  # rank 0 carries the saved running sums; the epoch-end reduce adds them once
         progress.loss_sum = progress.correct = progress.seen = 0.0
-    else:  # drop records logged after the checkpoint: they will be produced again
+    else:
         keep_jsonl(paths.metrics, lambda r: r["epoch"] <= progress.epoch)
         keep_jsonl(paths.flow, lambda r: r["step"] <= progress.global_step)
-        if flow is not None:
-            flow.history = read_flow_history(paths.flow)
+        if run.flow is not None:
+            run.flow.history = read_flow_history(paths.flow)
     accelerator.print(
         f"resumed from {path}: epoch {progress.epoch + 1}, batch {progress.batch_in_epoch}, step {progress.global_step}"
     )
-    return progress

@@ -12,8 +12,9 @@ a half-written newest folder and, with total_limit=1, no good one at all. Here
 every rank writes into a hidden temporary folder, the main process adds
 `progress.json` and renames it into place (an atomic rename on one file
 system), and only then prunes to `total_limit`. Before the rename it writes
-`manifest.json` (lab2.state.checkpoint_check), so damage after the fact (a
-truncated file, a deleted one, an edit) is caught before a resume uses it:
+`manifest.json`: each file's name, size and SHA-256. A checkpoint is complete exactly
+when its manifest reads and every listed file matches, so damage after the fact (a
+truncated file, a deleted one, an edit) is caught before Accelerate loads anything:
 `--resume_from_checkpoint latest` takes the newest checkpoint that verifies.
 
 A full disk during a save or the final export is a DiskFull error (exit code
@@ -23,7 +24,9 @@ good checkpoint to resume from.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -35,20 +38,83 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from lab2.errors import DiskFull, UserError, is_disk_full
-from lab2.state.checkpoint_check import (
-    MANIFEST_FILE,
-    PROGRESS_FILE,
-    checkpoint_problem,
-    validate_progress,
-    write_manifest,
-)
 from lab2.state.run_folder import remove_checkpoint_files
 from lab2.state.run_paths import temporary_beside, write_json
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)$")
 MODEL_FILE = "model.safetensors"
-# Settings that decide what a mid-epoch position (batch_in_epoch) means: a resume mid-epoch needs them unchanged.
-POSITION_SETTINGS = ("per_device_train_batch_size", "seed", "data_pipeline", "num_train_samples", "world_size")
+MANIFEST_FILE = "manifest.json"
+PROGRESS_FILE = "progress.json"
+# progress.json's numeric fields and their minimum; the first six are whole numbers, the sums finite floats.
+COUNTS = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "num_classes": 1, "world_size": 1}
+SUMS = ("loss_sum", "correct", "seen")
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def write_manifest(folder: str | Path) -> Path:
+    """Record every file under `folder` (name, size, SHA-256) in its manifest; call after all else is written."""
+    folder = Path(folder)
+    files = {
+        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _digest(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_FILE
+    }
+    write_json(folder / MANIFEST_FILE, {"format": 1, "files": files})
+    return folder / MANIFEST_FILE
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """None when `folder` is a complete, undamaged checkpoint; otherwise the first problem, naming the file."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{manifest_path} is missing (the save did not finish, or an older lab2 wrote it)"
+    except (OSError, ValueError) as exc:
+        return f"{manifest_path} is unreadable ({type(exc).__name__})"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or PROGRESS_FILE not in files:
+        return f"{manifest_path} is not a lab2 checkpoint manifest"
+    for name, entry in files.items():
+        path = folder / name
+        if not isinstance(entry, dict) or Path(name).is_absolute() or ".." in Path(name).parts:
+            return f"{manifest_path} has a malformed entry for {name!r}"
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != entry.get("size"):
+            return f"{path} is {size:,} bytes, the manifest says {entry.get('size')!r} (truncated or replaced)"
+        if _digest(path) != entry.get("sha256"):
+            return f"{path} does not match its checksum (damaged or edited)"
+    try:
+        validate_progress(json.loads((folder / PROGRESS_FILE).read_text(encoding="utf-8")), folder)
+    except (UserError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def validate_progress(progress, folder: str | Path) -> dict:
+    """`progress` (progress.json's content) if every field has the right type and range; UserError otherwise."""
+    where = Path(folder) / PROGRESS_FILE
+    if not isinstance(progress, dict):
+        raise UserError(f"{where} holds a {type(progress).__name__}, not a progress record")
+    for name in (*COUNTS, *SUMS):
+        value, minimum = progress.get(name), COUNTS.get(name, 0)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not (number and value >= minimum and (name in SUMS or isinstance(value, int))):
+            wanted = "a finite number" if name in SUMS else "a whole number"
+            raise UserError(f"{where}: '{name}' must be {wanted} >= {minimum}, got {value!r}")
+    if not isinstance(progress.get("model"), str) or not progress["model"]:
+        raise UserError(f"{where}: 'model' must be a model name, got {progress.get('model')!r}")
+    for name in ("position", "training"):
+        if not isinstance(progress.get(name, {}), dict):
+            raise UserError(f"{where}: '{name}' must be a record of settings, got {type(progress[name]).__name__}")
+    return progress
 
 
 def checkpoint_name(global_step: int) -> str:
@@ -193,43 +259,6 @@ def read_progress(path: str | Path) -> dict:
         return validate_progress(progress, path)
     except UserError as error:
         raise UserError(f"{error}; resume from an older checkpoint or start afresh.") from None
-
-
-def position_settings(cfg, num_train_samples: int, world_size: int) -> dict:
-    """The settings that give a mid-epoch position its meaning; saved in progress.json as 'position'."""
-    values = {"num_train_samples": num_train_samples, "world_size": world_size}
-    return {name: values[name] if name in values else getattr(cfg, name) for name in POSITION_SETTINGS}
-
-
-def check_compatible(
-    progress: dict, path: Path, model_name: str, num_classes: int, world_size: int, position: dict | None = None
-) -> None:
-    """Refuse a checkpoint from another model or class count, or a mid-epoch one whose position means
-    something else in this run (another process count, batch size, seed, pipeline or training-set size)."""
-    if progress.get("model") != model_name or progress.get("num_classes") != num_classes:
-        raise UserError(
-            f"checkpoint {path} is from model {progress.get('model')!r} with {progress.get('num_classes')} classes, "
-            f"but this run is {model_name!r} with {num_classes}; pass the matching --model or another checkpoint."
-        )
-    if progress.get("batch_in_epoch", 0) and progress.get("world_size") != world_size:
-        raise UserError(
-            f"checkpoint {path} was saved mid-epoch by {progress.get('world_size')} processes; resume it with the "
-            f"same number of processes (this run has {world_size}), or from an end-of-epoch checkpoint."
-        )
-    saved = progress.get("position") or {}
-    if progress.get("batch_in_epoch", 0) and position:
-        changed = [
-            f"--{k} {saved[k]} -> {position[k]}"
-            for k in POSITION_SETTINGS
-            if k in saved and k in position and saved[k] != position[k]
-        ]
-        if changed:
-            raise UserError(
-                f"checkpoint {path} was saved mid-epoch "
-                f"(batch {progress['batch_in_epoch']} of epoch {progress['epoch'] + 1}) and "
-                f"{', '.join(changed)} changes what that position means; resume with the checkpoint's settings, "
-                "or from an end-of-epoch checkpoint."
-            )
 
 
 def export_model(accelerator, model, path: str | Path, metadata: dict) -> Path:

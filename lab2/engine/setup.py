@@ -1,15 +1,9 @@
-"""A run's set-up: the Accelerator, CPU threads, the output folder and the stop signals.
-
-Everything here happens once, before the first step; the loop itself lives in
-lab2.engine.trainer and the final files in lab2.engine.results.
-"""
+"""A run's set-up, done once before the first step: the Accelerator, CPU threads, the output folder and its lock,
+and the records a run starts with (config.json, flops.json, the trackers). The loop is lab2.engine.loop."""
 
 from __future__ import annotations
 
 import os
-import signal
-import threading
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -169,50 +163,6 @@ def warn_slow_bf16(accelerator) -> None:
             "warning: bf16 autocast on a CPU without AMX or AVX512-BF16 is emulated and was measured ~15x slower "
             "than fp32 here; use accelerate_configs/cpu.yaml (fp32) on this machine."
         )
-
-
-class StopRequest:
-    """SIGINT/SIGTERM set a flag that the loop checks; a second Ctrl-C stops at once.
-
-    A signal that arrives after the last training step (during the final checkpoint,
-    figures, summary or report) lets the run finish its files, and `finished_note`
-    says so: the run is complete and exits 0 (README, "Resume, interruption and failures").
-    """
-
-    def __init__(self):
-        self.signal_name: str | None = None
-        self.current_step = lambda: None  # the loop's optimizer steps done so far (the Trainer sets it)
-        self.received_after_step: int | None = None  # when the first signal came, for the stop report
-
-    def _handler(self, signum, frame):
-        if self.signal_name is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.signal_name is None:
-            self.received_after_step = self.current_step()
-        self.signal_name = signal.Signals(signum).name
-
-    def finished_note(self) -> str | None:
-        """The line to print when a signal came while the run was finishing, else None."""
-        if self.signal_name is None:
-            return None
-        return (
-            f"{self.signal_name} received while finishing; the run is complete "
-            "(final checkpoint, weights, figures and report written)."
-        )
-
-    @contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            # Python lets only the main thread install handlers; lab2.train() from a worker thread then
-            # simply keeps the caller's signal handling.
-            yield self
-            return
-        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
 
 def start_records(cfg: TrainConfig, accelerator, paths: RunPaths, flops, tracking, fresh: bool) -> None:
