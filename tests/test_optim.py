@@ -15,6 +15,8 @@ from lab2.config.recipes import RECIPES
 from lab2.data.device_dataset import DeviceDataset, device_dataloader
 from lab2.engine.evaluation import evaluate, flip_averaged_logits
 from lab2.engine.optim import (
+    LR_SCHEDULERS,
+    OPTIMIZERS,
     create_optimizer,
     create_scheduler,
     rescale_learning_rate,
@@ -83,6 +85,15 @@ def test_one_cycle_is_torchs_with_the_peak_at_the_warmup_ratio():
     default = create_scheduler(fresh_optimizer(), "one_cycle", total)  # warmup_ratio 0: torch's pct_start 0.3
     peak_at = lrs(default, total)
     assert peak_at.index(max(peak_at)) == 29
+
+
+def test_the_command_lines_names_are_the_registrys():
+    """--optim's and --lr_scheduler_type's choices live in lab2.config (no torch for --help, no upward import);
+    they must name exactly the builders, in the order --help shows them."""
+    from lab2.config.train_config import LR_SCHEDULERS as SCHEDULE_NAMES
+    from lab2.config.train_config import OPTIMIZERS as OPTIMIZER_NAMES
+
+    assert (OPTIMIZER_NAMES, SCHEDULE_NAMES) == (tuple(OPTIMIZERS), tuple(LR_SCHEDULERS))
 
 
 def test_optimizers_and_weight_decay():

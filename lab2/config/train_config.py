@@ -12,14 +12,15 @@ import typing
 from dataclasses import dataclass, field
 
 from lab2.config.recipes import RECIPES
-from lab2.engine import optim as optim_registry
 
 DATASETS = ("cifar10", "fake")
 DATA_PIPELINES = ("device", "torchvision")
 CHANNELS_LAST = ("auto", "on", "off")
-# The names come from the registries that build them (torch-free to import).
-OPTIMIZERS = tuple(optim_registry.OPTIMIZERS)
-LR_SCHEDULERS = tuple(optim_registry.LR_SCHEDULERS)
+# The names of the registries that build them (lab2.engine.optim, lab2.models), defined here so that --help
+# needs no torch and nothing here imports upward; tests/test_optim.py and tests/test_models.py keep them equal.
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULERS = ("constant", "linear", "cosine", "one_cycle")
+MODEL_NAMES = ("simple_cnn",)
 EVAL_STRATEGIES = ("epoch", "steps", "no")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -33,8 +34,6 @@ OUTPUT, CHECKPOINTS, DISTRIBUTED, SPEED = (
     "speed",
 )
 GROUPS = (DATA, MODEL, OPTIMIZATION, EVALUATION, OUTPUT, CHECKPOINTS, DISTRIBUTED, SPEED)
-# The registry's names (lab2.models.MODELS, which imports torch); tests/test_models.py keeps the two equal.
-MODEL_NAMES = ("simple_cnn",)
 
 
 def _flag(help_text: str, choices: tuple[str, ...] | None = None, bounds: dict | None = None, *, group: str, **kwargs):
