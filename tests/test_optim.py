@@ -10,8 +10,7 @@ from accelerate import Accelerator
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR
 
-from lab2.config.command_line import config_from_flags, parse_args
-from lab2.config.recipes import RECIPES
+from lab2.config import RECIPES
 from lab2.data.device_dataset import DeviceDataset, device_dataloader
 from lab2.engine.evaluation import evaluate, flip_averaged_logits
 from lab2.engine.optim import (
@@ -24,6 +23,7 @@ from lab2.engine.optim import (
     training_loss,
 )
 from lab2.errors import UserError
+from lab2.flags import config_from_flags, parse_args
 
 PEAK = 0.1
 
@@ -90,8 +90,8 @@ def test_one_cycle_is_torchs_with_the_peak_at_the_warmup_ratio():
 def test_the_command_lines_names_are_the_registrys():
     """--optim's and --lr_scheduler_type's choices live in lab2.config (no torch for --help, no upward import);
     they must name exactly the builders, in the order --help shows them."""
-    from lab2.config.train_config import LR_SCHEDULERS as SCHEDULE_NAMES
-    from lab2.config.train_config import OPTIMIZERS as OPTIMIZER_NAMES
+    from lab2.config import LR_SCHEDULERS as SCHEDULE_NAMES
+    from lab2.config import OPTIMIZERS as OPTIMIZER_NAMES
 
     assert (OPTIMIZER_NAMES, SCHEDULE_NAMES) == (tuple(OPTIMIZERS), tuple(LR_SCHEDULERS))
 

@@ -11,8 +11,8 @@ from lab2.explain.flops import count_flops
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lab2.config.flag_types import Parser, int_flag
     from lab2.errors import UserError, exit_with_user_error
+    from lab2.flags import Parser, int_flag
     from lab2.models import create_model
 
     parser = Parser(prog="lab2-flops", description="Per-layer FLOPs and parameters of a lab2 model.")

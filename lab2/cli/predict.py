@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from lab2.cli.explain_images import ExplanationWriter
-from lab2.config.flag_types import Parser, int_flag
 from lab2.data.cifar import test_transform
 from lab2.errors import UserError, exit_with_user_error
+from lab2.flags import Parser, int_flag
 from lab2.state.lab_weights import load_model_file
 from lab2.state.model_file import top_k
 

@@ -3,7 +3,7 @@ Accelerator, the stop signals, and the one place where a failure becomes what th
 
 from __future__ import annotations
 
-from lab2.config.train_config import TrainConfig
+from lab2.config import TrainConfig
 from lab2.engine.run_setup import (
     StopRequest,
     check_output_dir,

@@ -1,8 +1,9 @@
-"""The training command line from TrainConfig's fields: the argparse parser, and flags given from Python.
+"""The command line, from lab2.config's TrainConfig: the argparse parser with lab2's one-line errors, argparse
+types for the numbers of every command, flags given from Python (lab2.train) or a config.json, and how to resume.
 
-`parse_args` builds the parser from the dataclass fields, so a new field is a new
-flag with its default shown in `--help`. `config_from_flags` (lab2.train) and
-`config_from_dict` (a config.json) apply the same checks to values given as objects.
+`build_parser` builds the parser from the dataclass fields, grouped in --help with each default shown;
+`config_from_flags` (lab2.train) and `config_from_dict` (a config.json) apply the same checks to values given
+as objects.
 """
 
 from __future__ import annotations
@@ -11,15 +12,70 @@ import argparse
 import dataclasses
 import difflib
 import os
+import re
+import shlex
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from lab2.config.checks import check_checkpointing_steps, check_flow_log_steps, check_values, numeric_kind
-from lab2.config.flag_types import Parser, checked_text, float_flag, int_flag
-from lab2.config.recipes import recipe_values
-from lab2.config.train_config import GROUPS, TrainConfig
-from lab2.errors import UserError
+from lab2.config import (
+    GROUPS,
+    TrainConfig,
+    check_checkpointing_steps,
+    check_float,
+    check_flow_log_steps,
+    check_int,
+    check_values,
+    numeric_kind,
+    recipe_values,
+)
+from lab2.errors import EXIT_USER_ERROR, UserError
+
+
+class _FlagType:
+    """An argparse `type=` callable that checks through check_int/check_float and names the flag."""
+
+    def __init__(self, flag: str, check, **limits):
+        self.flag, self.check, self.limits = flag, check, limits
+        self.__name__ = "int" if check is check_int else "float"  # argparse names the type in its messages
+
+    def __call__(self, text: str):
+        try:
+            return self.check(self.flag, text, **self.limits)
+        except UserError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def int_flag(flag: str, minimum: int | None = None, maximum: int | None = None) -> _FlagType:
+    return _FlagType(flag, check_int, minimum=minimum, maximum=maximum)
+
+
+def float_flag(
+    flag: str, minimum: float | None = None, maximum: float | None = None, above: float | None = None
+) -> _FlagType:
+    return _FlagType(flag, check_float, minimum=minimum, maximum=maximum, above=above)
+
+
+def checked_text(check) -> _FlagType:
+    """An argparse type for a text flag checked by `check(text)`, which raises UserError naming the flag."""
+    flag_type = _FlagType("", lambda _flag, text: check(text))
+    flag_type.__name__ = "str"
+    return flag_type
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with lab2's bad-input contract: one `prog: error: ...` line and exit 2, no usage block.
+
+    Our checked types already name the flag in their message, so argparse's
+    "argument --x:" prefix is dropped for them.
+    """
+
+    def error(self, message: str):
+        message = re.sub(r"^argument (--\w+): (\1 )", r"\2", message)
+        print(f"{self.prog}: error: {' '.join(message.split())} (see --help)", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
 
 METAVARS = {"int": "N", "float": "X"}  # numbers; text flags show their choices or their name
 
@@ -179,8 +235,7 @@ def config_from_flags(**flags) -> TrainConfig:
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise UserError(
-                f"unknown flag {name!r}; {hint}the flags are lab2.config.train_config.TrainConfig's fields "
-                "(see --help)."
+                f"unknown flag {name!r}; {hint}the flags are lab2.config.TrainConfig's fields (see --help)."
             )
     values = {name: _checked_value(fields[name], value) for name, value in flags.items()}
     # A --recipe fills in what the caller did not give, as on the command line.
@@ -200,3 +255,51 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         setattr(cfg, f.name, _checked_value(f, getattr(cfg, f.name)))
     check_values(cfg)
     return cfg
+
+
+# How to continue a stopped run, in the words of the command that started it (lab2.data and lab2.engine say it).
+# `make train` passes the user's flags through TRAIN_ARGS and the data folder through DATA_DIR, so
+# "the same command plus --output_dir ..." would be taken by make as its own options. The Makefile sets
+# LAB2_LAUNCHED_BY=make; then the advice is a complete `make train ...` line rebuilt from this process's
+# flags.
+MAKE_ENV = "LAB2_LAUNCHED_BY"  # set to "make" by the Makefile's train target
+MAKE_DEFAULT_DATA_DIR = "./data"  # the Makefile's DATA_DIR default: not repeated in the advice
+RESUME_FLAGS = ("--output_dir", "--resume_from_checkpoint")  # replaced, not repeated
+
+
+def launched_by_make(env: Mapping[str, str] = os.environ) -> bool:
+    return env.get(MAKE_ENV) == "make"
+
+
+def _without(argv: Sequence[str], flags: Sequence[str], first_only: bool = False) -> tuple[list[str], list[str]]:
+    """`argv` minus each `flag value` / `flag=value` of `flags` (only the first one with `first_only`), and the
+    values removed."""
+    kept, removed = [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        name, equals, inline = args[i].partition("=")
+        if name in flags and not (first_only and removed):
+            removed.append(inline if equals else (args[i + 1] if i + 1 < len(args) else ""))
+            i += 1 if equals else 2
+            continue
+        kept.append(args[i])
+        i += 1
+    return kept, removed
+
+
+def resume_advice(output_dir, argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> str:
+    """The sentence that tells the user how to resume the run in `output_dir`."""
+    resume = ["--output_dir", str(output_dir), "--resume_from_checkpoint", "latest"]
+    if not launched_by_make(env):
+        return f"resume with the same command plus: {shlex.join(resume)}"
+    argv = sys.argv[1:] if argv is None else argv
+    # The Makefile puts `--data_dir $(DATA_DIR)` before TRAIN_ARGS; a --data_dir in TRAIN_ARGS stays there.
+    flags, data_dirs = _without(argv, ("--data_dir",), first_only=True)
+    flags, _ = _without(flags, RESUME_FLAGS)
+    data_dir = data_dirs[0] if data_dirs else MAKE_DEFAULT_DATA_DIR
+    command = ["make", "train"]
+    if data_dir != MAKE_DEFAULT_DATA_DIR:
+        command.append(f"DATA_DIR={data_dir}")
+    train_args = "TRAIN_ARGS=" + shlex.quote(shlex.join([*flags, *resume]))
+    return "resume with: " + " ".join([*map(shlex.quote, command), train_args])
