@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import operator
 import re
-import typing
 from dataclasses import dataclass, field
 
 from lab2.errors import UserError
@@ -27,7 +27,7 @@ LR_SCHEDULERS = ("constant", "linear", "cosine", "one_cycle")
 MODEL_NAMES = ("simple_cnn",)
 EVAL_STRATEGIES = ("epoch", "steps", "no")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
+HISTOGRAM_CHOICES = ("all", "weights", "off", "on")  # "on": the old spelling of "all"
 
 # The --help sections, in the order they are shown; every flag names one.
 DATA, MODEL, OPTIMIZATION, EVALUATION = "data", "model", "optimization and recipe", "evaluation"
@@ -39,6 +39,14 @@ OUTPUT, CHECKPOINTS, DISTRIBUTED, SPEED = (
 )
 GROUPS = (DATA, MODEL, OPTIMIZATION, EVALUATION, OUTPUT, CHECKPOINTS, DISTRIBUTED, SPEED)
 
+# Ranges of the numeric flags (minimum/maximum, or the open ends above/below): wide enough for any real run, narrow
+# enough that no value is absurd (a seed numpy refuses, a timeout timedelta overflows on, a fake set beyond memory).
+COUNT = {"minimum": 1, "maximum": 100_000_000}
+STEPS = {"minimum": 1, "maximum": 1_000_000_000}
+BATCH = {"minimum": 1, "maximum": 65_536}
+FAKE = {"minimum": 1, "maximum": 1_000_000}
+FRACTION = {"minimum": 0.0, "below": 1.0}
+FLOW_SNAPSHOTS, FLOW_MIN_STEPS = 50, 10  # --flow_log_steps auto
 
 # --recipe: named presets of the training flags, chosen by experiment; flags given explicitly win. Plain data, so the
 # command line applies a recipe before torch loads. The runs that chose `fast` are in bench/recipe_tuning.md.
@@ -65,213 +73,142 @@ def recipe_values(name: str, given: set[str] | frozenset[str] = frozenset()) -> 
     return {flag: value for flag, value in RECIPES[name].items() if flag not in given}
 
 
-def _flag(help_text: str, choices: tuple[str, ...] | None = None, bounds: dict | None = None, *, group: str, **kwargs):
-    """A dataclass field that is a flag; `bounds` (minimum/maximum/above) is the range of a numeric flag, `group`
-    its --help section."""
-    return field(metadata={"help": help_text, "choices": choices, "bounds": bounds, "group": group}, **kwargs)
-
-
-# Ranges of the numeric flags: wide enough for any real run, narrow enough that no value is absurd
-# (a seed numpy refuses, a timeout timedelta overflows on, a fake set larger than memory).
-COUNT = {"minimum": 1, "maximum": 100_000_000}
-STEPS = {"minimum": 1, "maximum": 1_000_000_000}
-BATCH = {"minimum": 1, "maximum": 65_536}
-FLOW_SNAPSHOTS, FLOW_MIN_STEPS = 50, 10  # --flow_log_steps auto
-FRACTION = {"minimum": 0.0, "maximum": 1.0}  # [0, 1); the open end is checked in _validate_recipe_flags
+def _flag(default, help_text: str, group: str, choices: tuple[str, ...] | None = None, **bounds):
+    """A dataclass field that is a flag: its default, --help text and section, and its choices or (numbers) range."""
+    return field(default=default, metadata={"help": help_text, "group": group, "choices": choices, "bounds": bounds})
 
 
 @dataclass
 class TrainConfig:
     # Data
-    data_dir: str = _flag("folder holding (or receiving) cifar-10-batches-py/", group=DATA, default="./data")
-    dataset: str = _flag(
-        "cifar10, or fake (synthetic, offline, for smoke tests)", DATASETS, group=DATA, default="cifar10"
-    )
-    dataset_name: str = _flag(
-        "a Hugging Face Hub id or a save_to_disk folder, instead of --data_dir", group=DATA, default=""
-    )
-    image_column: str = _flag("image column of --dataset_name (auto-detected when empty)", group=DATA, default="")
-    label_column: str = _flag("label column of --dataset_name (auto-detected when empty)", group=DATA, default="")
+    data_dir: str = _flag("./data", "folder holding (or receiving) cifar-10-batches-py/", DATA)
+    dataset: str = _flag("cifar10", "cifar10, or fake (synthetic, offline, for smoke tests)", DATA, DATASETS)
+    dataset_name: str = _flag("", "a Hugging Face Hub id or a save_to_disk folder, instead of --data_dir", DATA)
+    image_column: str = _flag("", "image column of --dataset_name (auto-detected when empty)", DATA)
+    label_column: str = _flag("", "label column of --dataset_name (auto-detected when empty)", DATA)
     data_pipeline: str = _flag(
+        "device",
         "device (uint8 on the device, batched augmentation) or torchvision (per-image PIL path)",
+        SPEED,
         DATA_PIPELINES,
-        group=SPEED,
-        default="device",
     )
-    num_workers: int = _flag(
-        "DataLoader workers for --data_pipeline torchvision",
-        bounds={"minimum": 0, "maximum": 256},
-        group=SPEED,
-        default=2,
+    num_workers: int = _flag(2, "DataLoader workers for --data_pipeline torchvision", SPEED, minimum=0, maximum=256)
+    max_train_samples: int | None = _flag(
+        None, "use only the first N training images (smoke runs) (default: all)", DATA, **COUNT
     )
-    max_train_samples: typing.Optional[int] = _flag(  # noqa: UP045 - f.type text is parsed, see _annotation_type
-        "use only the first N training images (smoke runs) (default: all)", bounds=COUNT, group=DATA, default=None
+    max_eval_samples: int | None = _flag(
+        None, "use only the first N test images (smoke runs) (default: all)", DATA, **COUNT
     )
-    max_eval_samples: typing.Optional[int] = _flag(  # noqa: UP045 - f.type text is parsed, see _annotation_type
-        "use only the first N test images (smoke runs) (default: all)", bounds=COUNT, group=DATA, default=None
-    )
-    fake_train_samples: int = _flag(
-        "training images generated by --dataset fake",
-        bounds={"minimum": 1, "maximum": 1_000_000},
-        group=DATA,
-        default=2048,
-    )
-    fake_test_samples: int = _flag(
-        "test images generated by --dataset fake", bounds={"minimum": 1, "maximum": 1_000_000}, group=DATA, default=512
-    )
+    fake_train_samples: int = _flag(2048, "training images generated by --dataset fake", DATA, **FAKE)
+    fake_test_samples: int = _flag(512, "test images generated by --dataset fake", DATA, **FAKE)
     # Model and optimisation
-    model: str = _flag(
-        "the network, from the model registry (lab2.models.MODELS)", MODEL_NAMES, group=MODEL, default="simple_cnn"
-    )
-    num_train_epochs: int = _flag(
-        "epochs to train", bounds={"minimum": 1, "maximum": 100_000}, group=OPTIMIZATION, default=30
-    )
-    per_device_train_batch_size: int = _flag(
-        "training batch size per process", bounds=BATCH, group=OPTIMIZATION, default=128
-    )
-    per_device_eval_batch_size: int = _flag(
-        "evaluation batch size per process", bounds=BATCH, group=EVALUATION, default=512
-    )
+    model: str = _flag("simple_cnn", "the network, from the model registry (lab2.models.MODELS)", MODEL, MODEL_NAMES)
+    num_train_epochs: int = _flag(30, "epochs to train", OPTIMIZATION, minimum=1, maximum=100_000)
+    per_device_train_batch_size: int = _flag(128, "training batch size per process", OPTIMIZATION, **BATCH)
+    per_device_eval_batch_size: int = _flag(512, "evaluation batch size per process", EVALUATION, **BATCH)
     learning_rate: float = _flag(
-        "peak learning rate (the seed: Adam at a constant 1e-3)",
-        bounds={"above": 0.0},
-        group=OPTIMIZATION,
-        default=1e-3,
+        1e-3, "peak learning rate (the seed: Adam at a constant 1e-3)", OPTIMIZATION, above=0.0
     )
     # Recipe flags, with transformers TrainingArguments names and meanings (lab2.engine.optim documents the shapes)
     recipe: str = _flag(
+        "none",
         "a preset of the recipe flags (lab2.config.RECIPES); flags given explicitly win",
+        OPTIMIZATION,
         tuple(RECIPES),
-        group=OPTIMIZATION,
-        default="none",
     )
     optim: str = _flag(
-        "adam (the seed), adamw (decoupled weight decay), or sgd (Nesterov momentum)",
-        OPTIMIZERS,
-        group=OPTIMIZATION,
-        default="adam",
+        "adam", "adam (the seed), adamw (decoupled weight decay), or sgd (Nesterov momentum)", OPTIMIZATION, OPTIMIZERS
     )
-    momentum: float = _flag(
-        "momentum of --optim sgd (Nesterov when above 0)", bounds=FRACTION, group=OPTIMIZATION, default=0.9
-    )
+    momentum: float = _flag(0.9, "momentum of --optim sgd (Nesterov when above 0)", OPTIMIZATION, **FRACTION)
     weight_decay: float = _flag(
-        "weight decay (L2 for adam and sgd, decoupled for adamw)",
-        bounds={"minimum": 0.0, "maximum": 1e6},
-        group=OPTIMIZATION,
-        default=0.0,
+        0.0, "weight decay (L2 for adam and sgd, decoupled for adamw)", OPTIMIZATION, minimum=0.0, maximum=1e6
     )
     lr_scheduler_type: str = _flag(
-        "learning-rate schedule over the run, stepped per optimizer step",
-        LR_SCHEDULERS,
-        group=OPTIMIZATION,
-        default="constant",
+        "constant", "learning-rate schedule over the run, stepped per optimizer step", OPTIMIZATION, LR_SCHEDULERS
     )
     warmup_ratio: float = _flag(
+        0.0,
         "fraction of the steps warming up linearly (one_cycle: where the peak is; 0 means 0.3)",
-        bounds=FRACTION,
-        group=OPTIMIZATION,
-        default=0.0,
+        OPTIMIZATION,
+        **FRACTION,
     )
     label_smoothing_factor: float = _flag(
-        "label smoothing of the training loss (torch's cross_entropy label_smoothing)",
-        bounds=FRACTION,
-        group=OPTIMIZATION,
-        default=0.0,
+        0.0, "label smoothing of the training loss (torch's cross_entropy label_smoothing)", OPTIMIZATION, **FRACTION
     )
     tta: bool = _flag(
-        "test-time augmentation: evaluate on each image and its mirror image, averaging the logits",
-        group=EVALUATION,
-        default=False,
+        False, "test-time augmentation: evaluate on each image and its mirror image, averaging the logits", EVALUATION
     )
     eval_strategy: str = _flag(
+        "epoch",
         "evaluate every epoch, every --eval_steps optimizer steps, or no (only at the end)",
+        EVALUATION,
         EVAL_STRATEGIES,
-        group=EVALUATION,
-        default="epoch",
     )
-    eval_steps: typing.Optional[int] = _flag(  # noqa: UP045 - f.type text is parsed, see _annotation_type
+    eval_steps: int | None = _flag(
+        None,
         "optimizer steps between evaluations with --eval_strategy steps (default: --logging_steps)",
-        bounds=STEPS,
-        group=EVALUATION,
-        default=None,
+        EVALUATION,
+        **STEPS,
     )
     dataloader_drop_last: bool = _flag(
-        "drop each epoch's last partial training batch (static shapes for CUDA graphs)",
-        group=OPTIMIZATION,
-        default=False,
+        False, "drop each epoch's last partial training batch (static shapes for CUDA graphs)", OPTIMIZATION
     )
-    seed: int = _flag(
-        "seed for weights, data order and augmentation",
-        bounds={"minimum": 0, "maximum": 2**32 - 1},
-        group=OPTIMIZATION,
-        default=42,
-    )
-    channels_last: str = _flag(
-        "memory format: auto (on for CPU and CUDA), on, off", CHANNELS_LAST, group=SPEED, default="auto"
-    )
-    torch_compile: bool = _flag(
-        "wrap the model in torch.compile (helps on GPUs, hurts on CPUs)", group=SPEED, default=False
-    )
+    seed: int = _flag(42, "seed for weights, data order and augmentation", OPTIMIZATION, minimum=0, maximum=2**32 - 1)
+    channels_last: str = _flag("auto", "memory format: auto (on for CPU and CUDA), on, off", SPEED, CHANNELS_LAST)
+    torch_compile: bool = _flag(False, "wrap the model in torch.compile (helps on GPUs, hurts on CPUs)", SPEED)
     torch_compile_mode: str = _flag(
+        "default",
         "torch.compile mode; reduce-overhead adds CUDA graphs (pair it with --dataloader_drop_last)",
+        SPEED,
         COMPILE_MODES,
-        group=SPEED,
-        default="default",
     )
     # Output and tracking
-    output_dir: str = _flag("everything a run writes goes here (default: runs/<run_name>)", group=OUTPUT, default="")
-    run_name: str = _flag("name of the run (default: <model>-<date>-<time>)", group=OUTPUT, default="")
-    project_name: str = _flag("tracker project (the W&B project)", group=OUTPUT, default="lab2")
+    output_dir: str = _flag("", "everything a run writes goes here (default: runs/<run_name>)", OUTPUT)
+    run_name: str = _flag("", "name of the run (default: <model>-<date>-<time>)", OUTPUT)
+    project_name: str = _flag("lab2", "tracker project (the W&B project)", OUTPUT)
     report_to: str = _flag(
+        "wandb",
         "wandb, tensorboard, mlflow, a comma list of them, all (every installed one) "
         "or none (W&B goes offline without credentials)",
-        group=OUTPUT,
-        default="wandb",
+        OUTPUT,
     )
     logging_steps: int = _flag(
-        "check the loss for NaN/inf and log train/loss every N optimizer steps", bounds=STEPS, group=OUTPUT, default=50
+        50, "check the loss for NaN/inf and log train/loss every N optimizer steps", OUTPUT, **STEPS
     )
     flow_log_steps: str = _flag(
+        "auto",
         "gradient/weight flow snapshots: auto (about 50 over the run, at least 10 steps apart), every N optimizer "
         "steps, or 0 (off)",
-        group=OUTPUT,
-        default="auto",
+        OUTPUT,
     )
     log_histograms: str = _flag(
+        "all",
         "gradient and value histograms at every flow snapshot: all (every parameter, as wandb.watch log='all'), "
         "weights (each layer's weight tensor only) or off; on means all",
-        ("all", "weights", "off", "on"),
-        group=OUTPUT,
-        default="all",
+        OUTPUT,
+        HISTOGRAM_CHOICES,
     )
     wandb_init_timeout_s: float = _flag(
+        10.0,
         "seconds W&B may take to start online; past them the run logs offline into the run folder",
-        bounds={"above": 0.0, "maximum": 600.0},
-        group=OUTPUT,
-        default=10.0,
+        OUTPUT,
+        above=0.0,
+        maximum=600.0,
     )
-    num_prediction_samples: int = _flag(
-        "images in the predictions grid", bounds={"minimum": 0, "maximum": 256}, group=EVALUATION, default=24
-    )
+    num_prediction_samples: int = _flag(24, "images in the predictions grid", EVALUATION, minimum=0, maximum=256)
     # Checkpoints
-    checkpointing_steps: str = _flag(
-        "epoch, an integer number of optimizer steps, or none", group=CHECKPOINTS, default="epoch"
-    )
+    checkpointing_steps: str = _flag("epoch", "epoch, an integer number of optimizer steps, or none", CHECKPOINTS)
     checkpoints_total_limit: int = _flag(
-        "how many checkpoints to keep (at least 1)",
-        bounds={"minimum": 1, "maximum": 10_000},
-        group=CHECKPOINTS,
-        default=2,
+        2, "how many checkpoints to keep (at least 1)", CHECKPOINTS, minimum=1, maximum=10_000
     )
-    resume_from_checkpoint: str = _flag("a checkpoint folder, or latest", group=CHECKPOINTS, default="")
-    overwrite_output_dir: bool = _flag(
-        "allow reusing a folder that holds a finished run", group=CHECKPOINTS, default=False
-    )
+    resume_from_checkpoint: str = _flag("", "a checkpoint folder, or latest", CHECKPOINTS)
+    overwrite_output_dir: bool = _flag(False, "allow reusing a folder that holds a finished run", CHECKPOINTS)
     dist_timeout_s: int = _flag(
+        600,
         "seconds a process waits for the others before failing (distributed runs)",
-        bounds={"minimum": 1, "maximum": 7 * 24 * 3600},
-        group=DISTRIBUTED,
-        default=600,
+        DISTRIBUTED,
+        minimum=1,
+        maximum=7 * 24 * 3600,
     )
 
     @property
@@ -299,48 +236,48 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-_INT = re.compile(r"[+-]?[0-9]+")
-_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+def field_type(f: dataclasses.Field) -> tuple[type, bool]:
+    """The Python type of TrainConfig field `f` (annotations are text here, e.g. "int | None"), and whether None
+    is allowed."""
+    name, optional = f.type.removesuffix(" | None"), f.type.endswith(" | None")
+    return {"int": int, "float": float, "str": str, "bool": bool}[name], optional
 
 
-def _range_text(minimum, maximum, above=None) -> str:
-    low = f"> {above:g}" if above is not None else f">= {minimum:,}" if minimum is not None else ""
-    high = f"<= {maximum:,}" if maximum is not None else ""
-    return " and ".join(part for part in (low, high) if part)
+# Numbers from text: ASCII digits, point, exponent and sign only, since int() and float() also take "١٢", "1_000",
+# blanks, "nan" and "inf". What the characters allow and the type refuses ("1.5" for an int) is refused too.
+_NUMBER_TEXT = re.compile(r"[0-9.eE+-]+")
+_IN_WORDS = {int: "a whole number written in ASCII digits", float: "a finite decimal number"}
+# Each bound of a range: how it reads in an error, and the test a value passes.
+_BOUNDS = {
+    "minimum": (">=", operator.ge),
+    "above": (">", operator.gt),
+    "maximum": ("<=", operator.le),
+    "below": ("<", operator.lt),
+}
 
 
-def check_int(flag: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
-    """`value` (an int, or its ASCII text) as an int inside [minimum, maximum]; UserError naming `flag` otherwise."""
+def _shown(number) -> str:
+    return f"{number:,}" if isinstance(number, int) else f"{number:,.10g}"
+
+
+def check_number(flag: str, value, kind: type = int, **bounds) -> int | float:
+    """`value` (a number, or its text) as a `kind` (int, or a finite float) inside `bounds` (minimum, maximum,
+    above, below); otherwise a UserError naming `flag`, the value and the range."""
     if isinstance(value, str):
-        if not _INT.fullmatch(value):
-            raise UserError(f"{flag} must be a whole number written in ASCII digits, got {value!r}.")
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{flag} must be a whole number, got {value!r}.")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise UserError(f"{flag} must be {_range_text(minimum, maximum)}, got {value:,}.")
-    return value
-
-
-def check_float(
-    flag: str, value, minimum: float | None = None, maximum: float | None = None, above: float | None = None
-) -> float:
-    """`value` (a number, or its ASCII text) as a finite float inside the range; UserError naming `flag` otherwise."""
-    if isinstance(value, str):
-        if not _FLOAT.fullmatch(value):
-            raise UserError(f"{flag} must be a finite decimal number, got {value!r}.")
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{flag} must be a number, got {value!r}.")
-    value = float(value)
-    if not math.isfinite(value):
+        try:
+            if not _NUMBER_TEXT.fullmatch(value):
+                raise ValueError(value)
+            value = kind(value)
+        except ValueError:
+            raise UserError(f"{flag} must be {_IN_WORDS[kind]}, got {value!r}.") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise UserError(f"{flag} must be a {'whole ' if kind is int else ''}number, got {value!r}.")
+    value = kind(value)
+    if kind is float and not math.isfinite(value):
         raise UserError(f"{flag} must be a finite number, got {value}.")
-    if (
-        (above is not None and value <= above)
-        or (minimum is not None and value < minimum)
-        or (maximum is not None and value > maximum)
-    ):
-        raise UserError(f"{flag} must be {_range_text(minimum, maximum, above)}, got {value:g}.")
+    if not all(_BOUNDS[name][1](value, limit) for name, limit in bounds.items()):
+        limits = " and ".join(f"{_BOUNDS[name][0]} {_shown(limit)}" for name, limit in bounds.items())
+        raise UserError(f"{flag} must be {limits}, got {_shown(value)}.")
     return value
 
 
@@ -393,52 +330,38 @@ def log_with_for(report_to: str) -> list[str] | None:
     return parse_report_to(report_to) or None
 
 
-def numeric_kind(f: dataclasses.Field) -> str | None:
-    """'int' or 'float' for a numeric field (Optional included), else None."""
-    base = f.type.replace("typing.Optional[", "").rstrip("]")
-    return base if base in ("int", "float") else None
+def _check_steps(flag: str, value, words: tuple[str, ...], minimum: int) -> str:
+    """One of `words`, or a whole number of optimizer steps (its ASCII text, or an int from Python) as text."""
+    if value in words:
+        return value
+    try:
+        return str(check_number(flag, value, minimum=minimum, maximum=STEPS["maximum"]))
+    except UserError:
+        allowed = ", ".join(map(repr, words))
+        raise UserError(
+            f"{flag} must be {allowed} or a whole number of steps in {minimum}..{STEPS['maximum']:,}, got {value!r}."
+        ) from None
+
+
+def check_checkpointing_steps(value) -> str:
+    return _check_steps("--checkpointing_steps", value, ("epoch", "none"), minimum=1)
 
 
 def check_flow_log_steps(value) -> str:
-    """'auto', or a whole number of steps (0: off) in ASCII digits; an int from Python is taken as its text."""
-    if value == "auto":
-        return value
-    try:
-        return str(check_int("--flow_log_steps", value, minimum=0, maximum=STEPS["maximum"]))
-    except UserError:
-        raise UserError(
-            f"--flow_log_steps must be 'auto', 0 (off) or a whole number of steps, got {value!r}."
-        ) from None
-
-
-def check_checkpointing_steps(value: str) -> str:
-    """'epoch', 'none', or a positive whole number of steps in ASCII digits."""
-    if value in ("epoch", "none"):
-        return value
-    try:
-        check_int("--checkpointing_steps", value, **STEPS)
-    except UserError:
-        raise UserError(
-            f"--checkpointing_steps must be 'epoch', 'none' or a whole number of steps in 1..{STEPS['maximum']:,}, "
-            f"got {value!r}."
-        ) from None
-    return value
+    return _check_steps("--flow_log_steps", value, ("auto",), minimum=0)  # 0: no snapshots
 
 
 def check_values(cfg: TrainConfig) -> None:
     """Raise UserError for values no run can use, naming the flag and the fix.
 
-    Each numeric field is checked against its declared range here too, so a
-    TrainConfig built in Python (lab2.train, config.json) meets the same rules
-    as the command line.
+    Each numeric field is checked against its range here too, so a TrainConfig built in Python (lab2.train,
+    config.json) meets the same rules as the command line.
     """
     for f in dataclasses.fields(TrainConfig):
-        kind, value = numeric_kind(f), getattr(cfg, f.name)
-        if kind is None or (value is None and f.type.startswith("typing.Optional")):
-            continue
-        check = check_int if kind == "int" else check_float
-        setattr(cfg, f.name, check(f"--{f.name}", value, **f.metadata["bounds"]))
-    check_checkpointing_steps(cfg.checkpointing_steps)
+        (kind, optional), value = field_type(f), getattr(cfg, f.name)
+        if kind in (int, float) and not (value is None and optional):
+            setattr(cfg, f.name, check_number(f"--{f.name}", value, kind, **f.metadata["bounds"]))
+    cfg.checkpointing_steps = check_checkpointing_steps(cfg.checkpointing_steps)
     cfg.flow_log_steps = check_flow_log_steps(cfg.flow_log_steps)
     parse_report_to(cfg.report_to)  # unknown names and missing tracker packages
     if cfg.dataset_name and cfg.dataset != "cifar10":
@@ -446,30 +369,13 @@ def check_values(cfg: TrainConfig) -> None:
             f"--dataset_name and --dataset {cfg.dataset} conflict: --dataset_name replaces the on-disk data; "
             "give one of them."
         )
-    _validate_recipe_flags(cfg)
-    if cfg.resume_from_checkpoint and cfg.overwrite_output_dir:
-        raise UserError(
-            "--resume_from_checkpoint and --overwrite_output_dir conflict: resuming continues the run in "
-            "--output_dir, overwriting starts it afresh; give one of them."
-        )
-
-
-def _validate_recipe_flags(cfg: TrainConfig) -> None:
-    """The optimizer, schedule and evaluation flags: fractions in [0, 1), nothing negative."""
-    fractions = {
-        "warmup_ratio": cfg.warmup_ratio,
-        "label_smoothing_factor": cfg.label_smoothing_factor,
-        "momentum": cfg.momentum,
-    }
-    for name, value in fractions.items():
-        if not 0.0 <= value < 1.0:
-            raise UserError(f"--{name} must be at least 0 and below 1, got {value:g}.")
-    if not cfg.weight_decay >= 0.0:
-        raise UserError(f"--weight_decay must be 0 or more, got {cfg.weight_decay:g}.")
-    if cfg.eval_steps is not None and cfg.eval_steps <= 0:
-        raise UserError(f"--eval_steps must be a positive number of optimizer steps, got {cfg.eval_steps}.")
     if cfg.eval_steps is not None and cfg.eval_strategy != "steps":
         raise UserError(
             f"--eval_steps applies only with --eval_strategy steps (now {cfg.eval_strategy}); "
             "add --eval_strategy steps or drop --eval_steps."
+        )
+    if cfg.resume_from_checkpoint and cfg.overwrite_output_dir:
+        raise UserError(
+            "--resume_from_checkpoint and --overwrite_output_dir conflict: resuming continues the run in "
+            "--output_dir, overwriting starts it afresh; give one of them."
         )

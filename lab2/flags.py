@@ -11,57 +11,43 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import os
 import re
 import shlex
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from lab2.config import (
     GROUPS,
     TrainConfig,
     check_checkpointing_steps,
-    check_float,
     check_flow_log_steps,
-    check_int,
+    check_number,
     check_values,
-    numeric_kind,
+    field_type,
     recipe_values,
 )
 from lab2.errors import EXIT_USER_ERROR, UserError
 
 
-class _FlagType:
-    """An argparse `type=` callable that checks through check_int/check_float and names the flag."""
+def _checked(check: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse `type=` from `check(text)`, which raises UserError naming the flag: argparse prints that line."""
 
-    def __init__(self, flag: str, check, **limits):
-        self.flag, self.check, self.limits = flag, check, limits
-        self.__name__ = "int" if check is check_int else "float"  # argparse names the type in its messages
-
-    def __call__(self, text: str):
+    def parse(text: str):
         try:
-            return self.check(self.flag, text, **self.limits)
+            return check(text)
         except UserError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
 
-
-def int_flag(flag: str, minimum: int | None = None, maximum: int | None = None) -> _FlagType:
-    return _FlagType(flag, check_int, minimum=minimum, maximum=maximum)
+    return parse
 
 
-def float_flag(
-    flag: str, minimum: float | None = None, maximum: float | None = None, above: float | None = None
-) -> _FlagType:
-    return _FlagType(flag, check_float, minimum=minimum, maximum=maximum, above=above)
-
-
-def checked_text(check) -> _FlagType:
-    """An argparse type for a text flag checked by `check(text)`, which raises UserError naming the flag."""
-    flag_type = _FlagType("", lambda _flag, text: check(text))
-    flag_type.__name__ = "str"
-    return flag_type
+def number_flag(flag: str, kind: type = int, **bounds) -> Callable[[str], int | float]:
+    """The argparse type of a numeric flag of any lab2 command: ASCII text, a finite `kind` inside `bounds`."""
+    return _checked(functools.partial(check_number, flag, kind=kind, **bounds))
 
 
 class Parser(argparse.ArgumentParser):
@@ -77,27 +63,16 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USER_ERROR)
 
 
-METAVARS = {"int": "N", "float": "X"}  # numbers; text flags show their choices or their name
-
-
-def _annotation_type(annotation: str):
-    """The Python type of a field annotation (annotations are strings here)."""
-    base = annotation.replace("typing.Optional[", "").rstrip("]")
-    return {"int": int, "float": float, "str": str, "bool": bool}[base]
+METAVARS = {int: "N", float: "X"}  # numbers; text flags show their choices or their name
+TEXT_CHECKS = {"checkpointing_steps": check_checkpointing_steps, "flow_log_steps": check_flow_log_steps}
 
 
 def _argparse_type(f: dataclasses.Field):
-    """The argparse `type` for a field: a checked number type for numeric fields (range from its bounds)."""
-    kind = numeric_kind(f)
-    if kind == "int":
-        return int_flag(f"--{f.name}", **f.metadata["bounds"])
-    if kind == "float":
-        return float_flag(f"--{f.name}", **f.metadata["bounds"])
-    if f.name == "checkpointing_steps":
-        return checked_text(check_checkpointing_steps)
-    if f.name == "flow_log_steps":
-        return checked_text(check_flow_log_steps)
-    return bool if f.type == "bool" else str
+    """The argparse `type` for a field: numbers checked against the field's range, two text flags by their check."""
+    kind, _ = field_type(f)
+    if kind in (int, float):
+        return number_flag(f"--{f.name}", kind, **f.metadata["bounds"])
+    return _checked(TEXT_CHECKS[f.name]) if f.name in TEXT_CHECKS else kind
 
 
 EXAMPLES = """examples:
@@ -114,17 +89,14 @@ Under `make train`, these flags go in TRAIN_ARGS="..." and the data folder in DA
 """
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Each default once: shown when the help text does not already say it, and not for an empty or None default
     (the help text says what those mean). The epilog keeps its line breaks."""
 
     def _get_help_string(self, action):
-        text = action.help or ""
-        if "(default:" in text or "%(default)" in text or action.default in (None, "", argparse.SUPPRESS):
-            return text
-        if action.option_strings and action.nargs != 0 or isinstance(action, argparse.BooleanOptionalAction):
-            return text + " (default: %(default)s)"
-        return text
+        if "(default:" in (action.help or "") or action.default in (None, ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _program_name() -> str:
@@ -147,22 +119,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     sections = {name: parser.add_argument_group(name) for name in GROUPS}
     for f in dataclasses.fields(TrainConfig):
-        kind = _argparse_type(f)
-        section = sections[f.metadata["group"]]
-        if kind is bool:
-            # --flag / --no-flag: a recipe may switch a flag on that the user wants off.
-            section.add_argument(
-                f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"]
-            )
+        kind = field_type(f)[0]
+        if kind is bool:  # --flag / --no-flag: a recipe may switch a flag on that the user wants off
+            how = {"action": argparse.BooleanOptionalAction}
         else:
-            section.add_argument(
-                f"--{f.name}",
-                type=kind,
-                default=f.default,
-                choices=f.metadata["choices"],
-                metavar=METAVARS.get(numeric_kind(f)),
-                help=f.metadata["help"],
-            )
+            how = {"type": _argparse_type(f), "choices": f.metadata["choices"], "metavar": METAVARS.get(kind)}
+        sections[f.metadata["group"]].add_argument(f"--{f.name}", default=f.default, help=f.metadata["help"], **how)
     return parser
 
 
@@ -201,8 +163,7 @@ def _finish(cfg: TrainConfig) -> TrainConfig:
 
 def _checked_value(f: dataclasses.Field, value):
     """`value` for field `f` given as a Python object: the checks argparse makes on the command line (type, choices)."""
-    kind = _annotation_type(f.type)
-    optional = f.type.startswith("typing.Optional[")
+    kind, optional = field_type(f)
     if kind is str and isinstance(value, os.PathLike):
         value = os.fspath(value)  # data_dir=Path(...) reads naturally in a notebook
     if f.name == "flow_log_steps" and isinstance(value, int) and not isinstance(value, bool):
@@ -274,17 +235,13 @@ def launched_by_make(env: Mapping[str, str] = os.environ) -> bool:
 def _without(argv: Sequence[str], flags: Sequence[str], first_only: bool = False) -> tuple[list[str], list[str]]:
     """`argv` minus each `flag value` / `flag=value` of `flags` (only the first one with `first_only`), and the
     values removed."""
-    kept, removed = [], []
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        name, equals, inline = args[i].partition("=")
+    kept, removed, args = [], [], iter(argv)
+    for arg in args:
+        name, equals, inline = arg.partition("=")
         if name in flags and not (first_only and removed):
-            removed.append(inline if equals else (args[i + 1] if i + 1 < len(args) else ""))
-            i += 1 if equals else 2
-            continue
-        kept.append(args[i])
-        i += 1
+            removed.append(inline if equals else next(args, ""))
+        else:
+            kept.append(arg)
     return kept, removed
 
 

@@ -16,11 +16,7 @@ NOT_NUMBERS = ["nan", "inf", "-inf", "١٢", "1_000", "ten", ""]
 
 
 def _numeric_fields():
-    return [
-        f
-        for f in dataclasses.fields(TrainConfig)
-        if f.type.replace("typing.Optional[", "").rstrip("]") in ("int", "float")
-    ]
+    return [f for f in dataclasses.fields(TrainConfig) if f.type.removesuffix(" | None") in ("int", "float")]
 
 
 def _parse_fails(capsys, parse, argv, flag):

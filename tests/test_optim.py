@@ -230,11 +230,11 @@ def test_eval_strategy_steps_and_bad_recipe_values(capsys):
         (["--label_smoothing_factor", "-0.1"], "--label_smoothing_factor"),
         (["--weight_decay", "-1"], "--weight_decay"),
         (["--eval_strategy", "steps", "--eval_steps", "0"], "--eval_steps"),
+        (["--warmup_ratio", "1"], "--warmup_ratio must be >= 0 and < 1"),  # a fraction's range is open at 1
     ):
         with pytest.raises(SystemExit) as exit_info:
             parse_args(argv)
         assert exit_info.value.code == 2 and flag in capsys.readouterr().err
     # In range but meaningless together: refused by the checks after parsing.
-    for argv, flag in ((["--warmup_ratio", "1"], "--warmup_ratio"), (["--eval_steps", "5"], "--eval_strategy steps")):
-        with pytest.raises(UserError, match=flag):
-            parse_args(argv)
+    with pytest.raises(UserError, match="--eval_strategy steps"):
+        parse_args(["--eval_steps", "5"])

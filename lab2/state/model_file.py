@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from lab2.config import TrainConfig, check_int
+from lab2.config import TrainConfig, check_number
 from lab2.data.cifar_reader import CIFAR10_CLASSES, MAX_CLASSES
 from lab2.errors import ManyUserErrors, UserError
 from lab2.flags import config_from_dict, validate_config
@@ -76,7 +76,7 @@ def load_exported_model(model_path: str | Path) -> LoadedModel:
     num_classes = None
     text = metadata.get("num_classes", "10")
     try:
-        num_classes = check_int("metadata 'num_classes'", text.strip(), minimum=1, maximum=MAX_CLASSES)
+        num_classes = check_number("metadata 'num_classes'", text.strip(), minimum=1, maximum=MAX_CLASSES)
     except UserError as error:
         problems.append(str(error).rstrip("."))
     class_names = CIFAR10_CLASSES
