@@ -31,12 +31,8 @@ HISTOGRAM_CHOICES = ("all", "weights", "off", "on")  # "on": the old spelling of
 
 # The --help sections, in the order they are shown; every flag names one.
 DATA, MODEL, OPTIMIZATION, EVALUATION = "data", "model", "optimization and recipe", "evaluation"
-OUTPUT, CHECKPOINTS, DISTRIBUTED, SPEED = (
-    "output, logging and trackers",
-    "checkpoints and resume",
-    "distributed",
-    "speed",
-)
+OUTPUT, CHECKPOINTS = "output, logging and trackers", "checkpoints and resume"
+DISTRIBUTED, SPEED = "distributed", "speed"
 GROUPS = (DATA, MODEL, OPTIMIZATION, EVALUATION, OUTPUT, CHECKPOINTS, DISTRIBUTED, SPEED)
 
 # Ranges of the numeric flags (minimum/maximum, or the open ends above/below): wide enough for any real run, narrow
