@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lab2.config.report_to import log_with_for  # noqa: E402
+from lab2.config import log_with_for  # noqa: E402
 from lab2.data.device_dataset import DeviceDataset, device_dataloader  # noqa: E402
 from lab2.explain.flow_reporter import FlowReporter  # noqa: E402
 from lab2.models import SimpleCNN  # noqa: E402

@@ -112,8 +112,8 @@ def bare_step(device: torch.device, steps: int, batch_size: int = 128, bf16: boo
 
 def lab2_loop(data_dir: Path, epochs: int, out: Path, extra: list[str]) -> dict:
     """lab2's training run in this process, as `train_accelerate.py` runs it; rates from metrics.jsonl."""
-    from lab2.config.command_line import parse_args
     from lab2.engine.loop import run
+    from lab2.flags import parse_args
 
     flags = [
         "--data_dir",

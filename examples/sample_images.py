@@ -15,10 +15,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from lab2.config.flag_types import Parser, int_flag
 from lab2.data.cifar import find_cifar10_folder
 from lab2.data.cifar_reader import TEST_FILE, read_cifar_batch, read_class_names
 from lab2.errors import UserError, exit_with_user_error
+from lab2.flags import Parser, number_flag
 
 
 def write_samples(data_dir: str | Path, count: int, output: str | Path) -> list[Path]:
@@ -42,7 +42,7 @@ def write_samples(data_dir: str | Path, count: int, output: str | Path) -> list[
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(prog="sample_images.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="./data", help="folder holding cifar-10-batches-py (default: ./data)")
-    parser.add_argument("--count", type=int_flag("--count", minimum=1, maximum=10_000), default=8)
+    parser.add_argument("--count", type=number_flag("--count", minimum=1, maximum=10_000), default=8)
     parser.add_argument("--output", default="samples", help="a new or empty folder (default: samples)")
     args = parser.parse_args(argv)
     try:

@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import threading
 
-from lab2.config.command_line import config_from_flags
 from lab2.engine.distributed import launched_rank, prepare_process
 from lab2.errors import Diverged, TrainingStopped, UserError
+from lab2.flags import config_from_flags
 from lab2.state.run_paths import RunPaths
 from lab2.tracking.home_caches import redirect_unwritable_caches
 
@@ -37,7 +37,7 @@ class TrainingDiverged(RuntimeError):
 def train(**flags) -> dict | None:
     """Train as `train_accelerate.py` would with these flags; return the run's summary (summary.json's content).
 
-    Flags are lab2.config.train_config.TrainConfig's fields, with the command line's names and defaults:
+    Flags are lab2.config.TrainConfig's fields, with the command line's names and defaults:
     `train(dataset="fake", num_train_epochs=1)` is `train_accelerate.py --dataset fake --num_train_epochs 1`.
     Folder flags also take `pathlib.Path`. The run writes the same files as the command line, under
     `output_dir` (default runs/<run_name>).

@@ -2,9 +2,9 @@ import dataclasses
 
 import pytest
 
-from lab2.config.command_line import build_parser, config_from_dict, parse_args
-from lab2.config.train_config import GROUPS, TrainConfig
+from lab2.config import GROUPS, TrainConfig
 from lab2.errors import UserError
+from lab2.flags import build_parser, config_from_dict, parse_args
 
 
 def test_every_field_is_a_flag_with_its_default_in_help():
@@ -84,7 +84,7 @@ def test_invalid_values_name_the_flag(capsys, argv, fragment):
 
 
 def test_values_set_in_python_meet_the_same_ranges():
-    from lab2.config.checks import check_values
+    from lab2.config import check_values
 
     with pytest.raises(UserError, match="--seed"):
         check_values(TrainConfig(seed=-1))
@@ -99,7 +99,7 @@ def test_checkpoint_every_steps():
 
 @pytest.mark.parametrize(("value", "stored"), [("auto", "auto"), ("0", "0"), ("25", "25"), (25, "25"), (0, "0")])
 def test_flow_log_steps_takes_auto_or_a_count_from_the_command_line_and_python(value, stored):
-    from lab2.config.command_line import config_from_flags
+    from lab2.flags import config_from_flags
 
     if isinstance(value, int):
         assert config_from_flags(flow_log_steps=value).flow_log_steps == stored

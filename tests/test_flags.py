@@ -8,19 +8,15 @@ import pytest
 from lab2.cli import eval as eval_cli
 from lab2.cli import flops
 from lab2.cli import predict as predict_cli
-from lab2.config.command_line import parse_args
-from lab2.config.train_config import TrainConfig
+from lab2.config import TrainConfig
+from lab2.flags import parse_args
 
 # Values no numeric flag may take: non-finite, non-ASCII digits, text, and absurd magnitudes.
 NOT_NUMBERS = ["nan", "inf", "-inf", "١٢", "1_000", "ten", ""]
 
 
 def _numeric_fields():
-    return [
-        f
-        for f in dataclasses.fields(TrainConfig)
-        if f.type.replace("typing.Optional[", "").rstrip("]") in ("int", "float")
-    ]
+    return [f for f in dataclasses.fields(TrainConfig) if f.type.removesuffix(" | None") in ("int", "float")]
 
 
 def _parse_fails(capsys, parse, argv, flag):

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from conftest import run_cli, train_cmd
 from tracker_files import tensorboard_events
 
-from lab2.config.train_config import TrainConfig
+from lab2.config import TrainConfig
 from lab2.explain.flow import (
     HISTOGRAM_CHOICES,
     FlowCollector,

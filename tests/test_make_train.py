@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, cli_env
 from launch import started
 
-from lab2.config.resume_advice import resume_advice
+from lab2.flags import resume_advice
 from lab2.state.checkpoint import list_checkpoints
 
 pytestmark = pytest.mark.slow

@@ -37,6 +37,6 @@ def test_registry_is_not_empty():
 
 def test_the_command_lines_model_names_are_the_registrys():
     """--model's choices live in lab2.config (no torch for --help); they must name exactly the registered models."""
-    from lab2.config.train_config import MODEL_NAMES
+    from lab2.config import MODEL_NAMES
 
     assert sorted(MODEL_NAMES) == sorted(MODELS)

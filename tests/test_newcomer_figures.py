@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import BIN, REPO, cli_env, run_cli, train_cmd
 
-from lab2.config.command_line import parse_args
+from lab2.flags import parse_args
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from conftest import BIN, REPO, built_once, cli_env, run_cli, train_cmd
 from PIL import Image
 from safetensors.torch import save_file
 
-from lab2.config.train_config import TrainConfig
+from lab2.config import TrainConfig
 from lab2.data.cifar_reader import CIFAR10_CLASSES, read_cifar_batch
 from lab2.models import create_model
 

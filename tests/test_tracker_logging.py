@@ -22,8 +22,8 @@ from tracker_files import (
     wandb_value_type,
 )
 
-from lab2.config import report_to as tracker_choice
-from lab2.config.report_to import parse_report_to
+from lab2 import config as tracker_choice
+from lab2.config import parse_report_to
 from lab2.errors import UserError
 from lab2.explain.figure_worker import FigureWorker
 from lab2.explain.flow import FlowCollector
@@ -163,7 +163,7 @@ def test_a_resumed_run_continues_its_mlflow_run_with_changed_flags(tmp_path, mon
 
 
 def test_the_flags_parse_and_a_bad_tracker_is_a_user_error():
-    from lab2.config.command_line import parse_args
+    from lab2.flags import parse_args
 
     cfg = parse_args(["--report_to", "wandb,tensorboard", "--log_histograms", "off"])
     assert cfg.report_to == "wandb,tensorboard" and cfg.log_histograms == "off"

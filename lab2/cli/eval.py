@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lab2.config.flag_types import Parser, int_flag
-from lab2.config.train_config import TrainConfig
+from lab2.config import TrainConfig
 from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 from lab2.data.device_dataset import DeviceDataset, device_dataloader, use_channels_last
 from lab2.data.sources import load_splits
@@ -25,6 +24,7 @@ from lab2.engine.evaluation import evaluate
 from lab2.errors import UserError, exit_with_user_error
 from lab2.explain import plots
 from lab2.explain.calibration import reliability_figure
+from lab2.flags import Parser, number_flag
 from lab2.state.lab_weights import load_model_file
 from lab2.state.run_folder import check_eval_output_dir, claim
 from lab2.state.run_paths import write_json
@@ -34,7 +34,7 @@ TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 def _flag_type(name: str):
     """The same checked type and range as the training flag of that name."""
-    return int_flag(f"--{name}", **TRAIN_FIELDS[name].metadata["bounds"])
+    return number_flag(f"--{name}", **TRAIN_FIELDS[name].metadata["bounds"])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,13 +11,13 @@ from lab2.explain.flops import count_flops
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lab2.config.flag_types import Parser, int_flag
     from lab2.errors import UserError, exit_with_user_error
+    from lab2.flags import Parser, number_flag
     from lab2.models import create_model
 
     parser = Parser(prog="lab2-flops", description="Per-layer FLOPs and parameters of a lab2 model.")
     parser.add_argument("--model", default="simple_cnn", help="a name from the model registry")
-    parser.add_argument("--num_classes", type=int_flag("--num_classes", minimum=1, maximum=100_000), default=10)
+    parser.add_argument("--num_classes", type=number_flag("--num_classes", minimum=1, maximum=100_000), default=10)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:

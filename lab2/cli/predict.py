@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from lab2.cli.explain_images import ExplanationWriter
-from lab2.config.flag_types import Parser, int_flag
 from lab2.data.cifar import test_transform
 from lab2.errors import UserError, exit_with_user_error
+from lab2.flags import Parser, number_flag
 from lab2.state.lab_weights import load_model_file
 from lab2.state.model_file import top_k
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or folders of them")
     parser.add_argument(
-        "--top_k", type=int_flag("--top_k", minimum=1, maximum=1000), default=3, help="classes to show per image"
+        "--top_k", type=number_flag("--top_k", minimum=1, maximum=1000), default=3, help="classes to show per image"
     )
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument(

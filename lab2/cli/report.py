@@ -5,10 +5,10 @@
 
 from __future__ import annotations
 
-from lab2.config.flag_types import Parser
 from lab2.engine.compare import write_comparison
 from lab2.engine.report import write_report
 from lab2.errors import UserError, exit_with_user_error
+from lab2.flags import Parser
 
 
 def main(argv: list[str] | None = None) -> None:

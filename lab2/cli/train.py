@@ -9,8 +9,6 @@ from __future__ import annotations
 import signal
 import sys
 
-from lab2.config.command_line import parse_args
-from lab2.config.resume_advice import launched_by_make
 from lab2.engine.distributed import (
     is_peer_lost,
     launched_rank,
@@ -18,6 +16,7 @@ from lab2.engine.distributed import (
     prepare_process,
 )
 from lab2.errors import EXIT_PEER_LOST, EXIT_USER_ERROR, Diverged, TrainingStopped, UserError, exit_with_user_error
+from lab2.flags import launched_by_make, parse_args
 from lab2.tracking.home_caches import redirect_unwritable_caches
 
 

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lab2.config.resume_advice import launched_by_make
 from lab2.data.cifar_reader import (
     CIFAR10_CLASSES,
     CIFAR10_FOLDER,
@@ -32,6 +31,7 @@ from lab2.data.cifar_reader import (
     read_class_names,
 )
 from lab2.errors import UserError
+from lab2.flags import launched_by_make
 
 # Normalisation constants in [0, 1] units: the course lab's, since its recipe is the one reproduced.
 # The mean is the training set's per-channel mean. The std is NOT the exact per-channel standard

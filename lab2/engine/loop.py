@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lab2.config.train_config import TrainConfig
+from lab2.config import TrainConfig
 from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 from lab2.data.device_dataset import use_channels_last
 from lab2.data.sources import load_splits, pipeline_loaders

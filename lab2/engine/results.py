@@ -11,12 +11,12 @@ import json
 
 import torch
 
-from lab2.config.resume_advice import resume_advice
 from lab2.engine.evaluation import EvalResult
 from lab2.engine.report import write_report
 from lab2.errors import UserError
 from lab2.explain import gradcam, plots
 from lab2.explain.calibration import reliability_figure
+from lab2.flags import resume_advice
 from lab2.state.checkpoint import export_model, latest_good_checkpoint
 from lab2.state.run_paths import append_jsonl, read_jsonl, write_json
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lab2.config.report_to import log_with_for
-from lab2.config.train_config import TrainConfig
+from lab2.config import TrainConfig, log_with_for
 from lab2.engine.distributed import is_port_taken, port_taken_message
 from lab2.errors import UserError
 from lab2.state import run_folder, run_lock

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lab2.config import HISTOGRAM_CHOICES
 from lab2.state.run_paths import read_jsonl
 
 STATISTICS = ("grad_mean", "grad_max", "weight_mean", "weight_max", "update_ratio")
@@ -96,9 +97,6 @@ def _histogram_rows(tensor: torch.Tensor, bins: int) -> tuple[torch.Tensor, torc
     unit = (flat - low) / (high - low).clamp_min(torch.finfo(flat.dtype).tiny)
     counts = torch.histc(unit, bins=bins, min=0.0, max=1.0)
     return counts, torch.stack([low, high, flat.sum(), flat.square().sum()])
-
-
-HISTOGRAM_CHOICES = ("all", "weights", "off", "on")  # "on": the old spelling of "all"
 
 
 def flow_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -11,11 +11,10 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from lab2.config.command_line import config_from_dict, validate_config
-from lab2.config.flag_types import check_int
-from lab2.config.train_config import TrainConfig
+from lab2.config import TrainConfig, check_number
 from lab2.data.cifar_reader import CIFAR10_CLASSES, MAX_CLASSES
 from lab2.errors import ManyUserErrors, UserError
+from lab2.flags import config_from_dict, validate_config
 from lab2.models import create_model
 from lab2.state.checkpoint import read_exported_model
 
@@ -77,7 +76,7 @@ def load_exported_model(model_path: str | Path) -> LoadedModel:
     num_classes = None
     text = metadata.get("num_classes", "10")
     try:
-        num_classes = check_int("metadata 'num_classes'", text.strip(), minimum=1, maximum=MAX_CLASSES)
+        num_classes = check_number("metadata 'num_classes'", text.strip(), minimum=1, maximum=MAX_CLASSES)
     except UserError as error:
         problems.append(str(error).rstrip("."))
     class_names = CIFAR10_CLASSES

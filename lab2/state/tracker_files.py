@@ -11,7 +11,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from lab2.config.train_config import TrainConfig
+from lab2.config import TrainConfig
 
 # W&B: wandb/<run folder>/ and the run's files inside it (offline or synced), by wandb 0.2x's names.
 WANDB_TOP = re.compile(r"^(debug(-internal|-core)?\.log|latest-run)$")

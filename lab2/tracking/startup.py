@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
-from lab2.config.report_to import parse_report_to
+from lab2.config import parse_report_to
 
 WANDB_RUN_FILE = "wandb_run.json"  # keeps the run id, so a resumed run continues the same W&B run
 MLFLOW_DIR = "mlruns"  # the local MLflow file store, inside the run folder

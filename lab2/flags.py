@@ -1,8 +1,9 @@
-"""The training command line from TrainConfig's fields: the argparse parser, and flags given from Python.
+"""The command line, from lab2.config's TrainConfig: the argparse parser with lab2's one-line errors, argparse
+types for the numbers of every command, flags given from Python (lab2.train) or a config.json, and how to resume.
 
-`parse_args` builds the parser from the dataclass fields, so a new field is a new
-flag with its default shown in `--help`. `config_from_flags` (lab2.train) and
-`config_from_dict` (a config.json) apply the same checks to values given as objects.
+`build_parser` builds the parser from the dataclass fields, grouped in --help with each default shown;
+`config_from_flags` (lab2.train) and `config_from_dict` (a config.json) apply the same checks to values given
+as objects.
 """
 
 from __future__ import annotations
@@ -10,38 +11,68 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import os
+import re
+import shlex
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from lab2.config.checks import check_checkpointing_steps, check_flow_log_steps, check_values, numeric_kind
-from lab2.config.flag_types import Parser, checked_text, float_flag, int_flag
-from lab2.config.recipes import recipe_values
-from lab2.config.train_config import GROUPS, TrainConfig
-from lab2.errors import UserError
+from lab2.config import (
+    GROUPS,
+    TrainConfig,
+    check_checkpointing_steps,
+    check_flow_log_steps,
+    check_number,
+    check_values,
+    field_type,
+    recipe_values,
+)
+from lab2.errors import EXIT_USER_ERROR, UserError
 
-METAVARS = {"int": "N", "float": "X"}  # numbers; text flags show their choices or their name
+
+def _checked(check: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse `type=` from `check(text)`, which raises UserError naming the flag: argparse prints that line."""
+
+    def parse(text: str):
+        try:
+            return check(text)
+        except UserError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
 
 
-def _annotation_type(annotation: str):
-    """The Python type of a field annotation (annotations are strings here)."""
-    base = annotation.replace("typing.Optional[", "").rstrip("]")
-    return {"int": int, "float": float, "str": str, "bool": bool}[base]
+def number_flag(flag: str, kind: type = int, **bounds) -> Callable[[str], int | float]:
+    """The argparse type of a numeric flag of any lab2 command: ASCII text, a finite `kind` inside `bounds`."""
+    return _checked(functools.partial(check_number, flag, kind=kind, **bounds))
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with lab2's bad-input contract: one `prog: error: ...` line and exit 2, no usage block.
+
+    Our checked types already name the flag in their message, so argparse's
+    "argument --x:" prefix is dropped for them.
+    """
+
+    def error(self, message: str):
+        message = re.sub(r"^argument (--\w+): (\1 )", r"\2", message)
+        print(f"{self.prog}: error: {' '.join(message.split())} (see --help)", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+METAVARS = {int: "N", float: "X"}  # numbers; text flags show their choices or their name
+TEXT_CHECKS = {"checkpointing_steps": check_checkpointing_steps, "flow_log_steps": check_flow_log_steps}
 
 
 def _argparse_type(f: dataclasses.Field):
-    """The argparse `type` for a field: a checked number type for numeric fields (range from its bounds)."""
-    kind = numeric_kind(f)
-    if kind == "int":
-        return int_flag(f"--{f.name}", **f.metadata["bounds"])
-    if kind == "float":
-        return float_flag(f"--{f.name}", **f.metadata["bounds"])
-    if f.name == "checkpointing_steps":
-        return checked_text(check_checkpointing_steps)
-    if f.name == "flow_log_steps":
-        return checked_text(check_flow_log_steps)
-    return bool if f.type == "bool" else str
+    """The argparse `type` for a field: numbers checked against the field's range, two text flags by their check."""
+    kind, _ = field_type(f)
+    if kind in (int, float):
+        return number_flag(f"--{f.name}", kind, **f.metadata["bounds"])
+    return _checked(TEXT_CHECKS[f.name]) if f.name in TEXT_CHECKS else kind
 
 
 EXAMPLES = """examples:
@@ -58,17 +89,14 @@ Under `make train`, these flags go in TRAIN_ARGS="..." and the data folder in DA
 """
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Each default once: shown when the help text does not already say it, and not for an empty or None default
     (the help text says what those mean). The epilog keeps its line breaks."""
 
     def _get_help_string(self, action):
-        text = action.help or ""
-        if "(default:" in text or "%(default)" in text or action.default in (None, "", argparse.SUPPRESS):
-            return text
-        if action.option_strings and action.nargs != 0 or isinstance(action, argparse.BooleanOptionalAction):
-            return text + " (default: %(default)s)"
-        return text
+        if "(default:" in (action.help or "") or action.default in (None, ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _program_name() -> str:
@@ -91,22 +119,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     sections = {name: parser.add_argument_group(name) for name in GROUPS}
     for f in dataclasses.fields(TrainConfig):
-        kind = _argparse_type(f)
-        section = sections[f.metadata["group"]]
-        if kind is bool:
-            # --flag / --no-flag: a recipe may switch a flag on that the user wants off.
-            section.add_argument(
-                f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"]
-            )
+        kind = field_type(f)[0]
+        if kind is bool:  # --flag / --no-flag: a recipe may switch a flag on that the user wants off
+            how = {"action": argparse.BooleanOptionalAction}
         else:
-            section.add_argument(
-                f"--{f.name}",
-                type=kind,
-                default=f.default,
-                choices=f.metadata["choices"],
-                metavar=METAVARS.get(numeric_kind(f)),
-                help=f.metadata["help"],
-            )
+            how = {"type": _argparse_type(f), "choices": f.metadata["choices"], "metavar": METAVARS.get(kind)}
+        sections[f.metadata["group"]].add_argument(f"--{f.name}", default=f.default, help=f.metadata["help"], **how)
     return parser
 
 
@@ -145,8 +163,7 @@ def _finish(cfg: TrainConfig) -> TrainConfig:
 
 def _checked_value(f: dataclasses.Field, value):
     """`value` for field `f` given as a Python object: the checks argparse makes on the command line (type, choices)."""
-    kind = _annotation_type(f.type)
-    optional = f.type.startswith("typing.Optional[")
+    kind, optional = field_type(f)
     if kind is str and isinstance(value, os.PathLike):
         value = os.fspath(value)  # data_dir=Path(...) reads naturally in a notebook
     if f.name == "flow_log_steps" and isinstance(value, int) and not isinstance(value, bool):
@@ -179,8 +196,7 @@ def config_from_flags(**flags) -> TrainConfig:
             close = difflib.get_close_matches(name, fields, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise UserError(
-                f"unknown flag {name!r}; {hint}the flags are lab2.config.train_config.TrainConfig's fields "
-                "(see --help)."
+                f"unknown flag {name!r}; {hint}the flags are lab2.config.TrainConfig's fields (see --help)."
             )
     values = {name: _checked_value(fields[name], value) for name, value in flags.items()}
     # A --recipe fills in what the caller did not give, as on the command line.
@@ -200,3 +216,47 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         setattr(cfg, f.name, _checked_value(f, getattr(cfg, f.name)))
     check_values(cfg)
     return cfg
+
+
+# How to continue a stopped run, in the words of the command that started it (lab2.data and lab2.engine say it).
+# `make train` passes the user's flags through TRAIN_ARGS and the data folder through DATA_DIR, so
+# "the same command plus --output_dir ..." would be taken by make as its own options. The Makefile sets
+# LAB2_LAUNCHED_BY=make; then the advice is a complete `make train ...` line rebuilt from this process's
+# flags.
+MAKE_ENV = "LAB2_LAUNCHED_BY"  # set to "make" by the Makefile's train target
+MAKE_DEFAULT_DATA_DIR = "./data"  # the Makefile's DATA_DIR default: not repeated in the advice
+RESUME_FLAGS = ("--output_dir", "--resume_from_checkpoint")  # replaced, not repeated
+
+
+def launched_by_make(env: Mapping[str, str] = os.environ) -> bool:
+    return env.get(MAKE_ENV) == "make"
+
+
+def _without(argv: Sequence[str], flags: Sequence[str], first_only: bool = False) -> tuple[list[str], list[str]]:
+    """`argv` minus each `flag value` / `flag=value` of `flags` (only the first one with `first_only`), and the
+    values removed."""
+    kept, removed, args = [], [], iter(argv)
+    for arg in args:
+        name, equals, inline = arg.partition("=")
+        if name in flags and not (first_only and removed):
+            removed.append(inline if equals else next(args, ""))
+        else:
+            kept.append(arg)
+    return kept, removed
+
+
+def resume_advice(output_dir, argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> str:
+    """The sentence that tells the user how to resume the run in `output_dir`."""
+    resume = ["--output_dir", str(output_dir), "--resume_from_checkpoint", "latest"]
+    if not launched_by_make(env):
+        return f"resume with the same command plus: {shlex.join(resume)}"
+    argv = sys.argv[1:] if argv is None else argv
+    # The Makefile puts `--data_dir $(DATA_DIR)` before TRAIN_ARGS; a --data_dir in TRAIN_ARGS stays there.
+    flags, data_dirs = _without(argv, ("--data_dir",), first_only=True)
+    flags, _ = _without(flags, RESUME_FLAGS)
+    data_dir = data_dirs[0] if data_dirs else MAKE_DEFAULT_DATA_DIR
+    command = ["make", "train"]
+    if data_dir != MAKE_DEFAULT_DATA_DIR:
+        command.append(f"DATA_DIR={data_dir}")
+    train_args = "TRAIN_ARGS=" + shlex.quote(shlex.join([*flags, *resume]))
+    return "resume with: " + " ".join([*map(shlex.quote, command), train_args])
