@@ -11,7 +11,7 @@ STAMP := $(VENV)/.lab2-installed
 TEST_STAMP := $(VENV)/.lab2-test-installed
 MINI := ../shared/data/cifar10-mini
 
-# GPU when one is visible, else the CPU in fp32 (see README: bf16 is only fast on CPUs with AMX).
+# GPU when one is visible, else the CPU in fp32 (see docs/running.md: bf16 is only fast on CPUs with AMX).
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TRAIN_CONFIG ?= $(if $(HAVE_GPU),accelerate_configs/single_gpu_bf16.yaml,accelerate_configs/cpu.yaml)
 DATA_DIR ?= ./data
@@ -63,7 +63,7 @@ smoke: $(STAMP)
 		$(call ONE_CPU_PROCESS,accelerate_configs/cpu.yaml) train_accelerate.py \
 		$(SMOKE_DATA) --num_train_epochs 1 --max_train_samples 2048 --output_dir runs/smoke --overwrite_output_dir
 
-# The README's lab2-eval and lab2-predict samples, regenerated from the smoke run on the real mini slice.
+# The lab2-eval and lab2-predict samples in docs/commands.md, regenerated from the smoke run on the real mini slice.
 # make expands the whole recipe first, so a missing slice stops it before the smoke run (which would use fake data).
 readme-samples: $(STAMP)
 	$(if $(wildcard $(MINI)/cifar-10-batches-py),,$(error readme-samples needs the real mini slice at $(MINI)))

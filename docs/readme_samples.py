@@ -1,10 +1,11 @@
-"""Regenerate the README's sample outputs of `lab2-eval` and `lab2-predict`, or check that they still match the code.
+"""Regenerate the sample outputs of `lab2-eval` and `lab2-predict` in docs/commands.md, or check that they still
+match the code.
 
-    make readme-samples                                   # after `make smoke`: rewrites the two README blocks
+    make readme-samples                                   # after `make smoke`: rewrites the two sample blocks
     python docs/readme_samples.py --run runs/smoke --data_dir DIR [--check]
 
-Each sample sits in README.md between `<!-- sample: NAME -->` and `<!-- /sample -->`. The commands run for real on
-the finished run and the CIFAR-10 folder given. `--check` compares instead of writing. It masks what a CPU run
+Each sample sits in docs/commands.md between `<!-- sample: NAME -->` and `<!-- /sample -->`. The commands run for
+real on the finished run and the CIFAR-10 folder given. `--check` compares instead of writing. It masks what a CPU run
 does not repeat from one machine to another: the numbers and the predicted class names. It then says which lines
 no longer match, and exits 1. tests/test_readme_samples.py runs it on a small real run.
 """
@@ -21,7 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SHOWN_RUN = "runs/smoke"  # the run the README's commands name
+PAGE = REPO / "docs" / "commands.md"  # the page that shows the samples
+SHOWN_RUN = "runs/smoke"  # the run the page's commands name
 BLOCK = re.compile(r"(<!-- sample: (?P<name>[\w-]+) -->\n```\n)(?P<body>.*?)(```\n<!-- /sample -->)", re.S)
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -33,7 +35,7 @@ def _run(command: list[str], cwd: Path) -> str:
 
 
 def eval_sample(data_dir: Path, workdir: Path) -> str:
-    """`lab2-eval` on the run: its first four lines, then the last three, as the README shows them. The data
+    """`lab2-eval` on the run: its first four lines, then the last three, as the page shows them. The data
     folder is given by its absolute path: the run may have recorded a relative one, and this runs elsewhere."""
     output = _run([str(BIN / "lab2-eval"), "--model_path", SHOWN_RUN, "--data_dir", str(data_dir)], workdir)
     lines = output.splitlines()
@@ -58,7 +60,7 @@ def predict_sample(data_dir: Path, workdir: Path) -> str:
 def generate(run: Path, data_dir: Path) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
-        # The README's commands name runs/smoke: a link there lets them run as written, on any run.
+        # The page's commands name runs/smoke: a link there lets them run as written, on any run.
         (workdir / "runs").mkdir()
         (workdir / SHOWN_RUN).symlink_to(run.resolve(), target_is_directory=True)
         data_dir = data_dir.resolve()
@@ -76,27 +78,29 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path(SHOWN_RUN), help="a finished run (default: runs/smoke)")
     parser.add_argument("--data_dir", type=Path, required=True, help="the CIFAR-10 folder the run was trained on")
-    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
-    parser.add_argument("--check", action="store_true", help="compare with the README instead of writing it")
+    parser.add_argument("--page", type=Path, default=PAGE, help="the page holding the samples (default: %(default)s)")
+    parser.add_argument("--check", action="store_true", help="compare with the page instead of writing it")
     args = parser.parse_args(argv)
     if not (args.run / "model.safetensors").is_file():
         parser.exit(2, f"readme_samples: error: {args.run} holds no model.safetensors; run `make smoke` first.\n")
-    readme = args.readme.read_text(encoding="utf-8")
-    shown = {m["name"]: m["body"] for m in BLOCK.finditer(readme)}
+    page = args.page.read_text(encoding="utf-8")
+    shown = {m["name"]: m["body"] for m in BLOCK.finditer(page)}
     fresh = generate(args.run, args.data_dir)
     if set(shown) != set(fresh):
-        parser.exit(1, f"readme_samples: the README has samples {sorted(shown)}, expected {sorted(fresh)}\n")
+        parser.exit(1, f"readme_samples: {args.page} has samples {sorted(shown)}, expected {sorted(fresh)}\n")
     if args.check:
         stale = {name for name in fresh if masked(fresh[name]) != masked(shown[name])}
         for name in sorted(stale):
-            diff = difflib.unified_diff(masked(shown[name]), masked(fresh[name]), "README", "the code", lineterm="")
-            print(f"the README's {name} sample no longer matches the code:", *diff, sep="\n")
+            diff = difflib.unified_diff(
+                masked(shown[name]), masked(fresh[name]), args.page.name, "the code", lineterm=""
+            )
+            print(f"the {name} sample no longer matches the code ({args.page}):", *diff, sep="\n")
         sys.exit(1 if stale else 0)
-    # Written beside it, then renamed over it: an interrupted run leaves the README as it was.
-    temporary = args.readme.with_name(f".{args.readme.name}.readme-samples.tmp")
-    temporary.write_text(BLOCK.sub(lambda m: m[1] + fresh[m["name"]] + m[4], readme), encoding="utf-8")
-    temporary.replace(args.readme)
-    print(f"rewrote the {', '.join(sorted(fresh))} samples in {args.readme}")
+    # Written beside it, then renamed over it: an interrupted run leaves the page as it was.
+    temporary = args.page.with_name(f".{args.page.name}.readme-samples.tmp")
+    temporary.write_text(BLOCK.sub(lambda m: m[1] + fresh[m["name"]] + m[4], page), encoding="utf-8")
+    temporary.replace(args.page)
+    print(f"rewrote the {', '.join(sorted(fresh))} samples in {args.page}")
 
 
 if __name__ == "__main__":

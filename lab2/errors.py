@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import NoReturn
 
-# Exit codes are part of the command-line contract (README, "Exit codes").
+# Exit codes are part of the command-line contract (docs/resume.md, "Exit codes").
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 3
 EXIT_DIVERGED = 4

@@ -1,4 +1,5 @@
-"""The README's sample outputs and helper commands, run for real: a sample that no longer matches fails here."""
+"""The sample outputs the docs show (docs/commands.md) and the README's helper commands, run for real: a sample
+that no longer matches fails here."""
 
 import json
 import re
@@ -15,17 +16,17 @@ from lab2.config import TrainConfig
 from lab2.data.cifar_reader import CIFAR10_CLASSES, read_cifar_batch
 from lab2.models import create_model
 
-README = (REPO / "README.md").read_text()
+PAGE = (REPO / "docs" / "commands.md").read_text()  # where the samples and the FLOPs table are shown
 sys.path.insert(0, str(REPO / "docs"))
 import readme_samples  # noqa: E402  (docs/ is not a package: the script the Makefile runs)
 
 
 def _block_after(marker: str) -> str:
-    """The first fenced block after `marker` in the README."""
-    return re.search(r"```\n(.*?)```", README[README.index(marker) :], re.S).group(1)
+    """The first fenced block after `marker` in docs/commands.md."""
+    return re.search(r"```\n(.*?)```", PAGE[PAGE.index(marker) :], re.S).group(1)
 
 
-def test_the_flops_table_in_the_readme_is_what_lab2_flops_prints():
+def test_the_flops_table_in_the_docs_is_what_lab2_flops_prints():
     result = run_cli([str(BIN / "lab2-flops"), "--model", "simple_cnn"])
     assert result.returncode == 0, result.stderr
     assert _block_after("**`lab2-flops --model simple_cnn`**").strip() in result.stdout
@@ -67,7 +68,7 @@ def test_sample_images_then_predict_on_the_folder_as_the_readme_says(mini_dir, t
 
 @pytest.fixture(scope="module")
 def small_real_run(mini_dir, tmp_path_factory):
-    """A finished 1-epoch run on the real slice: the README's samples come from real CIFAR-10 images."""
+    """A finished 1-epoch run on the real slice: the samples come from real CIFAR-10 images."""
 
     def build(root):
         flags = ["--data_dir", mini_dir, "--max_train_samples", 128, "--max_eval_samples", 100, "--num_train_epochs", 1]
@@ -82,25 +83,25 @@ def _samples(run, data, *flags):
     return run_cli([sys.executable, str(REPO / "docs" / "readme_samples.py"), "--run", run, "--data_dir", data, *flags])
 
 
-def test_the_readme_samples_match_the_code_and_a_stale_one_is_found_and_rewritten(small_real_run, mini_dir, tmp_path):
+def test_the_doc_samples_match_the_code_and_a_stale_one_is_found_and_rewritten(small_real_run, mini_dir, tmp_path):
     """docs/readme_samples.py (`make readme-samples`) on a small real run: --check finds a stale line, writing
-    replaces it, and what it writes has the shape of the README's own samples (the numbers are the smoke run's)."""
-    readme = tmp_path / "README.md"
+    replaces it, and what it writes has the shape of the page's own samples (the numbers are the smoke run's)."""
+    page = tmp_path / "commands.md"
     first = _block_after("<!-- sample: lab2-eval -->").splitlines()[1]
     assert first.startswith("accuracy:")
     # The line as lab2-eval printed it before it reported the ECE.
-    readme.write_text(README.replace(first, "accuracy: 23.21% (236/1017), loss 2.1233"))
-    stale = _samples(small_real_run, mini_dir, "--check", "--readme", readme)
+    page.write_text(PAGE.replace(first, "accuracy: 23.21% (236/1017), loss 2.1233"))
+    stale = _samples(small_real_run, mini_dir, "--check", "--page", page)
     assert stale.returncode == 1 and "lab2-eval sample no longer matches" in stale.stdout, stale.stdout + stale.stderr
     assert "lab2-predict" not in stale.stdout.replace("lab2-predict --model_path", "")  # that sample still matches
-    rewritten = _samples(small_real_run, mini_dir, "--readme", readme)
+    rewritten = _samples(small_real_run, mini_dir, "--page", page)
     assert rewritten.returncode == 0, rewritten.stdout + rewritten.stderr
-    text = readme.read_text()
+    text = page.read_text()
     start = "<!-- sample: lab2-eval"
-    assert text.count("<!-- /sample -->") == 2 and text[: text.index(start)] == README[: README.index(start)]
+    assert text.count("<!-- /sample -->") == 2 and text[: text.index(start)] == PAGE[: PAGE.index(start)]
     assert ", ECE " in text and "figures and eval.json in runs/smoke/eval" in text
     assert "lab2-predict: error: nothing.jpg: no such file." in text
-    # What was written is what --check compares with: the README's own samples have its shape.
+    # What was written is what --check compares with: the page's own samples have its shape.
     for marker in ("<!-- sample: lab2-eval -->", "<!-- sample: lab2-predict -->"):
         written = re.search(r"```\n(.*?)```", text[text.index(marker) :], re.S).group(1)
         assert readme_samples.masked(written) == readme_samples.masked(_block_after(marker))
