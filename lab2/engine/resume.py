@@ -21,7 +21,7 @@ from lab2.engine.resume_settings import (
 from lab2.errors import UserError
 from lab2.explain.flow import read_flow_history
 from lab2.state.checkpoint import check_compatible, read_progress, resolve_resume_path
-from lab2.state.run_paths import keep_jsonl
+from lab2.state.files import keep_jsonl
 
 
 @dataclass

@@ -16,7 +16,7 @@ from lab2.engine.run_setup import (
 from lab2.engine.trainer import Trainer
 from lab2.errors import Diverged, TrainingStopped, UserError, is_disk_full
 from lab2.state.checkpoint import disk_full_error
-from lab2.state.run_paths import RunPaths
+from lab2.state.run_folder import RunPaths
 
 
 def run(cfg: TrainConfig) -> None:

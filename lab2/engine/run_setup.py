@@ -20,7 +20,8 @@ from lab2.config.train_config import TrainConfig
 from lab2.engine.distributed import is_port_taken, port_taken_message
 from lab2.errors import UserError
 from lab2.state import run_folder, run_lock
-from lab2.state.run_paths import RunPaths, write_json
+from lab2.state.files import write_json
+from lab2.state.run_folder import RunPaths
 from lab2.tracking.startup import tracker_init_kwargs
 
 

@@ -42,8 +42,8 @@ from lab2.state.checkpoint_check import (
     validate_progress,
     write_manifest,
 )
+from lab2.state.files import temporary_beside, write_json
 from lab2.state.run_folder import remove_checkpoint_files
-from lab2.state.run_paths import temporary_beside, write_json
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)$")
 MODEL_FILE = "model.safetensors"

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 
 from lab2.errors import UserError
-from lab2.state.run_paths import write_json
+from lab2.state.files import write_json
 
 MANIFEST_FILE = "manifest.json"
 PROGRESS_FILE = "progress.json"

@@ -1,4 +1,5 @@
-"""lab2's one write policy: which folders and files every command may write, replace or remove.
+"""A run folder's file names (`RunPaths`) and lab2's one write policy: which folders and files every command may
+write, replace or remove.
 
 The rule (README, "Your files are safe"), for lab2-train, lab2-eval, lab2-export, lab2-report and the trackers:
 
@@ -21,8 +22,29 @@ import time
 from pathlib import Path
 
 from lab2.errors import UserError
-from lab2.state.run_paths import RunPaths, write_json
+from lab2.state.files import write_json
 from lab2.state.tracker_files import mlflow_files, wandb_files
+
+
+class RunPaths:
+    """Every file a run writes, under one output folder."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    config = property(lambda self: self.root / "config.json")
+    metrics = property(lambda self: self.root / "metrics.jsonl")
+    summary = property(lambda self: self.root / "summary.json")
+    flops = property(lambda self: self.root / "flops.json")
+    flow = property(lambda self: self.root / "flow.jsonl")
+    figures = property(lambda self: self.root / "figures")
+    model = property(lambda self: self.root / "model.safetensors")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    training_log = property(lambda self: self.root / "training_log.txt")
+    report = property(lambda self: self.root / "report.html")
+    tensorboard = property(lambda self: self.root / "tensorboard")
+    wandb = property(lambda self: self.root / "wandb")
+
 
 MARKER = ".lab2-run.json"
 # Files a run writes at the top of its folder, and the figures it renders (figures/<name>.png).
@@ -60,7 +82,7 @@ TEMPORARY = re.compile(r"^\.(.+)\.tmp$|^\.write-test-\d+$")
 # Files inside a checkpoint folder: Accelerate's save_state names, lab2's progress and manifest, temporary JSON.
 CHECKPOINT_FILE = re.compile(
     r"^((model|optimizer|scheduler|scaler|sampler|random_states|custom_checkpoint|dl_state_dict|pytorch_model)"
-    r"(_\d+)?\.(safetensors|bin|pt|pkl)|progress\.json|manifest\.json|\.(progress|manifest)\.json\.tmp)$"
+    r"(_\d+)?\.(safetensors|bin|pt|pkl)|progress\.json|manifest\.json|\.(progress|manifest)\.json(\.\w+)?\.tmp)$"
 )
 
 

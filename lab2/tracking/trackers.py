@@ -170,7 +170,7 @@ class Tracking:
     ) -> None:
         """Everything a finished run gives the trackers besides figures: the model artifact (model.safetensors +
         config.json, with final/best accuracy, GFLOPs, params and model name), the summary, the Table-1 log,
-        and (MLflow) the run's other files. `paths` is the run's lab2.state.run_paths.RunPaths."""
+        and (MLflow) the run's other files. `paths` is the run's lab2.state.run_folder.RunPaths."""
         metadata = {
             "model": json.loads(paths.config.read_text())["model"],
             **{key: summary[key] for key in ("final_eval_acc", "best_eval_acc", "gflops_per_sample", "params")},
