@@ -1,5 +1,5 @@
-"""A run folder's file names (`RunPaths`) and lab2's one write policy: which folders and files every command may
-write, replace or remove.
+"""A run folder: its file names (`RunPaths`), the one writer's lock, and lab2's one write policy: which folders and
+files every command may write, replace or remove.
 
 The rule (README, "Your files are safe"), for lab2-train, lab2-eval, lab2-export, lab2-report and the trackers:
 
@@ -14,6 +14,7 @@ The rule (README, "Your files are safe"), for lab2-train, lab2-eval, lab2-export
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -44,6 +45,53 @@ class RunPaths:
     report = property(lambda self: self.root / "report.html")
     tensorboard = property(lambda self: self.root / "tensorboard")
     wandb = property(lambda self: self.root / "wandb")
+
+
+# ---- one writer per run folder ----
+
+# Held (fcntl.flock) by the main process of a run for the run's life; the OS drops it when that process dies, so
+# a killed run never leaves a stale lock. Never deleted: a new file would let a second writer in.
+LOCK = ".lab2-run.lock"
+
+
+def _another_writer(root: Path) -> UserError:
+    return UserError(
+        f"another lab2 process is writing to {root} (it holds {root / LOCK}); two runs in one folder would mix "
+        "their metrics and checkpoints. Wait for it to finish or stop it (Ctrl-C saves a checkpoint), "
+        "or choose another --output_dir."
+    )
+
+
+def refuse_if_locked(root: str | Path) -> None:
+    """Read-only check: a UserError when a running lab2 process holds `root`'s lock (a shared probe, released)."""
+    try:
+        fd = os.open(Path(root) / LOCK, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: no run has written there yet (or it is unreadable; the real lock will tell)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _another_writer(Path(root)) from None
+    finally:
+        os.close(fd)  # closing releases the probe
+
+
+class RunFolderLock:
+    """The exclusive lock of one run folder, taken by the main process before it writes anything there."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._fd: int | None = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise _another_writer(self.root) from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 MARKER = ".lab2-run.json"
