@@ -21,7 +21,7 @@ import threading
 from lab2.engine.distributed import launched_rank, prepare_process
 from lab2.errors import Diverged, TrainingStopped, UserError
 from lab2.flags import config_from_flags
-from lab2.state.run_paths import RunPaths
+from lab2.state.run_folder import RunPaths
 from lab2.tracking.home_caches import redirect_unwritable_caches
 
 # One training per process at a time: the Accelerator's state, the random seeds, torch's thread count and the

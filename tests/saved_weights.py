@@ -8,7 +8,7 @@ from lab2.data.cifar import read_cifar10_folder
 from lab2.data.device_dataset import DeviceDataset, device_dataloader
 from lab2.engine.evaluation import evaluate
 from lab2.models import create_model
-from lab2.state.checkpoint import read_exported_model
+from lab2.state.model_file import read_exported_model
 
 
 def evaluate_saved_weights(run_dir: Path, data_dir: Path, max_eval=None):

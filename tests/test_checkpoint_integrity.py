@@ -20,7 +20,7 @@ from lab2.state.checkpoint import (
     resolve_resume_path,
     save_checkpoint,
 )
-from lab2.state.run_paths import append_jsonl
+from lab2.state.files import append_jsonl
 
 PROGRESS = {
     "epoch": 0,

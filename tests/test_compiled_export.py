@@ -6,8 +6,8 @@ from accelerate import Accelerator
 from torch._dynamo.eval_frame import OptimizedModule
 
 from lab2.models import create_model
-from lab2.state.checkpoint import export_model, read_exported_model, save_model_file
-from lab2.state.model_file import load_exported_model
+from lab2.state.checkpoint import export_model
+from lab2.state.model_file import load_exported_model, read_exported_model, save_model_file
 
 METADATA = {"model": "simple_cnn", "num_classes": 10}
 

@@ -15,7 +15,8 @@ from saved_weights import evaluate_saved_weights
 from tracker_files import wandb_steps
 from wandb_reader import history_keys, read_records, run_file
 
-from lab2.state.checkpoint import list_checkpoints, read_exported_model
+from lab2.state.checkpoint import list_checkpoints
+from lab2.state.model_file import read_exported_model
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from lab2.explain.flow import (
     read_flow_history,
 )
 from lab2.models import SimpleCNN
-from lab2.state.run_paths import append_jsonl
+from lab2.state.files import append_jsonl
 
 
 def _batch():

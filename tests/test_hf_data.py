@@ -70,7 +70,7 @@ def test_cifar100_shaped_set_trains_with_a_100_class_head(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["class_accuracy"]) == 100 and "class_99" in summary["class_accuracy"]
-    from lab2.state.checkpoint import read_exported_model
+    from lab2.state.model_file import read_exported_model
 
     state, metadata = read_exported_model(out)
     assert metadata["num_classes"] == "100" and state["fc2.weight"].shape == (100, 512)

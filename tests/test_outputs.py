@@ -6,7 +6,7 @@ import json
 import pytest
 
 from lab2.errors import UserError
-from lab2.state.run_paths import append_jsonl, keep_jsonl, read_jsonl
+from lab2.state.files import append_jsonl, keep_jsonl, read_jsonl
 
 
 def _torn(path, records=2):

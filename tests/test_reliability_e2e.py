@@ -63,8 +63,7 @@ def _files(folder):
 
 def test_overwrite_knows_every_file_a_run_writes(finished):
     """--overwrite_output_dir removes by name: every file of a real run must be on lab2's list (a new figure too)."""
-    from lab2.state.run_folder import MARKER, owned_files
-    from lab2.state.run_lock import LOCK
+    from lab2.state.run_folder import LOCK, MARKER, owned_files
 
     _, run = finished
     owned = owned_files(run)

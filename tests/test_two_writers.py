@@ -13,7 +13,7 @@ from conftest import BIN, REPO, assert_clean_error, cli_env, run_cli, train_cmd
 from launch import started
 
 from lab2.errors import UserError
-from lab2.state.run_lock import LOCK, RunFolderLock, refuse_if_locked
+from lab2.state.run_folder import LOCK, RunFolderLock, refuse_if_locked
 
 TINY = ["--dataset", "fake", "--fake_train_samples", 128, "--fake_test_samples", 32]
 TINY += ["--per_device_train_batch_size", 32, "--report_to", "none", "--flow_log_steps", 0]
@@ -47,7 +47,7 @@ def test_the_lock_refuses_a_second_holder_and_is_free_again_after_release(tmp_pa
 
 
 def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
-    code = "import sys, time; from lab2.state.run_lock import RunFolderLock; RunFolderLock(sys.argv[1]); "
+    code = "import sys, time; from lab2.state.run_folder import RunFolderLock; RunFolderLock(sys.argv[1]); "
     code += "print('locked', flush=True); time.sleep(600)"
     holder = subprocess.Popen(
         [sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True

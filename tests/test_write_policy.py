@@ -15,7 +15,7 @@ from lab2.cli import eval as eval_cli
 from lab2.cli import export as export_cli
 from lab2.cli import report as report_cli
 from lab2.models import create_model
-from lab2.state.run_folder import owned_files
+from lab2.state.run_folder import MARKER, claim, owned_files, record_tracker_files, remove_owned_files
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def _exit(capsys, main, argv):
     return exit_info.value.code, [line for line in captured.err.splitlines() if "error:" in line]
 
 
-def test_overwrite_removes_the_trackers_files_by_name_and_keeps_the_users(run_copy):
+def test_overwrite_removes_the_files_lab2s_trackers_wrote_and_keeps_the_users(run_copy):
     data, run = run_copy
     wandb_run = next((run / "wandb").glob("offline-run-*"))
     mlflow_run_id = json.loads((run / "mlflow_run.json").read_text())["id"]
@@ -92,6 +92,33 @@ def test_overwrite_removes_the_trackers_files_by_name_and_keeps_the_users(run_co
     # no MLflow run id left behind: a later --report_to mlflow resume starts a new MLflow run, not the old one's
     assert not (run / "mlflow_run.json").exists() and not (mlflow_run / "meta.yaml").exists()
     assert (run / "summary.json").is_file()
+
+
+def test_the_trackers_files_are_the_ones_that_appeared_while_they_ran(tmp_path):
+    """No tracker's file names are known: lab2 lists what appeared in wandb/, mlruns/ and tensorboard/ between
+    claim (the run's start) and record_tracker_files (its trackers closed). Files there before, files put there
+    after, a link to elsewhere and a hand-edited marker are never the trackers'."""
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    planted = _plant(elsewhere, ["notes.txt"])
+    claim(run)
+    planted |= _plant(run, ["wandb/before.txt"])  # put there between two runs: the next run's claim notes it
+    claim(run)
+    written = ["wandb/offline-run-1/files/any-name.log", "mlruns/0/abc/meta.yaml", "tensorboard/x/events"]
+    _plant(run, written)
+    (run / "wandb" / "latest-run").symlink_to(run / "wandb" / "offline-run-1")
+    record_tracker_files(run)
+    planted |= _plant(run, ["wandb/offline-run-1/files/mine.txt", "mlruns/0/abc/mine.txt", "tensorboard/mine"])
+    (run / "mlruns" / "linked").symlink_to(elsewhere)
+    marker = json.loads((run / MARKER).read_text())
+    marker["tracker_files"] += ["mlruns/linked/notes.txt", "wandb/../../elsewhere/notes.txt", "config.json"]
+    (run / MARKER).write_text(json.dumps(marker))
+    expected = {run / name for name in (*written, "wandb/latest-run")}
+    assert set(owned_files(run)) == expected
+    assert set(remove_owned_files(run)) == expected
+    assert _survived(planted) and not any(p.exists() or p.is_symlink() for p in expected)
+    claim(run)  # the next run: what is left in the tracker folders is someone else's
+    record_tracker_files(run)
+    assert owned_files(run) == []
 
 
 def test_lab2_eval_never_writes_over_a_users_files(run_copy, tmp_path, capsys):

@@ -25,9 +25,9 @@ from lab2.errors import UserError, exit_with_user_error
 from lab2.explain import plots
 from lab2.explain.calibration import reliability_figure
 from lab2.flags import Parser, number_flag
-from lab2.state.lab_weights import load_model_file
+from lab2.state.files import write_json
+from lab2.state.model_file import load_model_file
 from lab2.state.run_folder import check_eval_output_dir, claim
-from lab2.state.run_paths import write_json
 
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 

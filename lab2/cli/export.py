@@ -1,4 +1,4 @@
-"""`lab2-export`: the course lab's model_final.pth -> a lab2 model.safetensors (see lab2.state.lab_weights).
+"""`lab2-export`: the course lab's model_final.pth -> a lab2 model.safetensors (see lab2.state.model_file).
 
 lab2-export model_final.pth [--output model.safetensors] [--model simple_cnn] [--class_names a,b,...]
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lab2.data.cifar_reader import CIFAR10_CLASSES
 from lab2.errors import UserError, exit_with_user_error
-from lab2.state.lab_weights import export_lab_model
+from lab2.state.model_file import export_lab_model
 
 
 def main(argv: list[str] | None = None) -> None:

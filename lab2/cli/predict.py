@@ -20,8 +20,7 @@ from lab2.cli.explain_images import ExplanationWriter
 from lab2.data.cifar import test_transform
 from lab2.errors import UserError, exit_with_user_error
 from lab2.flags import Parser, number_flag
-from lab2.state.lab_weights import load_model_file
-from lab2.state.model_file import top_k
+from lab2.state.model_file import load_model_file, top_k
 
 MAX_PIXELS = 64_000_000  # larger images are refused before decoding: a small file can decode to gigabytes
 

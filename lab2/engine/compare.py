@@ -21,8 +21,8 @@ from pathlib import Path
 from lab2.engine.report import STYLE, _num, _pct, _read_object, _table, write_page
 from lab2.errors import UserError
 from lab2.explain import comparison
-from lab2.state.run_folder import REPORT_MARK, check_report_target
-from lab2.state.run_paths import RunPaths, read_jsonl
+from lab2.state.files import read_jsonl
+from lab2.state.run_folder import REPORT_MARK, RunPaths, check_report_target
 
 LAB2_CONFIG_KEYS = ("model", "num_train_epochs", "learning_rate")  # every lab2 config.json has them
 

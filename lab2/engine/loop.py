@@ -35,7 +35,7 @@ from lab2.explain.flops import count_flops
 from lab2.explain.flow_reporter import FlowReporter
 from lab2.models import create_model
 from lab2.state.checkpoint import disk_full_error, save_checkpoint
-from lab2.state.run_paths import RunPaths
+from lab2.state.run_folder import RunPaths
 from lab2.tracking.trackers import Tracking
 
 

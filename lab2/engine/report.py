@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 
 from lab2.errors import UserError
-from lab2.state.run_folder import REPORT_MARK, check_report_target
-from lab2.state.run_paths import RunPaths, read_jsonl, temporary_beside
+from lab2.state.files import read_jsonl, temporary_beside
+from lab2.state.run_folder import REPORT_MARK, RunPaths, check_report_target
 
 # Figures in reading order, with their captions; missing ones are skipped.
 FIGURES = (

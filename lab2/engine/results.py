@@ -18,7 +18,7 @@ from lab2.explain import gradcam, plots
 from lab2.explain.calibration import reliability_figure
 from lab2.flags import resume_advice
 from lab2.state.checkpoint import export_model, latest_good_checkpoint
-from lab2.state.run_paths import append_jsonl, read_jsonl, write_json
+from lab2.state.files import append_jsonl, read_jsonl, write_json
 
 FLOW_FIGURES = ("gradients", "weights", "update_ratio")  # went to the trackers at every flow snapshot
 

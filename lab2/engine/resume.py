@@ -23,7 +23,7 @@ from lab2.engine.optim import rescale_learning_rate
 from lab2.errors import UserError
 from lab2.explain.flow import read_flow_history
 from lab2.state.checkpoint import read_progress, resolve_resume_path
-from lab2.state.run_paths import keep_jsonl
+from lab2.state.files import keep_jsonl
 
 REFUSED = ("optim", "lr_scheduler_type", "warmup_ratio")
 APPLIED = ("learning_rate", "weight_decay", "momentum", "label_smoothing_factor", "num_train_epochs")

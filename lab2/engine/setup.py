@@ -12,8 +12,9 @@ import torch
 from lab2.config import TrainConfig, log_with_for
 from lab2.engine.distributed import is_port_taken, port_taken_message
 from lab2.errors import UserError
-from lab2.state import run_folder, run_lock
-from lab2.state.run_paths import RunPaths, write_json
+from lab2.state import run_folder
+from lab2.state.files import write_json
+from lab2.state.run_folder import RunPaths
 from lab2.tracking.startup import tracker_init_kwargs
 
 
@@ -51,18 +52,18 @@ def check_output_dir(cfg: TrainConfig, paths: RunPaths) -> None:
     another lab2 process is writing to; read-only."""
     # Every rank probes, so all of them stop alike; rank 0 takes the lock only after the Accelerator's
     # rendezvous, when every rank's probe is over.
-    run_lock.refuse_if_locked(paths.root)
+    run_folder.refuse_if_locked(paths.root)
     run_folder.check_output_dir(paths.root, bool(cfg.resume_from_checkpoint), cfg.overwrite_output_dir)
 
 
-def _lock_on_main(accelerator, paths: RunPaths) -> run_lock.RunFolderLock | None:
+def _lock_on_main(accelerator, paths: RunPaths) -> run_folder.RunFolderLock | None:
     """The main process takes the run folder's lock; every process learns whether it could, so all stop alike."""
     from accelerate.utils import broadcast_object_list
 
     lock, problem = None, None
     if accelerator.is_main_process:
         try:
-            lock = run_lock.RunFolderLock(paths.root)
+            lock = run_folder.RunFolderLock(paths.root)
         except UserError as error:
             problem = str(error)
     if accelerator.num_processes > 1:
@@ -72,7 +73,7 @@ def _lock_on_main(accelerator, paths: RunPaths) -> run_lock.RunFolderLock | None
     return lock
 
 
-def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> run_lock.RunFolderLock | None:
+def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> run_folder.RunFolderLock | None:
     """Create, lock and mark --output_dir (checking it is writable on every process); --overwrite_output_dir
     removes lab2's own files from it by name, never anything else. Returns the lock (main process; None on the
     others), to hold until the run has written its last file."""
@@ -102,7 +103,7 @@ def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> run_lo
 def discard_unused_run_folder(root: Path, created: list[Path]) -> None:
     """Remove a run folder this start created when it failed before training, and the `created` folders above it
     that are left empty. Only lab2's marker and lock may be in the run folder; one holding anything else stays."""
-    own = {run_folder.MARKER, run_lock.LOCK}
+    own = {run_folder.MARKER, run_folder.LOCK}
     if not (root.is_dir() and {p.name for p in root.iterdir()} <= own):
         return
     for name in own:  # the lock's flock is released later by its handle; unlinking the name first is harmless

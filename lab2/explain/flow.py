@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from lab2.config import HISTOGRAM_CHOICES
-from lab2.state.run_paths import read_jsonl
+from lab2.state.files import read_jsonl
 
 STATISTICS = ("grad_mean", "grad_max", "weight_mean", "weight_max", "update_ratio")
 

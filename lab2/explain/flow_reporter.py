@@ -19,7 +19,7 @@ from collections import deque
 from lab2.explain.figure_worker import FigureWorker
 from lab2.explain.flow import STATISTICS, FlowCollector, FlowHealth, FlowSnapshot
 from lab2.explain.plots import figure_to_array, flow_figures
-from lab2.state.run_paths import append_jsonl
+from lab2.state.files import append_jsonl
 
 
 class FlowReporter:

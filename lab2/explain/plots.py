@@ -17,6 +17,8 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from lab2.state.files import atomic_write
+
 MIN_SNAPSHOTS_FOR_TREND = 5  # a heatmap "over training" with fewer columns says so in its title
 # lab2.explain.flow.UPDATE_RATIO_RANGE (the health warnings' range; that module imports torch, this one does not).
 UPDATE_RATIO_RANGE = (1e-5, 1e-1)
@@ -224,12 +226,8 @@ def curves_figure(metrics: Sequence[dict]) -> Figure:
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write `fig` as PNG atomically (temporary name, then rename) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    tmp.replace(path)
-    return path
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:

@@ -1,3 +1,3 @@
-"""What a run keeps on disk: run folder paths and ownership, atomic writers, checkpoints (save, verify)
-and the course lab's weights.
+"""What a run keeps on disk: files written whole (files), the run folder and its write policy (run_folder),
+checkpoints (checkpoint) and the model files lab2 reads (model_file).
 """

@@ -33,16 +33,12 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_bytes
-
 from lab2.errors import DiskFull, UserError, is_disk_full
+from lab2.state.files import write_json
+from lab2.state.model_file import save_model_file
 from lab2.state.run_folder import remove_checkpoint_files
-from lab2.state.run_paths import temporary_beside, write_json
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)$")
-MODEL_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 PROGRESS_FILE = "progress.json"
 # progress.json's numeric fields and their minimum; the first six are whole numbers, the sums finite floats.
@@ -277,46 +273,3 @@ def export_model(accelerator, model, path: str | Path, metadata: dict) -> Path:
             raise
     accelerator.wait_for_everyone()
     return path
-
-
-def save_model_file(state: dict[str, torch.Tensor], path: str | Path, metadata: dict) -> Path:
-    """Write a state dict as safetensors with string `metadata`, atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = temporary_beside(path)  # a unique name: lab2-export writes into folders that are not lab2's
-    try:
-        # safetensors refuses shared or non-contiguous storage; copies are cheap at this size.
-        data = safetensors_bytes(
-            {k: v.detach().contiguous().cpu() for k, v in state.items()},
-            metadata={k: str(v) for k, v in metadata.items()},
-        )
-        # Written by open(), not safetensors' save_file (which creates its file 0600): the file gets the
-        # permissions of every other output (0644 under the usual umask 022).
-        with open(tmp, "wb") as file:
-            file.write(data)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave half a file behind (a full disk, an interrupt)
-        raise
-    return path
-
-
-def read_exported_model(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(state dict, metadata) of a model.safetensors file; a run folder may be given for its model."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise UserError(f"--model_path {path}: no such file; give a run folder or its {MODEL_FILE}.")
-    try:
-        tensors = {}
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            for key in handle.keys():
-                tensors[key] = handle.get_tensor(key)
-    except Exception as exc:  # safetensors raises its own SafetensorError for damaged headers
-        raise UserError(
-            f"{path} is not a readable safetensors file ({exc}); re-export it or pick another run."
-        ) from None
-    if "model" not in metadata:
-        raise UserError(f"{path} has no lab2 metadata (model name); it was not written by lab2.")
-    return tensors, metadata

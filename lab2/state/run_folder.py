@@ -1,4 +1,5 @@
-"""lab2's one write policy: which folders and files every command may write, replace or remove.
+"""A run folder: its file names (`RunPaths`), the one writer's lock, and lab2's one write policy: which folders and
+files every command may write, replace or remove.
 
 The rule (README, "Your files are safe"), for lab2-train, lab2-eval, lab2-export, lab2-report and the trackers:
 
@@ -6,66 +7,133 @@ The rule (README, "Your files are safe"), for lab2-train, lab2-eval, lab2-export
   own (the marker `.lab2-run.json`, which also says which command's folder it is), or by a marker inside the
   file (lab2-export's metadata, lab2-report's <meta name="generator">);
 - folders: a command writes into a missing or empty folder, or one it marked itself;
-- `--overwrite_output_dir` removes only the files lab2 and its trackers write, by name (`owned_files`;
-  the trackers' names are in lab2.state.tracker_files), never a whole folder holding something else;
+- the trackers' files (wandb/, mlruns/, tensorboard/) are known by a list in the marker: the files that appeared
+  there while lab2's trackers ran (`record_tracker_files`), never by W&B's or MLflow's own naming;
+- `--overwrite_output_dir` removes only those files (`owned_files`), never a whole folder holding something else;
 - anything else is a UserError (one line, exit 2), before anything is written.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from lab2.errors import UserError
-from lab2.state.run_paths import RunPaths, write_json
-from lab2.state.tracker_files import mlflow_files, wandb_files
+from lab2.state.files import write_json
+
+
+class RunPaths:
+    """Every file a run writes, under one output folder."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    config = property(lambda self: self.root / "config.json")
+    metrics = property(lambda self: self.root / "metrics.jsonl")
+    summary = property(lambda self: self.root / "summary.json")
+    flops = property(lambda self: self.root / "flops.json")
+    flow = property(lambda self: self.root / "flow.jsonl")
+    figures = property(lambda self: self.root / "figures")
+    model = property(lambda self: self.root / "model.safetensors")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    training_log = property(lambda self: self.root / "training_log.txt")
+    report = property(lambda self: self.root / "report.html")
+    tensorboard = property(lambda self: self.root / "tensorboard")
+    wandb = property(lambda self: self.root / "wandb")
+
+
+# ---- one writer per run folder ----
+
+# Held (fcntl.flock) by the main process of a run for the run's life; the OS drops it when that process dies, so
+# a killed run never leaves a stale lock. Never deleted: a new file would let a second writer in.
+LOCK = ".lab2-run.lock"
+
+
+def _another_writer(root: Path) -> UserError:
+    return UserError(
+        f"another lab2 process is writing to {root} (it holds {root / LOCK}); two runs in one folder would mix "
+        "their metrics and checkpoints. Wait for it to finish or stop it (Ctrl-C saves a checkpoint), "
+        "or choose another --output_dir."
+    )
+
+
+def refuse_if_locked(root: str | Path) -> None:
+    """Read-only check: a UserError when a running lab2 process holds `root`'s lock (a shared probe, released)."""
+    try:
+        fd = os.open(Path(root) / LOCK, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: no run has written there yet (or it is unreadable; the real lock will tell)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _another_writer(Path(root)) from None
+    finally:
+        os.close(fd)  # closing releases the probe
+
+
+class RunFolderLock:
+    """The exclusive lock of one run folder, taken by the main process before it writes anything there."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._fd: int | None = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise _another_writer(self.root) from None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# ---- what lab2 owns ----
 
 MARKER = ".lab2-run.json"
 # Files a run writes at the top of its folder, and the figures it renders (figures/<name>.png).
 RUN_FILES = (
-    "config.json",
-    "metrics.jsonl",
-    "summary.json",
-    "flops.json",
-    "flow.jsonl",
-    "training_log.txt",
-    "model.safetensors",
-    "report.html",
-    "wandb_run.json",
-    "mlflow_run.json",
+    *("config.json", "metrics.jsonl", "summary.json", "flops.json", "flow.jsonl", "training_log.txt"),
+    *("model.safetensors", "report.html", "wandb_run.json", "mlflow_run.json"),
 )
 FIGURE_NAMES = (
-    "curves",
-    "confusion_matrix",
-    "class_accuracy",
-    "predictions",
-    "gradcam",
-    "calibration",
-    "gradients",
-    "weights",
-    "update_ratio",
-    "heatmap_grad_mean",
-    "heatmap_weight_mean",
-    "heatmap_update_ratio",
+    *("curves", "confusion_matrix", "class_accuracy", "predictions", "gradcam", "calibration"),
+    *("gradients", "weights", "update_ratio", "heatmap_grad_mean", "heatmap_weight_mean", "heatmap_update_ratio"),
 )
 EVAL_FILES = ("eval.json", "confusion_matrix.png", "class_accuracy.png", "predictions.png", "calibration.png")
-# Folder entries written by lab2's checkpoints and TensorBoard, by name pattern inside their own subfolders.
+# Where lab2 points W&B (dir=<run>), MLflow's local file store and TensorBoard: lab2's names, not the trackers'.
+TRACKER_FOLDERS = ("wandb", "mlruns", "tensorboard")
+# Checkpoint folders (and their temporary and replaced forms), the files lab2 and Accelerate's save_state write
+# in them, and what a kill mid-write leaves: atomic_write's temporary file (.<name>.<8 random>.tmp, or an older
+# lab2's .<name>.tmp) and the writable-folder probe.
 CHECKPOINT_ENTRY = re.compile(r"^(\.tmp-|\.old-)?checkpoint_\d+$")
-TENSORBOARD_ENTRY = re.compile(r"^(events\.out\.tfevents\..+|hparams\.yml)$")
-TEMPORARY = re.compile(r"^\.(.+)\.tmp$|^\.write-test-\d+$")
-# Files inside a checkpoint folder: Accelerate's save_state names, lab2's progress and manifest, temporary JSON.
 CHECKPOINT_FILE = re.compile(
     r"^((model|optimizer|scheduler|scaler|sampler|random_states|custom_checkpoint|dl_state_dict|pytorch_model)"
-    r"(_\d+)?\.(safetensors|bin|pt|pkl)|progress\.json|manifest\.json|\.(progress|manifest)\.json\.tmp)$"
+    r"(_\d+)?\.(safetensors|bin|pt|pkl)|progress\.json|manifest\.json|\.(progress|manifest)\.json(\.\w+)?\.tmp)$"
 )
+TEMPORARY = re.compile(r"^\.(.+?)(\.\w{8})?\.tmp$|^\.(write-test)-\d+$")
+
+
+def _entries(folder: Path) -> list[Path]:
+    return list(folder.iterdir()) if folder.is_dir() else []
 
 
 def is_marked(folder: str | Path) -> bool:
     return (Path(folder) / MARKER).is_file()
+
+
+def _marker(folder: Path) -> dict | None:
+    try:
+        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
 
 
 def marked_kind(folder: str | Path) -> str | None:
@@ -73,15 +141,124 @@ def marked_kind(folder: str | Path) -> str | None:
     still marks the folder as lab2's ("unknown")."""
     if not is_marked(folder):
         return None
-    try:
-        kind = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8")).get("lab2", "run")
-    except (OSError, ValueError, AttributeError):
-        return "unknown"
+    marker = _marker(Path(folder))
+    kind = marker.get("lab2", "run") if marker is not None else "unknown"
     return kind if isinstance(kind, str) else "unknown"
 
 
+def _tracker_files(root: Path) -> set[str]:
+    """The files and links now under the run folder's tracker folders, as names relative to `root`."""
+    found = set()
+    for folder in TRACKER_FOLDERS:
+        if (root / folder).is_symlink():
+            continue  # somewhere else: not lab2's to list
+        for dirpath, dirs, files in os.walk(root / folder):  # links are listed, never followed
+            here = Path(dirpath).relative_to(root)
+            found |= {(here / name).as_posix() for name in files + [d for d in dirs if Path(dirpath, d).is_symlink()]}
+    return found
+
+
+def _listed(root: Path, key: str) -> set[str]:
+    """The names the marker lists under `key`, each inside a tracker folder (a hand-edited marker reaches no
+    further)."""
+    names = (_marker(root) or {}).get(key)
+    parts = [PurePosixPath(n).parts for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    return {"/".join(p) for p in parts if len(p) > 1 and p[0] in TRACKER_FOLDERS and ".." not in p}
+
+
+def _update_marker(root: Path, **fields) -> None:
+    write_json(root / MARKER, {**(_marker(root) or {"lab2": "run"}), **fields})
+
+
+def claim(root: str | Path, kind: str = "run") -> None:
+    """Create `root` if needed and mark it as lab2's (main process only; after check_output_dir, before the
+    trackers start). The marker notes the files already in its tracker folders that are not lab2's."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if not is_marked(root):
+        write_json(root / MARKER, {"lab2": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    others = _tracker_files(root) - _listed(root, "tracker_files")
+    if others or _listed(root, "others_files"):
+        _update_marker(root, others_files=sorted(others))
+
+
+def record_tracker_files(root: str | Path) -> None:
+    """After lab2's trackers closed (main process): list in the marker every file in the tracker folders that was
+    not there, someone else's, when the run started (claim), as lab2's for --overwrite_output_dir."""
+    root = Path(root)
+    if marked_kind(root) != "run":  # only a folder lab2 claimed for a run
+        return
+    files = _tracker_files(root) - _listed(root, "others_files")
+    if files != _listed(root, "tracker_files"):
+        _update_marker(root, tracker_files=sorted(files))
+
+
+def _reached_directly(root: Path, path: Path) -> bool:
+    """Whether `path` is in `root` without passing through a link (a linked folder leads to someone's files)."""
+    return path.parent.resolve() == root.resolve().joinpath(path.parent.relative_to(root))
+
+
+def owned_files(root: str | Path) -> list[Path]:
+    """Every existing file or folder under `root` that lab2 writes, found by name (never a user's file)."""
+    root = Path(root)
+    found = [root / name for name in RUN_FILES]
+    found += [root / "figures" / f"{name}.png" for name in FIGURE_NAMES]
+    found += [root / "eval" / name for name in (*EVAL_FILES, MARKER)]
+    for folder, names in (
+        (root, {*RUN_FILES, MARKER, "write-test"}),
+        (root / "figures", {f"{name}.png" for name in FIGURE_NAMES}),
+        (root / "eval", {*EVAL_FILES, MARKER}),
+    ):
+        found += [p for p in _entries(folder) if (m := TEMPORARY.match(p.name)) and (m[1] or m[3]) in names]
+    for checkpoint in (p for p in _entries(root / "checkpoints") if CHECKPOINT_ENTRY.match(p.name)):
+        found += (
+            [p for p in _entries(checkpoint) if CHECKPOINT_FILE.match(p.name)] if checkpoint.is_dir() else [checkpoint]
+        )
+    found += [root / name for name in sorted(_listed(root, "tracker_files")) if _reached_directly(root, root / name)]
+    return [p for p in found if p.exists() or p.is_symlink()]
+
+
+def remove_owned_files(root: str | Path) -> list[Path]:
+    """--overwrite_output_dir: delete lab2's own files under a marked `root`, then its subfolders left empty."""
+    root = Path(root)
+    if not is_marked(root):
+        raise UserError(f"{root} is not a lab2 run folder (no {MARKER}); lab2 removes files only from its own runs.")
+    removed = owned_files(root)
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if _listed(root, "tracker_files"):
+        _update_marker(root, tracker_files=[])
+    for sub in ("figures", "eval", "checkpoints", *TRACKER_FOLDERS):
+        for dirpath, _dirs, _files in os.walk(root / sub, topdown=False):  # deepest first
+            try:
+                Path(dirpath).rmdir()  # only empty folders: anything a user put there stays
+            except OSError:
+                pass
+    return removed
+
+
+def remove_checkpoint_files(folder: str | Path) -> bool:
+    """Delete lab2's files from a checkpoint folder, and the folder once empty; return whether it is gone.
+    A file someone else put into a checkpoint folder is left where it is."""
+    folder = Path(folder)
+    for path in folder.iterdir():
+        if CHECKPOINT_FILE.match(path.name) and path.is_file():
+            path.unlink()
+    try:
+        folder.rmdir()
+        return True
+    except OSError:
+        return False
+
+
+# ---- which folders and files a command may write ----
+
+
 def _visible_entries(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    return sorted(p.name for p in _entries(folder))
 
 
 def _foreign_summary(folder: Path) -> str:
@@ -122,73 +299,6 @@ def check_output_dir(root: str | Path, resume: bool, overwrite: bool, flag: str 
         )
 
 
-def claim(root: str | Path, kind: str = "run") -> None:
-    """Create `root` if needed and mark it as lab2's (main process only; after check_output_dir)."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    if not is_marked(root):
-        write_json(root / MARKER, {"lab2": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-
-
-def owned_files(root: str | Path) -> list[Path]:
-    """Every existing file or folder under `root` that lab2 writes, found by name (never a user's file)."""
-    root = Path(root)
-    found = [root / name for name in RUN_FILES]
-    found += [root / "figures" / f"{name}.png" for name in FIGURE_NAMES]
-    found += [root / "eval" / name for name in (*EVAL_FILES, MARKER)]
-    found += [p for p in root.iterdir() if TEMPORARY.match(p.name)] if root.is_dir() else []
-    checkpoints, wandb = root / "checkpoints", root / "wandb"
-    for checkpoint in (
-        (p for p in checkpoints.iterdir() if CHECKPOINT_ENTRY.match(p.name)) if checkpoints.is_dir() else ()
-    ):
-        found += (
-            [p for p in checkpoint.iterdir() if CHECKPOINT_FILE.match(p.name)] if checkpoint.is_dir() else [checkpoint]
-        )
-    found += wandb_files(wandb)
-    found += mlflow_files(root / "mlruns", {*RUN_FILES, *(f"{name}.png" for name in FIGURE_NAMES)})
-    tensorboard = root / "tensorboard"
-    if tensorboard.is_dir():
-        found += [p for p in tensorboard.rglob("*") if p.is_file() and TENSORBOARD_ENTRY.match(p.name)]
-    return [p for p in found if p.exists() or p.is_symlink()]
-
-
-def remove_owned_files(root: str | Path) -> list[Path]:
-    """--overwrite_output_dir: delete lab2's own files under a marked `root`, then its subfolders left empty."""
-    root = Path(root)
-    if not is_marked(root):
-        raise UserError(f"{root} is not a lab2 run folder (no {MARKER}); lab2 removes files only from its own runs.")
-    removed = owned_files(root)
-    for path in removed:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    for sub in ("figures", "eval", "checkpoints", "wandb", "tensorboard", "mlruns"):
-        folder = root / sub
-        for dirpath, _dirs, _files in os.walk(folder, topdown=False):  # deepest first
-            try:
-                Path(dirpath).rmdir()  # only empty folders: anything a user put there stays
-            except OSError:
-                pass
-    return removed
-
-
-def remove_checkpoint_files(folder: str | Path) -> bool:
-    """Delete lab2's files from a checkpoint folder, and the folder once empty; return whether it is gone.
-
-    A file someone else put into a checkpoint folder is left where it is.
-    """
-    folder = Path(folder)
-    for path in folder.iterdir():
-        if CHECKPOINT_FILE.match(path.name) and path.is_file():
-            path.unlink()
-    try:
-        folder.rmdir()
-        return True
-    except OSError:
-        return False
-
-
 def check_eval_output_dir(out: str | Path) -> None:
     """lab2-eval writes into a missing or empty folder, or one it marked before (a run's eval/ by default)."""
     out = Path(out)
@@ -208,7 +318,7 @@ def check_eval_output_dir(out: str | Path) -> None:
     )
 
 
-REPORT_MARK = '<meta name="generator" content="lab2-report">'  # in every page lab2 writes (lab2.engine.report)
+REPORT_MARK = '<meta name="generator" content="lab2-report">'  # in every page lab2 writes
 EXPORT_MARK = ("written_by", "lab2-export")  # in the safetensors metadata of every file lab2-export writes
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lab2.explain.plots import figure_to_array
+from lab2.state.run_folder import record_tracker_files
 from lab2.tracking import media
 from lab2.tracking.startup import MLFLOW_RUN_FILE, offline_notice, start_wandb_offline
 
@@ -34,6 +35,7 @@ class Tracking:
         self.printer = printer
         self.active = bool(accelerator.log_with) and accelerator.is_main_process
         self._noted: set[str] = set()  # one-time notes already printed
+        self.run_folder: Path | None = None  # where finish() lists the files the trackers wrote
 
     def _note_once(self, key: str, message: str) -> None:
         if key not in self._noted:
@@ -59,6 +61,7 @@ class Tracking:
     def start(self, project_name: str, config: dict, init_kwargs: dict, run_folder: Path | None = None) -> None:
         """Start the trackers; an online W&B start that fails or times out falls back to offline, in one line."""
         # init_trackers is collective-free, but only the main process has real trackers.
+        self.run_folder = run_folder
         if not self.accelerator.log_with:
             return
         try:
@@ -170,7 +173,7 @@ class Tracking:
     ) -> None:
         """Everything a finished run gives the trackers besides figures: the model artifact (model.safetensors +
         config.json, with final/best accuracy, GFLOPs, params and model name), the summary, the Table-1 log,
-        and (MLflow) the run's other files. `paths` is the run's lab2.state.run_paths.RunPaths."""
+        and (MLflow) the run's other files. `paths` is the run's lab2.state.run_folder.RunPaths."""
         metadata = {
             "model": json.loads(paths.config.read_text())["model"],
             **{key: summary[key] for key in ("final_eval_acc", "best_eval_acc", "gflops_per_sample", "params")},
@@ -204,9 +207,15 @@ class Tracking:
         self._guard("logging the interactive confusion matrix", send)
 
     def finish(self) -> None:
-        """Close the trackers and the process group (Accelerate's end_training); never raises."""
+        """Close the trackers and the process group (Accelerate's end_training), then list the files the trackers
+        wrote in the run folder's marker, so --overwrite_output_dir knows them; never raises."""
         try:
             self.accelerator.end_training()
         except Exception as exc:
             if self.accelerator.is_main_process:
                 self.printer(f"tracking: closing the tracker failed ({type(exc).__name__}: {exc}).")
+        try:
+            if self.run_folder is not None and self.accelerator.is_main_process:
+                record_tracker_files(self.run_folder)
+        except OSError as exc:  # a full disk: the files stay, --overwrite_output_dir then leaves them too
+            self.printer(f"tracking: listing the trackers' files in {self.run_folder} failed ({exc.strerror}).")

@@ -1,4 +1,5 @@
-"""Where a run's files live (`RunPaths`) and the small, atomic JSON/JSONL writers they use."""
+"""Writing files whole: `atomic_write` (a temporary file beside the target, then a rename) with its text and JSON
+forms, and the JSONL logs' append and read, which survive a kill or a full disk mid-write."""
 
 from __future__ import annotations
 
@@ -12,29 +13,8 @@ from pathlib import Path
 from lab2.errors import UserError
 
 
-class RunPaths:
-    """Every file a run writes, under one output folder (the layout in DESIGN.md)."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    config = property(lambda self: self.root / "config.json")
-    metrics = property(lambda self: self.root / "metrics.jsonl")
-    summary = property(lambda self: self.root / "summary.json")
-    flops = property(lambda self: self.root / "flops.json")
-    flow = property(lambda self: self.root / "flow.jsonl")
-    figures = property(lambda self: self.root / "figures")
-    model = property(lambda self: self.root / "model.safetensors")
-    checkpoints = property(lambda self: self.root / "checkpoints")
-    training_log = property(lambda self: self.root / "training_log.txt")
-    report = property(lambda self: self.root / "report.html")
-    tensorboard = property(lambda self: self.root / "tensorboard")
-    wandb = property(lambda self: self.root / "wandb")
-
-
 def temporary_beside(path: str | Path) -> Path:
-    """A new temporary file beside `path`, created with a unique name (O_EXCL): writing it can never replace a
-    file that is already there, whoever wrote it. Rename it onto `path` once complete."""
+    """A new, uniquely named temporary file beside `path` (O_EXCL: it can never be a file already there)."""
     path = Path(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -42,28 +22,36 @@ def temporary_beside(path: str | Path) -> Path:
     return Path(name)
 
 
-def write_json(path: str | Path, data) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+def atomic_write(target: str | Path, write: Callable[[Path], object]) -> Path:
+    """Write `target` whole or not at all: `write(tmp)` fills a temporary file beside it, which is synced and then
+    renamed over `target`. Any failure (a full disk, Ctrl-C) removes the temporary file. Returns `target`."""
+    target = Path(target)
+    tmp = temporary_beside(target)
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())  # the data is on disk before the rename makes it the file
+        os.replace(tmp, target)
     except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk or a kill leaves no half-written temporary file behind
+        tmp.unlink(missing_ok=True)
         raise
+    return target
+
+
+def write_text(target: str | Path, text: str) -> Path:
+    return atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(target: str | Path, data) -> Path:
+    return write_text(target, json.dumps(data, indent=2))
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one JSON line so that the file never keeps half a line.
 
-    The line goes out in one write() on an O_APPEND descriptor. A line left
-    half-written by an earlier kill is cut off first (readers skip it anyway);
-    a write that fails part-way (a full disk) is cut back to the old end before
-    the error is raised.
+    The line goes out in one write() on an O_APPEND descriptor. A line left half-written by an earlier kill is
+    cut off first (readers skip it anyway); a write that fails part-way (a full disk) is cut back to the old end
+    before the error is raised.
     """
     data = (json.dumps(record) + "\n").encode("utf-8")
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -74,8 +62,7 @@ def append_jsonl(path: str | Path, record: dict) -> None:
             size = start + os.pread(fd, size - start, start).rfind(b"\n") + 1  # rfind is -1 without a newline
             os.ftruncate(fd, size)
         try:
-            written = os.write(fd, data)
-            if written != len(data):
+            if os.write(fd, data) != len(data):
                 raise OSError(28, "No space left on device (short write)")
         except OSError:
             os.ftruncate(fd, size)
@@ -86,17 +73,14 @@ def append_jsonl(path: str | Path, record: dict) -> None:
 
 def read_jsonl(path: str | Path, warn: Callable[[str], None] | None = None) -> list[dict]:
     """The records of a JSONL file; a torn last line (a kill or full disk mid-append) is skipped with a warning.
-
-    Any other line that is not a JSON object is a UserError naming the file and line.
-    """
+    Any other line that is not a JSON object is a UserError naming the file and line."""
     path = Path(path)
     if not path.exists():
         return []
     try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
+        lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
     except OSError as exc:
         raise UserError(f"cannot read {path} ({exc.strerror}).") from None
-    lines = text.split("\n")
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -108,16 +92,13 @@ def read_jsonl(path: str | Path, warn: Callable[[str], None] | None = None) -> l
         if isinstance(record, dict):
             records.append(record)
         elif number == len(lines):  # no newline after it: the append that wrote it was cut short
-            (warn or _warn)(f"warning: {path}: the last line is incomplete (an interrupted write); skipped it.")
+            message = f"warning: {path}: the last line is incomplete (an interrupted write); skipped it."
+            warn(message) if warn else print(message, file=sys.stderr, flush=True)
         else:
             raise UserError(
                 f"{path} line {number} is not a JSON record; the file is damaged. Restore it, or delete the line."
             )
     return records
-
-
-def _warn(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def keep_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> list[dict]:
@@ -130,9 +111,6 @@ def keep_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> list[dict]:
             return False
 
     records = [r for r in read_jsonl(path) if kept(r)]
-    path = Path(path)
-    if path.exists():
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        tmp.replace(path)
+    if Path(path).exists():
+        write_text(path, "".join(json.dumps(r) + "\n" for r in records))
     return records
