@@ -1,8 +1,8 @@
-"""Starting the trackers: W&B's mode (credentials, a bounded reachability probe), each tracker's init kwargs.
+"""Before the trackers start: caches under an unwritable HOME, W&B's mode, each tracker's init kwargs.
 
-Accelerate's `init_trackers` takes per-tracker init kwargs; this module builds
-them on the main process before the trackers start:
-
+- `redirect_unwritable_caches` runs before wandb or matplotlib is imported (so this module imports only the
+  standard library at its top): under a read-only HOME, wandb's core process logs 17 INFO lines to stderr and
+  matplotlib two more; their caches go to one temporary folder instead, said in one line.
 - W&B goes online only with credentials and a server that answers within a few
   seconds; otherwise it goes offline into `<output_dir>/wandb`, said in one line
   (`wandb sync` uploads it later). Variables wandb would crash on are removed
@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import tempfile
 import uuid
+from collections.abc import MutableMapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -32,6 +34,34 @@ MLFLOW_RUN_FILE = "mlflow_run.json"  # the MLflow run id, for the same reason
 _OWN_MLFLOW_URIS: set[str] = set()  # the file stores this process pointed MLflow at
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "shared", "run")  # what wandb itself accepts
 DEFAULT_INIT_TIMEOUT_S = 10.0  # --wandb_init_timeout_s
+# Variable -> the folder it replaces (relative to HOME) and its subfolder in the temporary one.
+REDIRECTED = {
+    "XDG_CACHE_HOME": (".cache", "cache"),  # wandb-core's logs (Go's os.UserCacheDir), and others'
+    "WANDB_CACHE_DIR": (".cache/wandb", "wandb-cache"),
+    "WANDB_CONFIG_DIR": (".config/wandb", "wandb-config"),
+    "MPLCONFIGDIR": (".config/matplotlib", "matplotlib"),
+}
+
+
+def can_write(folder: Path) -> bool:
+    """Whether `folder` could be written: it, or the nearest folder above it that exists, is writable."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    return existing is not None and existing.is_dir() and os.access(existing, os.W_OK)
+
+
+def redirect_unwritable_caches(env: MutableMapping[str, str] = os.environ) -> str | None:
+    """Point every cache variable whose folder cannot be written at a temporary folder; the note, or None.
+    Variables the user set to a writable folder stay."""
+    home = Path(env.get("HOME") or Path.home())
+    unwritable = [
+        name for name, (default, _) in REDIRECTED.items() if not can_write(Path(env.get(name) or home / default))
+    ]
+    if not unwritable:
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="lab2-cache-"))
+    for name in unwritable:
+        env[name] = str(folder / REDIRECTED[name][1])
+    return f"note: {home} cannot be written, so this run's caches (W&B, matplotlib) go to {folder}."
 
 
 def _base_url() -> str:
