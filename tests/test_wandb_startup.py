@@ -10,6 +10,7 @@ import time
 
 import pytest
 from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
 
 from lab2.tracking.startup import tracker_init_kwargs
 from lab2.tracking.trackers import Tracking
@@ -58,15 +59,16 @@ def wandb_env(monkeypatch, tmp_path):
     signal.signal(signal.SIGALRM, previous)
 
 
-def _start(tmp_path, **kwargs):
+def _start(tmp_path, report_to="wandb", **kwargs):
     """Tracking.start as the trainer calls it: init kwargs from tracker_init_kwargs, notice and messages collected."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     messages = []
-    init_kwargs, notice = tracker_init_kwargs("wandb", run_dir, "test-run", False, **kwargs)
+    init_kwargs, notice = tracker_init_kwargs(report_to, run_dir, "test-run", False, **kwargs)
     if notice:
         messages.append(notice)
-    accelerator = Accelerator(cpu=True, log_with="wandb")
+    tensorboard_dir = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard"))
+    accelerator = Accelerator(cpu=True, log_with=report_to.split(","), project_config=tensorboard_dir)
     tracking = Tracking(accelerator, printer=messages.append)
     tracking.start("lab2-test", {"a": 1}, init_kwargs)
     tracking.log({"train/loss": 1.0}, step=1)
@@ -79,16 +81,18 @@ def test_an_online_start_that_gets_no_answer_falls_back_to_offline_within_the_ti
     wandb_env, silent_server, tmp_path, server
 ):
     """With credentials, wandb.init is bounded by its own init_timeout (no probe of lab2's): a server that accepts
-    and never answers, or a closed port, costs about the timeout, then the run logs offline, said in one line."""
+    and never answers, or a closed port, costs about the timeout, then the run logs offline, said in one line,
+    and TensorBoard, which Accelerate would start after W&B, starts all the same."""
     wandb_env.setenv(
         "WANDB_BASE_URL", silent_server if server == "never-answers" else f"http://127.0.0.1:{_closed_port()}"
     )
     began = time.monotonic()
-    run_dir, messages = _start(tmp_path, init_timeout_s=3.0)
+    run_dir, messages = _start(tmp_path, "wandb,tensorboard", init_timeout_s=3.0)
     # The 3 s timeout, then an offline start (seconds on a busy machine); unbounded, wandb.init waits 90 s.
     assert time.monotonic() - began < 3.0 + 15.0
     assert len(messages) == 1 and "offline" in messages[0] and "could not start online" in messages[0], messages
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb")), "no offline copy in the run folder"
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*")), "TensorBoard did not start"
 
 
 @pytest.mark.parametrize(

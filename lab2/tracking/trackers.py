@@ -83,9 +83,10 @@ class Tracking:
             (Path(run_folder) / MLFLOW_RUN_FILE).write_text(json.dumps({"id": run_id}))
 
     def _fall_back(self, project_name: str, init_kwargs: dict, exc: Exception) -> None:
-        """After a failed start: keep the trackers that started, and W&B offline in place of a failed online start
-        (wandb.init raises once its init_timeout has passed: it has no offline fallback of its own)."""
-        failure = f"{type(exc).__name__}: {(str(exc).strip() or 'no message').splitlines()[0][:160]}"
+        """After init_trackers raised: it starts the trackers in order and stopped at the first that failed. That
+        one is W&B offline in place of a failed online start (wandb.init raises once its init_timeout has passed:
+        it has no offline fallback of its own), or forgotten, so that closing it later neither fails nor speaks;
+        the trackers after it start here."""
 
         def started(tracker) -> bool:  # W&B's run, TensorBoard's writer: set by a start that worked
             try:
@@ -93,19 +94,35 @@ class Tracking:
             except AttributeError:
                 return False
 
-        # Trackers whose start failed are forgotten, so closing them later neither fails nor speaks.
-        self.accelerator.trackers = [t for t in self.accelerator.trackers if started(t)]
-        wandb_kwargs = init_kwargs.get("wandb")
-        if self.accelerator.is_main_process and wandb_kwargs and wandb_kwargs.get("mode") == "online":
+        def described(error: Exception) -> str:
+            return f"{type(error).__name__}: {(str(error).strip() or 'no message').splitlines()[0][:160]}"
+
+        failed = next((t for t in self.accelerator.trackers if not started(t)), None)
+        wandb_kwargs, kept, failures = init_kwargs.get("wandb") or {}, [], []
+        for tracker in self.accelerator.trackers:
             try:
-                self.accelerator.trackers.append(start_wandb_offline(project_name, wandb_kwargs))
-                self.printer(offline_notice(f"could not start online ({failure})", Path(wandb_kwargs["dir"])))
-                return
-            except Exception as offline_exc:
-                failure = f"{failure}; offline too: {type(offline_exc).__name__}: {str(offline_exc).strip()[:120]}"
-        self.active = bool(self.accelerator.trackers) and self.accelerator.is_main_process
-        if self.accelerator.is_main_process:
-            self.printer(f"tracking: could not start ({failure}); training goes on with local files only.")
+                if tracker is failed and tracker.name == "wandb" and wandb_kwargs.get("mode") == "online":
+                    try:
+                        tracker = start_wandb_offline(project_name, wandb_kwargs)
+                    except Exception as offline_exc:
+                        failures.append(f"wandb: {described(exc)}; offline too: {described(offline_exc)}")
+                        continue
+                    server = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+                    reason = f"could not start online at {server} ({described(exc)})"
+                    self.printer(offline_notice(reason, Path(wandb_kwargs["dir"])))
+                elif tracker is failed:
+                    failures.append(f"{tracker.name}: {described(exc)}")
+                    continue
+                elif not started(tracker):
+                    tracker.start()
+                kept.append(tracker)
+            except Exception as error:
+                failures.append(f"{tracker.name}: {described(error)}")
+        self.accelerator.trackers = kept
+        self.active = bool(kept) and self.accelerator.is_main_process
+        if failures and self.accelerator.is_main_process:
+            rest = "the other trackers and the local files" if kept else "local files only"
+            self.printer(f"tracking: could not start ({'; '.join(failures)}); training goes on with {rest}.")
 
     @staticmethod
     def _store_config(tracker, config: dict) -> None:
