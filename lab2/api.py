@@ -22,7 +22,7 @@ from lab2.engine.distributed import launched_rank, prepare_process
 from lab2.errors import Diverged, TrainingStopped, UserError
 from lab2.flags import config_from_flags
 from lab2.state.run_folder import RunPaths
-from lab2.tracking.home_caches import redirect_unwritable_caches
+from lab2.tracking.startup import redirect_unwritable_caches
 
 # One training per process at a time: the Accelerator's state, the random seeds, torch's thread count and the
 # signal handlers are process-wide, so a second call beside a running one would silently change both results.

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from conftest import cli_env, run_cli, train_cmd
 
-from lab2.tracking.home_caches import REDIRECTED, redirect_unwritable_caches
+from lab2.tracking.startup import REDIRECTED, redirect_unwritable_caches
 
 
 def test_caches_under_an_unwritable_home_are_redirected_and_writable_ones_kept(tmp_path):

@@ -1,18 +1,11 @@
-"""Tracking never stops training: offline without credentials or network, and a failing tracker is switched off."""
-
-import socket
+"""Tracking never stops training: offline without credentials (without a network: test_wandb_startup), and a
+failing tracker is switched off."""
 
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 
 from lab2.tracking.startup import choose_wandb_mode
 from lab2.tracking.trackers import Tracking
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed once the socket is: connections are refused
 
 
 def test_no_credentials_means_offline(monkeypatch, tmp_path):
@@ -24,12 +17,14 @@ def test_no_credentials_means_offline(monkeypatch, tmp_path):
     assert mode == "offline" and "credentials" in reason
 
 
-def test_unreachable_server_means_offline(monkeypatch):
+def test_a_netrc_entry_from_wandb_login_counts_as_credentials(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
-    mode, reason = choose_wandb_mode()
-    assert mode == "offline" and "cannot be reached" in reason
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "x" * 40 + "\n")
+    (tmp_path / "netrc").chmod(0o600)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert choose_wandb_mode() == ("online", None)
 
 
 def test_explicit_offline_mode_is_respected(monkeypatch):

@@ -17,7 +17,7 @@ from lab2.engine.distributed import (
 )
 from lab2.errors import EXIT_PEER_LOST, EXIT_USER_ERROR, Diverged, TrainingStopped, UserError, exit_with_user_error
 from lab2.flags import launched_by_make, parse_args
-from lab2.tracking.home_caches import redirect_unwritable_caches
+from lab2.tracking.startup import redirect_unwritable_caches
 
 
 def hear_ctrl_c_under_make() -> None:

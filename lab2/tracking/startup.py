@@ -1,18 +1,14 @@
-"""Starting the trackers: W&B's mode (credentials, a bounded reachability probe), each tracker's init kwargs.
+"""Before the trackers start: caches under an unwritable HOME, W&B's mode, each tracker's init kwargs.
 
-Accelerate's `init_trackers` takes per-tracker init kwargs; this module builds
-them on the main process before the trackers start:
-
-- W&B goes online only with credentials and a server that answers within a few
-  seconds; otherwise it goes offline into `<output_dir>/wandb`, said in one line
-  (`wandb sync` uploads it later). Variables wandb would crash on are removed
-  first. The run id is kept in the run folder so a resumed run continues it.
-- MLflow gets a local file store under the run folder unless MLFLOW_TRACKING_URI
-  names a server, and a resumed run continues the same MLflow run.
-
-wandb and mlflow are imported inside the functions that need them, so a
-`--report_to none` run never imports either. lab2.tracking.trackers guards the running
-trackers and falls back to `start_wandb_offline` when an online start fails.
+- `redirect_unwritable_caches` runs before wandb or matplotlib is imported (so this module imports only the
+  standard library at its top): under a read-only HOME, wandb's core process logs 17 INFO lines to stderr and
+  matplotlib two more; their caches go to one temporary folder instead, said in one line.
+- W&B goes online only with credentials; wandb's own settings bound the rest: `init_timeout`
+  (--wandb_init_timeout_s), after which wandb.init raises and lab2.tracking.trackers starts it again with
+  `start_wandb_offline`, and `dir`, the run folder. Offline runs go into `<output_dir>/wandb`, said in one line
+  (`wandb sync` uploads them later). The run id is kept in the run folder so a resumed run continues it.
+- MLflow gets a local file store under the run folder unless MLFLOW_TRACKING_URI names a server, and a resumed
+  run continues the same MLflow run.
 """
 
 from __future__ import annotations
@@ -20,7 +16,9 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import tempfile
 import uuid
+from collections.abc import MutableMapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -30,95 +28,97 @@ WANDB_RUN_FILE = "wandb_run.json"  # keeps the run id, so a resumed run continue
 MLFLOW_DIR = "mlruns"  # the local MLflow file store, inside the run folder
 MLFLOW_RUN_FILE = "mlflow_run.json"  # the MLflow run id, for the same reason
 _OWN_MLFLOW_URIS: set[str] = set()  # the file stores this process pointed MLflow at
-WANDB_MODES = ("online", "offline", "disabled", "dryrun", "shared", "run")  # what wandb itself accepts
 DEFAULT_INIT_TIMEOUT_S = 10.0  # --wandb_init_timeout_s
+# Variable -> the folder it replaces (relative to HOME) and its subfolder in the temporary one.
+REDIRECTED = {
+    "XDG_CACHE_HOME": (".cache", "cache"),  # wandb-core's logs (Go's os.UserCacheDir), and others'
+    "WANDB_CACHE_DIR": (".cache/wandb", "wandb-cache"),
+    "WANDB_CONFIG_DIR": (".config/wandb", "wandb-config"),
+    "MPLCONFIGDIR": (".config/matplotlib", "matplotlib"),
+}
 
 
-def _base_url() -> str:
-    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+def can_write(folder: Path) -> bool:
+    """Whether `folder` could be written: it, or the nearest folder above it that exists, is writable."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    return existing is not None and existing.is_dir() and os.access(existing, os.W_OK)
+
+
+def redirect_unwritable_caches(env: MutableMapping[str, str] = os.environ) -> str | None:
+    """Point every cache variable whose folder cannot be written at a temporary folder; the note, or None.
+    Variables the user set to a writable folder stay."""
+    home = Path(env.get("HOME") or Path.home())
+    unwritable = [
+        name for name, (default, _) in REDIRECTED.items() if not can_write(Path(env.get(name) or home / default))
+    ]
+    if not unwritable:
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="lab2-cache-"))
+    for name in unwritable:
+        env[name] = str(folder / REDIRECTED[name][1])
+    return f"note: {home} cannot be written, so this run's caches (W&B, matplotlib) go to {folder}."
 
 
 def _has_wandb_credentials() -> bool:
+    """WANDB_API_KEY, or an entry for the W&B host in the netrc file `wandb login` writes (wandb's own lookup
+    without wandb: `wandb.api.api_key` is deprecated in wandb 0.31, and `wandb.login` may prompt or write files)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(_base_url()).hostname or "api.wandb.ai"
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
     try:
-        return netrc.netrc().authenticators(host) is not None
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
         return False
 
 
-def _malformed_base_url() -> str | None:
-    """Why WANDB_BASE_URL is unusable (wandb's own validation, which otherwise fails inside wandb.init), or None."""
-    if not os.environ.get("WANDB_BASE_URL"):
-        return None
+def sanitize_wandb_environment() -> list[str]:
+    """Remove the W&B variables that wandb.init refuses even offline (an empty or unknown WANDB_MODE, a malformed
+    WANDB_BASE_URL), checked by wandb's own Settings; one note per removed non-empty value."""
     import wandb
 
-    url = os.environ["WANDB_BASE_URL"]
-    try:
-        wandb.Settings(base_url=url)
-        parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname or not 0 < (parsed.port or 443) < 65536:
-            raise ValueError("not an http(s) address")
-    except Exception as exc:  # pydantic's ValidationError, urlparse's ValueError for a bad port
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-        why = next((line for line in lines if line.startswith("Input")), lines[0]).split(" [type=")[0]
-        return f"WANDB_BASE_URL {url!r} is malformed ({why[:100]})"
-    return None
-
-
-def _wandb_answers(timeout_s: float) -> bool:
-    """Whether the W&B server gives any HTTP answer within `timeout_s`
-    (a server that accepts and never answers does not)."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(_base_url().rstrip("/") + "/healthz", timeout=timeout_s):
-            return True
-    except urllib.error.HTTPError:
-        return True  # an HTTP error status is still an answer
-    except (OSError, ValueError):  # refused, timed out, DNS, TLS, a malformed address
-        return False
-
-
-def sanitize_wandb_environment() -> list[str]:
-    """Remove W&B variables wandb would crash on (an empty or unknown WANDB_MODE, a malformed WANDB_BASE_URL).
-
-    Returns what was removed and why; call before choose_wandb_mode, on every process.
-    """
     notes = []
-    mode = os.environ.get("WANDB_MODE")
-    if mode is not None and mode.strip().lower() not in WANDB_MODES:
-        del os.environ["WANDB_MODE"]
-        if mode.strip():
-            notes.append(f"WANDB_MODE {mode!r} is not one of {', '.join(WANDB_MODES)}; ignoring it")
-    problem = _malformed_base_url()
-    if problem:
-        del os.environ["WANDB_BASE_URL"]  # wandb validates it even offline
-        notes.append(problem)
+    for variable, setting in (("WANDB_MODE", "mode"), ("WANDB_BASE_URL", "base_url")):
+        value = os.environ.get(variable)
+        if value is None:
+            continue
+        try:
+            wandb.Settings(**{setting: value})
+        except Exception as exc:  # noqa: BLE001 - pydantic's ValidationError, whose text is the reason
+            del os.environ[variable]
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+            why = next((line for line in lines if line.startswith("Input")), lines[0]).split(" [type=")[0]
+            notes += [f"{variable} {value!r} is malformed ({why[:100]}); ignoring it"] if value.strip() else []
     return notes
 
 
-def choose_wandb_mode(probe_timeout_s: float = 3.0) -> tuple[str, str | None]:
-    """(mode, reason): 'online', or 'offline'/'disabled' with the one-line reason to print (None when asked for)."""
+def choose_wandb_mode() -> tuple[str, str | None]:
+    """(mode, reason): 'online', or 'offline'/'disabled' with the one-line reason to print (None when asked for).
+
+    A malformed WANDB_BASE_URL means offline: the run was meant for a server of the user's own, not for the
+    public one. Whether an online server answers is left to wandb.init and its init_timeout."""
     notes = sanitize_wandb_environment()
     mode = os.environ.get("WANDB_MODE", "").strip().lower()
     if mode in ("offline", "disabled", "dryrun"):
         return "offline" if mode == "dryrun" else mode, "; ".join(notes) or None
-    if any("WANDB_BASE_URL" in note for note in notes):
+    if any(note.startswith("WANDB_BASE_URL") for note in notes):
         return "offline", "; ".join(notes)
     if not _has_wandb_credentials():
         return "offline", "; ".join([*notes, "no W&B credentials (WANDB_API_KEY or `wandb login`)"])
-    if not _wandb_answers(probe_timeout_s):
-        return "offline", "; ".join(
-            [*notes, f"the W&B server {_base_url()} cannot be reached (no answer within {probe_timeout_s:g} s)"]
-        )
     return "online", "; ".join(notes) or None
 
 
+def _recorded_run_id(record: Path) -> tuple[str | None, str | None]:
+    """(run id, None) from a run record lab2 wrote (`{"id": ...}`), or (None, what is wrong with it)."""
+    try:
+        run_id = json.loads(record.read_text(encoding="utf-8"))["id"]
+    except (OSError, ValueError) as exc:
+        return None, "not JSON" if isinstance(exc, ValueError) else f"unreadable: {exc.strerror}"
+    except (KeyError, TypeError, IndexError):
+        return None, "no run 'id' in it"
+    return (run_id, None) if isinstance(run_id, str) and run_id.isalnum() else (None, f"its id is {run_id!r}")
+
+
 def _record_wandb_run(output_dir: Path, run_id: str) -> None:
-    """Keep the W&B run id in the run folder, so a resumed run continues the same W&B run."""
     (output_dir / WANDB_RUN_FILE).write_text(json.dumps({"id": run_id}))
 
 
@@ -126,13 +126,8 @@ def _wandb_init_kwargs(output_dir: Path, run_name: str, mode: str, resume: bool,
     import wandb
 
     record = output_dir / WANDB_RUN_FILE
-    run_id = None
-    if resume and record.exists():
-        try:
-            run_id = json.loads(record.read_text())["id"]
-        except (OSError, ValueError, KeyError, TypeError):
-            run_id = None  # a damaged record: a new W&B run rather than a crash
-    run_id = run_id if isinstance(run_id, str) and run_id.isalnum() else uuid.uuid4().hex[:8]
+    # A damaged record costs the link to the old W&B run (a new one starts), not the run.
+    run_id = (resume and record.exists() and _recorded_run_id(record)[0]) or uuid.uuid4().hex[:8]
     _record_wandb_run(output_dir, run_id)
     return {
         "name": run_name,
@@ -145,31 +140,13 @@ def _wandb_init_kwargs(output_dir: Path, run_name: str, mode: str, resume: bool,
     }
 
 
-def _recorded_mlflow_run(record: Path) -> tuple[str | None, str | None]:
-    """(run id, None) from mlflow_run.json, or (None, a warning line) when the record is damaged."""
-    try:
-        run_id = json.loads(record.read_text(encoding="utf-8"))["id"]
-    except (OSError, ValueError) as exc:
-        problem = "not JSON" if isinstance(exc, ValueError) else f"unreadable: {exc.strerror}"
-    except (KeyError, TypeError, IndexError):
-        problem = "no run 'id' in it"
-    else:
-        if isinstance(run_id, str) and run_id.isalnum():
-            return run_id, None
-        problem = f"its id is {run_id!r}"
-    # lab2 wrote this file (it keeps the run id); a damaged one costs the link to the old MLflow run, not the run.
-    return None, f"warning: MLflow: {record} is damaged ({problem}); this run logs into a new MLflow run."
-
-
 def _mlflow_init_kwargs(output_dir: Path, run_name: str, resume: bool) -> tuple[dict, str | None]:
     """A local MLflow file store under the run folder (no server), unless MLFLOW_TRACKING_URI names one;
     with a warning line when a resume's mlflow_run.json is damaged (the run then starts a new MLflow run)."""
     import mlflow
 
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if (
-        not user_uri or user_uri in _OWN_MLFLOW_URIS
-    ):  # set_tracking_uri exports the variable: an earlier run's is not the user's
+    if not user_uri or user_uri in _OWN_MLFLOW_URIS:  # set_tracking_uri exports it: an earlier run's is not the user's
         # MLflow 3 keeps the file store only on request; it is what needs no server and no database packages.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         uri = (output_dir / MLFLOW_DIR).resolve().as_uri()
@@ -178,9 +155,11 @@ def _mlflow_init_kwargs(output_dir: Path, run_name: str, resume: bool) -> tuple[
     record = output_dir / MLFLOW_RUN_FILE
     kwargs, warning = {"run_name": run_name}, None
     if resume and record.exists():  # continue the same MLflow run, as W&B does
-        run_id, warning = _recorded_mlflow_run(record)
+        run_id, problem = _recorded_run_id(record)
         if run_id:
             kwargs["run_id"] = run_id
+        else:
+            warning = f"warning: MLflow: {record} is damaged ({problem}); this run logs into a new MLflow run."
     return kwargs, warning
 
 
@@ -195,19 +174,14 @@ def offline_notice(reason: str, output_dir: Path) -> str:
 def tracker_init_kwargs(
     report_to: str, output_dir: Path, run_name: str, resume: bool, init_timeout_s: float = DEFAULT_INIT_TIMEOUT_S
 ) -> tuple[dict, str | None]:
-    """(init_kwargs for init_trackers, notice lines or None). Call on the main process after output_dir exists.
-
-    The whole W&B start-up is bounded: the server must answer an HTTP request within
-    min(3 s, init_timeout_s), and wandb.init gets init_timeout_s; a server that
-    accepts connections and never answers costs at most that, then the run is offline.
-    """
+    """(init_kwargs for init_trackers, notice lines or None). Call on the main process after output_dir exists."""
     trackers = parse_report_to(report_to)
     kwargs, notices = {}, []
     if "mlflow" in trackers:
         kwargs["mlflow"], warning = _mlflow_init_kwargs(output_dir, run_name, resume)
         notices += [warning] if warning else []
     if "wandb" in trackers:
-        mode, reason = choose_wandb_mode(min(3.0, init_timeout_s))
+        mode, reason = choose_wandb_mode()
         if reason:
             notices.append(offline_notice(reason, output_dir) if mode == "offline" else f"W&B: {reason}.")
         kwargs["wandb"] = _wandb_init_kwargs(output_dir, run_name, mode, resume, init_timeout_s)
