@@ -1,7 +1,7 @@
 """The package layout is the architecture: imports only point down the layers, and checkpoints name no lab2 code.
 
 Layers, lowest first (README, "Where a change goes"):
-errors -> config -> data, models -> state -> explain -> tracking -> engine -> cli -> api.
+errors, figures -> config -> data, models -> state -> explain -> tracking -> report -> engine -> cli -> api.
 The one import that points up is deliberate: lab2.config reads the --optim and --lr_scheduler_type names
 from lab2.engine.optim's registries, which import no torch until a builder runs.
 """
@@ -22,15 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 MINI = REPO.parent / "shared" / "data" / "cifar10-mini"
 LAYER = {
     "errors": 0,
+    "figures": 0,
     "config": 1,
     "data": 2,
     "models": 2,
     "state": 3,
     "explain": 4,
     "tracking": 5,
-    "engine": 6,
-    "cli": 7,
-    "api": 8,
+    "report": 6,
+    "engine": 7,
+    "cli": 8,
+    "api": 9,
 }
 ALLOWED_UPWARD = {("lab2.config.train_config", "lab2.engine.optim")}
 

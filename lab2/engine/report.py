@@ -15,24 +15,9 @@ import math
 from pathlib import Path
 
 from lab2.errors import UserError
+from lab2.figures import RUN_FIGURES
 from lab2.state.run_folder import REPORT_MARK, check_report_target
 from lab2.state.run_paths import RunPaths, read_jsonl, temporary_beside
-
-# Figures in reading order, with their captions; missing ones are skipped.
-FIGURES = (
-    ("curves", "Loss and accuracy per epoch (train vs eval)"),
-    ("confusion_matrix", "Confusion matrix on the test split (rows: true class)"),
-    ("class_accuracy", "Accuracy per class"),
-    ("calibration", "Reliability diagram: accuracy against confidence per bin (15 bins), with the images per bin"),
-    ("predictions", "Sample test predictions: most confident mistakes and correct ones"),
-    ("gradcam", "Grad-CAM (last Conv2d) on the same predictions: red is where the predicted class's score came from"),
-    ("gradients", "Gradient flow: mean and max |grad| per layer (last snapshot)"),
-    ("weights", "Weight magnitudes: mean and max |W| per layer (last snapshot)"),
-    ("update_ratio", "Update flow: ||dW|| / ||W|| per layer (last snapshot)"),
-    ("heatmap_grad_mean", "Mean |grad| over training (layers x steps)"),
-    ("heatmap_weight_mean", "Mean |W| over training (layers x steps)"),
-    ("heatmap_update_ratio", "Update ratio over training (layers x steps)"),
-)
 
 STYLE = (
     "\n"
@@ -233,10 +218,10 @@ def build_report(run_dir: str | Path) -> str:
     ]
     if not summary and drawable:  # the final figures come at the end: draw the curves so far from metrics.jsonl
         parts.append(_figure("curves", _curves_png(drawable), "Loss and accuracy per epoch so far (unfinished run)"))
-    for name, caption in FIGURES:
-        png = paths.figures / f"{name}.png"
+    for figure in RUN_FIGURES:
+        png = paths.figures / f"{figure.name}.png"
         if png.exists():
-            parts.append(_figure(name, png.read_bytes(), caption))
+            parts.append(_figure(figure.name, png.read_bytes(), figure.caption))
     parts.append("<h2>Configuration</h2>")
     parts.append(_table(["flag", "value"], [[f"--{k}", v] for k, v in config.items()]))
     body = "\n".join(parts)

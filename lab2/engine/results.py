@@ -16,10 +16,9 @@ from lab2.engine.evaluation import EvalResult
 from lab2.errors import UserError
 from lab2.explain import gradcam, plots
 from lab2.explain.calibration import reliability_figure
+from lab2.figures import SNAPSHOT_FIGURES
 from lab2.state.checkpoint import export_model, latest_good_checkpoint
 from lab2.state.run_paths import append_jsonl, read_jsonl, write_json
-
-FLOW_FIGURES = ("gradients", "weights", "update_ratio")  # went to the trackers at every flow snapshot
 
 # Dense peak FLOP/s by device-name fragment and precision, for model FLOPs utilisation (MFU) on CUDA.
 PEAK_FLOPS = {
@@ -172,7 +171,7 @@ class RunResults:
             plots.save_figure(fig, paths.figures / f"{name}.png")
         # The flow bars went to the trackers at every snapshot; the files keep the last ones.
         self.tracking.log_figures(
-            {k: v for k, v in figures.items() if k not in FLOW_FIGURES}, step=progress.global_step
+            {k: v for k, v in figures.items() if k not in SNAPSHOT_FIGURES}, step=progress.global_step
         )
         self.tracking.log_confusion_matrix(result.confusion, self.splits.class_names, step=progress.global_step)
         table = training_log_table(metrics)

@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 
 from lab2.errors import UserError
+from lab2.figures import RUN_FIGURES
 from lab2.state.run_paths import RunPaths, write_json
 from lab2.state.tracker_files import mlflow_files, wandb_files
 
 MARKER = ".lab2-run.json"
-# Files a run writes at the top of its folder, and the figures it renders (figures/<name>.png).
+# Files a run writes at the top of its folder; its figures/<name>.png are lab2.figures.RUN_FIGURES.
 RUN_FILES = (
     "config.json",
     "metrics.jsonl",
@@ -37,20 +38,6 @@ RUN_FILES = (
     "report.html",
     "wandb_run.json",
     "mlflow_run.json",
-)
-FIGURE_NAMES = (
-    "curves",
-    "confusion_matrix",
-    "class_accuracy",
-    "predictions",
-    "gradcam",
-    "calibration",
-    "gradients",
-    "weights",
-    "update_ratio",
-    "heatmap_grad_mean",
-    "heatmap_weight_mean",
-    "heatmap_update_ratio",
 )
 EVAL_FILES = ("eval.json", "confusion_matrix.png", "class_accuracy.png", "predictions.png", "calibration.png")
 # Folder entries written by lab2's checkpoints and TensorBoard, by name pattern inside their own subfolders.
@@ -134,7 +121,7 @@ def owned_files(root: str | Path) -> list[Path]:
     """Every existing file or folder under `root` that lab2 writes, found by name (never a user's file)."""
     root = Path(root)
     found = [root / name for name in RUN_FILES]
-    found += [root / "figures" / f"{name}.png" for name in FIGURE_NAMES]
+    found += [root / "figures" / f"{figure.name}.png" for figure in RUN_FIGURES]
     found += [root / "eval" / name for name in (*EVAL_FILES, MARKER)]
     found += [p for p in root.iterdir() if TEMPORARY.match(p.name)] if root.is_dir() else []
     checkpoints, wandb = root / "checkpoints", root / "wandb"
@@ -145,7 +132,7 @@ def owned_files(root: str | Path) -> list[Path]:
             [p for p in checkpoint.iterdir() if CHECKPOINT_FILE.match(p.name)] if checkpoint.is_dir() else [checkpoint]
         )
     found += wandb_files(wandb)
-    found += mlflow_files(root / "mlruns", {*RUN_FILES, *(f"{name}.png" for name in FIGURE_NAMES)})
+    found += mlflow_files(root / "mlruns", {*RUN_FILES, *(f"{figure.name}.png" for figure in RUN_FIGURES)})
     tensorboard = root / "tensorboard"
     if tensorboard.is_dir():
         found += [p for p in tensorboard.rglob("*") if p.is_file() and TENSORBOARD_ENTRY.match(p.name)]
@@ -208,7 +195,7 @@ def check_eval_output_dir(out: str | Path) -> None:
     )
 
 
-REPORT_MARK = '<meta name="generator" content="lab2-report">'  # in every page lab2 writes (lab2.engine.report)
+REPORT_MARK = '<meta name="generator" content="lab2-report">'  # in every page lab2 writes (lab2.report.pages)
 EXPORT_MARK = ("written_by", "lab2-export")  # in the safetensors metadata of every file lab2-export writes
 
 
