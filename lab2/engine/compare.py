@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lab2.engine.report import STYLE, _num, _pct, _read_object, _table, write_page
 from lab2.errors import UserError
-from lab2.explain import comparison
+from lab2.explain import plots
 from lab2.state.run_folder import REPORT_MARK, check_report_target
 from lab2.state.run_paths import RunPaths, read_jsonl
 
@@ -137,7 +137,7 @@ def confusion_section(runs: Sequence[Run]) -> list[str]:
             groups.setdefault(tuple(found[0]), []).append((run.label, found[1]))
     parts = ["<h2>Confusion matrices (test split, rows: true class)</h2>"]
     for class_names, matrices in groups.items():
-        fig = comparison.confusion_matrices_figure(matrices, class_names)
+        fig = plots.confusion_matrices_figure(matrices, class_names)
         parts.append(_figure(fig, "confusion_matrices", "Each run's confusion matrix, shaded by the true-class rate"))
     if missing:
         parts.append(
@@ -165,7 +165,7 @@ def build_comparison(run_dirs: Sequence[str | Path]) -> str:
     parts.append("<h2>Final metrics</h2>")
     parts.append(_table(["", *labels], final_metrics_rows(runs)))
     parts.append("<h2>Loss and accuracy</h2>")
-    fig = comparison.comparison_curves_figure([(run.label, run.metrics) for run in runs])
+    fig = plots.comparison_curves_figure([(run.label, run.metrics) for run in runs])
     parts.append(_figure(fig, "curves", "Per epoch (top) and against training time (bottom, the sum of epoch times)"))
     differences = config_difference_rows(runs)
     parts.append("<h2>Configuration differences</h2>")
