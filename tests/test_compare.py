@@ -8,8 +8,8 @@ import pytest
 from browser import Chromium
 from conftest import BIN, assert_clean_error, built_once, run_cli, train_cmd, write_synthetic_folder
 
-from lab2.engine.compare import read_run
 from lab2.explain.plots import comparison_curves_figure, confusion_matrices_figure
+from lab2.report.pages import read_run
 
 pytestmark = pytest.mark.slow
 

@@ -182,7 +182,7 @@ class RunResults:
         summary = self.summary(result, metrics, progress)
         write_json(paths.summary, summary)
         self.tracking.log({"eval/final_accuracy": result.accuracy}, step=progress.global_step)
-        from lab2.engine.report import write_report
+        from lab2.report.pages import write_report
 
         write_report(paths.root)
         acc.print(
