@@ -6,7 +6,8 @@
 
 Everything comes from the run folders' files (config.json, metrics.jsonl, summary.json, flops.json,
 figures/*.png). Images are inlined as base64 data URIs, so a page is one file that makes no request, readable
-offline and printable to PDF. The numbers are formatted here, the markup is in the templates.
+offline and printable to PDF. Reading and checking the files is here; what a page says, and how it is laid
+out, is in the templates (the filters num and pct print n/a for anything that is not a number).
 """
 
 from __future__ import annotations
