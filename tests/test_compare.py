@@ -8,8 +8,8 @@ import pytest
 from browser import Chromium
 from conftest import BIN, assert_clean_error, built_once, run_cli, train_cmd, write_synthetic_folder
 
-from lab2.engine.compare import read_run
-from lab2.explain.comparison import comparison_curves_figure
+from lab2.explain.plots import comparison_curves_figure, confusion_matrices_figure
+from lab2.report.pages import read_run
 
 pytestmark = pytest.mark.slow
 
@@ -124,8 +124,6 @@ def test_the_comparison_renders_in_headless_chromium(runs, tmp_path):
 
 
 def test_many_runs_wrap_their_confusion_matrices_into_rows():
-    from lab2.explain.comparison import confusion_matrices_figure
-
     matrices = [(f"run{i}", np.eye(3, dtype=int) * (i + 1)) for i in range(4)]
     fig = confusion_matrices_figure(matrices, ["cat", "dog", "ship"])
     shown = [ax for ax in fig.axes if ax.axison]

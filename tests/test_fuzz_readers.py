@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from lab2.data.cifar_reader import read_cifar_batch
-from lab2.engine.report import build_report
 from lab2.errors import UserError
+from lab2.report.pages import build_report
 from lab2.state.checkpoint import checkpoint_problem, read_progress
 from lab2.state.model_file import load_exported_model
 

@@ -1,8 +1,8 @@
 """The package layout is the architecture: imports only point down the layers, and checkpoints name no lab2 code.
 
 Layers, lowest first (README, "Where a change goes"):
-errors -> config, flags -> data, models -> state -> explain -> tracking -> engine -> cli -> api.
-No import points up: the registries' names (--optim, --lr_scheduler_type, --model) are defined in lab2.config.
+errors, figures -> config, flags -> data, models -> state -> explain -> tracking -> report -> engine -> cli
+-> api. No import points up: the registries' names (--optim, --lr_scheduler_type, --model) are defined in lab2.config.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 MINI = REPO.parent / "shared" / "data" / "cifar10-mini"
 LAYER = {
     "errors": 0,
+    "figures": 0,
     "config": 1,
     "flags": 1,
     "data": 2,
@@ -28,9 +29,10 @@ LAYER = {
     "state": 3,
     "explain": 4,
     "tracking": 5,
-    "engine": 6,
-    "cli": 7,
-    "api": 8,
+    "report": 6,
+    "engine": 7,
+    "cli": 8,
+    "api": 9,
 }
 
 
@@ -87,7 +89,7 @@ def test_explain_takes_any_model_and_never_imports_data_or_engine():
 
 def test_subpackage_inits_stay_thin_and_torch_free():
     code = "import sys, lab2.config, lab2.flags, lab2.data, lab2.engine, lab2.explain, lab2.tracking, lab2.state;"
-    code += "import lab2.cli; print('torch' in sys.modules)"
+    code += "import lab2.cli, lab2.report; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
     for init in (REPO / "lab2").glob("*/__init__.py"):

@@ -1,14 +1,13 @@
-"""`lab2-report RUN_DIR`: write the run's self-contained report.html (see lab2.engine.report).
+"""`lab2-report RUN_DIR`: write the run's self-contained report.html (see lab2.report.pages).
 
-`lab2-report RUN_A RUN_B [...] --output compare.html`: one page with the runs side by side (lab2.engine.compare).
+`lab2-report RUN_A RUN_B [...] --output compare.html`: one page with the runs side by side.
 """
 
 from __future__ import annotations
 
-from lab2.engine.compare import write_comparison
-from lab2.engine.report import write_report
 from lab2.errors import UserError, exit_with_user_error
 from lab2.flags import Parser
+from lab2.report.pages import write_comparison, write_report
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,15 +12,14 @@ import json
 import torch
 
 from lab2.engine.evaluation import EvalResult
-from lab2.engine.report import write_report
 from lab2.errors import UserError
 from lab2.explain import gradcam, plots
 from lab2.explain.calibration import reliability_figure
+from lab2.figures import SNAPSHOT_FIGURES
 from lab2.flags import resume_advice
+from lab2.report.pages import write_report
 from lab2.state.checkpoint import export_model, latest_good_checkpoint
 from lab2.state.files import append_jsonl, read_jsonl, write_json
-
-FLOW_FIGURES = ("gradients", "weights", "update_ratio")  # went to the trackers at every flow snapshot
 
 # Dense peak FLOP/s by device-name fragment and precision, for model FLOPs utilisation (MFU) on CUDA.
 PEAK_FLOPS = {
@@ -150,7 +149,7 @@ def finish(run, result: EvalResult) -> None:
     for name, fig in figures.items():
         plots.save_figure(fig, paths.figures / f"{name}.png")
     # The flow bars went to the trackers at every snapshot; the files keep the last ones.
-    run.tracking.log_figures({k: v for k, v in figures.items() if k not in FLOW_FIGURES}, step=step)
+    run.tracking.log_figures({k: v for k, v in figures.items() if k not in SNAPSHOT_FIGURES}, step=step)
     run.tracking.log_confusion_matrix(result.confusion, run.splits.class_names, step=step)
     table = training_log_table(metrics)
     if cfg.dataset == "fake":

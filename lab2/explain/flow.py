@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from lab2.config import HISTOGRAM_CHOICES
+from lab2.explain.plots import UPDATE_RATIO_RANGE
 from lab2.state.files import read_jsonl
 
 STATISTICS = ("grad_mean", "grad_max", "weight_mean", "weight_max", "update_ratio")
@@ -42,7 +43,6 @@ STATISTICS = ("grad_mean", "grad_max", "weight_mean", "weight_max", "update_rati
 # Health thresholds: a layer outside them for HEALTH_PATIENCE consecutive snapshots gets one warning.
 VANISHING_GRAD = 1e-7
 EXPLODING_GRAD = 1e3
-UPDATE_RATIO_RANGE = (1e-5, 1e-1)
 HEALTH_PATIENCE = 2
 HISTOGRAM_BINS = 64  # as wandb.watch
 

@@ -2,11 +2,12 @@
 
 Figures are built with the object API (no pyplot state), on the Agg backend,
 so they work headless and in worker processes. Callers save or log them and
-then `close` them.
+then `close` them. Their names and captions are in lab2.figures.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,12 +17,19 @@ matplotlib.use("Agg")  # headless: figures are files and tracker images, never w
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from lab2.state.files import atomic_write
 
 MIN_SNAPSHOTS_FOR_TREND = 5  # a heatmap "over training" with fewer columns says so in its title
-# lab2.explain.flow.UPDATE_RATIO_RANGE (the health warnings' range; that module imports torch, this one does not).
-UPDATE_RATIO_RANGE = (1e-5, 1e-1)
+UPDATE_RATIO_RANGE = (1e-5, 1e-1)  # outside it lab2.explain.flow warns, and update_ratio_figure draws it
+MATRICES_PER_ROW = 3  # wider rows would shrink each matrix below legibility on a 1100-pixel page
+CURVES = (  # the comparison's curves: (metrics.jsonl key, line style, scale to display)
+    ("eval_loss", "-", 1),
+    ("train_loss", "--", 1),
+    ("eval_acc", "-", 100),
+    ("train_acc", "--", 100),
+)
 
 STAT_TITLES = {
     "grad": ("Gradient flow", "|grad|"),
@@ -29,47 +37,39 @@ STAT_TITLES = {
 }
 
 
+def _layer_axes(layers: Sequence[str], ylabel: str, title: str):
+    """A figure with one log-scale axes whose x ticks are the layers: the flow bar charts' frame."""
+    fig = Figure(figsize=(max(6, 0.8 * len(layers) + 2), 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(layers)), list(layers), rotation=45, ha="right")
+    ax.set(xlabel="layer", ylabel=ylabel, title=title)
+    return fig, ax
+
+
 def flow_bar_figure(
     layers: Sequence[str], mean: Sequence[float], maximum: Sequence[float], kind: str, step: int
 ) -> Figure:
     """Bar chart over layers of mean and max of |grad| (kind='grad') or |W| (kind='weight'), log scale."""
     title, label = STAT_TITLES[kind]
-    fig = Figure(figsize=(max(6, 0.8 * len(layers) + 2), 4), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _layer_axes(layers, label, f"{title} at step {step}")
     x = np.arange(len(layers))
     ax.bar(x - 0.2, np.maximum(maximum, 1e-30), width=0.4, label=f"max {label}", color="tab:orange")
     ax.bar(x + 0.2, np.maximum(mean, 1e-30), width=0.4, label=f"mean {label}", color="tab:blue")
-    ax.set_yscale("log")
-    ax.set_xticks(x, list(layers), rotation=45, ha="right")
-    ax.set_xlabel("layer")
-    ax.set_ylabel(label)
-    ax.set_title(f"{title} at step {step}")
     ax.legend()
     return fig
 
 
 def update_ratio_figure(layers: Sequence[str], ratios: Sequence[float], step: int) -> Figure:
     """Bar chart of ||dW|| / ||W|| per layer, log scale: the ~1e-3 rule of thumb shaded (1e-4..1e-2), and the
-    range outside which lab2 warns (lab2.explain.flow.UPDATE_RATIO_RANGE) as dotted lines."""
-    fig = Figure(figsize=(max(6, 0.8 * len(layers) + 2), 4), layout="constrained")
-    ax = fig.add_subplot()
-    x = np.arange(len(layers))
+    range outside which lab2 warns (UPDATE_RATIO_RANGE) as dotted lines."""
+    fig, ax = _layer_axes(layers, "update ratio", f"Update flow at step {step}")
     ax.axhspan(1e-4, 1e-2, color="tab:green", alpha=0.15, label="typical: ~1e-3 per step (rule of thumb)")
+    low, high = UPDATE_RATIO_RANGE
     for bound in UPDATE_RATIO_RANGE:
         ax.axhline(bound, color="tab:red", linestyle=":", linewidth=1)
-    ax.plot(
-        [],
-        [],
-        color="tab:red",
-        linestyle=":",
-        label=f"warning outside {UPDATE_RATIO_RANGE[0]:g}..{UPDATE_RATIO_RANGE[1]:g}",
-    )
-    ax.bar(x, np.maximum(ratios, 1e-30), color="tab:purple", label="||dW|| / ||W||")
-    ax.set_yscale("log")
-    ax.set_xticks(x, list(layers), rotation=45, ha="right")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("update ratio")
-    ax.set_title(f"Update flow at step {step}")
+    ax.plot([], [], color="tab:red", linestyle=":", label=f"warning outside {low:g}..{high:g}")
+    ax.bar(np.arange(len(layers)), np.maximum(ratios, 1e-30), color="tab:purple", label="||dW|| / ||W||")
     ax.legend()
     return fig
 
@@ -111,33 +111,48 @@ def flow_heatmap_figure(layers: Sequence[str], steps: Sequence[int], values: np.
     return fig
 
 
-def confusion_matrix_figure(confusion: np.ndarray, class_names: Sequence[str]) -> Figure:
-    """Row-normalised confusion-matrix heatmap (rows: true class) annotated with the raw counts."""
+def draw_confusion(ax, confusion: np.ndarray, class_names: Sequence[str], fontsize: float = 8):
+    """One row-normalised confusion matrix (rows: true class) on `ax`, annotated with the raw counts; returns the
+    image, for a colour bar. Every run's matrix and each run's on the comparison page are drawn by it."""
     confusion = np.asarray(confusion)
     totals = confusion.sum(axis=1, keepdims=True)
     normalised = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
+    image = ax.imshow(normalised, vmin=0, vmax=1, cmap="Blues")
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=fontsize + 2)
+    ax.set_yticks(ticks, class_names, fontsize=fontsize + 2)
+    ax.set(xlabel="predicted class", ylabel="true class")
+    if len(class_names) <= 20:  # counts stay legible up to about 20 classes
+        for (i, j), count in np.ndenumerate(confusion):
+            colour = "white" if normalised[i, j] > 0.5 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=fontsize, color=colour)
+    return image
+
+
+def confusion_matrix_figure(confusion: np.ndarray, class_names: Sequence[str]) -> Figure:
+    """The run's confusion matrix, with a colour bar of the true-class rate."""
     size = max(5, 0.6 * len(class_names) + 2)
     fig = Figure(figsize=(size + 1, size), layout="constrained")
     ax = fig.add_subplot()
-    image = ax.imshow(normalised, vmin=0, vmax=1, cmap="Blues")
-    ticks = np.arange(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
-    ax.set_yticks(ticks, class_names)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(f"Confusion matrix ({int(confusion.sum())} images)")
-    if len(class_names) <= 20:  # counts stay legible up to about 20 classes
-        for (i, j), count in np.ndenumerate(confusion):
-            ax.text(
-                j,
-                i,
-                str(count),
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if normalised[i, j] > 0.5 else "black",
-            )
+    image = draw_confusion(ax, confusion, class_names)
+    ax.set_title(f"Confusion matrix ({int(np.sum(confusion))} images)")
     fig.colorbar(image, ax=ax, label="fraction of the true class")
+    return fig
+
+
+def confusion_matrices_figure(runs: Sequence[tuple[str, np.ndarray]], class_names: Sequence[str]) -> Figure:
+    """Each run's confusion matrix, side by side, on one colour scale (0..1 of the true class) for all, so the
+    same shade means the same rate in every run. `runs`: (label, matrix) per run."""
+    size = max(4.5, 0.45 * len(class_names) + 2)
+    columns = min(len(runs), MATRICES_PER_ROW)
+    rows = -(-len(runs) // columns)
+    fig = Figure(figsize=(size * columns, (size + 0.6) * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(runs) :]:
+        ax.axis("off")  # the unused places of the last row
+    for ax, (label, confusion) in zip(axes, runs, strict=False):
+        draw_confusion(ax, confusion, class_names, fontsize=6)
+        ax.set_title(f"{label}\n{int(np.sum(confusion))} images", fontsize=9)
     return fig
 
 
@@ -203,24 +218,67 @@ def evaluation_figures(confusion: np.ndarray, class_accuracy, samples, class_nam
     return figures
 
 
+def _points(metrics: Sequence[dict], key: str, scale: float) -> tuple[list[float], list[float], list[float]]:
+    """(epochs, minutes of training so far, values) of the records with a number under `key` (--eval_strategy no:
+    no eval points).
+
+    Wall time is the running sum of epoch_time_s, the training time of each epoch,
+    so a run that was stopped and resumed is not charged for the pause.
+    """
+    epochs, minutes, values, elapsed = [], [], [], 0.0
+    for record in metrics:
+        seconds = record.get("epoch_time_s")
+        elapsed += seconds if isinstance(seconds, (int, float)) else 0.0
+        value = record.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value) and isinstance(record.get("epoch"), (int, float)):
+            epochs.append(record["epoch"])
+            minutes.append(elapsed / 60)
+            values.append(scale * value)
+    return epochs, minutes, values
+
+
 def curves_figure(metrics: Sequence[dict]) -> Figure:
-    """Loss and accuracy per epoch, train vs eval, from metrics.jsonl records."""
-    epochs = [m["epoch"] for m in metrics]
+    """Loss and accuracy per epoch, train vs eval, from one run's metrics.jsonl records."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    for key, label in (("train_loss", "train"), ("eval_loss", "eval")):
-        points = [
-            (e, m[key]) for e, m in zip(epochs, metrics, strict=False) if m[key] is not None
-        ]  # --eval_strategy no: no eval points
-        loss_ax.plot([e for e, _ in points], [v for _, v in points], marker="o", label=label)
-    for key, label in (("train_acc", "train"), ("eval_acc", "eval")):
-        points = [(e, m[key]) for e, m in zip(epochs, metrics, strict=False) if m[key] is not None]
-        acc_ax.plot([e for e, _ in points], [100 * v for _, v in points], marker="o", label=label)
-    loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
-    for ax in (loss_ax, acc_ax):
+    for ax, measure, scale in ((loss_ax, "loss", 1), (acc_ax, "acc", 100)):
+        for split in ("train", "eval"):
+            epochs, _, values = _points(metrics, f"{split}_{measure}", scale)
+            ax.plot(epochs, values, marker="o", label=split)
         ax.legend()
         ax.grid(alpha=0.3)
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    return fig
+
+
+def comparison_curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figure:
+    """Loss and accuracy of every run, train and eval overlaid: per epoch (top) and per minute of training (bottom).
+
+    `runs`: (label, metrics.jsonl records) per run. One colour per run, eval solid and train dashed, so any pair
+    of curves can be told apart in print as well as on screen.
+    """
+    fig = Figure(figsize=(11, 8), layout="constrained")
+    axes = fig.subplots(2, 2)
+    colours = [f"C{i % 10}" for i in range(len(runs))]
+    for (label, metrics), colour in zip(runs, colours, strict=True):
+        for key, style, scale in CURVES:
+            epochs, minutes, values = _points(metrics, key, scale)
+            column = 0 if key.endswith("loss") else 1
+            split = key.split("_")[0]
+            for row, xs in ((0, epochs), (1, minutes)):
+                axes[row, column].plot(
+                    xs, values, linestyle=style, marker="o", markersize=3, color=colour, label=f"{label} {split}"
+                )
+    for column, (title, ylabel) in enumerate((("Loss", "cross-entropy loss"), ("Accuracy", "accuracy (%)"))):
+        axes[0, column].set(xlabel="epoch", ylabel=ylabel, title=f"{title} per epoch")
+        axes[0, column].xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.2
+        axes[1, column].set(xlabel="training time (minutes)", ylabel=ylabel, title=f"{title} against wall time")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle("Runs side by side: solid = eval, dashed = train")
     return fig
 
 

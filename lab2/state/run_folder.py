@@ -24,6 +24,7 @@ import time
 from pathlib import Path, PurePosixPath
 
 from lab2.errors import UserError
+from lab2.figures import RUN_FIGURES
 from lab2.state.files import write_json
 
 
@@ -97,14 +98,10 @@ class RunFolderLock:
 # ---- what lab2 owns ----
 
 MARKER = ".lab2-run.json"
-# Files a run writes at the top of its folder, and the figures it renders (figures/<name>.png).
+# Files a run writes at the top of its folder; its figures/<name>.png are lab2.figures.RUN_FIGURES.
 RUN_FILES = (
     *("config.json", "metrics.jsonl", "summary.json", "flops.json", "flow.jsonl", "training_log.txt"),
     *("model.safetensors", "report.html", "wandb_run.json", "mlflow_run.json"),
-)
-FIGURE_NAMES = (
-    *("curves", "confusion_matrix", "class_accuracy", "predictions", "gradcam", "calibration"),
-    *("gradients", "weights", "update_ratio", "heatmap_grad_mean", "heatmap_weight_mean", "heatmap_update_ratio"),
 )
 EVAL_FILES = ("eval.json", "confusion_matrix.png", "class_accuracy.png", "predictions.png", "calibration.png")
 # Where lab2 points W&B (dir=<run>), MLflow's local file store and TensorBoard: lab2's names, not the trackers'.
@@ -202,11 +199,11 @@ def owned_files(root: str | Path) -> list[Path]:
     """Every existing file or folder under `root` that lab2 writes, found by name (never a user's file)."""
     root = Path(root)
     found = [root / name for name in RUN_FILES]
-    found += [root / "figures" / f"{name}.png" for name in FIGURE_NAMES]
+    found += [root / "figures" / f"{figure.name}.png" for figure in RUN_FIGURES]
     found += [root / "eval" / name for name in (*EVAL_FILES, MARKER)]
     for folder, names in (
         (root, {*RUN_FILES, MARKER, "write-test"}),
-        (root / "figures", {f"{name}.png" for name in FIGURE_NAMES}),
+        (root / "figures", {f"{figure.name}.png" for figure in RUN_FIGURES}),
         (root / "eval", {*EVAL_FILES, MARKER}),
     ):
         found += [p for p in _entries(folder) if (m := TEMPORARY.match(p.name)) and (m[1] or m[3]) in names]
@@ -318,7 +315,7 @@ def check_eval_output_dir(out: str | Path) -> None:
     )
 
 
-REPORT_MARK = '<meta name="generator" content="lab2-report">'  # in every page lab2 writes
+REPORT_MARK = '<meta name="generator" content="lab2-report">'  # in every page lab2 writes (lab2.report.pages)
 EXPORT_MARK = ("written_by", "lab2-export")  # in the safetensors metadata of every file lab2-export writes
 
 
