@@ -171,7 +171,7 @@ def test_predict_explain_writes_one_overlay_per_image_beside_its_top3(lab_model,
     assert result.stdout.splitlines()[0].endswith(f"-> {out / 'cat.png.gradcam.png'}")
     with Image.open(out / "cat.png.gradcam.png") as png:
         assert png.info["Software"] == "lab2-predict --explain" and png.size[0] > 2 * png.size[1]  # image + bars
-    records = json.loads(run_cli([*cmd, "--json", first]).stdout)
+    records = json.loads(run_cli([*cmd, "--json", first.parent]).stdout)  # a folder of images: its files' overlays
     assert records[0]["explanation"] == str(out / "cat.png.gradcam.png") and len(records[0]["top_k"]) == 3
 
 

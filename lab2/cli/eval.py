@@ -68,15 +68,12 @@ def run_eval(args) -> dict:
     loaded = load_model_file(args.model_path)
     out = Path(args.output_dir) if args.output_dir else loaded.path.parent / "eval"
     check_eval_output_dir(out)  # before any work: never write over files lab2-eval did not write
-    cfg = loaded.config
     overrides = {
-        k: getattr(args, k)
-        for k in ("data_dir", "dataset_name", "dataset", "max_eval_samples")
-        if getattr(args, k) is not None
+        k: v for k in ("data_dir", "dataset_name", "dataset", "max_eval_samples") if (v := getattr(args, k)) is not None
     }
     if "data_dir" in overrides and "dataset_name" not in overrides:
         overrides["dataset_name"] = ""  # an explicit --data_dir means the on-disk files
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = dataclasses.replace(loaded.config, **overrides)
     accelerator = Accelerator()
     try:
         with accelerator.main_process_first():

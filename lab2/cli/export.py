@@ -10,13 +10,12 @@ from pathlib import Path
 
 from lab2.data.cifar_reader import CIFAR10_CLASSES
 from lab2.errors import UserError, exit_with_user_error
+from lab2.flags import Parser
 from lab2.state.model_file import export_lab_model
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="lab2-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = Parser(prog="lab2-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="the lab's model_final.pth (torch.save of a state dict)")
     parser.add_argument(
         "--output", default=None, help="the model.safetensors to write (default: model.safetensors beside the source)"
@@ -26,11 +25,11 @@ def main(argv: list[str] | None = None) -> None:
         "--class_names", default=",".join(CIFAR10_CLASSES), help="comma-separated class names, in label order"
     )
     args = parser.parse_args(argv)
+    output = Path(args.output) if args.output else Path(args.source).with_name("model.safetensors")
+    class_names = tuple(name.strip() for name in args.class_names.split(",") if name.strip())
     try:
-        output = Path(args.output) if args.output else Path(args.source).with_name("model.safetensors")
         if output.resolve() == Path(args.source).resolve():
             raise UserError(f"--output {output} is the source file; choose another name.")
-        class_names = tuple(name.strip() for name in args.class_names.split(",") if name.strip())
         path = export_lab_model(args.source, output, args.model, class_names)
     except UserError as error:
         exit_with_user_error(error, "lab2-export")

@@ -1,20 +1,16 @@
-"""`lab2-flops`: the per-layer FLOPs and parameters of a registry model (2 FLOPs per multiply-add).
-
-lab2-flops [--model simple_cnn] [--num_classes 10] [--json]
-"""
+"""`lab2-flops`: the per-layer FLOPs and parameters of a registry model (2 FLOPs per multiply-add)."""
 
 from __future__ import annotations
 
 import json
 
+from lab2.errors import UserError, exit_with_user_error
 from lab2.explain.flops import count_flops
+from lab2.flags import Parser, number_flag
+from lab2.models import create_model
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lab2.errors import UserError, exit_with_user_error
-    from lab2.flags import Parser, number_flag
-    from lab2.models import create_model
-
     parser = Parser(prog="lab2-flops", description="Per-layer FLOPs and parameters of a lab2 model.")
     parser.add_argument("--model", default="simple_cnn", help="a name from the model registry")
     parser.add_argument("--num_classes", type=number_flag("--num_classes", minimum=1, maximum=100_000), default=10)

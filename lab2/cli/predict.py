@@ -4,7 +4,9 @@
     lab2-predict --model_path runs/<run> my_photos/     (every image file in the folder, by name)
 
 An unreadable image gets an error line and the others are still predicted;
-the exit status is 1 when any image failed.
+the exit status is 1 when any image failed. --explain writes DIR/<image>.gradcam.png,
+never a file beside the inputs (a folder of images would grow overlays that the
+next run reads as inputs); it replaces only PNGs it wrote itself.
 """
 
 from __future__ import annotations
@@ -14,20 +16,22 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from lab2.cli.explain_images import ExplanationWriter
-from lab2.data.cifar import test_transform
+from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD, test_transform
 from lab2.errors import UserError, exit_with_user_error
+from lab2.explain import gradcam
 from lab2.flags import Parser, number_flag
+from lab2.state.files import atomic_write
 from lab2.state.model_file import load_model_file, top_k
 
 MAX_PIXELS = 64_000_000  # larger images are refused before decoding: a small file can decode to gigabytes
+SOFTWARE = "lab2-predict --explain"  # the PNG text chunk that marks an overlay as lab2's own
 
 
 def _to_8bit_rgb(image):
     """(RGB image, note or None): high-bit-depth grayscale is scaled to 8 bits, not clipped to white."""
-    import numpy as np
     from PIL import Image
 
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
@@ -52,11 +56,8 @@ def _to_8bit_rgb(image):
 
 
 def read_image(path: str) -> tuple[torch.Tensor, str | None]:
-    """(normalised (3, 32, 32) tensor as the seed's test transform makes it, conversion note or None)
-    for any image file.
-
-    Every failure (missing, not a file, unreadable, too large, a decompression bomb) is a UserError naming the file.
-    """
+    """(the (3, 32, 32) tensor the test transform makes, conversion note or None) for any image file.
+    Every failure (missing, not a file, unreadable, too large, a decompression bomb) is a UserError naming the file."""
     from PIL import Image
 
     file = Path(path)
@@ -86,15 +87,14 @@ def read_image(path: str) -> tuple[torch.Tensor, str | None]:
 
 
 def expand_folders(paths: list[str]) -> list[str]:
-    """`paths` with each folder replaced by the image files directly in it (sorted; names PIL knows how to read,
-    hidden files skipped). A folder without any stays as it is, so reading it reports the problem."""
+    """`paths` with each folder replaced by the image files directly in it (sorted, hidden files skipped). A folder
+    without any stays as it is, so reading it reports the problem."""
     from PIL import Image
 
     extensions = {ext.lower() for ext in Image.registered_extensions()}
     expanded = []
     for path in paths:
-        folder = Path(path)
-        images = []
+        folder, images = Path(path), []
         if folder.is_dir():
             images = sorted(
                 str(f)
@@ -103,6 +103,54 @@ def expand_folders(paths: list[str]) -> list[str]:
             )
         expanded.extend(images or [path])
     return expanded
+
+
+def _overlay_of_ours(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == SOFTWARE
+    except Exception:  # any unreadable file is simply not one of ours
+        return False
+
+
+def plan_overlays(folder: Path, image_paths: list[str]) -> dict[str, Path]:
+    """The --explain file of each image, checked before anything is written: each is new, or one lab2 wrote."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--explain {folder} is a file; give a folder for the Grad-CAM images.")
+    targets: dict[str, Path] = {}
+    taken: set[str] = set()
+    for path in image_paths:
+        name, copy = f"{Path(path).name}.gradcam.png", 1
+        while name in taken:  # cat.png from two folders: cat.png.gradcam.png, then cat.png-2.gradcam.png
+            copy += 1
+            name = f"{Path(path).name}-{copy}.gradcam.png"
+        taken.add(name)
+        targets.setdefault(path, folder / name)
+    foreign = [t for t in targets.values() if (t.exists() or t.is_symlink()) and not _overlay_of_ours(t)]
+    if foreign:
+        raise UserError(
+            f"--explain: {foreign[0]} exists and lab2 did not write it; lab2-predict never replaces it. "
+            "Choose another --explain folder or move the file."
+        )
+    return targets
+
+
+def write_overlay(target: Path, model, image: torch.Tensor, top: list[dict], top_index: int, title: str) -> None:
+    """`image` (normalised) with its Grad-CAM for class `top_index`, beside the bars of `top`, written to `target`."""
+    heatmap = gradcam.gradcam_heatmaps(model, image[None], targets=[top_index])[0]
+    mean, std = torch.tensor(CIFAR10_MEAN).view(3, 1, 1), torch.tensor(CIFAR10_STD).view(3, 1, 1)
+    shown = ((image * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    classes, probabilities = [t["class"] for t in top], [t["probability"] for t in top]
+    fig = gradcam.explain_image_figure(np.ascontiguousarray(shown), heatmap, classes, probabilities, title=title)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata={"Software": SOFTWARE}))
+    except OSError as exc:
+        raise UserError(f"cannot write {target} ({exc.strerror}); choose another --explain folder.") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,42 +170,39 @@ def main(argv: list[str] | None = None) -> None:
         help="also write DIR/<image>.gradcam.png: the image with its Grad-CAM heat map beside its top classes",
     )
     args = parser.parse_args(argv)
+    results = []
     try:
         loaded = load_model_file(args.model_path)
-        explainer = ExplanationWriter(args.explain, args.images) if args.explain else None
-    except UserError as error:
-        exit_with_user_error(error, "lab2-predict")
-    results, failed = [], 0
-    for path in expand_folders(args.images):
-        try:
-            image, note = read_image(path)
-        except UserError as error:  # one bad file never stops the others
-            failed += 1
-            print(f"lab2-predict: error: {error}", file=sys.stderr)
-            results.append({"image": path, "error": str(error)})
-            continue
-        probabilities, indices = top_k(loaded.model, image[None], args.top_k)
-        top = [
-            {"class": loaded.class_names[i], "probability": float(p)}
-            for p, i in zip(probabilities[0], indices[0], strict=True)
-        ]
-        results.append({"image": path, "top_k": top, **({"note": note} if note else {})})
-        if explainer is not None:
+        paths = expand_folders(args.images)
+        overlays = plan_overlays(Path(args.explain), paths) if args.explain else {}
+        for path in paths:
             try:
-                explained = explainer.write(loaded.model, path, image, top, int(indices[0, 0]))
-            except UserError as error:  # a model Grad-CAM cannot explain, or a full disk: say so and stop
-                exit_with_user_error(error, "lab2-predict")
-            results[-1]["explanation"] = str(explained)
-        if not args.json:
-            print(
-                f"{path}: "
-                + ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in top)
-                + (f" ({note})" if note else "")
-                + (f" -> {results[-1]['explanation']}" if explainer is not None else "")
-            )
+                image, note = read_image(path)
+            except UserError as error:  # one bad file never stops the others
+                print(f"lab2-predict: error: {error}", file=sys.stderr)
+                results.append({"image": path, "error": str(error)})
+                continue
+            probabilities, indices = top_k(loaded.model, image[None], args.top_k)
+            top = [
+                {"class": loaded.class_names[i], "probability": float(p)}
+                for p, i in zip(probabilities[0], indices[0], strict=True)
+            ]
+            results.append({"image": path, "top_k": top, **({"note": note} if note else {})})
+            if path in overlays:
+                write_overlay(overlays[path], loaded.model, image, top, int(indices[0, 0]), Path(path).name)
+                results[-1]["explanation"] = str(overlays[path])
+            if not args.json:
+                print(
+                    f"{path}: "
+                    + ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in top)
+                    + (f" ({note})" if note else "")
+                    + (f" -> {overlays[path]}" if path in overlays else "")
+                )
+    except UserError as error:  # the model, the --explain folder, or an overlay it cannot write: nothing more to do
+        exit_with_user_error(error, "lab2-predict")
     if args.json:
         print(json.dumps(results, indent=2))
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if any("error" in r for r in results) else 0)
 
 
 if __name__ == "__main__":

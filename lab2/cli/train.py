@@ -1,20 +1,12 @@
-"""The training command's entry point (train_accelerate.py, lab2-train).
-
-Flags are parsed and checked before torch is imported, so `--help` and flag
-mistakes answer at once; only a valid configuration loads the training stack.
-"""
+"""lab2-train and train_accelerate.py: flags are checked before torch is imported, so `--help` and flag mistakes
+answer at once; the exceptions that end a run map to its exit codes here."""
 
 from __future__ import annotations
 
 import signal
 import sys
 
-from lab2.engine.distributed import (
-    is_peer_lost,
-    launched_rank,
-    peer_lost_message,
-    prepare_process,
-)
+from lab2.engine.distributed import is_peer_lost, launched_rank, peer_lost_message, prepare_process
 from lab2.errors import EXIT_PEER_LOST, EXIT_USER_ERROR, Diverged, TrainingStopped, UserError, exit_with_user_error
 from lab2.flags import launched_by_make, parse_args
 from lab2.tracking.startup import redirect_unwritable_caches
