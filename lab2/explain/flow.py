@@ -2,18 +2,13 @@
 
 For each layer's weight tensor, in the model's order (SimpleCNN's 10 bars: conv1, bn1, ..., bn4, fc1, fc2; BatchNorm
 scales included, biases left out), a snapshot holds:
-
-- grad_mean / grad_max: mean and max of |grad| after backward, before the optimizer step. The caller unscales first
+- grad_mean / grad_max of |grad| after backward, before the optimizer step; the caller unscales first
   (`accelerator.unscale_gradients()`), so fp16 runs show the true gradients, not the loss-scaled ones;
-- weight_mean / weight_max: mean and max of |W| before the step (the seed's "weight update flow" plots);
+- weight_mean / weight_max of |W| before the step (the seed's "weight update flow" plots);
 - update_ratio: ||W_after - W_before|| / ||W_before|| of that step, the real update flow.
-
-With histograms on (`--log_histograms all`, the default, or `weights`), it also holds the distribution of the gradient
-and value of every parameter (`all`: weights, biases and BatchNorm, as wandb.watch(log="all"); `weights`: the flow's
-weight tensors), keyed as wandb.watch keys them: `gradients/<param>` and `parameters/<param>`.
-
-Statistics and histograms are computed on the device and copied to the host together: one sync per snapshot, every
-`--flow_log_steps` steps. FlowReporter sends each snapshot to flow.jsonl, the trackers and the health warnings.
+With `--log_histograms all` (the default; as wandb.watch(log="all")) or `weights` (the flow's tensors), it also holds
+histograms of each parameter's gradient and value, keyed as wandb.watch keys them: `gradients/<param>`,
+`parameters/<param>`. All is computed on the device and copied to the host at once: one sync per snapshot.
 """
 
 from __future__ import annotations
@@ -78,11 +73,9 @@ class Histogram:
 
 
 def _histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
-    """[counts (bins), min, max, sum, sum of squares] of a float tensor, on its device and without a sync.
-
-    histc needs its range as Python numbers, which would cost a sync per tensor; instead the values are
-    mapped onto 0..1 with the device-side min and max, and counted over that fixed range.
-    """
+    """[counts (bins), min, max, sum, sum of squares] of a float tensor, on its device and without a sync: histc
+    needs its range as Python numbers (a sync per tensor), so the values are mapped onto 0..1 with the device-side
+    min and max and counted over that fixed range."""
     flat = tensor.flatten()
     low, high = flat.min(), flat.max()
     unit = (flat - low) / (high - low).clamp_min(torch.finfo(flat.dtype).tiny)
@@ -121,7 +114,7 @@ class FlowCollector:
         self.histogram_parameters = histogram_parameters(model, histograms)
         self.bins = bins
         self.history: list[FlowSnapshot] = []  # a resumed run sets it from flow.jsonl, for the heatmaps
-        self._pending: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None] | None = None
+        self._pending: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor] | None = None
 
     @torch.no_grad()
     def before_step(self) -> None:
@@ -134,7 +127,8 @@ class FlowCollector:
         histograms = [
             _histogram_row(t, self.bins) for _, p in self.histogram_parameters for t in (_grad(p), p.detach().float())
         ]
-        self._pending = (torch.stack(rows), copies, torch.stack(histograms) if histograms else None)
+        stats = torch.stack(rows)
+        self._pending = (stats, copies, torch.stack(histograms) if histograms else stats.new_empty(0, self.bins + 4))
 
     @torch.no_grad()
     def after_step(self, step: int) -> FlowSnapshot:
@@ -150,15 +144,13 @@ class FlowCollector:
             ]
         )
         table = torch.cat([stats, ratios[:, None]], dim=1)
-        parts = [table.flatten()] + ([histogram_rows.flatten()] if histogram_rows is not None else [])
         # The one host copy of the snapshot. float32 on the device (MPS has no float64): counts stay exact up to 2**24
         # per bin.
-        host = torch.cat(parts).cpu().double().numpy()
+        host = torch.cat([table.flatten(), histogram_rows.flatten()]).cpu().double().numpy()
         rows = host[: table.numel()].reshape(table.shape).tolist()
         columns = list(zip(*rows, strict=True)) if rows else [[] for _ in STATISTICS]
         snapshot = FlowSnapshot(step, list(self.layer_names), *[list(col) for col in columns])
-        if histogram_rows is not None:
-            snapshot.histograms = self._unpack_histograms(host[table.numel() :].reshape(histogram_rows.shape))
+        snapshot.histograms = self._unpack_histograms(host[table.numel() :].reshape(histogram_rows.shape))
         self.history.append(snapshot)
         return snapshot
 
@@ -223,19 +215,17 @@ class FlowHealth:
 
 class FlowReporter(FlowCollector):
     """A FlowCollector that writes each snapshot to flow.jsonl and the trackers, warns, and logs its images.
-    The loop calls, on the main process only:
+    The loop calls, on the main process:
 
         reporter.before_step()       # at a snapshot step, after unscaling, before optimizer.step()
         reporter.after_step(step)    # right after optimizer.step()
         reporter.poll(step)          # every step: logs at most one finished set of images, never waits
         reporter.close(step)         # at the end: waits for the images still rendering and logs them
 
-    One figure costs ~100 ms and a GPU step can be under a millisecond, so the images are rendered by one background
-    thread (matplotlib's object API on Agg, never pyplot's global state); one thread keeps them in step order, and
-    Agg's rasterising is C code, so it competes with training for little more than CPU time. Images are logged at
-    the step the loop has reached (W&B drops a step lower than one it has seen) with their snapshot's step in the
-    caption; TensorBoard and MLflow get the snapshot's own step. One set per poll keeps each set on its own W&B
-    step; only sets still rendering at `close` share the final step.
+    A figure costs ~100 ms and a GPU step can be under 1 ms, so one background thread renders the images (object
+    API on Agg, no pyplot state; one thread keeps step order). They are logged at the step the loop has reached (W&B
+    drops a step lower than one it has seen), their snapshot's step in the caption; TensorBoard and MLflow get the
+    snapshot's own step. One set per poll keeps each on its own W&B step; only those left at `close` share one.
     """
 
     def __init__(self, model: nn.Module, tracking, flow_file: str | Path, histograms: str = "all", printer=print):
