@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lab2.config import log_with_for  # noqa: E402
 from lab2.data.device_dataset import DeviceDataset, device_dataloader  # noqa: E402
-from lab2.explain.flow_reporter import FlowReporter  # noqa: E402
+from lab2.explain.flow import FlowReporter  # noqa: E402
 from lab2.models import SimpleCNN  # noqa: E402
 from lab2.tracking.startup import tracker_init_kwargs  # noqa: E402
 from lab2.tracking.trackers import Tracking  # noqa: E402

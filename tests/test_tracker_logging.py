@@ -25,9 +25,7 @@ from tracker_files import (
 from lab2 import config as tracker_choice
 from lab2.config import parse_report_to
 from lab2.errors import UserError
-from lab2.explain.figure_worker import FigureWorker
-from lab2.explain.flow import FlowCollector
-from lab2.explain.plots import figure_to_array, flow_figures
+from lab2.explain.flow import FlowReporter
 from lab2.models import SimpleCNN
 from lab2.tracking.startup import MLFLOW_RUN_FILE, tracker_init_kwargs
 from lab2.tracking.trackers import Tracking
@@ -68,22 +66,16 @@ def test_every_tracker_gets_histograms_images_artifact_summary_and_log(tmp_path,
     torch.manual_seed(0)
     model = SimpleCNN()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    collector = FlowCollector(model)
-    worker = FigureWorker(
-        lambda s: tracking.prepare_flow_images({k: figure_to_array(f) for k, f in flow_figures(s).items()}, s.step)
-    )
+    flow_notes = []
+    reporter = FlowReporter(model, tracking, tmp_path / "flow.jsonl", printer=flow_notes.append)
     for step in (5, 10):
         F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.arange(4)).backward()
-        collector.before_step()
+        reporter.before_step()
         optimizer.step()
         optimizer.zero_grad()
-        snapshot = collector.after_step(step)
+        reporter.after_step(step)  # histograms and flow scalars; images rendered on the worker
         tracking.log({"train/loss": 1.0 / step}, step=step)
-        tracking.log_histograms(snapshot.histograms, step)
-        worker.submit(snapshot)
-        for rendered in worker.flush():  # one result per step, as the loop logs them
-            tracking.log_flow_images(rendered.images, rendered.step, reached_step=step)
-    worker.close()
+        reporter.close(step)  # one set per step, as the loop logs them
     model_file, config_file = tmp_path / "model.safetensors", tmp_path / "config.json"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(model_file))
     config_file.write_text("{}")
@@ -93,7 +85,7 @@ def test_every_tracker_gets_histograms_images_artifact_summary_and_log(tmp_path,
         [{"epoch": 1, "train_loss": 2.0, "train_acc": 0.2, "eval_loss": 2.1, "eval_acc": 0.25}], "Epoch | ...", step=10
     )
     tracking.finish()
-    assert not worker.errors
+    assert not [n for n in flow_notes if n.startswith("warning:")]  # no image failed to render
     assert notes == ["note: mlflow has no histograms; gradient and weight histograms go to wandb and tensorboard only."]
 
     # W&B offline run file

@@ -32,7 +32,7 @@ from lab2.engine.resume import checkpoint_record, position_settings, resume
 from lab2.engine.stop import StopExchange, StopRequest
 from lab2.errors import Diverged, TrainingStopped, UserError, is_disk_full
 from lab2.explain.flops import count_flops
-from lab2.explain.flow_reporter import FlowReporter
+from lab2.explain.flow import FlowReporter
 from lab2.models import create_model
 from lab2.state.checkpoint import disk_full_error, save_checkpoint
 from lab2.state.run_folder import RunPaths

@@ -1,21 +1,16 @@
 """Calibration: can the model's confidence be trusted? Expected calibration error and the reliability diagram.
 
-The usual definition (Guo et al. 2017, "On Calibration of Modern Neural
-Networks"): split the confidences (the softmax probability of the predicted
-class) into CALIBRATION_BINS equal bins (lo, hi] over 0..1, and
+The usual definition (Guo et al. 2017): split the confidences (softmax probability of the predicted class) into
+CALIBRATION_BINS equal bins (lo, hi] over 0..1, and
 
     ECE = sum over bins of (count / N) * |accuracy(bin) - mean confidence(bin)|
 
-The bins are kept as three sums (count, confidence, correct), so the ECE and
-the diagram come from the same numbers, and sums over disjoint sets of samples
-add up. The test-set samples come gathered from every process (without
-Accelerate's padding duplicates), so the result is exact on any process count.
+The bins are kept as three sums (count, confidence, correct), so the ECE and the diagram come from the same numbers.
+The test-set samples come gathered from every process (without Accelerate's padding duplicates): exact on any count.
 
-Why not torchmetrics' MulticlassCalibrationError at run time: it returns the
-ECE alone (the diagram needs the per-bin counts), and its bins are [lo, hi), so
-a confidence of exactly 1.0 (common in float32 once a model is confident) falls
-into a 16th bin. tests/test_calibration.py checks this module against it
-wherever the two definitions agree.
+Why not torchmetrics' MulticlassCalibrationError at run time: it returns the ECE alone (the diagram needs the bins),
+and its bins are [lo, hi), so a confidence of exactly 1.0 (common in float32) falls into a 16th bin.
+tests/test_calibration.py checks this module against it wherever the two definitions agree.
 """
 
 from __future__ import annotations
@@ -78,29 +73,19 @@ def reliability_figure(bins: ReliabilityBins, logits_note: str = ""):
     bin's sample count above its bar. `logits_note` says which logits were calibrated (e.g. flip-averaged)."""
     from matplotlib.figure import Figure  # matplotlib only where a figure is drawn, not for the metric
 
-    edges = bins.edges
-    width = edges[1] - edges[0]
+    filled = bins.counts > 0
+    left, accuracy, counts = bins.edges[:-1][filled], bins.accuracy[filled], bins.counts[filled]
     fig = Figure(figsize=(6, 5.5), layout="constrained")
     ax = fig.add_subplot()
-    filled = bins.counts > 0
-    ax.bar(edges[:-1][filled], bins.accuracy[filled], width=width, align="edge", edgecolor="black", label="accuracy")
-    ax.bar(
-        edges[:-1][filled],
-        bins.confidence[filled] - bins.accuracy[filled],
-        bottom=bins.accuracy[filled],
-        width=width,
-        align="edge",
-        color="tab:red",
-        alpha=0.3,
-        label="gap to mean confidence",
-    )
+    bar = {"width": bins.edges[1] - bins.edges[0], "align": "edge"}
+    ax.bar(left, accuracy, **bar, edgecolor="black", label="accuracy")
+    gap = bins.confidence[filled] - accuracy
+    ax.bar(left, gap, bottom=accuracy, **bar, color="tab:red", alpha=0.3, label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
-    for left, accuracy, count in zip(edges[:-1][filled], bins.accuracy[filled], bins.counts[filled], strict=True):
-        ax.text(left + width / 2, min(accuracy, 0.93) + 0.02, str(count), ha="center", fontsize=7)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.05)
+    for x, y, count in zip(left, accuracy, counts, strict=True):
+        ax.text(x + bar["width"] / 2, min(y, 0.93) + 0.02, str(count), ha="center", fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1.05), ylabel="accuracy")
     ax.set_xlabel("confidence (softmax probability of the predicted class)")
-    ax.set_ylabel("accuracy")
     note = f"{logits_note}; " if logits_note else ""
     ax.set_title(
         f"Reliability: ECE {bins.ece:.4f} ({len(bins.counts)} bins) over {int(bins.counts.sum())} images\n"

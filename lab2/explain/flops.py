@@ -1,19 +1,18 @@
-"""Hook-based FLOPs and parameter counter with a per-layer table.
+"""FLOPs and parameters per layer, counted with forward hooks, in a table.
 
-Convention: **2 FLOPs per multiply-add** (torch.utils.flop_counter's), not MACs
-(fvcore, thop and ptflops count MACs: half these numbers). Only Conv2d and
-Linear layers are counted; normalisation, activations and pooling are ignored,
-as in the course lab's 0.1612 GFLOPs figure.
+Convention: **2 FLOPs per multiply-add** (torch.utils.flop_counter's), not MACs (fvcore, thop and ptflops count MACs:
+half these numbers). Only Conv2d and Linear layers count; normalisation, activations and pooling are left out, as in
+the course lab's 0.1612 GFLOPs figure.
 
 - Conv: 2 x (Cin / groups) x Cout x Kh x Kw x Hout x Wout
 - Linear: 2 x in x out x (tokens, if the input has extra dimensions)
 
-Run `python -m lab2.cli.flops --model simple_cnn` (or `lab2-flops`) for the table.
+`lab2-flops --model simple_cnn` prints the table.
 """
 
 from __future__ import annotations
 
-import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -71,55 +70,48 @@ class FlopsReport:
         return "\n".join(lines)
 
 
-def _layer_flops(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
-    if isinstance(module, nn.Conv2d):
-        out_h, out_w = output.shape[-2:]
-        kernel = module.kernel_size[0] * module.kernel_size[1]
-        per_position = 2 * (module.in_channels // module.groups) * module.out_channels * kernel
-        return per_position * out_h * out_w * output.shape[0]
-    # Linear: every leading dimension (batch and tokens) multiplies the work.
-    rows = math.prod(inputs[0].shape[:-1])
-    return 2 * module.in_features * module.out_features * rows
+def _layer_flops(module: nn.Conv2d | nn.Linear, output: torch.Tensor) -> int:
+    # Each output value is a dot product with the weights of its own output channel (Cin / groups x Kh x Kw for a
+    # conv, `in` for a Linear), so batch, positions and tokens all multiply the work through output.numel().
+    return 2 * module.weight[0].numel() * output.numel()
+
+
+@contextmanager
+def _evaluating(model: nn.Module):
+    """Eval mode inside the block (BatchNorm statistics untouched); the model's own mode back after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _zeros(model: nn.Module, input_shape) -> torch.Tensor:
+    return torch.zeros(input_shape, device=next(model.parameters()).device)
 
 
 def count_flops(model: nn.Module, input_shape=(1, 3, 32, 32), with_training: bool = True) -> FlopsReport:
-    """Count FLOPs of one forward pass of `model` on zeros of `input_shape` (batch 1 = per sample).
+    """Count the FLOPs of one forward pass on zeros of `input_shape`, per sample; hooks are removed even if it fails.
 
-    The model is run in eval mode under no_grad (its mode is restored); hooks are
-    removed even if the forward pass fails. With `with_training`, the forward +
-    backward count is measured with torch.utils.flop_counter rather than assumed 3x.
+    With `with_training`, forward + backward is measured with torch.utils.flop_counter rather than assumed 3x.
     """
     layers: list[LayerFlops] = []
-    handles = []
     names = {module: name for name, module in model.named_modules()}
+    batch = input_shape[0]
 
     def hook(module, inputs, output):
-        layers.append(
-            LayerFlops(
-                name=names[module],
-                type=type(module).__name__,
-                output_shape=list(output.shape[1:]),
-                params=sum(p.numel() for p in module.parameters(recurse=False)),
-                flops=_layer_flops(module, inputs, output),
-            )
-        )
+        params = sum(p.numel() for p in module.parameters(recurse=False))
+        flops = _layer_flops(module, output) // batch
+        layers.append(LayerFlops(names[module], type(module).__name__, list(output.shape[1:]), params, flops))
 
-    device = next(model.parameters()).device
-    was_training = model.training
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
-        for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                handles.append(module.register_forward_hook(hook))
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(input_shape, device=device))
+        with _evaluating(model), torch.no_grad():
+            model(_zeros(model, input_shape))
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
-    batch = input_shape[0]
-    for layer in layers:
-        layer.flops //= batch
     report = FlopsReport(
         layers=layers,
         params=sum(p.numel() for p in model.parameters()),
@@ -135,16 +127,12 @@ def measured_flops(model: nn.Module, input_shape=(1, 3, 32, 32), backward: bool 
     """Total FLOPs torch.utils.flop_counter.FlopCounterMode sees for forward (and backward)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()  # BatchNorm statistics stay untouched
+    counter = FlopCounterMode(display=False)
     try:
-        counter = FlopCounterMode(display=False)
-        with counter:
-            out = model(torch.zeros(input_shape, device=device))
+        with _evaluating(model), counter:
+            out = model(_zeros(model, input_shape))
             if backward:
                 out.sum().backward()
     finally:
         model.zero_grad(set_to_none=True)
-        model.train(was_training)
     return counter.get_total_flops()

@@ -1,32 +1,20 @@
-"""Gradient, weight and update flow per layer, and the health checks on them.
+"""Gradient, weight and update flow per layer: the snapshots, their health checks, and where they go.
 
-For each layer's weight tensor, in the model's order (for SimpleCNN the lab's 10
-bars: conv1, bn1, conv2, bn2, conv3, bn3, conv4, bn4, fc1, fc2; BatchNorm scales
-included, biases left out) a snapshot holds:
-
-- grad_mean / grad_max: mean and max of |grad|, read after backward and before
-  the optimizer step. The caller unscales first (`accelerator.unscale_gradients()`),
-  so fp16 runs show the true gradients, not the loss-scaled ones;
-- weight_mean / weight_max: mean and max of |W| before the step (the seed's
-  "weight update flow" plots showed these);
-- update_ratio: ||W_after - W_before|| / ||W_before|| of that step, the real
-  update flow.
-
-With histograms on (`--log_histograms all`, the default, or `weights`), a snapshot
-also holds the distribution of the gradient and value of every parameter tensor
-(`all`: weights, biases and BatchNorm, as wandb.watch(log="all"); `weights`: the
-flow's weight tensors only), keyed as wandb.watch keys them: `gradients/<param
-name>` and `parameters/<param name>`. They are
-counted on the device with `torch.histc` in HISTOGRAM_BINS bins spanning the
-tensor's own min..max (read at the same moment as the statistics: unscaled
-gradients, weights before the step).
-
-Statistics and histograms are computed on the device and copied to the host
-together, once per snapshot, so a snapshot costs one sync, every `--flow_log_steps` steps.
+For each layer's weight tensor, in the model's order (SimpleCNN's 10 bars: conv1, bn1, ..., bn4, fc1, fc2; BatchNorm
+scales included, biases left out), a snapshot holds:
+- grad_mean / grad_max of |grad| after backward, before the optimizer step; the caller unscales first
+  (`accelerator.unscale_gradients()`), so fp16 runs show the true gradients, not the loss-scaled ones;
+- weight_mean / weight_max of |W| before the step (the seed's "weight update flow" plots);
+- update_ratio: ||W_after - W_before|| / ||W_before|| of that step, the real update flow.
+With `--log_histograms all` (the default; as wandb.watch(log="all")) or `weights` (the flow's tensors), it also holds
+histograms of each parameter's gradient and value, keyed as wandb.watch keys them: `gradients/<param>`,
+`parameters/<param>`. All is computed on the device and copied to the host at once: one sync per snapshot.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +23,8 @@ import torch
 from torch import nn
 
 from lab2.config import HISTOGRAM_CHOICES
-from lab2.explain.plots import UPDATE_RATIO_RANGE
-from lab2.state.files import read_jsonl
+from lab2.explain.plots import UPDATE_RATIO_RANGE, figure_to_array, flow_figures
+from lab2.state.files import append_jsonl, read_jsonl
 
 STATISTICS = ("grad_mean", "grad_max", "weight_mean", "weight_max", "update_ratio")
 
@@ -45,6 +33,7 @@ VANISHING_GRAD = 1e-7
 EXPLODING_GRAD = 1e3
 HEALTH_PATIENCE = 2
 HISTOGRAM_BINS = 64  # as wandb.watch
+MAX_PENDING = 8  # image sets rendering or waiting; beyond this a snapshot's images are skipped, not queued
 
 
 @dataclass
@@ -67,11 +56,8 @@ class FlowSnapshot:
 
 @dataclass
 class Histogram:
-    """Counts of one tensor's values in HISTOGRAM_BINS equal bins from `low` to `high` (the tensor's min and max).
-
-    `num`, `total` and `total_squares` (count, sum and sum of squares of the values) are what
-    TensorBoard's raw histograms also want.
-    """
+    """Counts of one tensor's values in equal bins from `low` to `high` (its min and max); `num`, `total` and
+    `total_squares` (count, sum and sum of squares of the values) are what TensorBoard's raw histograms also want."""
 
     counts: np.ndarray  # (bins,) float64
     low: float
@@ -86,17 +72,19 @@ class Histogram:
         return np.linspace(self.low, self.high, len(self.counts) + 1)
 
 
-def _histogram_rows(tensor: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(counts (bins,), [min, max, sum, sum of squares]) of a float tensor, on its device and without a sync.
-
-    histc needs its range as Python numbers, which would cost a sync per tensor; instead the values are
-    mapped onto 0..1 with the device-side min and max, and counted over that fixed range.
-    """
+def _histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
+    """[counts (bins), min, max, sum, sum of squares] of a float tensor, on its device and without a sync: histc
+    needs its range as Python numbers (a sync per tensor), so the values are mapped onto 0..1 with the device-side
+    min and max and counted over that fixed range."""
     flat = tensor.flatten()
     low, high = flat.min(), flat.max()
     unit = (flat - low) / (high - low).clamp_min(torch.finfo(flat.dtype).tiny)
     counts = torch.histc(unit, bins=bins, min=0.0, max=1.0)
-    return counts, torch.stack([low, high, flat.sum(), flat.square().sum()])
+    return torch.cat([counts, torch.stack([low, high, flat.sum(), flat.square().sum()])])
+
+
+def _grad(p: nn.Parameter) -> torch.Tensor:
+    return p.grad.detach().float() if p.grad is not None else torch.zeros(1, device=p.device)
 
 
 def flow_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -125,22 +113,22 @@ class FlowCollector:
         self.layer_names = [name.removesuffix(".weight") for name, _ in self.parameters]
         self.histogram_parameters = histogram_parameters(model, histograms)
         self.bins = bins
-        self.history: list[FlowSnapshot] = []
-        self._pending: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None] | None = None
+        self.history: list[FlowSnapshot] = []  # a resumed run sets it from flow.jsonl, for the heatmaps
+        self._pending: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor] | None = None
 
     @torch.no_grad()
     def before_step(self) -> None:
         """Read |grad| and |W| (and their histograms) and keep a copy of W; gradients must already be unscaled."""
-        rows, copies, histograms = [], [], []
+        rows, copies = [], []
         for _, p in self.parameters:
-            grad = p.grad.detach().float() if p.grad is not None else torch.zeros(1, device=p.device)
-            weight = p.detach().float()
-            rows.append(torch.stack([grad.abs().mean(), grad.abs().amax(), weight.abs().mean(), weight.abs().amax()]))
+            grad, weight = _grad(p).abs(), p.detach().float().abs()
+            rows.append(torch.stack([grad.mean(), grad.amax(), weight.mean(), weight.amax()]))
             copies.append(p.detach().clone())
-        for _, p in self.histogram_parameters:
-            grad = p.grad.detach().float() if p.grad is not None else torch.zeros(1, device=p.device)
-            histograms.extend(torch.cat(_histogram_rows(t, self.bins)) for t in (grad, p.detach().float()))
-        self._pending = (torch.stack(rows), copies, torch.stack(histograms) if histograms else None)
+        histograms = [
+            _histogram_row(t, self.bins) for _, p in self.histogram_parameters for t in (_grad(p), p.detach().float())
+        ]
+        stats = torch.stack(rows)
+        self._pending = (stats, copies, torch.stack(histograms) if histograms else stats.new_empty(0, self.bins + 4))
 
     @torch.no_grad()
     def after_step(self, step: int) -> FlowSnapshot:
@@ -156,15 +144,13 @@ class FlowCollector:
             ]
         )
         table = torch.cat([stats, ratios[:, None]], dim=1)
-        parts = [table.flatten()] + ([histogram_rows.flatten()] if histogram_rows is not None else [])
         # The one host copy of the snapshot. float32 on the device (MPS has no float64): counts stay exact up to 2**24
         # per bin.
-        host = torch.cat(parts).cpu().double().numpy()
+        host = torch.cat([table.flatten(), histogram_rows.flatten()]).cpu().double().numpy()
         rows = host[: table.numel()].reshape(table.shape).tolist()
         columns = list(zip(*rows, strict=True)) if rows else [[] for _ in STATISTICS]
         snapshot = FlowSnapshot(step, list(self.layer_names), *[list(col) for col in columns])
-        if histogram_rows is not None:
-            snapshot.histograms = self._unpack_histograms(host[table.numel() :].reshape(histogram_rows.shape))
+        snapshot.histograms = self._unpack_histograms(host[table.numel() :].reshape(histogram_rows.shape))
         self.history.append(snapshot)
         return snapshot
 
@@ -225,6 +211,91 @@ class FlowHealth:
                         f"for {self.streaks[key]} snapshots in a row"
                     )
         return messages
+
+
+class FlowReporter(FlowCollector):
+    """A FlowCollector that writes each snapshot to flow.jsonl and the trackers, warns, and logs its images.
+    The loop calls, on the main process:
+
+        reporter.before_step()       # at a snapshot step, after unscaling, before optimizer.step()
+        reporter.after_step(step)    # right after optimizer.step()
+        reporter.poll(step)          # every step: logs at most one finished set of images, never waits
+        reporter.close(step)         # at the end: waits for the images still rendering and logs them
+
+    A figure costs ~100 ms and a GPU step can be under 1 ms, so one background thread renders the images (object
+    API on Agg, no pyplot state; one thread keeps step order). They are logged at the step the loop has reached (W&B
+    drops a step lower than one it has seen), their snapshot's step in the caption; TensorBoard and MLflow get the
+    snapshot's own step. One set per poll keeps each on its own W&B step; only those left at `close` share one.
+    """
+
+    def __init__(self, model: nn.Module, tracking, flow_file: str | Path, histograms: str = "all", printer=print):
+        super().__init__(model, histograms=histograms)
+        self.health = FlowHealth()
+        self.tracking, self.flow_file, self.printer = tracking, flow_file, printer
+        self.rendering: deque[tuple[int, Future]] = deque()  # (snapshot step, its images to come), oldest first
+        self.skipped = 0  # snapshots whose images were dropped because rendering fell behind
+        self._pool: ThreadPoolExecutor | None = None  # started at the first snapshot, once the trackers exist
+
+    def after_step(self, step: int) -> FlowSnapshot:
+        """Finish the snapshot, write it, log its scalars and histograms, warn, and hand it to the renderer."""
+        snapshot = super().after_step(step)
+        append_jsonl(self.flow_file, snapshot.to_record())
+        values = {
+            f"flow/{stat}/{layer}": getattr(snapshot, stat)[i]
+            for stat in STATISTICS
+            for i, layer in enumerate(snapshot.layers)
+        }
+        self.tracking.log(values, step=step)
+        self.tracking.log_histograms(snapshot.histograms, step=step)
+        for message in self.health.check(snapshot):
+            self.printer(message)
+            self.tracking.log({"flow/warning": message}, step=step)
+        # Images are only worth rendering for a tracker; the final figures on disk are drawn at the end anyway.
+        if self.tracking.tracker_names:
+            self._submit(snapshot)
+        return snapshot
+
+    def _submit(self, snapshot: FlowSnapshot) -> None:
+        """Hand the snapshot to the rendering thread, or skip its images when MAX_PENDING sets are in flight."""
+        if len(self.rendering) >= MAX_PENDING:  # never wait for the renderer
+            self.skipped += 1
+            if self.skipped == 1:
+                self.printer(
+                    f"note: flow images of step {snapshot.step} skipped: rendering is slower than --flow_log_steps; "
+                    "raise it for images at every snapshot."
+                )
+            return
+        self._pool = self._pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab2-figures")
+        self.rendering.append((snapshot.step, self._pool.submit(self._render, snapshot)))
+
+    def _render(self, snapshot: FlowSnapshot) -> dict:
+        """On the worker thread: figures -> RGB arrays -> each tracker's encoded images."""
+        arrays = {name: figure_to_array(fig) for name, fig in flow_figures(snapshot).items()}
+        return self.tracking.prepare_flow_images(arrays, snapshot.step)
+
+    def poll(self, reached_step: int) -> None:
+        """Log at most one finished set of images at `reached_step`; never waits (call every step)."""
+        if self.rendering and self.rendering[0][1].done():
+            self._log(*self.rendering.popleft(), reached_step)
+
+    def close(self, reached_step: int) -> None:
+        """Wait for the images still rendering, log them at `reached_step`, and stop the thread."""
+        while self.rendering:
+            self._log(*self.rendering.popleft(), reached_step)
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def _log(self, step: int, images: Future, reached_step: int) -> None:
+        try:
+            rendered = images.result()
+        except Exception as exc:  # a figure that fails to render must not end training
+            self.printer(
+                f"warning: rendering the flow figures of step {step} failed ({type(exc).__name__}: {exc}); "
+                "training goes on."
+            )
+        else:
+            self.tracking.log_flow_images(rendered, step, reached_step)
 
 
 def read_flow_history(path: str | Path) -> list[FlowSnapshot]:

@@ -1,14 +1,9 @@
 """Grad-CAM: where the network looks, with Captum's LayerGradCam on the model's last Conv2d.
 
-Grad-CAM weights each channel of a convolution's output by the mean gradient of
-the class score over that channel, sums the channels and keeps the positive
-part: a coarse map (8x8 for SimpleCNN's conv4) of the regions that raise the
-score. It is upsampled bilinearly to the image size and scaled to 0..1 per
-image, so the overlay shows where, not how strongly in absolute terms.
-
-The grid is the `predictions` grid (lab2.explain.plots.predictions_figure), the
-same images in the same order with the same titles, each with its heat map on
-top; nothing here reads files or trackers.
+Grad-CAM weights each channel of a convolution's output by the mean gradient of the class score over that channel,
+sums the channels and keeps the positive part: a coarse map (8x8 for SimpleCNN's conv4) of the regions that raise the
+score, upsampled bilinearly to the image and scaled to 0..1 per image (the overlay shows where, not how strongly).
+The grid is the `predictions` grid with each image's map on top; nothing here reads files or trackers.
 """
 
 from __future__ import annotations
@@ -28,13 +23,8 @@ OVERLAY_CMAP = "jet"  # the colour map Grad-CAM figures conventionally use: red 
 
 
 def last_conv_layer(model: nn.Module, example: torch.Tensor) -> nn.Conv2d:
-    """The Conv2d that runs last in `model`'s forward pass on `example` (B, C, H, W).
-
-    Found by running the forward pass with hooks rather than by the order of
-    `model.modules()`, which is the order the attributes were assigned in, not
-    the order the layers run in. A model with no Conv2d is a UserError: Grad-CAM
-    needs a spatial feature map to explain.
-    """
+    """The Conv2d that runs last in `model`'s forward pass on `example` (B, C, H, W): found with hooks, because
+    `model.modules()` is in the order the attributes were assigned, not the order the layers run."""
     ran: list[nn.Conv2d] = []
     hooks = [
         module.register_forward_hook(lambda module, _inputs, _output: ran.append(module))
@@ -58,9 +48,8 @@ def last_conv_layer(model: nn.Module, example: torch.Tensor) -> nn.Conv2d:
 def gradcam_heatmaps(model: nn.Module, inputs: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
     """Grad-CAM maps (B, H, W) in 0..1 for normalised float `inputs` (B, C, H, W) and one target class per image.
 
-    The model runs in eval mode (BatchNorm's running statistics, no dropout), in
-    float32 on its own device; Captum takes gradients with torch.autograd.grad,
-    so no parameter's .grad changes, and the model's mode is restored.
+    The model runs in eval mode (restored after), in float32 on its own device; Captum takes gradients with
+    torch.autograd.grad, so no parameter's .grad changes.
     """
     from captum.attr import LayerAttribution, LayerGradCam
 
@@ -86,24 +75,13 @@ def gradcam_heatmaps(model: nn.Module, inputs: torch.Tensor, targets: Sequence[i
 def overlay(ax, heatmap: np.ndarray) -> None:
     """Draw `heatmap` (H, W, 0..1) over the image already shown in `ax`."""
     height, width = heatmap.shape
-    ax.imshow(
-        heatmap,
-        cmap=OVERLAY_CMAP,
-        alpha=OVERLAY_ALPHA,
-        vmin=0,
-        vmax=1,
-        interpolation="bilinear",
-        extent=(-0.5, width - 0.5, height - 0.5, -0.5),  # the pixel grid of the image underneath
-    )
+    extent = (-0.5, width - 0.5, height - 0.5, -0.5)  # the pixel grid of the image underneath
+    ax.imshow(heatmap, cmap=OVERLAY_CMAP, alpha=OVERLAY_ALPHA, vmin=0, vmax=1, interpolation="bilinear", extent=extent)
 
 
 def gradcam_figure(model: nn.Module, samples, class_names: Sequence[str]) -> Figure:
-    """The predictions grid of `samples` with each image's Grad-CAM map for its predicted class overlaid.
-
-    `samples` is a lab2.engine.evaluation.PredictionSamples with `inputs` (the
-    normalised images the model saw); the maps explain the predicted class, the
-    one in each title.
-    """
+    """The predictions grid of `samples` (a PredictionSamples with `inputs`, the normalised images the model saw),
+    each image overlaid with the Grad-CAM map of its predicted class, the one in its title."""
     if samples.inputs is None:
         raise ValueError("PredictionSamples without inputs: Grad-CAM needs the normalised images")
     heatmaps = gradcam_heatmaps(model, samples.inputs, samples.predictions)
