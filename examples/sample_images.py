@@ -17,7 +17,7 @@ from PIL import Image
 
 from lab2.config.flag_types import Parser, int_flag
 from lab2.data.cifar import find_cifar10_folder
-from lab2.data.cifar_reader import TEST_FILE, read_cifar_batch, read_class_names
+from lab2.data.cifar_files import TEST_FILE, read_cifar_batch, read_class_names
 from lab2.errors import UserError, exit_with_user_error
 
 

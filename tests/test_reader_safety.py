@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from lab2.data.cifar import read_cifar10_folder
-from lab2.data.cifar_reader import read_cifar_batch
-from lab2.data.fake_cifar import make_fake_cifar10
+from lab2.data.cifar_files import make_fake_cifar10, read_cifar_batch
 from lab2.errors import UserError
 
 

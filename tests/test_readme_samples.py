@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from lab2.config.train_config import TrainConfig
-from lab2.data.cifar_reader import CIFAR10_CLASSES, read_cifar_batch
+from lab2.data.cifar_files import CIFAR10_CLASSES, read_cifar_batch
 from lab2.models import create_model
 
 README = (REPO / "README.md").read_text()

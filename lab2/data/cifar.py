@@ -5,7 +5,7 @@ Everything the rest of lab2 sees is a `DataSplits`: uint8 images shaped
 names. Three sources produce it (lab2.data.sources picks one):
 
 * `--dataset cifar10`: the official `cifar-10-batches-py` folder, downloaded by
-  torchvision (with its md5 check) when absent, and read by lab2.data.cifar_reader's
+  torchvision (with its md5 check) when absent, and read by lab2.data.cifar_files's
   checked, restricted reader, so non-official folders (the mini slice, test files) work;
 * `--dataset fake`: a small learnable synthetic set, written in the official
   format and read back through the same reader;
@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lab2.config.resume_advice import launched_by_make
-from lab2.data.cifar_reader import (
+from lab2.data.cifar_files import (
     CIFAR10_CLASSES,
     CIFAR10_FOLDER,
     TEST_FILE,

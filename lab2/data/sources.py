@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lab2.data.cifar import DataSplits, load_cifar10, read_cifar10_folder, torchvision_loaders
+from lab2.data.cifar_files import make_fake_cifar10
 from lab2.data.device_dataset import device_loaders
-from lab2.data.fake_cifar import make_fake_cifar10
 from lab2.errors import UserError
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lab2.config.train_config import TrainConfig
-from lab2.data.cifar_reader import CIFAR10_CLASSES
+from lab2.data.cifar_files import CIFAR10_CLASSES
 from lab2.errors import UserError
 from lab2.models import create_model
 from lab2.state.checkpoint import save_model_file

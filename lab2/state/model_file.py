@@ -14,7 +14,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from lab2.config.command_line import config_from_dict, validate_config
 from lab2.config.flag_types import check_int
 from lab2.config.train_config import TrainConfig
-from lab2.data.cifar_reader import CIFAR10_CLASSES, MAX_CLASSES
+from lab2.data.cifar_files import CIFAR10_CLASSES, MAX_CLASSES
 from lab2.errors import ManyUserErrors, UserError
 from lab2.models import create_model
 from lab2.state.checkpoint import read_exported_model
