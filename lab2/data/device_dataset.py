@@ -1,4 +1,5 @@
-"""The device-resident Dataset: uint8 images kept on the device, augmented there a whole batch at a time.
+"""The device-resident Dataset (uint8 images kept on the device, augmented there a whole batch at a time), and
+the loaders of either --data_pipeline.
 
 The split is copied to the device once as uint8 (150 MiB for all of CIFAR-10).
 `DeviceDataset.__getitems__` receives a batch of indices from the DataLoader's
@@ -24,7 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CROP_PADDING, FLIP_PROBABILITY
+from lab2.data.cifar import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CROP_PADDING,
+    FLIP_PROBABILITY,
+    DataSplits,
+    torchvision_loaders,
+)
 
 PAD = CROP_PADDING  # random-crop padding in pixels (lab2.data.cifar: the seed's RandomCrop(32, padding=4))
 
@@ -164,24 +172,17 @@ def device_dataloader(
     )
 
 
-def device_loaders(
-    splits,
-    train_batch_size: int,
-    eval_batch_size: int,
-    *,
-    device,
-    seed: int,
-    channels_last: bool,
-    drop_last: bool = False,
-):
-    """(train, eval) DataLoaders over DeviceDatasets of `splits` (lab2.data.cifar.DataSplits), unprepared;
-    `drop_last` for training only."""
-    train = DeviceDataset(
-        splits.train_images, splits.train_labels, train=True, device=device, seed=seed, channels_last=channels_last
-    )
-    test = DeviceDataset(
-        splits.test_images, splits.test_labels, train=False, device=device, channels_last=channels_last
-    )
-    return device_dataloader(train, train_batch_size, shuffle=True, seed=seed, drop_last=drop_last), device_dataloader(
-        test, eval_batch_size, shuffle=False
+def pipeline_loaders(cfg, splits: DataSplits, device, channels_last: bool):
+    """(train, eval) DataLoaders of --data_pipeline for `splits`, unprepared: `device` keeps the uint8 data on
+    the device and augments whole batches there; `torchvision` is the seed's per-image PIL path.
+    --dataloader_drop_last applies to training only."""
+    train_batch, eval_batch, seed = cfg.per_device_train_batch_size, cfg.per_device_eval_batch_size, cfg.seed
+    if cfg.data_pipeline == "torchvision":
+        return torchvision_loaders(splits, train_batch, eval_batch, cfg.num_workers, seed, cfg.dataloader_drop_last)
+    on_device = dict(device=device, channels_last=channels_last)
+    train = DeviceDataset(splits.train_images, splits.train_labels, train=True, seed=seed, **on_device)
+    test = DeviceDataset(splits.test_images, splits.test_labels, train=False, **on_device)
+    return (
+        device_dataloader(train, train_batch, shuffle=True, seed=seed, drop_last=cfg.dataloader_drop_last),
+        device_dataloader(test, eval_batch, shuffle=False),
     )

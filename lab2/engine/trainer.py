@@ -19,9 +19,8 @@ from pathlib import Path
 import torch
 
 from lab2.config.train_config import TrainConfig
-from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD
-from lab2.data.device_dataset import use_channels_last
-from lab2.data.sources import load_splits, pipeline_loaders
+from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_splits
+from lab2.data.device_dataset import pipeline_loaders, use_channels_last
 from lab2.engine.evaluation import EvalResult, evaluate, sync_buffers
 from lab2.engine.meter import TrainMeter, sum_over_processes
 from lab2.engine.optim import (
