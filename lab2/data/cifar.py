@@ -72,6 +72,10 @@ class DataSplits:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @classmethod
+    def from_numpy(cls, train_images, train_labels, test_images, test_labels, class_names) -> DataSplits:
+        return cls(*map(torch.from_numpy, (train_images, train_labels, test_images, test_labels)), class_names)
+
     def truncated(self, max_train: int | None, max_eval: int | None) -> DataSplits:
         """The first `max_train` / `max_eval` images of each split (None keeps all)."""
         return DataSplits(
@@ -107,13 +111,8 @@ def read_cifar10_folder(folder: str | Path) -> DataSplits:
     class_names = read_class_names(folder)
     parts = [read_cifar_batch(folder / name, len(class_names)) for name in TRAIN_FILES]
     test_images, test_labels = read_cifar_batch(folder / TEST_FILE, len(class_names))
-    return DataSplits(
-        torch.from_numpy(np.concatenate([p[0] for p in parts])),
-        torch.from_numpy(np.concatenate([p[1] for p in parts])),
-        torch.from_numpy(test_images),
-        torch.from_numpy(test_labels),
-        class_names,
-    )
+    train_images, train_labels = (np.concatenate(column) for column in zip(*parts, strict=True))
+    return DataSplits.from_numpy(train_images, train_labels, test_images, test_labels, class_names)
 
 
 def download_cifar10(data_dir: str | Path) -> Path:
