@@ -67,9 +67,10 @@ class _Reduce:
     [
         _Reduce(np.ndarray, ((4 * 10**9,), "b")),  # numpy.ndarray(shape) would allocate 4 GB
         _Reduce(RECONSTRUCT, (np.ndarray, (4 * 10**9,), "b")),  # so would numpy's _reconstruct(ndarray, shape)
+        _Reduce(RECONSTRUCT, (np.ndarray, (10**8,), "O")),  # and of objects it writes 800 MB of None pointers
         _Reduce(RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, (4 * 10**9,), np.dtype("u1"), False, b"x")),
     ],
-    ids=["ndarray-call", "reconstruct-shape", "state-shape"],
+    ids=["ndarray-call", "reconstruct-shape", "reconstruct-objects", "state-shape"],
 )
 def test_an_array_shape_the_file_does_not_fill_allocates_nothing(tmp_path, data):
     path = _write(tmp_path / "big", {"data": data, "labels": []})

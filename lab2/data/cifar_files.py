@@ -2,8 +2,9 @@
 
 A batch file is a pickle, and a pickle can call any function it names while it loads. The reader's unpickler
 resolves the few names batch files use to stand-ins of its own and refuses every other name before anything
-runs. numpy is handed only a dtype name and the file's bytes: its own array set-up allocates whatever shape a
-file states, and crashes on some object arrays. The loaded values are then checked as data: 'data' uint8
+runs. numpy's own constructors are never called by the file: given a file's arguments they allocate whatever
+shape it states, and crash on some object arrays; `_Array` hands numpy only a plain dtype of lab2's making, a
+shape and the file's bytes, which must fill it. The loaded values are then checked as data: 'data' uint8
 (N, 3072), 'labels' a flat list of N class numbers, read element by element, so nothing nested is built and a
 small file cannot expand. Every failure is one UserError naming the file and what to do.
 """
@@ -44,8 +45,8 @@ class _Dtype:
 
 
 class _Array:
-    """A pickled array, `numpy.core.multiarray._reconstruct(ndarray, (0,), 'b')` then its state: kept until
-    `array()` builds it from the file's bytes (a shape the bytes do not fill is a ValueError, not an allocation)."""
+    """A pickled array, `numpy.core.multiarray._reconstruct(ndarray, (0,), 'b')` then its state: recorded, and
+    built by `array()` once the whole file has loaded."""
 
     def __init__(self, *args):
         self.state = None
@@ -59,8 +60,11 @@ class _Array:
             raise ValueError("an array without a dtype")
         if isinstance(raw, str):  # Python 2's byte strings, read with encoding="latin1"
             raw = raw.encode("latin1")
-        array = np.frombuffer(raw, dtype.dtype).reshape(shape, order="F" if fortran else "C")
-        return array.copy()  # frombuffer's array is a read-only view of the file's bytes
+        # numpy's own set-up, given a plain dtype of lab2's making: it checks that the bytes fill the shape
+        # before anything is allocated, and keeps them as the (writable) array's memory, without a copy.
+        array = np.ndarray((0,), np.uint8)
+        array.__setstate__((shape, dtype.dtype, bool(fortran), raw))
+        return array
 
 
 def _latin1(text, codec):
@@ -100,6 +104,8 @@ def _unpickle(path: Path) -> dict:
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror}.") from None
     try:
+        # From memory, not the open file: a string whose length field points past the end of the file then
+        # reads what is there, where file.read(length) would first allocate that many bytes.
         batch = _BatchUnpickler(io.BytesIO(raw), encoding="latin1").load()
         if isinstance(batch, dict):
             batch = {key: value.array() if isinstance(value, _Array) else value for key, value in batch.items()}
