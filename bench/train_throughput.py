@@ -40,13 +40,8 @@ from torch.utils.data import DataLoader, Subset
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lab2.data.cifar import (  # noqa: E402
-    CustomCIFAR10,
-    read_cifar10_folder,
-    test_transform,
-    train_transform,
-    write_cifar10_folder,
-)
+from lab2.data.cifar import CustomCIFAR10, read_cifar10_folder, test_transform, train_transform  # noqa: E402
+from lab2.data.cifar_files import write_cifar10_folder  # noqa: E402
 from lab2.explain.flops import count_flops  # noqa: E402
 from lab2.models import SimpleCNN  # noqa: E402
 
