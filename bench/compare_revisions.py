@@ -8,6 +8,7 @@ excluded), the median per revision, and the ratio B / A.
 
     python bench/compare_revisions.py 5f85827 HEAD              # before / after a change
     python bench/compare_revisions.py 5f85827 HEAD --rounds 3 --epochs 2
+    python bench/compare_revisions.py HEAD HEAD --quick   # smoke check: 1 round of 1 epoch of 128 images
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def checkout(revision: str, into: Path) -> Path:
     return into
 
 
-def train_rate(tree: Path, data_dir: Path, epochs: int, out: Path) -> float:
+def train_rate(tree: Path, data_dir: Path, epochs: int, out: Path, extra: list[str]) -> float:
     """Training images/s of one lab2 run from the source tree `tree` (its own train_accelerate.py and lab2/)."""
     command = [
         str(Path(sys.executable).parent / "accelerate"),
@@ -49,6 +50,7 @@ def train_rate(tree: Path, data_dir: Path, epochs: int, out: Path) -> float:
         "none",
         "--checkpointing_steps",
         "none",
+        *extra,
     ]
     # PYTHONPATH: the tree's own lab2 wins over the editable install of this checkout.
     env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=str(tree))
@@ -65,7 +67,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--data_dir", type=Path, default=MINI)
+    parser.add_argument("--quick", action="store_true", help="smoke check: 1 round of 1 epoch of 128 images")
     args = parser.parse_args()
+    extra = []
+    if args.quick:
+        args.rounds, args.epochs = 1, 1
+        extra = ["--max_train_samples", "128", "--max_eval_samples", "64", "--flow_log_steps", "0"]
     with tempfile.TemporaryDirectory() as tmp:
         trees = {
             name: checkout(rev, Path(tmp) / name) for name, rev in (("before", args.before), ("after", args.after))
@@ -74,7 +81,7 @@ def main() -> None:
         try:
             for round_ in range(args.rounds):
                 for name, tree in trees.items():
-                    rate = train_rate(tree, args.data_dir, args.epochs, Path(tmp) / f"run-{name}-{round_}")
+                    rate = train_rate(tree, args.data_dir, args.epochs, Path(tmp) / f"run-{name}-{round_}", extra)
                     rates[name].append(rate)
                     print(f"round {round_ + 1} {name:>6} ({getattr(args, name)}): {rate:.1f} images/s", flush=True)
         finally:

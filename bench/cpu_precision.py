@@ -4,6 +4,7 @@ Backs two defaults: channels_last on the CPU, and fp32 (accelerate_configs/cpu.y
 on CPUs without AMX/AVX512-BF16, where bf16 autocast is emulated.
 
     python bench/cpu_precision.py [--steps 3] [--repeats 2]
+    python bench/cpu_precision.py --tiny   # smoke check: 1 step of batch 8 per variant
 """
 
 from __future__ import annotations
@@ -33,9 +34,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--tiny", action="store_true", help="smoke check: 1 step of batch 8, 1 repeat")
     args = parser.parse_args()
+    if args.tiny:
+        args.steps, args.repeats, args.batch_size = 1, 1, 8
+    batch = args.batch_size
     torch.manual_seed(0)
-    x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     setups = {}
     for name, (channels_last, bf16) in VARIANTS.items():
         model = SimpleCNN().to(memory_format=torch.channels_last) if channels_last else SimpleCNN()
@@ -56,11 +62,11 @@ def main() -> None:
     baseline = statistics.median(times["fp32, contiguous (the seed)"])
     print(
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, AMX/AVX512-BF16: {cpu_has_fast_bf16()}, "
-        f"{torch.get_num_threads()} threads, batch 128"
+        f"{torch.get_num_threads()} threads, batch {batch}"
     )
     for name, values in times.items():
         step = statistics.median(values)
-        print(f"{name:<36} {step:7.3f} s/step  {128 / step:7.1f} images/s  {baseline / step:5.2f}x the seed's speed")
+        print(f"{name:<36} {step:7.3f} s/step  {batch / step:7.1f} images/s  {baseline / step:5.2f}x the seed's speed")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ logged when ready. Two measurements, both medians over alternating blocks:
   launches and the one host copy.
 
     python bench/flow_overhead.py [--rounds 5] [--block 10] [--interval 200] [--report_to wandb]
+    python bench/flow_overhead.py --tiny   # smoke check: 1 round of 2 steps of batch 16, no tracker
 """
 
 from __future__ import annotations
@@ -123,7 +124,10 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=200, help="--flow_log_steps to scale to (the default)")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--report_to", default="wandb")
+    parser.add_argument("--tiny", action="store_true", help="smoke check: 1 round of 2 steps, batch 16, no tracker")
     args = parser.parse_args()
+    if args.tiny:
+        args.rounds, args.block, args.batch_size, args.report_to = 1, 2, 16, "none"
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 

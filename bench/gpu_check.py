@@ -13,7 +13,8 @@ summary.json, MFU (bf16 dense peak of the GPU), final eval accuracy. One table i
 printed and appended to bench/RESULTS.md.
 
     bash bench/gpu_check.sh            # on the GPU machine
-    python bench/gpu_check.py --tiny   # smoke check anywhere: 1 epoch of 512 fake images, nothing recorded
+    bash bench/gpu_check.sh --tiny     # smoke check anywhere (tests/test_bench.py runs it on the CPU):
+                                       # 1 epoch of 256 images, eager only, nothing recorded
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def run_gpu_tests() -> str:
     return f"{'passed' if done.returncode == 0 else 'FAILED'}: {last}"
 
 
-def data_flags(size: int, workdir: Path) -> tuple[list[str], str, Path | None]:
+def data_flags(size: int, workdir: Path, test_size: int = 1000) -> tuple[list[str], str, Path | None]:
     """Flags for a `size`-image training split: the tiled mini slice when bundled, else synthetic data."""
     mini = BUNDLE / "cifar10-mini"
     if (mini / "cifar-10-batches-py" / "test_batch").exists():
@@ -67,7 +68,7 @@ def data_flags(size: int, workdir: Path) -> tuple[list[str], str, Path | None]:
             "--fake_train_samples",
             str(size),
             "--fake_test_samples",
-            "1000",
+            str(test_size),
         ],
         f"synthetic (--dataset fake), {size} images",
         None,
@@ -156,8 +157,9 @@ def main() -> None:
     parser.add_argument(
         "--tiny",
         action="store_true",
-        help="smoke check on any machine: 512 fake images, 1 epoch, no compile on CPU, nothing recorded",
+        help="smoke check on any machine: 256 images (64 to evaluate), 1 epoch, no compile on CPU, nothing recorded",
     )
+    parser.add_argument("--workdir", type=Path, default=BUNDLE / "work", help="scratch folder (emptied first)")
     parser.add_argument("--size", type=int, default=50_000)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed_epochs", type=int, default=2)
@@ -168,15 +170,16 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:
         sys.exit("gpu_check: no CUDA device is visible; this check is for a GPU machine (use --tiny for a smoke check)")
+    tiny_flags = ["--max_eval_samples", "64", "--flow_log_steps", "0", "--num_prediction_samples", "0"]
     if args.tiny:
-        args.size, args.epochs, args.seed_epochs = 512, 1, 1
+        args.size, args.epochs, args.seed_epochs = 256, 1, 1
     precision = "bf16" if cuda else "no"
-    workdir = BUNDLE / "work"
+    workdir = args.workdir
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     tests = run_gpu_tests() if cuda else "not run: no CUDA device"
-    flags, data_note, folder = data_flags(args.size, workdir)
-    base = [*flags, "--num_train_epochs", str(args.epochs)]
+    flags, data_note, folder = data_flags(args.size, workdir, 64 if args.tiny else 1000)
+    base = [*flags, "--num_train_epochs", str(args.epochs), *(tiny_flags if args.tiny else [])]
     variants = [("lab2, eager", [])]
     if cuda:  # inductor on a CPU compiles for minutes: the compile rows are for the GPU
         variants += [
@@ -187,7 +190,7 @@ def main() -> None:
             ),
         ]
     rows = [lab2_row(name, [*base, *extra], workdir / f"run{i}", precision) for i, (name, extra) in enumerate(variants)]
-    rows.append(seed_row(folder, args.seed_epochs, 512 if args.tiny else None))
+    rows.append(seed_row(folder, args.seed_epochs, 256 if args.tiny else None))
     device = next((r["device"] for r in rows if "device" in r), "?")
     eager, seed = rows[0], rows[-1]
     verdicts = []

@@ -9,6 +9,7 @@ final files) is listed apart. Needs py-spy (`pip install -e '.[bench]'`).
 
     python bench/profile_loop.py                      # 2 epochs of 2,560 images
     python bench/profile_loop.py --profile out.json   # keep the speedscope file (https://www.speedscope.app)
+    python bench/profile_loop.py --quick              # smoke check: 1 epoch of 128 images
 """
 
 from __future__ import annotations
@@ -89,7 +90,11 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=25, help="py-spy samples per second")
     parser.add_argument("--profile", type=Path, default=None, help="keep the speedscope file here")
     parser.add_argument("--extra", default="", help="more train_accelerate.py flags, quoted")
+    parser.add_argument("--quick", action="store_true", help="smoke check: 1 epoch of 128 images")
     args = parser.parse_args()
+    eval_samples = 512
+    if args.quick:
+        args.max_train_samples, args.epochs, eval_samples = 128, 1, 64
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         sys.exit("profile_loop: py-spy is not installed; pip install -e '.[bench]' (or pip install py-spy)")
@@ -113,7 +118,7 @@ def main() -> None:
             "--max_train_samples",
             str(args.max_train_samples),
             "--max_eval_samples",
-            "512",
+            str(eval_samples),
             "--num_train_epochs",
             str(args.epochs),
             "--report_to",

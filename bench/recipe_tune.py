@@ -9,6 +9,7 @@ table in bench/recipe_tuning.md. Run one at a time:
 
     OMP_NUM_THREADS=2 nice -n 15 python bench/recipe_tune.py --optim adamw --lr 3e-3 \\
         --scheduler one_cycle --epochs 12 --batch 128 --wd 5e-4 --ls 0.1
+    python bench/recipe_tune.py --tiny   # smoke check: 1 epoch of 128 images, no row written
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def accuracy(model, loader) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--optim", default="adam")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--scheduler", default="constant")
@@ -61,9 +62,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--note", default="")
     parser.add_argument("--log", type=Path, default=REPO / "bench" / "recipe_tuning.md")
+    parser.add_argument("--data_dir", type=Path, default=MINI, help="a cifar-10-batches-py folder")
+    parser.add_argument("--tiny", action="store_true", help="smoke check: 1 epoch of 128 images (batch 32), no row")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    splits = read_cifar10_folder(MINI)
+    splits = read_cifar10_folder(args.data_dir)
+    if args.tiny:
+        args.epochs, args.batch = 1, 32
+        splits = splits.truncated(128, 64)
     train_set = DeviceDataset(splits.train_images, splits.train_labels, train=True, seed=args.seed, channels_last=True)
     train = device_dataloader(train_set, args.batch, shuffle=True, seed=args.seed)
     test = device_dataloader(
@@ -101,6 +107,9 @@ def main() -> None:
         f"| {config} | {' '.join(f'{100 * a:.1f}' for a in plain_curve)} | "
         f"{' '.join(f'{100 * a:.1f}' for a in tta_curve)} | {args.note} |"
     )
+    if args.tiny:
+        print(row)
+        return
     lines = args.log.read_text(encoding="utf-8").splitlines()
     last_row = max(i for i, line in enumerate(lines) if line.startswith("| "))  # below the table's last row
     lines.insert(last_row + 1, row)

@@ -13,7 +13,7 @@ Both runs use --report_to none and no checkpoints. The result is appended to
 bench/RESULTS.md.
 
     python bench/time_to_accuracy.py            # the measurement (about 40 minutes on 2 CPU cores)
-    python bench/time_to_accuracy.py --quick    # smoke check: 512 images, 3 epochs each; no RESULTS.md
+    python bench/time_to_accuracy.py --quick    # smoke check: 128 images, 1 epoch each; no RESULTS.md
 """
 
 from __future__ import annotations
@@ -82,16 +82,17 @@ def main() -> None:
     parser.add_argument("--extra", default="", help="more train_accelerate.py flags for both runs, quoted")
     parser.add_argument("--fast_extra", default="", help="more flags for the fast run only (they override the recipe)")
     parser.add_argument(
-        "--quick", action="store_true", help="smoke check: 512/256 images, 3 epochs each, nothing recorded"
+        "--quick", action="store_true", help="smoke check: 128/64 images, 1 epoch each, nothing recorded"
     )
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
     args = parser.parse_args()
     common = ["--data_dir", str(args.data_dir), *shlex.split(args.extra)]
     fast_flags = ["--recipe", "fast", *shlex.split(args.fast_extra)]
     if args.quick:
-        args.seed_epochs = 3
-        common += ["--max_train_samples", "512", "--max_eval_samples", "256"]
-        fast_flags += ["--num_train_epochs", "3"]
+        args.seed_epochs = 1
+        common += ["--max_train_samples", "128", "--max_eval_samples", "64", "--flow_log_steps", "0"]
+        common += ["--num_prediction_samples", "0"]
+        fast_flags += ["--num_train_epochs", "1"]
     with tempfile.TemporaryDirectory() as tmp:
         seed = timed_run("seed recipe", [*common, "--num_train_epochs", str(args.seed_epochs)], Path(tmp) / "seed")
         fast = timed_run("fast recipe", [*common, *fast_flags], Path(tmp) / "fast")
@@ -132,7 +133,7 @@ def main() -> None:
                 f"\n### {time.strftime('%Y-%m-%d')} · time to accuracy on the mini slice\n\n"
                 f"`{command.strip()}`\n\n{report}\n"
             )
-    if not reached:
+    if not reached and not args.quick:  # a smoke run's accuracies mean nothing
         sys.exit(1)
 
 

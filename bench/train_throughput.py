@@ -7,7 +7,7 @@ shared and noisy, so only ratios within one run mean much):
    machine's practical matrix-multiply peak;
 2. bare step: SimpleCNN forward, backward and fused Adam on batches already on the
    device (batch 128, channels_last) - the most a training loop could reach;
-3. lab2's loop: `lab2.engine.loop.run` with default flags (--report_to none, no
+3. lab2's loop: `train_accelerate.py` with default flags (--report_to none, no
    checkpoints) on the mini slice, images/s read from its metrics.jsonl over the
    epochs after the first (which pays one-off warm-up);
 4. the seed recipe: the course lab's per-image PIL DataLoader and plain loop.
@@ -18,7 +18,7 @@ peak, the loop / bare-step ratio (target >= 0.90) and the lab2 / seed ratio
 (target >= 1.5). The table is appended to bench/RESULTS.md.
 
     python bench/train_throughput.py                   # mini slice, 3 lab2 epochs, 2 seed epochs
-    python bench/train_throughput.py --quick           # smoke check: a few seconds of each
+    python bench/train_throughput.py --quick           # smoke check: a few steps of each, nothing recorded
     python bench/train_throughput.py --tile 50000 --epochs 5 --mixed_precision bf16   # a GPU
 """
 
@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,13 +41,8 @@ from torch.utils.data import DataLoader, Subset
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lab2.data.cifar import (  # noqa: E402
-    CustomCIFAR10,
-    read_cifar10_folder,
-    test_transform,
-    train_transform,
-    write_cifar10_folder,
-)
+from lab2.data.cifar import CustomCIFAR10, read_cifar10_folder, test_transform, train_transform  # noqa: E402
+from lab2.data.cifar_files import write_cifar10_folder  # noqa: E402
 from lab2.explain.flops import count_flops  # noqa: E402
 from lab2.models import SimpleCNN  # noqa: E402
 
@@ -111,11 +107,11 @@ def bare_step(device: torch.device, steps: int, batch_size: int = 128, bf16: boo
 
 
 def lab2_loop(data_dir: Path, epochs: int, out: Path, extra: list[str]) -> dict:
-    """lab2's training run in this process, as `train_accelerate.py` runs it; rates from metrics.jsonl."""
-    from lab2.engine.loop import run
-    from lab2.flags import parse_args
-
-    flags = [
+    """lab2's training run, the command a user types (so no move inside lab2 can break this script); rates from
+    metrics.jsonl. It inherits this process's environment: TQDM_DISABLE, ACCELERATE_MIXED_PRECISION."""
+    command = [
+        sys.executable,
+        "train_accelerate.py",
         "--data_dir",
         str(data_dir),
         "--num_train_epochs",
@@ -128,9 +124,9 @@ def lab2_loop(data_dir: Path, epochs: int, out: Path, extra: list[str]) -> dict:
         "none",
         *extra,
     ]
-    code = run(parse_args(flags))
-    if code != 0:
-        sys.exit(f"lab2 run failed with exit code {code}")
+    done = subprocess.run(command, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"lab2 run failed with exit code {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     summary = json.loads((out / "summary.json").read_text())
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steady = metrics[1:] or metrics  # the first epoch pays one-off warm-up (primitive choice, compile)
@@ -156,8 +152,9 @@ def seed_recipe(
     torch.manual_seed(seed)
     train = CustomCIFAR10.from_folder(data_dir, train=True, transform=train_transform())
     test = CustomCIFAR10.from_folder(data_dir, train=False, transform=test_transform())
-    if max_samples:
+    if max_samples:  # both splits: a smoke run's evaluation should be small too
         train = Subset(train, range(min(max_samples, len(train))))
+        test = Subset(test, range(min(max_samples, len(test))))
     pin = device.type == "cuda"
     train_loader = DataLoader(
         train, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0
@@ -212,24 +209,27 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke check: 512 images, 2 lab2 epochs, 1 seed epoch, 3 bare steps; no RESULTS.md",
+        help="smoke check: 128 images, 2 lab2 epochs, 1 seed epoch (no workers), 2 bare steps of batch 32, "
+        "a 1024² GEMM; no RESULTS.md",
     )
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
     args = parser.parse_args()
     extra = shlex.split(args.extra)
-    max_samples = None
+    max_samples, gemm_size, bare_batch = None, 4096, 128
     if args.quick:
-        args.epochs, args.seed_epochs, args.bare_steps, max_samples = 2, 1, 3, 512
-        extra += ["--max_train_samples", "512", "--max_eval_samples", "256"]
-    os.environ["TQDM_DISABLE"] = "1"  # before lab2.engine imports tqdm, which reads it then
+        args.epochs, args.seed_epochs, args.bare_steps, args.workers = 2, 1, 2, 0
+        max_samples, gemm_size, bare_batch = 128, 1024, 32
+        extra += ["--max_train_samples", "128", "--max_eval_samples", "64", "--flow_log_steps", "0"]
+        extra += ["--num_prediction_samples", "0"]
+    os.environ["TQDM_DISABLE"] = "1"  # the lab2 run inherits it
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = args.mixed_precision == "bf16"
     os.environ["ACCELERATE_MIXED_PRECISION"] = args.mixed_precision
     training_flops = count_flops(SimpleCNN()).training_flops  # per image, forward + backward
 
-    peak = gemm_peak(device, torch.bfloat16 if bf16 else torch.float32)
-    print(f"peak: torch.mm 4096^2 {'bf16' if bf16 else 'fp32'} {peak / 1e9:.0f} GFLOP/s", flush=True)
-    bare = bare_step(device, args.bare_steps, bf16=bf16)
+    peak = gemm_peak(device, torch.bfloat16 if bf16 else torch.float32, gemm_size)
+    print(f"peak: torch.mm {gemm_size}^2 {'bf16' if bf16 else 'fp32'} {peak / 1e9:.0f} GFLOP/s", flush=True)
+    bare = bare_step(device, args.bare_steps, bare_batch, bf16=bf16)
     print(f"bare step: {bare:.0f} images/s", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = tiled_copy(args.data_dir, args.tile, Path(tmp) / "tiled") if args.tile else args.data_dir
@@ -239,9 +239,9 @@ def main() -> None:
         print(f"seed recipe: {seed['images_per_s']:.0f} images/s", flush=True)
 
     rows = [
-        (f"peak: torch.mm 4096² {'bf16' if bf16 else 'fp32'}", None, peak),
+        (f"peak: torch.mm {gemm_size}² {'bf16' if bf16 else 'fp32'}", None, peak),
         (
-            f"bare step (batch 128, channels_last, fused Adam, {'bf16' if bf16 else 'fp32'})",
+            f"bare step (batch {bare_batch}, channels_last, fused Adam, {'bf16' if bf16 else 'fp32'})",
             bare,
             bare * training_flops,
         ),

@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from lab2.data.cifar import find_cifar10_folder
-from lab2.data.cifar_reader import TEST_FILE, read_cifar_batch, read_class_names
+from lab2.data.cifar_files import TEST_FILE, read_cifar_batch, read_class_names
 from lab2.errors import UserError, exit_with_user_error
 from lab2.flags import Parser, number_flag
 

@@ -10,7 +10,7 @@ import launch
 import numpy as np
 import pytest
 
-from lab2.data.fake_cifar import synthetic_images, write_cifar10_folder
+from lab2.data.cifar_files import synthetic_images, write_cifar10_folder
 
 # Two pytest workers share the cores (`make test` runs `-n 2`): one thread per worker and per program a test starts.
 # Two processes of two threads each on two cores ran a training step 1.57x slower than two of one thread, measured

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import assert_clean_error, built_once, run_cli, train_cmd, write_synthetic_folder
 
-from lab2.data.fake_cifar import synthetic_images, write_cifar10_folder
+from lab2.data.cifar_files import synthetic_images, write_cifar10_folder
 
 FAST = ["--report_to", "none", "--flow_log_steps", "0", "--num_prediction_samples", "0", "--num_train_epochs", "1"]
 

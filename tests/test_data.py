@@ -8,8 +8,7 @@ from lab2.data.cifar import CustomCIFAR10, load_cifar10, read_cifar10_folder, tr
 from lab2.data.cifar import (
     test_transform as normalise_only,  # aliased: pytest would collect test_*
 )
-from lab2.data.cifar_reader import CIFAR10_CLASSES, read_cifar_batch
-from lab2.data.fake_cifar import make_fake_cifar10, write_cifar_batch
+from lab2.data.cifar_files import CIFAR10_CLASSES, make_fake_cifar10, read_cifar_batch, write_cifar_batch
 from lab2.errors import UserError
 
 

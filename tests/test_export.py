@@ -12,7 +12,7 @@ from conftest import REPO
 from lab2.cli import eval as eval_cli
 from lab2.cli import export
 from lab2.cli import predict as predict_cli
-from lab2.data.cifar_reader import CIFAR10_CLASSES
+from lab2.data.cifar_files import CIFAR10_CLASSES
 from lab2.errors import UserError
 from lab2.state.model_file import load_exported_model, load_lab_model, read_exported_model, read_lab_state_dict
 

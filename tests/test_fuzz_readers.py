@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from lab2.data.cifar_reader import read_cifar_batch
+from lab2.data.cifar_files import read_cifar_batch
 from lab2.errors import UserError
 from lab2.report.pages import build_report
 from lab2.state.checkpoint import checkpoint_problem, read_progress

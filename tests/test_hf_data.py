@@ -13,7 +13,7 @@ from lab2.errors import UserError
 def _saved_dataset(path, num_classes, n_train=120, n_test=30, size=32, names=("img", "label")):
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
-    from lab2.data.fake_cifar import synthetic_images
+    from lab2.data.cifar_files import synthetic_images
 
     def split(n, seed):
         images, labels = synthetic_images(n, num_classes, seed)

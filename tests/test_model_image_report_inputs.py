@@ -13,7 +13,7 @@ from lab2.cli import eval as eval_cli
 from lab2.cli import predict as predict_cli
 from lab2.cli import report
 from lab2.config import TrainConfig
-from lab2.data.cifar_reader import CIFAR10_CLASSES
+from lab2.data.cifar_files import CIFAR10_CLASSES
 from lab2.models import create_model
 
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from lab2.data.cifar import read_cifar10_folder
-from lab2.data.cifar_reader import read_cifar_batch
-from lab2.data.fake_cifar import make_fake_cifar10
+from lab2.data.cifar_files import make_fake_cifar10, read_cifar_batch
 from lab2.errors import UserError
 
 
@@ -40,15 +39,50 @@ def test_shared_nested_lists_are_refused_before_they_expand(tmp_path):
         level = [level] * 10
     path = _write(tmp_path / "bomb", {"data": _images(10), "labels": level})
     assert path.stat().st_size < 40_000
-    _refused_within(path, "more elements than the file", 32 * 2**20)
+    _refused_within(path, "must be a flat list", 32 * 2**20)  # at its first element: nothing nested is walked
 
 
 def test_a_self_referencing_structure_is_refused(tmp_path):
     loop = [1, 2]
     loop.append(loop)
     path = _write(tmp_path / "loop", {"data": _images(3), "labels": loop})
-    with pytest.raises(UserError, match="refers to itself"):
-        read_cifar_batch(path)
+    _refused_within(path, "must be a flat list", 32 * 2**20)
+
+
+RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's _reconstruct, whichever module holds it
+
+
+class _Reduce:
+    """Pickles as `function(*args)`, then BUILD with `state` when given: what a hostile file can write."""
+
+    def __init__(self, function, args, state=None):
+        self.reduced = (function, args) if state is None else (function, args, state)
+
+    def __reduce__(self):
+        return self.reduced
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _Reduce(np.ndarray, ((4 * 10**9,), "b")),  # numpy.ndarray(shape) would allocate 4 GB
+        _Reduce(RECONSTRUCT, (np.ndarray, (4 * 10**9,), "b")),  # so would numpy's _reconstruct(ndarray, shape)
+        _Reduce(RECONSTRUCT, (np.ndarray, (10**8,), "O")),  # and of objects it writes 800 MB of None pointers
+        _Reduce(RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, (4 * 10**9,), np.dtype("u1"), False, b"x")),
+    ],
+    ids=["ndarray-call", "reconstruct-shape", "reconstruct-objects", "state-shape"],
+)
+def test_an_array_shape_the_file_does_not_fill_allocates_nothing(tmp_path, data):
+    path = _write(tmp_path / "big", {"data": data, "labels": []})
+    assert path.stat().st_size < 400
+    _refused_within(path, "not a CIFAR-10 batch file", 8 * 2**20)
+
+
+def test_an_array_of_python_objects_is_refused_without_crashing(tmp_path):
+    # numpy's own set-up of this state (an object array longer than its list) crashes the interpreter.
+    state = (1, (10**6,), np.dtype("O"), False, [1])
+    path = _write(tmp_path / "objects", {"data": _Reduce(RECONSTRUCT, (np.ndarray, (0,), b"b"), state), "labels": []})
+    _refused_within(path, "plain numbers", 8 * 2**20)
 
 
 def test_codec_chains_cannot_blow_up(tmp_path):

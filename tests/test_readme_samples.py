@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from lab2.config import TrainConfig
-from lab2.data.cifar_reader import CIFAR10_CLASSES, read_cifar_batch
+from lab2.data.cifar_files import CIFAR10_CLASSES, read_cifar_batch
 from lab2.models import create_model
 
 PAGE = (REPO / "docs" / "commands.md").read_text()  # where the samples and the FLOPs table are shown

@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 from lab2.config import TrainConfig
-from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD
+from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_splits
 from lab2.data.device_dataset import DeviceDataset, device_dataloader, use_channels_last
-from lab2.data.sources import load_splits
 from lab2.engine.evaluation import evaluate
 from lab2.errors import UserError, exit_with_user_error
 from lab2.explain import plots

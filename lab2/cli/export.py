@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lab2.data.cifar_reader import CIFAR10_CLASSES
+from lab2.data.cifar_files import CIFAR10_CLASSES
 from lab2.errors import UserError, exit_with_user_error
 from lab2.flags import Parser
 from lab2.state.model_file import export_lab_model

@@ -1,14 +1,12 @@
-"""CIFAR-10 on disk -> uint8 tensors, the seed's Dataset and transforms, and the data sources.
+"""CIFAR-10 into `DataSplits` (uint8 tensors), the source a configuration names, and the seed's Dataset and transforms.
 
-Everything the rest of lab2 sees is a `DataSplits`: uint8 images shaped
-(N, 3, 32, 32) and int64 labels, for the train and test splits, plus the class
-names. Three sources produce it (lab2.data.sources picks one):
+Everything the rest of lab2 sees is a `DataSplits`: uint8 images shaped (N, 3, 32, 32) and int64 labels, for
+the train and test splits, plus the class names. `load_splits` picks one of three sources:
 
-* `--dataset cifar10`: the official `cifar-10-batches-py` folder, downloaded by
-  torchvision (with its md5 check) when absent, and read by lab2.data.cifar_reader's
-  checked, restricted reader, so non-official folders (the mini slice, test files) work;
-* `--dataset fake`: a small learnable synthetic set, written in the official
-  format and read back through the same reader;
+* `--dataset cifar10`: the official `cifar-10-batches-py` folder, downloaded by torchvision (with its md5
+  check) when absent, and read by lab2.data.cifar_files' reader, so non-official folders (the mini slice,
+  test files) work too;
+* `--dataset fake`: a small learnable synthetic set, written in the official format and read back the same way;
 * `--dataset_name`: a Hugging Face `datasets` source (lab2.data.hf_datasets).
 """
 
@@ -22,11 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lab2.data.cifar_reader import (
+from lab2.data.cifar_files import (
     CIFAR10_CLASSES,
     CIFAR10_FOLDER,
     TEST_FILE,
     TRAIN_FILES,
+    make_fake_cifar10,
     read_cifar_batch,
     read_class_names,
 )
@@ -40,21 +39,23 @@ from lab2.flags import launched_by_make
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 
-DOWNLOAD_HELP = (
-    "Without network access, copy the official cifar-10-batches-py folder into --data_dir, "
-    "pass --dataset_name with a dataset saved by datasets' save_to_disk, "
-    "or use --dataset fake for an offline smoke run."
-)
+# The augmentation, defined once: the seed's values, used by the per-image path below and by the device Dataset.
+CROP_PADDING = 4  # pixels of zero padding before a random 32x32 crop
+FLIP_PROBABILITY = 0.5  # horizontal flip
 
 
 def download_help() -> str:
-    """DOWNLOAD_HELP in the words of the command that started lab2 (`make train` takes DATA_DIR=, not a flag)."""
+    """What to do without network, in the words of the command that started lab2 (`make train` takes DATA_DIR=)."""
     if launched_by_make():
         return (
             "Without network access, run make train DATA_DIR=<a folder holding cifar-10-batches-py>, "
             "or TRAIN_ARGS='--dataset fake' for an offline smoke run (synthetic images)."
         )
-    return DOWNLOAD_HELP
+    return (
+        "Without network access, copy the official cifar-10-batches-py folder into --data_dir, "
+        "pass --dataset_name with a dataset saved by datasets' save_to_disk, "
+        "or use --dataset fake for an offline smoke run."
+    )
 
 
 @dataclass
@@ -71,6 +72,10 @@ class DataSplits:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @classmethod
+    def from_numpy(cls, train_images, train_labels, test_images, test_labels, class_names) -> DataSplits:
+        return cls(*map(torch.from_numpy, (train_images, train_labels, test_images, test_labels)), class_names)
+
     def truncated(self, max_train: int | None, max_eval: int | None) -> DataSplits:
         """The first `max_train` / `max_eval` images of each split (None keeps all)."""
         return DataSplits(
@@ -82,7 +87,7 @@ class DataSplits:
         )
 
 
-# --------------------------------------------------------------------------- reading a folder
+# --------------------------------------------------------------------------- the official folder
 
 
 def find_cifar10_folder(data_dir: str | Path) -> Path | None:
@@ -106,13 +111,8 @@ def read_cifar10_folder(folder: str | Path) -> DataSplits:
     class_names = read_class_names(folder)
     parts = [read_cifar_batch(folder / name, len(class_names)) for name in TRAIN_FILES]
     test_images, test_labels = read_cifar_batch(folder / TEST_FILE, len(class_names))
-    return DataSplits(
-        torch.from_numpy(np.concatenate([p[0] for p in parts])),
-        torch.from_numpy(np.concatenate([p[1] for p in parts])),
-        torch.from_numpy(test_images),
-        torch.from_numpy(test_labels),
-        class_names,
-    )
+    train_images, train_labels = (np.concatenate(column) for column in zip(*parts, strict=True))
+    return DataSplits.from_numpy(train_images, train_labels, test_images, test_labels, class_names)
 
 
 def download_cifar10(data_dir: str | Path) -> Path:
@@ -124,18 +124,13 @@ def download_cifar10(data_dir: str | Path) -> Path:
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         CIFAR10(root=str(data_dir), train=True, download=True)
-    except OSError as exc:  # URLError is an OSError; so are a full disk and a read-only folder
-        _remove_if_created(data_dir, created)
-        raise UserError(f"could not download CIFAR-10 into {data_dir} ({exc}). {download_help()}") from None
-    except RuntimeError as exc:  # torchvision's md5 mismatch after download
-        _remove_if_created(data_dir, created)
+    except (OSError, RuntimeError) as exc:  # URLError, a full disk, a read-only folder; RuntimeError: md5 mismatch
+        if created:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise UserError(f"could not download CIFAR-10 into {data_dir} ({exc}). {download_help()}") from None
         raise UserError(f"the CIFAR-10 download into {data_dir} failed its check ({exc}). {download_help()}") from None
     return data_dir / CIFAR10_FOLDER
-
-
-def _remove_if_created(data_dir: Path, created: bool) -> None:
-    if created:
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def load_cifar10(data_dir: str | Path, download: bool = True) -> DataSplits:
@@ -149,11 +144,40 @@ def load_cifar10(data_dir: str | Path, download: bool = True) -> DataSplits:
     return read_cifar10_folder(folder)
 
 
-# --------------------------------------------------------------------------- the seed's per-image path
+def check_data_dir(data_dir: str) -> None:
+    """--data_dir must be a folder, or a path one can be made at: a regular file there is named as such
+    (otherwise the download would fail with a puzzling 'File exists')."""
+    path = Path(data_dir)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == path else f"is inside {existing}, which is a file"
+        raise UserError(
+            f"--data_dir {data_dir} {where}, not a folder; point --data_dir at the folder that holds (or will "
+            "receive) cifar-10-batches-py/."
+        )
 
-# The augmentation, defined once: the seed's values, used by this per-image path and by the device Dataset.
-CROP_PADDING = 4  # pixels of zero padding before a random 32x32 crop
-FLIP_PROBABILITY = 0.5  # horizontal flip
+
+def load_splits(cfg) -> DataSplits:
+    """The data set `cfg` names, truncated to --max_train_samples / --max_eval_samples.
+
+    `datasets` is imported only when --dataset_name asks for it, so runs on machines without it (the GPU
+    bench machine) still work.
+    """
+    if cfg.dataset_name:
+        from lab2.data.hf_datasets import load_hf_splits
+
+        splits = load_hf_splits(cfg.dataset_name, cfg.image_column, cfg.label_column)
+    else:
+        check_data_dir(cfg.data_dir)
+        if cfg.dataset == "fake":
+            folder = make_fake_cifar10(cfg.data_dir, cfg.fake_train_samples, cfg.fake_test_samples, cfg.seed)
+            splits = read_cifar10_folder(folder)
+        else:
+            splits = load_cifar10(cfg.data_dir)
+    return splits.truncated(cfg.max_train_samples, cfg.max_eval_samples)
+
+
+# --------------------------------------------------------------------------- the seed's per-image path
 
 
 def train_transform(mean=CIFAR10_MEAN, std=CIFAR10_STD):
@@ -180,8 +204,7 @@ def test_transform(mean=CIFAR10_MEAN, std=CIFAR10_STD):
 class CustomCIFAR10(Dataset):
     """The seed's map-style Dataset: one (transformed image, label) per index, via PIL.
 
-    Built from uint8 (N, 3, 32, 32) images, or from an official-format folder
-    with `CustomCIFAR10.from_folder`.
+    Built from uint8 (N, 3, 32, 32) images, or from an official-format folder with `CustomCIFAR10.from_folder`.
     """
 
     def __init__(self, images: torch.Tensor | np.ndarray, labels, transform=None, class_names=CIFAR10_CLASSES):
@@ -193,10 +216,7 @@ class CustomCIFAR10(Dataset):
 
     @classmethod
     def from_folder(cls, data_dir: str | Path, train: bool = True, transform=None) -> CustomCIFAR10:
-        folder = find_cifar10_folder(data_dir)
-        if folder is None:
-            raise UserError(f"no {CIFAR10_FOLDER} folder in {data_dir}. {download_help()}")
-        splits = read_cifar10_folder(folder)
+        splits = load_cifar10(data_dir, download=False)
         images, labels = (
             (splits.train_images, splits.train_labels) if train else (splits.test_images, splits.test_labels)
         )
@@ -215,12 +235,7 @@ class CustomCIFAR10(Dataset):
 
 
 def torchvision_loaders(
-    splits: DataSplits,
-    train_batch_size: int,
-    eval_batch_size: int,
-    num_workers: int,
-    seed: int,
-    drop_last: bool = False,
+    splits: DataSplits, train_batch_size: int, eval_batch_size: int, num_workers: int, seed: int, drop_last=False
 ):
     """The seed's DataLoaders (shuffled train with crop+flip, ordered test), for accelerator.prepare;
     `drop_last` leaves out the last partial training batch (static shapes)."""
@@ -228,13 +243,8 @@ def torchvision_loaders(
     test_set = CustomCIFAR10(splits.test_images, splits.test_labels, test_transform(), splits.class_names)
     common = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
     # A seeded generator makes the shuffle order reproducible (bit-exact resume relies on it).
+    generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(
-        train_set,
-        batch_size=train_batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-        drop_last=drop_last,
-        **common,
+        train_set, batch_size=train_batch_size, shuffle=True, generator=generator, drop_last=drop_last, **common
     )
-    test_loader = DataLoader(test_set, batch_size=eval_batch_size, shuffle=False, **common)
-    return train_loader, test_loader
+    return train_loader, DataLoader(test_set, batch_size=eval_batch_size, shuffle=False, **common)

@@ -1,21 +1,19 @@
-"""The device-resident Dataset: uint8 images kept on the device, augmented there a whole batch at a time.
+"""The device-resident Dataset (uint8 images kept on the device, augmented there a whole batch at a time), and
+the loaders of either --data_pipeline.
 
-The split is copied to the device once as uint8 (150 MiB for all of CIFAR-10).
-`DeviceDataset.__getitems__` receives a batch of indices from the DataLoader's
-sampler and gathers, crops, flips and normalises the whole batch with a few
-tensor ops on the device, so no per-image Python, PIL or worker process is on
-the hot path (the approach of airbench, hlb-CIFAR10 and Page's ResNet). No float
-copy of the whole split is ever made.
+The split is copied to the device once as uint8 (150 MiB for all of CIFAR-10). `DeviceDataset.__getitems__`
+receives a batch of indices from the DataLoader's sampler and gathers, crops, flips and normalises the whole
+batch with a few tensor ops on the device, so no per-image Python, PIL or worker process is on the hot path (the
+approach of airbench, hlb-CIFAR10 and Page's ResNet). No float copy of the whole split is ever made.
 
-It is wrapped in a standard `DataLoader` (no workers, see `device_dataloader`)
-and goes through `accelerator.prepare` like any other loader, so Accelerate does
-what a hand-written loader would otherwise have to: sharding over processes,
-even batches (with `gather_for_metrics` dropping the duplicates at evaluation),
+It is wrapped in a standard `DataLoader` (no workers, see `device_dataloader`) and goes through
+`accelerator.prepare` like any other loader, so Accelerate does what a hand-written loader would otherwise have
+to: sharding over processes, even batches (with `gather_for_metrics` dropping the duplicates at evaluation),
 `skip_first_batches` for a mid-epoch resume, and the seeded per-epoch shuffle.
 
-Augmentation is a function of (seed, epoch, sample index): `set_epoch` draws one
-crop offset and one flip per sample of the split, so what a sample looks like
-does not depend on batching, the number of processes or where a run resumed.
+Augmentation is a function of (seed, epoch, sample index): `set_epoch` draws one crop offset and one flip per
+sample of the split, so what a sample looks like does not depend on batching, the number of processes or where
+a run resumed.
 """
 
 from __future__ import annotations
@@ -24,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CROP_PADDING, FLIP_PROBABILITY
+from lab2.data.cifar import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CROP_PADDING,
+    FLIP_PROBABILITY,
+    DataSplits,
+    torchvision_loaders,
+)
 
 PAD = CROP_PADDING  # random-crop padding in pixels (lab2.data.cifar: the seed's RandomCrop(32, padding=4))
 
@@ -38,9 +43,8 @@ def use_channels_last(setting: str, device: torch.device) -> bool:
 def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """Random-crop-with-zero-padding and horizontal flip for a batch, as two gathers.
 
-    images: uint8 (B, C, H, W); offsets: int64 (B, 2) in 0..2*PAD (row, column)
-    into the zero-padded image; flips: bool (B,). Equivalent per sample to
-    torchvision's RandomCrop(H, padding=PAD) then RandomHorizontalFlip.
+    images: uint8 (B, C, H, W); offsets: int64 (B, 2) in 0..2*PAD (row, column) into the zero-padded image;
+    flips: bool (B,). Equivalent per sample to torchvision's RandomCrop(H, padding=PAD) then RandomHorizontalFlip.
     """
     batch, channels, height, width = images.shape
     padded = F.pad(images, (PAD, PAD, PAD, PAD))  # zero fill, like torchvision's default
@@ -57,8 +61,8 @@ def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) 
 def augmentation_for_epoch(num_samples: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(offsets int64 (N, 2) in 0..2*PAD, flips bool (N,)) for every sample of a split in `epoch`.
 
-    Drawn on the CPU from a generator of its own, seeded by (seed, epoch): the same
-    on every process and device, and independent of the global RNG and the shuffle.
+    Drawn on the CPU from a generator of its own, seeded by (seed, epoch): the same on every process and
+    device, and independent of the global RNG and the shuffle.
     """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     offsets = torch.randint(0, 2 * PAD + 1, (num_samples, 2), generator=generator)
@@ -69,9 +73,8 @@ def augmentation_for_epoch(num_samples: int, seed: int, epoch: int) -> tuple[tor
 class DeviceDataset(Dataset):
     """(normalised float image, int64 label) pairs from a uint8 split kept on `device`.
 
-    Fetch batches with `__getitems__` (the DataLoader does when given this
-    dataset): one gather per batch. Call `set_epoch(e)` before each training
-    epoch to draw that epoch's augmentation.
+    Fetch batches with `__getitems__` (the DataLoader does when given this dataset): one gather per batch.
+    Call `set_epoch(e)` before each training epoch to draw that epoch's augmentation.
     """
 
     def __init__(
@@ -91,9 +94,7 @@ class DeviceDataset(Dataset):
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(device=self.device, dtype=torch.int64)
-        self.train = train
-        self.seed = seed
-        self.channels_last = channels_last
+        self.train, self.seed, self.channels_last = train, seed, channels_last
         # Normalisation folded into one multiply-add on 0..255 values: x * scale + shift.
         std_t = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
@@ -164,24 +165,17 @@ def device_dataloader(
     )
 
 
-def device_loaders(
-    splits,
-    train_batch_size: int,
-    eval_batch_size: int,
-    *,
-    device,
-    seed: int,
-    channels_last: bool,
-    drop_last: bool = False,
-):
-    """(train, eval) DataLoaders over DeviceDatasets of `splits` (lab2.data.cifar.DataSplits), unprepared;
-    `drop_last` for training only."""
-    train = DeviceDataset(
-        splits.train_images, splits.train_labels, train=True, device=device, seed=seed, channels_last=channels_last
-    )
-    test = DeviceDataset(
-        splits.test_images, splits.test_labels, train=False, device=device, channels_last=channels_last
-    )
-    return device_dataloader(train, train_batch_size, shuffle=True, seed=seed, drop_last=drop_last), device_dataloader(
-        test, eval_batch_size, shuffle=False
+def pipeline_loaders(cfg, splits: DataSplits, device, channels_last: bool):
+    """(train, eval) DataLoaders of --data_pipeline for `splits`, unprepared: `device` keeps the uint8 data on
+    the device and augments whole batches there; `torchvision` is the seed's per-image PIL path.
+    --dataloader_drop_last applies to training only."""
+    train_batch, eval_batch, seed = cfg.per_device_train_batch_size, cfg.per_device_eval_batch_size, cfg.seed
+    if cfg.data_pipeline == "torchvision":
+        return torchvision_loaders(splits, train_batch, eval_batch, cfg.num_workers, seed, cfg.dataloader_drop_last)
+    on_device = dict(device=device, channels_last=channels_last)
+    train = DeviceDataset(splits.train_images, splits.train_labels, train=True, seed=seed, **on_device)
+    test = DeviceDataset(splits.test_images, splits.test_labels, train=False, **on_device)
+    return (
+        device_dataloader(train, train_batch, shuffle=True, seed=seed, drop_last=cfg.dataloader_drop_last),
+        device_dataloader(test, eval_batch, shuffle=False),
     )

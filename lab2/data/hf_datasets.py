@@ -1,16 +1,14 @@
 """Hugging Face `datasets` as a data source: a Hub id or a `save_to_disk` folder -> DataSplits.
 
-The images are decoded once, by a `Dataset.map` whose result `datasets` caches
-as Arrow (in its cache for Hub data, beside the files for a saved folder); the
-rest of lab2 then sees the same uint8 (N, 3, 32, 32) tensors as for the
-official files, with no per-epoch PIL decoding. Class names come from the
-label column's ClassLabel feature; the model's head follows their number.
+The images are decoded once, by a `Dataset.map` whose result `datasets` caches as Arrow (in its cache for Hub
+data, beside the files for a saved folder); the rest of lab2 then sees the same uint8 (N, 3, 32, 32) tensors as
+for the official files, with no per-epoch PIL decoding. Class names come from the label column's ClassLabel
+feature; the model's head follows their number.
 
-Bad input is one UserError, never a traceback or a silent change: labels that are not
-whole numbers (floats would be truncated, strings fail deep in numpy), a row with no
-image or with bytes that do not decode (lab2 decodes them itself, to name the row), an
-empty split. A folder on a read-only mount is decoded in memory, since `datasets`
-cannot write its cache beside it.
+Bad input is one UserError, never a traceback or a silent change: labels that are not whole numbers (floats
+would be truncated, strings fail deep in numpy), a row with no image or with bytes that do not decode (lab2
+decodes them itself, to name the row), an empty split. A folder on a read-only mount is decoded in memory,
+since `datasets` cannot write its cache beside it.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lab2.data.cifar import DataSplits
 from lab2.errors import UserError
@@ -30,8 +27,8 @@ IMAGE_NAMES = ("img", "image", "images", "pixel_values")
 LABEL_NAMES = ("label", "labels", "fine_label", "coarse_label")
 TEST_SPLITS = ("test", "validation", "valid")
 HUB_HELP = (
-    "Without network access, pass --data_dir with a cifar-10-batches-py folder, or --dataset_name with a folder "
-    "written by datasets' save_to_disk."
+    "Check the id; without network access, pass --data_dir with a cifar-10-batches-py folder, "
+    "or --dataset_name with a folder written by datasets' save_to_disk."
 )
 
 
@@ -49,15 +46,9 @@ def _load(name: str):
     else:
         try:
             dataset = load_dataset(name)
-        except (ConnectionError, OSError) as exc:
-            raise UserError(
-                f"--dataset_name {name}: could not load it from the Hugging Face Hub ({exc}). {HUB_HELP}"
-            ) from None
-        except Exception as exc:  # DatasetNotFoundError and friends
-            raise UserError(
-                f"--dataset_name {name}: {type(exc).__name__}: {exc}. "
-                f"Check the id, or {HUB_HELP[0].lower()}{HUB_HELP[1:]}"
-            ) from None
+        except Exception as exc:  # ConnectionError, OSError, DatasetNotFoundError and friends
+            why = f"{type(exc).__name__}: {exc}"
+            raise UserError(f"--dataset_name {name}: could not load it from the Hub ({why}). {HUB_HELP}") from None
     if not isinstance(dataset, DatasetDict):
         raise UserError(
             f"--dataset_name {name} holds a single split; lab2 needs a DatasetDict with 'train' and 'test' splits."
@@ -103,11 +94,10 @@ def _pick_column(
         if wanted not in features:
             raise UserError(f"--{flag} {wanted!r} is not a column of {dataset_name}; its columns are {list(features)}.")
         return wanted
-    typed = [c for c, f in features.items() if isinstance(f, feature_type)]
-    named = [c for c in features if c in names]
-    for candidates in (typed, named):
-        if candidates:
-            return candidates[0]
+    found = next((c for c, f in features.items() if isinstance(f, feature_type)), None)  # by feature type first
+    found = found or next((c for c in features if c in names), None)
+    if found:
+        return found
     raise UserError(
         f"cannot tell which column of {dataset_name} holds the {what}; "
         f"name it with --{flag} (columns: {list(features)})."
@@ -187,8 +177,7 @@ def load_hf_splits(name: str, image_column: str = "", label_column: str = "") ->
             remove_columns=[image_column],
             keep_in_memory=not _cache_writable(part),
             desc=f"decoding {split} images once",
-        )
-        converted = converted.with_format("numpy")
+        ).with_format("numpy")
         arrays[split] = (
             np.asarray(converted["pixels"], dtype=np.uint8),
             np.asarray(converted[label_column], dtype=np.int64),
@@ -200,11 +189,4 @@ def load_hf_splits(name: str, image_column: str = "", label_column: str = "") ->
     for split, (_, labels) in arrays.items():
         if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
             raise UserError(f"--dataset_name {name}: {split} labels fall outside 0..{len(class_names) - 1}.")
-    (train_x, train_y), (test_x, test_y) = arrays["train"], arrays[test_split]
-    return DataSplits(
-        torch.from_numpy(train_x),
-        torch.from_numpy(train_y),
-        torch.from_numpy(test_x),
-        torch.from_numpy(test_y),
-        class_names,
-    )
+    return DataSplits.from_numpy(*arrays["train"], *arrays[test_split], class_names)

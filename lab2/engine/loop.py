@@ -22,9 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lab2.config import TrainConfig
-from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD
-from lab2.data.device_dataset import use_channels_last
-from lab2.data.sources import load_splits, pipeline_loaders
+from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_splits
+from lab2.data.device_dataset import pipeline_loaders, use_channels_last
 from lab2.engine import results, setup
 from lab2.engine.evaluation import EvalResult, evaluate, sync_buffers
 from lab2.engine.optim import create_optimizer, create_scheduler, scheduler_total_steps, training_loss
@@ -64,7 +63,7 @@ class Run:
     accelerator: Any
     paths: RunPaths
     progress: Progress
-    splits: Any  # lab2.data.sources.Splits: images, labels, class names
+    splits: Any  # lab2.data.cifar.DataSplits: images, labels, class names
     model: torch.nn.Module  # prepared: DDP-wrapped with several processes
     optimizer: Any
     scheduler: Any

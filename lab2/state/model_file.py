@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from lab2.config import TrainConfig, check_number
-from lab2.data.cifar_reader import CIFAR10_CLASSES, MAX_CLASSES
+from lab2.data.cifar_files import CIFAR10_CLASSES, MAX_CLASSES
 from lab2.errors import ManyUserErrors, UserError
 from lab2.flags import config_from_dict, validate_config
 from lab2.models import create_model
