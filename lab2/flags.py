@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import difflib
 import functools
+import json
 import os
 import re
 import shlex
@@ -154,11 +155,22 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def _finish(cfg: TrainConfig) -> TrainConfig:
     """Validate, then fill in the run name and output folder that default to the time of the run."""
     check_values(cfg)
+    if not cfg.run_name and cfg.resume_from_checkpoint and cfg.output_dir:
+        cfg.run_name = _saved_run_name(Path(cfg.output_dir) / "config.json")  # a resumed run keeps its name
     if not cfg.run_name:
         cfg.run_name = f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not cfg.output_dir:
         cfg.output_dir = str(Path("runs") / cfg.run_name)
     return cfg
+
+
+def _saved_run_name(config_file: Path) -> str:
+    """The run_name a run folder's config.json holds, or '' (no such file, or not lab2's: the resume says so)."""
+    try:
+        name = json.loads(config_file.read_text(encoding="utf-8")).get("run_name")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return name if isinstance(name, str) else ""
 
 
 def _checked_value(f: dataclasses.Field, value):

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import pytest
 
@@ -112,3 +113,14 @@ def test_a_bad_flow_log_steps_is_one_line_naming_auto(capsys, bad):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--flow_log_steps", bad])
     assert exit_info.value.code == 2 and "--flow_log_steps must be 'auto'" in capsys.readouterr().err
+
+
+def test_a_resumed_run_keeps_the_name_its_folder_holds(tmp_path):
+    """Issue 22: a resume without --run_name used to rename the run after the time of the resume."""
+    (tmp_path / "config.json").write_text(json.dumps({"run_name": "simple_cnn-20261203-084900"}))
+    resume = ["--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest"]
+    assert parse_args(resume).run_name == "simple_cnn-20261203-084900"
+    assert parse_args([*resume, "--run_name", "mine"]).run_name == "mine"  # a name given explicitly wins
+    assert parse_args(["--output_dir", str(tmp_path)]).run_name != "simple_cnn-20261203-084900"  # a fresh run
+    (tmp_path / "config.json").write_text("[damaged")
+    assert parse_args(resume).run_name.startswith("simple_cnn-")  # the resume itself reports the folder

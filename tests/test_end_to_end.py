@@ -250,6 +250,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_bit_exact_mid_epoch(mini_dir, 
     assert "stopped by SIGTERM" in stdout and "--resume_from_checkpoint latest" in stdout
     progress = json.loads((list_checkpoints(out / "checkpoints")[-1] / "progress.json").read_text())
     assert 0 < progress["batch_in_epoch"] < 10, progress  # stopped mid-epoch
+    name = json.loads((out / "config.json").read_text())["run_name"]
+    time.sleep(1.1)  # a name taken from the clock would differ by now
     resumed = run_cli(
         train_cmd(*common, "--num_train_epochs", 1, "--output_dir", out, "--resume_from_checkpoint", "latest")
     )
@@ -257,6 +259,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_bit_exact_mid_epoch(mini_dir, 
     a, b = _weights(tmp_path / "straight"), _weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _deterministic(tmp_path / "straight" / "metrics.jsonl") == _deterministic(out / "metrics.jsonl")
+    assert json.loads((out / "config.json").read_text())["run_name"] == name  # a resumed run keeps its name
+    assert f"lab2 run: {name}" in (out / "report.html").read_text()
 
 
 def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(mini_dir, tmp_path):
