@@ -130,3 +130,13 @@ def test_many_runs_wrap_their_confusion_matrices_into_rows():
     assert [ax.get_title().split("\n")[0] for ax in shown] == ["run0", "run1", "run2", "run3"]
     assert len(fig.axes) == 6 and fig.get_size_inches()[0] < 3 * 7  # three per row, the last row padded
     assert shown[3].images[0].get_array()[0, 0] == 1.0 and shown[3].texts[0].get_text() == "4"
+
+
+def test_a_run_folder_that_does_not_exist_is_named_not_an_output_never_given(tmp_path):
+    """Found by a hostile try: `lab2-report MISSING` blamed `--output MISSING/report.html`, which was never given."""
+    from lab2.errors import UserError
+    from lab2.report.pages import write_report
+
+    with pytest.raises(UserError, match="is not a folder; give the --output_dir of a run") as refused:
+        write_report(tmp_path / "missing")
+    assert "--output " not in str(refused.value)

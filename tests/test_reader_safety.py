@@ -136,3 +136,15 @@ def test_a_half_written_fake_set_is_replaced_but_a_folder_with_other_files_is_no
     with pytest.raises(UserError, match="my_notes.txt"):
         make_fake_cifar10(tmp_path, 3, 1)
     assert (folder / "my_notes.txt").read_text() == "mine"
+
+
+def test_labels_nested_too_deep_to_print_are_one_line(tmp_path):
+    """Found by a hostile try: protocol-4 set opcodes build a frozenset nested 100,000 deep inside `labels` without
+    any global, and the message's repr() of it raised RecursionError (a traceback, exit 1)."""
+    from lab2.data.cifar_files import _labels
+
+    deep = frozenset()
+    for _ in range(100_000):
+        deep = frozenset([deep])
+    with pytest.raises(UserError, match="found frozenset \\(nested too deep to show\\)"):
+        _labels(tmp_path / "data_batch_1", [3, deep], 10)

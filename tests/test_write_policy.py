@@ -212,3 +212,19 @@ def test_lab2_report_replaces_only_its_own_pages(run_copy, tmp_path, capsys):
         report_cli.main([str(run), "--output", str(folder / "page.html")])
     report_cli.main([str(run)])  # the run's own report.html, in the folder lab2 marked
     assert _survived(planted) and (folder / "page.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_overwrite_keeps_the_files_of_an_eval_folder_lab2_eval_did_not_mark(tmp_path):
+    """Found by a hostile try: a user's own eval/ (no marker) lost its eval.json to --overwrite_output_dir."""
+    from lab2.state.run_folder import claim, remove_owned_files
+
+    root = tmp_path / "run"
+    claim(root)
+    (root / "eval").mkdir()
+    for name in ("eval.json", "mine.txt"):
+        (root / "eval" / name).write_text("the user's")
+    remove_owned_files(root)
+    assert sorted(p.name for p in (root / "eval").iterdir()) == ["eval.json", "mine.txt"]
+    claim(root / "eval", "eval")  # lab2-eval's folder: its own files go, the user's stay
+    remove_owned_files(root)
+    assert sorted(p.name for p in (root / "eval").iterdir()) == ["mine.txt"]

@@ -137,7 +137,7 @@ def _labels(path: Path, labels, num_classes: int) -> np.ndarray:
         if isinstance(odd, (list, tuple, dict, np.ndarray)):
             raise UserError(f"{path}: {flat}; it holds nested {type(odd).__name__}s.")
         if odd is not None:
-            raise UserError(f"{path}: {whole} (class indices); found {type(odd).__name__} {odd!r:.60}.")
+            raise UserError(f"{path}: {whole} (class indices); found {type(odd).__name__} {_short_repr(odd)}.")
         labels = np.array([v if 0 <= v < num_classes else -1 for v in labels], dtype=np.int64)  # -1: out of range
     else:
         raise UserError(f"{path}: 'labels' must be a list of class numbers, got {type(labels).__name__}.")
@@ -252,3 +252,11 @@ def make_fake_cifar10(data_dir: str | Path, num_train: int, num_test: int, seed:
         write_cifar10_folder(tmp, *synthetic_images(num_train, 10, seed), *synthetic_images(num_test, 10, seed + 1))
         tmp.rename(folder)
     return folder
+
+
+def _short_repr(value) -> str:
+    """A value's repr for a message, cut to 60 characters; a nest too deep to print is named, not printed."""
+    try:
+        return f"{value!r:.60}"
+    except RecursionError:
+        return "(nested too deep to show)"

@@ -276,6 +276,8 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
 
     It writes a new file or replaces a page lab2 wrote (lab2.state.run_folder's write policy), nothing else.
     """
+    if not Path(run_dir).is_dir():  # before the target's checks, which would blame an --output never given
+        raise UserError(f"{run_dir} is not a folder; give the --output_dir of a run.")
     target = Path(output) if output else RunPaths(run_dir).report
     check_report_target(target)
     return _write_page(target, build_report(run_dir))

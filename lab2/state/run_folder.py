@@ -200,11 +200,13 @@ def owned_files(root: str | Path) -> list[Path]:
     root = Path(root)
     found = [root / name for name in RUN_FILES]
     found += [root / "figures" / f"{figure.name}.png" for figure in RUN_FIGURES]
-    found += [root / "eval" / name for name in (*EVAL_FILES, MARKER)]
+    # eval/ is lab2-eval's only when lab2-eval marked it: a folder of the user's own of that name keeps its files.
+    eval_names = {*EVAL_FILES, MARKER} if is_marked(root / "eval") else set()
+    found += [root / "eval" / name for name in eval_names]
     for folder, names in (
         (root, {*RUN_FILES, MARKER, "write-test"}),
         (root / "figures", {f"{figure.name}.png" for figure in RUN_FIGURES}),
-        (root / "eval", {*EVAL_FILES, MARKER}),
+        (root / "eval", eval_names),
     ):
         found += [p for p in _entries(folder) if (m := TEMPORARY.match(p.name)) and (m[1] or m[3]) in names]
     for checkpoint in (p for p in _entries(root / "checkpoints") if CHECKPOINT_ENTRY.match(p.name)):
