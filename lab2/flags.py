@@ -178,8 +178,8 @@ def _checked_value(f: dataclasses.Field, value):
     kind, optional = field_type(f)
     if kind is str and isinstance(value, os.PathLike):
         value = os.fspath(value)  # data_dir=Path(...) reads naturally in a notebook
-    if f.name == "flow_log_steps" and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # flow_log_steps=0 from Python, as on the command line
+    if f.name in TEXT_CHECKS and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # flow_log_steps=0 or checkpointing_steps=500 from Python, as on the command line
     if value is None and optional:
         return value
     # bool is an int in Python, but True for an epoch count is a mistake, not a 1.

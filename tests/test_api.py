@@ -27,6 +27,9 @@ def test_defaults_are_the_command_line_defaults():
     cfg = config_from_flags(data_dir=Path("/data"), learning_rate=1, max_train_samples=None, torch_compile=False)
     assert (cfg.data_dir, cfg.learning_rate, cfg.max_train_samples) == ("/data", 1.0, None)
     assert cfg.output_dir == f"runs/{cfg.run_name}"
+    # The step flags take Python ints as the command line takes digits (checkpointing_steps=500 was refused).
+    cfg = config_from_flags(checkpointing_steps=500, flow_log_steps=10)
+    assert (cfg.checkpointing_steps, cfg.flow_log_steps) == ("500", "10")
 
 
 @pytest.mark.parametrize(
@@ -41,6 +44,7 @@ def test_defaults_are_the_command_line_defaults():
         ({"dataset": "mnist"}, "--dataset must be one of cifar10, fake"),
         ({"per_device_train_batch_size": 0}, "--per_device_train_batch_size must be >= 1"),
         ({"checkpointing_steps": "often"}, "--checkpointing_steps must be 'epoch', 'none' or a whole number of steps"),
+        ({"checkpointing_steps": 0}, "--checkpointing_steps must be 'epoch', 'none' or a whole number of steps"),
     ],
 )
 def test_bad_flags_raise_one_value_error_naming_the_flag(flags, fragment):
