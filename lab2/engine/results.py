@@ -243,14 +243,13 @@ def run_summary(run, result: EvalResult, metrics: list[dict]) -> dict:
 
 def next_steps(paths) -> str:
     """The lines after `done:`: where to look, and the commands a newcomer runs next."""
-    tensorboard = paths.root / "tensorboard"
     return "\n".join(
         [
             f"  report:      {paths.report} (open it in a browser)",
             f"  evaluate:    lab2-eval --model_path {paths.root}",
             f"  predict:     lab2-predict --model_path {paths.root} IMAGE.png",
         ]
-        + ([f"  TensorBoard: tensorboard --logdir {paths.root / 'tensorboard'}"] if tensorboard.is_dir() else [])
+        + ([f"  TensorBoard: tensorboard --logdir {paths.tensorboard}"] if paths.tensorboard.is_dir() else [])
     )
 
 

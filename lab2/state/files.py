@@ -13,7 +13,7 @@ from pathlib import Path
 from lab2.errors import UserError
 
 
-def temporary_beside(path: str | Path) -> Path:
+def _temporary_beside(path: str | Path) -> Path:
     """A new, uniquely named temporary file beside `path` (O_EXCL: it can never be a file already there)."""
     path = Path(path)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -26,7 +26,7 @@ def atomic_write(target: str | Path, write: Callable[[Path], object]) -> Path:
     """Write `target` whole or not at all: `write(tmp)` fills a temporary file beside it, which is synced and then
     renamed over `target`. Any failure (a full disk, Ctrl-C) removes the temporary file. Returns `target`."""
     target = Path(target)
-    tmp = temporary_beside(target)
+    tmp = _temporary_beside(target)
     try:
         write(tmp)
         with open(tmp, "rb") as handle:
