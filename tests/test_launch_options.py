@@ -67,6 +67,8 @@ def test_tensorboard_beside_an_unreachable_wandb_and_a_users_omp_num_threads(tmp
         and "logging offline" in result.stdout
     )
     assert (out / "summary.json").exists() and (out / "report.html").exists()
+    # The printed command keeps every snapshot's images (TensorBoard's default keeps 10 per tag).
+    assert f"tensorboard --logdir {out / 'tensorboard'} --samples_per_plugin images=0" in result.stdout
     assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert json.loads((out / "summary.json").read_text())["cpu_threads"] == 1
     assert "running on 1 CPU thread" not in result.stdout
