@@ -72,6 +72,9 @@ def test_ctrl_c_under_make_ends_with_lab2s_advice_and_the_advice_resumes(mini_di
     status, out = _make(advice[1:])
     assert status == 0, out
     assert f"resumed from {out_dir}/checkpoints/" in out, out
+    # The FLOPs table is one line on resume, so the "resumed from" line stays on the screen.
+    resumed = out[out.index("resumed from") :]
+    assert "% FLOPs" not in resumed and "model: 4,441,482 parameters, 0.1612 GFLOPs per sample" in resumed, out
     # The resumed epoch's speed counts only the images trained after the resume.
     record = json.loads((out_dir / "metrics.jsonl").read_text().splitlines()[-1])
     trained_after_resume = (8 - progress["batch_in_epoch"]) * 64

@@ -172,7 +172,8 @@ def start_records(cfg: TrainConfig, accelerator, paths: RunPaths, flops, trackin
     if accelerator.is_main_process:
         write_json(paths.config, cfg.to_dict())
         write_json(paths.flops, flops.to_dict())
-        accelerator.print(flops.table())
+        # A resume prints one line, so its "resumed from ..." line stays on the screen above the bar.
+        accelerator.print(flops.table() if fresh else flops.short())
         init_kwargs, notice = tracker_init_kwargs(
             cfg.report_to,
             paths.root,
