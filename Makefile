@@ -1,4 +1,4 @@
-# make train  - set up .venv (first time) and train SimpleCNN on CIFAR-10 (downloads it into ./data)
+# make train  - set up .venv (first time; CPU wheels without a GPU) and train SimpleCNN on CIFAR-10 (downloads it into ./data)
 # make test   - set up .venv (first time) and run the test suite (CPU only, about 11 minutes on 2 cores)
 # make lint   - ruff format --check and ruff check at 120 columns (CI runs it before the tests)
 # make smoke  - a 1-epoch CPU run on a small subset, to see the whole pipeline work
@@ -28,13 +28,26 @@ endif
 # SIGTERM ignored, while anything listens there: TensorBoard's 6006. Without the plugin nothing else changes.
 export HWLOC_COMPONENTS ?= -gl
 
-.PHONY: install train smoke readme-samples test lint bench clean
+.PHONY: install cpu-torch train smoke readme-samples test lint bench clean
 
 # Training needs the package alone; the tests and the linter add the [test] extra on top.
+# Without a GPU, PyTorch's CPU wheels come first (cpu-torch), so the install below finds torch there and does not
+# fetch CUDA's: about 1 GB of .venv instead of 6.
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(if $(HAVE_GPU),,$(MAKE) --no-print-directory cpu-torch)
 	$(BIN)/python -m pip install -q -e .
 	touch $@
+
+# One try with a short time-out and no retries, so an index that cannot be reached costs seconds, not pip's retry
+# storm; the default index then supplies torch (the next pip install), and one line says so.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+cpu-torch:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "no GPU seen: installing PyTorch's CPU wheels from $(TORCH_CPU_INDEX)"
+	@$(BIN)/python -m pip install -q --retries 0 --timeout 10 --index-url $(TORCH_CPU_INDEX) torch torchvision \
+		>/dev/null 2>&1 || echo "note: PyTorch's CPU wheel index ($(TORCH_CPU_INDEX)) could not be reached;" \
+		"installing torch from the default index instead (with CUDA: about 6 GB)."
 
 $(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test]'

@@ -39,6 +39,12 @@ def write_samples(data_dir: str | Path, count: int, output: str | Path) -> list[
     return written
 
 
+def newest_run(runs: Path = Path("runs")) -> str:
+    """The most recently started lab2 run folder under `runs` (by its marker), for the "try:" line."""
+    markers = sorted(runs.glob("*/.lab2-run.json"), key=lambda marker: marker.stat().st_mtime)
+    return str(markers[-1].parent) if markers else "runs/<run>"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(prog="sample_images.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="./data", help="folder holding cifar-10-batches-py (default: ./data)")
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         written = write_samples(args.data_dir, args.count, args.output)
     except UserError as error:
         exit_with_user_error(error, "lab2 sample_images.py")
-    print(f"wrote {len(written)} images to {args.output}; try: lab2-predict --model_path runs/<run> {args.output}")
+    print(f"wrote {len(written)} images to {args.output}; try: lab2-predict --model_path {newest_run()} {args.output}")
     sys.exit(0)
 
 

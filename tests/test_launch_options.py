@@ -37,6 +37,19 @@ def test_bf16_autocast_works_on_the_cpu(tmp_path):
     assert ("bf16 autocast on a CPU without AMX" in result.stdout) == (not cpu_has_fast_bf16())
 
 
+@pytest.mark.parametrize("precision", ["fp16", "garbage"])
+def test_a_precision_the_cpu_would_not_run_is_refused_before_anything_is_written(tmp_path, precision):
+    """Accelerate on a CPU takes ACCELERATE_MIXED_PRECISION=fp16 (or a misspelt value) and trains fp32: lab2
+    refuses it in one line instead of recording a precision that never ran."""
+    out = tmp_path / "run"
+    flags = [*TINY, "--data_dir", tmp_path / "data", "--output_dir", out, "--report_to", "none"]
+    result = run_cli(train_cmd(*flags), env=cli_env(ACCELERATE_MIXED_PRECISION=precision))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"mixed precision '{precision}'" in errors[0] and "cannot run on cpu" in errors[0]
+    assert not out.exists()
+
+
 def test_a_single_threaded_launch_is_given_all_cores(tmp_path):
     """`accelerate launch` without --num_cpu_threads_per_process passes on OMP_NUM_THREADS, 1 when unset: lab2 takes
     all cores for its one process and says so."""
@@ -67,6 +80,8 @@ def test_tensorboard_beside_an_unreachable_wandb_and_a_users_omp_num_threads(tmp
         and "logging offline" in result.stdout
     )
     assert (out / "summary.json").exists() and (out / "report.html").exists()
+    # The printed command keeps every snapshot's images (TensorBoard's default keeps 10 per tag).
+    assert f"tensorboard --logdir {out / 'tensorboard'} --samples_per_plugin images=0" in result.stdout
     assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert json.loads((out / "summary.json").read_text())["cpu_threads"] == 1
     assert "running on 1 CPU thread" not in result.stdout

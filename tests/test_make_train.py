@@ -1,11 +1,13 @@
 """`make train` as a newcomer uses it: Ctrl-C mid-epoch, then the resume command lab2 prints, followed literally."""
 
+import http.server
 import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,6 +72,9 @@ def test_ctrl_c_under_make_ends_with_lab2s_advice_and_the_advice_resumes(mini_di
     status, out = _make(advice[1:])
     assert status == 0, out
     assert f"resumed from {out_dir}/checkpoints/" in out, out
+    # The FLOPs table is one line on resume, so the "resumed from" line stays on the screen.
+    resumed = out[out.index("resumed from") :]
+    assert "% FLOPs" not in resumed and "model: 4,441,482 parameters, 0.1612 GFLOPs per sample" in resumed, out
     # The resumed epoch's speed counts only the images trained after the resume.
     record = json.loads((out_dir / "metrics.jsonl").read_text().splitlines()[-1])
     trained_after_resume = (8 - progress["batch_in_epoch"]) * 64
@@ -107,3 +112,40 @@ def test_no_data_under_make_says_data_dir_and_leaves_no_empty_folders(tmp_path, 
     assert status == 2 and len(errors) == 1 and "Traceback" not in out, out
     assert "make train DATA_DIR=" in errors[0] and "--data_dir" not in errors[0], errors
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # ./data, the run folder and runs/ are gone
+
+
+class _Unavailable(http.server.BaseHTTPRequestHandler):
+    """A package index that answers every request with 503, the status pip retries by default."""
+
+    hits: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self.hits.append(self.path)
+        self.send_response(503)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_without_a_gpu_make_tries_the_cpu_wheels_once_then_says_it_falls_back(tmp_path):
+    """`make cpu-torch` (what make's install runs when nvidia-smi sees no GPU) into a new venv, against an index
+    that cannot serve: one request per try (no retry storm), one line naming the fallback, and make goes on."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    index = f"http://127.0.0.1:{server.server_address[1]}/simple"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}  # this machine's own pip settings off
+    env["PIP_CONFIG_FILE"] = os.devnull
+    try:
+        done = subprocess.run(
+            ["make", "--no-print-directory", f"VENV={tmp_path / 'venv'}", f"PYTHON={sys.executable}", "cpu-torch",
+             f"TORCH_CPU_INDEX={index}"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _Unavailable.hits and len(_Unavailable.hits) <= 2, _Unavailable.hits  # pip's default would retry 5 times
+    notes = [line for line in done.stdout.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "could not be reached" in notes[0] and "default index" in notes[0], done.stdout
+    assert not list((tmp_path / "venv").glob("lib/python*/site-packages/torch"))  # nothing half-installed

@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from safetensors.torch import save_file
 from lab2.config import TrainConfig
 from lab2.data.cifar_files import CIFAR10_CLASSES, read_cifar_batch
 from lab2.models import create_model
+from lab2.state.run_folder import claim
 
 PAGE = (REPO / "docs" / "commands.md").read_text()  # where the samples and the FLOPs table are shown
 sys.path.insert(0, str(REPO / "docs"))
@@ -35,15 +37,19 @@ def test_the_flops_table_in_the_docs_is_what_lab2_flops_prints():
 def test_sample_images_then_predict_on_the_folder_as_the_readme_says(mini_dir, tmp_path):
     script = [sys.executable, str(REPO / "examples" / "sample_images.py")]
     samples = tmp_path / "samples"
+    for name in ("older", "newer"):  # run folders as lab2 marks them; the "try:" line names the newest
+        claim(tmp_path / "runs" / name)
+        time.sleep(0.01)
     made = subprocess.run(
         [*script, "--data_dir", str(mini_dir), "--count", "4", "--output", str(samples)],
-        cwd=REPO,
+        cwd=tmp_path,
         env=cli_env(),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert made.returncode == 0, made.stderr
+    assert f"try: lab2-predict --model_path runs/newer {samples}" in made.stdout, made.stdout
     images, labels = read_cifar_batch(mini_dir / "cifar-10-batches-py" / "test_batch")
     files = sorted(samples.iterdir())
     assert [f.name for f in files] == [f"{i:04d}-{CIFAR10_CLASSES[labels[i]]}.png" for i in range(4)]

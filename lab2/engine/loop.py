@@ -174,7 +174,7 @@ def build_run(cfg: TrainConfig, accelerator, paths: RunPaths, progress: Progress
     if accelerator.is_main_process and flow_every:
         plain = accelerator.unwrap_model(model)
         flow = FlowReporter(plain, tracking, paths.flow, histograms=cfg.log_histograms, printer=accelerator.print)
-    precision = {"no": "fp32"}.get(str(accelerator.mixed_precision), str(accelerator.mixed_precision))
+    precision = setup.autocast_precision(accelerator)
     return Run(
         cfg, accelerator, paths, progress, splits, model, optimizer, accelerator.prepare(scheduler),
         train_loader, eval_loader, schedule_steps, flops, tracking, flow, flow_every, precision,

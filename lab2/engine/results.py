@@ -249,7 +249,11 @@ def next_steps(paths) -> str:
             f"  evaluate:    lab2-eval --model_path {paths.root}",
             f"  predict:     lab2-predict --model_path {paths.root} IMAGE.png",
         ]
-        + ([f"  TensorBoard: tensorboard --logdir {paths.tensorboard}"] if paths.tensorboard.is_dir() else [])
+        + (
+            [f"  TensorBoard: tensorboard --logdir {paths.tensorboard} --samples_per_plugin images=0"]
+            if paths.tensorboard.is_dir()
+            else []
+        )
     )
 
 

@@ -126,7 +126,7 @@ def create_accelerator(cfg: TrainConfig):
     )
 
     try:
-        return Accelerator(
+        accelerator = Accelerator(
             log_with=log_with_for(cfg.report_to),
             project_config=ProjectConfiguration(
                 project_dir=cfg.output_dir, logging_dir=str(RunPaths(cfg.output_dir).tensorboard)
@@ -146,6 +146,25 @@ def create_accelerator(cfg: TrainConfig):
         if is_port_taken(error):
             raise UserError(port_taken_message()) from None
         raise
+    autocast_precision(accelerator)  # refuse a precision this device would not run, before any file is written
+    return accelerator
+
+
+def autocast_precision(accelerator) -> str:
+    """What autocast really runs in (fp32, bf16, fp16), as summary.json records it. Accelerate takes any
+    ACCELERATE_MIXED_PRECISION (a config file, `--mixed_precision` or the environment) and on a CPU trains fp16 or
+    a misspelt value in fp32 without a word; lab2 refuses those, so a record never names a precision that did not
+    run."""
+    precision = str(accelerator.mixed_precision)
+    if precision == "no":
+        return "fp32"
+    if not accelerator.native_amp:
+        raise UserError(
+            f"mixed precision {precision!r} (ACCELERATE_MIXED_PRECISION, from the config file, --mixed_precision or "
+            f"the environment) cannot run on {accelerator.device.type}: use 'no' (fp32) or 'bf16' on a CPU, and "
+            "'fp16' or 'bf16' on a GPU."
+        )
+    return precision
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -172,7 +191,8 @@ def start_records(cfg: TrainConfig, accelerator, paths: RunPaths, flops, trackin
     if accelerator.is_main_process:
         write_json(paths.config, cfg.to_dict())
         write_json(paths.flops, flops.to_dict())
-        accelerator.print(flops.table())
+        # A resume prints one line, so its "resumed from ..." line stays on the screen above the bar.
+        accelerator.print(flops.table() if fresh else flops.short())
         init_kwargs, notice = tracker_init_kwargs(
             cfg.report_to,
             paths.root,

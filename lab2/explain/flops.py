@@ -48,6 +48,13 @@ class FlopsReport:
         data["gflops_per_sample"] = self.gflops_per_sample
         return data
 
+    def short(self) -> str:
+        """One line: the totals of `table`."""
+        return (
+            f"model: {self.params:,} parameters, {self.gflops_per_sample:.4f} GFLOPs per sample forward "
+            "(the per-layer table: flops.json, or lab2-flops)"
+        )
+
     def table(self) -> str:
         """The per-layer table as aligned text, with totals."""
         header = f"{'layer':<16}{'type':<10}{'output shape':<20}{'params':>12}{'FLOPs':>16}{'% FLOPs':>9}"
