@@ -242,7 +242,7 @@ def field_type(f: dataclasses.Field) -> tuple[type, bool]:
 # Numbers from text: ASCII digits, point, exponent and sign only, since int() and float() also take "١٢", "1_000",
 # blanks, "nan" and "inf". What the characters allow and the type refuses ("1.5" for an int) is refused too.
 _NUMBER_TEXT = re.compile(r"[0-9.eE+-]+")
-_IN_WORDS = {int: "a whole number written in ASCII digits", float: "a finite decimal number"}
+_IN_WORDS = {int: "an integer (ASCII digits)", float: "a finite decimal number"}
 # Each bound of a range: how it reads in an error, and the test a value passes.
 _BOUNDS = {
     "minimum": (">=", operator.ge),
@@ -267,7 +267,7 @@ def check_number(flag: str, value, kind: type = int, **bounds) -> int | float:
         except ValueError:
             raise UserError(f"{flag} must be {_IN_WORDS[kind]}, got {value!r}.") from None
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        raise UserError(f"{flag} must be a {'whole ' if kind is int else ''}number, got {value!r}.")
+        raise UserError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {value!r}.")
     value = kind(value)
     if kind is float and not math.isfinite(value):
         raise UserError(f"{flag} must be a finite number, got {value}.")
@@ -335,7 +335,7 @@ def _check_steps(flag: str, value, words: tuple[str, ...], minimum: int) -> str:
     except UserError:
         allowed = ", ".join(map(repr, words))
         raise UserError(
-            f"{flag} must be {allowed} or a whole number of steps in {minimum}..{STEPS['maximum']:,}, got {value!r}."
+            f"{flag} must be {allowed} or an integer in {minimum}..{STEPS['maximum']:,} (optimizer steps), got {value!r}."
         ) from None
 
 

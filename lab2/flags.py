@@ -58,6 +58,9 @@ class Parser(argparse.ArgumentParser):
     "argument --x:" prefix is dropped for them.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)  # `--num_train_ep` was taken: a typo picked a flag
+
     def error(self, message: str):
         message = re.sub(r"^argument (--\w+): (\1 )", r"\2", message)
         print(f"{self.prog}: error: {' '.join(message.split())} (see --help)", file=sys.stderr, flush=True)
@@ -130,7 +133,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def given_flags(argv: list[str] | None) -> set[str]:
-    """The names of the flags `argv` gives explicitly (abbreviations and `--flag=value` included).
+    """The names of the flags `argv` gives explicitly (`--flag=value` included).
 
     Parses again with every default suppressed, so argparse itself decides what was given.
     """
@@ -173,13 +176,16 @@ def _saved_run_name(config_file: Path) -> str:
     return name if isinstance(name, str) else ""
 
 
+KIND_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}
+
+
 def _checked_value(f: dataclasses.Field, value):
     """`value` for field `f` given as a Python object: the checks argparse makes on the command line (type, choices)."""
     kind, optional = field_type(f)
     if kind is str and isinstance(value, os.PathLike):
         value = os.fspath(value)  # data_dir=Path(...) reads naturally in a notebook
-    if f.name in TEXT_CHECKS and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # flow_log_steps=0 or checkpointing_steps=500 from Python, as on the command line
+    if f.name in TEXT_CHECKS:  # 'auto' or a step count: text or an int, as on the command line (500, not "500")
+        return TEXT_CHECKS[f.name](value)
     if value is None and optional:
         return value
     # bool is an int in Python, but True for an epoch count is a mistake, not a 1.
@@ -187,7 +193,7 @@ def _checked_value(f: dataclasses.Field, value):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value, fits = float(value), True
     if not fits:
-        wanted = f"{kind.__name__}{' or None' if optional else ''}"
+        wanted = f"{KIND_WORDS[kind]}{' or None' if optional else ''}"
         raise UserError(f"--{f.name} must be {wanted}, got {value!r} ({type(value).__name__}).")
     choices = f.metadata["choices"]
     if choices and value not in choices:
