@@ -204,8 +204,8 @@ def _checked_value(f: dataclasses.Field, value):
 def config_from_flags(**flags) -> TrainConfig:
     """A validated TrainConfig from flags given as Python values (lab2.train), with the command line's checks.
 
-    Names are TrainConfig's fields (the flags without `--`); anything left out keeps its command-line default
-    (or --recipe's value, when a recipe is given).
+    Names are TrainConfig's fields (the flags without `--`); anything left out or given as None keeps its
+    command-line default (or --recipe's value, when a recipe is given).
     Raises UserError naming the flag for an unknown name, a wrong type or an invalid value.
     """
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -216,7 +216,8 @@ def config_from_flags(**flags) -> TrainConfig:
             raise UserError(
                 f"unknown flag {name!r}; {hint}the flags are lab2.config.TrainConfig's fields (see --help)."
             )
-    values = {name: _checked_value(fields[name], value) for name, value in flags.items()}
+    # None is "not given" (a notebook's `resume_from_checkpoint=None`): the flag keeps its default or recipe value.
+    values = {name: _checked_value(fields[name], value) for name, value in flags.items() if value is not None}
     # A --recipe fills in what the caller did not give, as on the command line.
     return _finish(TrainConfig(**{**recipe_values(values.get("recipe", "none"), set(values)), **values}))
 

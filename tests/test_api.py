@@ -1,5 +1,6 @@
 """lab2.train's flags: the command line's names, defaults and checks, as one ValueError naming the flag."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,8 @@ import pytest
 from conftest import REPO
 
 import lab2
+from lab2.config import RECIPES, TrainConfig
+from lab2.errors import UserError
 from lab2.flags import config_from_flags, parse_args
 
 
@@ -62,6 +65,18 @@ def test_bad_flags_raise_one_value_error_naming_the_flag(flags, fragment):
         lab2.train(**flags)
     assert fragment in str(caught.value)
     assert caught.value.__suppress_context__  # one error, not a chain
+
+
+def test_none_means_not_given_for_every_flag():
+    """Issue 23, item 7: `resume_from_checkpoint=None` was refused as "must be str"; None keeps the default."""
+    varying = ("run_name", "output_dir")
+    every_flag_none = {f.name: None for f in dataclasses.fields(TrainConfig) if f.name not in varying}
+    defaults = {k: v for k, v in config_from_flags().to_dict().items() if k not in varying}
+    assert {k: v for k, v in config_from_flags(**every_flag_none).to_dict().items() if k not in varying} == defaults
+    cfg = config_from_flags(recipe="fast", num_train_epochs=None, resume_from_checkpoint=None)
+    assert (cfg.num_train_epochs, cfg.resume_from_checkpoint) == (RECIPES["fast"]["num_train_epochs"], "")
+    with pytest.raises(UserError, match="unknown flag 'warp_speed'"):
+        config_from_flags(warp_speed=None)  # a misspelt name is still refused
 
 
 def test_input_the_command_line_rejects_is_a_value_error_too(tmp_path):
