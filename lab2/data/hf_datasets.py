@@ -1,14 +1,8 @@
 """Hugging Face `datasets` as a data source: a Hub id or a `save_to_disk` folder -> DataSplits.
 
-The images are decoded once, by a `Dataset.map` whose result `datasets` caches as Arrow (in its cache for Hub
-data, beside the files for a saved folder); the rest of lab2 then sees the same uint8 (N, 3, 32, 32) tensors as
-for the official files, with no per-epoch PIL decoding. Class names come from the label column's ClassLabel
-feature; the model's head follows their number.
-
-Bad input is one UserError, never a traceback or a silent change: labels that are not whole numbers (floats
-would be truncated, strings fail deep in numpy), a row with no image or with bytes that do not decode (lab2
-decodes them itself, to name the row), an empty split. A folder on a read-only mount is decoded in memory,
-since `datasets` cannot write its cache beside it.
+The images are decoded once by a `Dataset.map` that `datasets` caches as Arrow (in memory for a read-only folder),
+so no PIL decoding happens per epoch; class names come from the label column's ClassLabel. Bad input (labels that
+are not whole numbers, a row with no image or bytes that do not decode, an empty split) is one UserError.
 """
 
 from __future__ import annotations
