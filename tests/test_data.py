@@ -3,13 +3,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import assert_clean_error, run_cli, train_cmd
 
 from lab2.data.cifar import CustomCIFAR10, load_cifar10, read_cifar10_folder, train_transform
 from lab2.data.cifar import (
     test_transform as normalise_only,  # aliased: pytest would collect test_*
 )
-from conftest import assert_clean_error, run_cli, train_cmd
-
 from lab2.data.cifar_files import (
     CIFAR10_CLASSES,
     make_fake_cifar10,
