@@ -38,15 +38,8 @@ def test_sample_images_keeps_class_names_with_a_slash_inside_the_output_folder(t
     test = synthetic_images(12, len(names), 1)
     write_cifar10_folder(tmp_path / "data" / "cifar-10-batches-py", *test, *test, class_names=names)
     samples = tmp_path / "out" / "samples"
-    made = subprocess.run(
-        [sys.executable, "examples/sample_images.py", "--data_dir", str(tmp_path / "data"), "--count", "12"]
-        + ["--output", str(samples)],
-        cwd=REPO,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    script = [sys.executable, "examples/sample_images.py"]
+    made = run_cli([*script, "--data_dir", str(tmp_path / "data"), "--count", "12", "--output", str(samples)])
     assert made.returncode == 0, made.stderr
     files = sorted(samples.iterdir())
     assert len(files) == 12 and all(f.is_file() and f.suffix == ".png" for f in files)
