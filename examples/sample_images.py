@@ -3,13 +3,15 @@
     python examples/sample_images.py --data_dir ./data --count 8 --output samples
     lab2-predict --model_path runs/<run> samples
 
-Each file is named <index>-<true class>.png, so the prediction can be checked by eye. The output folder must be
-new or empty: nothing is ever written over.
+Each file is named <index>-<true class>.png, so the prediction can be checked by eye; characters a file name
+cannot hold safely ('/' in "t-shirt/top") become '_'. The output folder must be new or empty: nothing is ever
+written over.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -21,6 +23,11 @@ from lab2.errors import UserError, exit_with_user_error
 from lab2.flags import Parser, number_flag
 
 
+def file_label(class_name: str) -> str:
+    """`class_name` as part of one file name: a '/' (or '..') must not make a folder or point outside --output."""
+    return re.sub(r"[^\w+-]+", "_", class_name)[:100]
+
+
 def write_samples(data_dir: str | Path, count: int, output: str | Path) -> list[Path]:
     folder = find_cifar10_folder(data_dir)
     if folder is None:
@@ -28,12 +35,12 @@ def write_samples(data_dir: str | Path, count: int, output: str | Path) -> list[
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UserError(f"{output} exists and is not an empty folder; choose a new --output.")
-    images, labels = read_cifar_batch(folder / TEST_FILE)
     names = read_class_names(folder)
+    images, labels = read_cifar_batch(folder / TEST_FILE, len(names))
     output.mkdir(parents=True, exist_ok=True)
     written = []
     for index in range(min(count, len(labels))):
-        path = output / f"{index:04d}-{names[labels[index]]}.png"
+        path = output / f"{index:04d}-{file_label(names[labels[index]])}.png"
         Image.fromarray(images[index].transpose(1, 2, 0)).save(path)  # (3, 32, 32) -> (32, 32, 3)
         written.append(path)
     return written

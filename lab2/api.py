@@ -39,8 +39,8 @@ def train(**flags) -> dict | None:
 
     Flags are lab2.config.TrainConfig's fields, with the command line's names and defaults:
     `train(dataset="fake", num_train_epochs=1)` is `train_accelerate.py --dataset fake --num_train_epochs 1`.
-    Folder flags also take `pathlib.Path`. The run writes the same files as the command line, under
-    `output_dir` (default runs/<run_name>).
+    Folder flags also take `pathlib.Path`; None means not given. The run writes the same files as the command
+    line, under `output_dir` (default runs/<run_name>).
 
     Raises:
         ValueError: an unknown flag, a wrong type or an invalid value (the message names the flag), or any

@@ -1,10 +1,6 @@
-"""The flags in one place: `TrainConfig` (one dataclass, one field per flag: help, choices, range, --help group),
-the registries' names, the recipes, the number checks and the checks after parsing, and `--report_to`.
-
-lab2.flags builds the argparse parser from the fields, so a new field is a new flag with its default
-shown in `--help`, and `asdict(cfg)` is what goes to the trackers and to `config.json`. Imports no torch,
-so --help answers at once.
-"""
+"""The flags in one place: `TrainConfig` (one field per flag: help, choices, range, --help group; lab2.flags builds
+the parser from it, and `asdict(cfg)` goes to the trackers and config.json), the registries' names, the recipes,
+the number checks and `--report_to`. Imports no torch, so --help answers at once."""
 
 from __future__ import annotations
 
@@ -209,7 +205,6 @@ class TrainConfig:
 
     @property
     def checkpoint_every_steps(self) -> int | None:
-        """Optimizer steps between checkpoints, or None for per-epoch/no checkpoints."""
         return None if self.checkpointing_steps in ("epoch", "none") else int(self.checkpointing_steps)
 
     def flow_every_steps(self, total_steps: int) -> int:
@@ -222,8 +217,7 @@ class TrainConfig:
 
     @property
     def eval_every_steps(self) -> int | None:
-        """Optimizer steps between evaluations for --eval_strategy steps (--eval_steps, else --logging_steps),
-        or None."""
+        """Optimizer steps between evaluations for --eval_strategy steps, or None."""
         if self.eval_strategy != "steps":
             return None
         return self.eval_steps or self.logging_steps
@@ -233,8 +227,7 @@ class TrainConfig:
 
 
 def field_type(f: dataclasses.Field) -> tuple[type, bool]:
-    """The Python type of TrainConfig field `f` (annotations are text here, e.g. "int | None"), and whether None
-    is allowed."""
+    """Field `f`'s type (annotations are text here, e.g. "int | None") and whether None is allowed."""
     name, optional = f.type.removesuffix(" | None"), f.type.endswith(" | None")
     return {"int": int, "float": float, "str": str, "bool": bool}[name], optional
 
@@ -242,7 +235,7 @@ def field_type(f: dataclasses.Field) -> tuple[type, bool]:
 # Numbers from text: ASCII digits, point, exponent and sign only, since int() and float() also take "١٢", "1_000",
 # blanks, "nan" and "inf". What the characters allow and the type refuses ("1.5" for an int) is refused too.
 _NUMBER_TEXT = re.compile(r"[0-9.eE+-]+")
-_IN_WORDS = {int: "a whole number written in ASCII digits", float: "a finite decimal number"}
+_IN_WORDS = {int: "an integer (ASCII digits)", float: "a finite decimal number"}
 # Each bound of a range: how it reads in an error, and the test a value passes.
 _BOUNDS = {
     "minimum": (">=", operator.ge),
@@ -257,8 +250,8 @@ def _shown(number) -> str:
 
 
 def check_number(flag: str, value, kind: type = int, **bounds) -> int | float:
-    """`value` (a number, or its text) as a `kind` (int, or a finite float) inside `bounds` (minimum, maximum,
-    above, below); otherwise a UserError naming `flag`, the value and the range."""
+    """`value` (a number, or its text) as a `kind` (int, or a finite float) inside `bounds`, else a UserError
+    naming `flag`, the value and the range."""
     if isinstance(value, str):
         try:
             if not _NUMBER_TEXT.fullmatch(value):
@@ -267,7 +260,7 @@ def check_number(flag: str, value, kind: type = int, **bounds) -> int | float:
         except ValueError:
             raise UserError(f"{flag} must be {_IN_WORDS[kind]}, got {value!r}.") from None
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        raise UserError(f"{flag} must be a {'whole ' if kind is int else ''}number, got {value!r}.")
+        raise UserError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {value!r}.")
     value = kind(value)
     if kind is float and not math.isfinite(value):
         raise UserError(f"{flag} must be a finite number, got {value}.")
@@ -333,9 +326,9 @@ def _check_steps(flag: str, value, words: tuple[str, ...], minimum: int) -> str:
     try:
         return str(check_number(flag, value, minimum=minimum, maximum=STEPS["maximum"]))
     except UserError:
-        allowed = ", ".join(map(repr, words))
+        allowed, steps = ", ".join(map(repr, words)), f"{minimum}..{STEPS['maximum']:,}"
         raise UserError(
-            f"{flag} must be {allowed} or a whole number of steps in {minimum}..{STEPS['maximum']:,}, got {value!r}."
+            f"{flag} must be {allowed} or an integer in {steps} (optimizer steps), got {value!r}."
         ) from None
 
 
@@ -348,11 +341,8 @@ def check_flow_log_steps(value) -> str:
 
 
 def check_values(cfg: TrainConfig) -> None:
-    """Raise UserError for values no run can use, naming the flag and the fix.
-
-    Each numeric field is checked against its range here too, so a TrainConfig built in Python (lab2.train,
-    config.json) meets the same rules as the command line.
-    """
+    """A UserError naming the flag and the fix for values no run can use; the ranges are checked here too, so a
+    TrainConfig built in Python (lab2.train, config.json) meets the command line's rules."""
     for f in dataclasses.fields(TrainConfig):
         (kind, optional), value = field_type(f), getattr(cfg, f.name)
         if kind in (int, float) and not (value is None and optional):

@@ -1,11 +1,6 @@
-"""The exceptions that end a run early, and the exit codes they map to.
-
-`UserError` is a mistake the user can fix: entry points print its message as a single
-line with a non-zero exit and no traceback. `TrainingStopped` (a signal, after a
-checkpoint) and `Diverged` (a NaN/inf loss) travel from the loop to the one place
-that maps them: exit codes in lab2.cli.train, exceptions in lab2.train. Anything
-else is a bug and keeps its traceback.
-"""
+"""The exceptions that end a run early and their exit codes: a `UserError` is printed as one line without a
+traceback; `TrainingStopped` and `Diverged` travel from the loop to lab2.cli.train (exit codes) or lab2.train
+(exceptions). Anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -61,11 +56,8 @@ class DiskFull(UserError):
 
 
 def is_disk_full(exc: BaseException, folder=None) -> bool:
-    """Whether `exc` (or an exception it wraps) means the disk or quota is full.
-
-    torch.save reports ENOSPC as a RuntimeError "file write failed" and safetensors
-    as "StorageFull"; those count when the folder they wrote to has almost no space left.
-    """
+    """Whether `exc` (or one it wraps) means a full disk or quota: torch.save says ENOSPC as "file write failed"
+    (counted when `folder` has almost no space left), safetensors as "StorageFull"."""
     import errno
     import shutil
 

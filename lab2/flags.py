@@ -1,10 +1,5 @@
-"""The command line, from lab2.config's TrainConfig: the argparse parser with lab2's one-line errors, argparse
-types for the numbers of every command, flags given from Python (lab2.train) or a config.json, and how to resume.
-
-`build_parser` builds the parser from the dataclass fields, grouped in --help with each default shown;
-`config_from_flags` (lab2.train) and `config_from_dict` (a config.json) apply the same checks to values given
-as objects.
-"""
+"""The command line from lab2.config's TrainConfig (grouped --help, lab2's one-line errors, the number types of
+every command), the same checks for flags given from Python (lab2.train) or a config.json, and how to resume."""
 
 from __future__ import annotations
 
@@ -52,11 +47,11 @@ def number_flag(flag: str, kind: type = int, **bounds) -> Callable[[str], int | 
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with lab2's bad-input contract: one `prog: error: ...` line and exit 2, no usage block.
+    """argparse with lab2's bad-input contract: one `prog: error: ...` line and exit 2, no usage block (checked
+    types name the flag themselves, so argparse's "argument --x:" prefix is dropped for them)."""
 
-    Our checked types already name the flag in their message, so argparse's
-    "argument --x:" prefix is dropped for them.
-    """
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)  # `--num_train_ep` was taken: a typo picked a flag
 
     def error(self, message: str):
         message = re.sub(r"^argument (--\w+): (\1 )", r"\2", message)
@@ -69,7 +64,6 @@ TEXT_CHECKS = {"checkpointing_steps": check_checkpointing_steps, "flow_log_steps
 
 
 def _argparse_type(f: dataclasses.Field):
-    """The argparse `type` for a field: numbers checked against the field's range, two text flags by their check."""
     kind, _ = field_type(f)
     if kind in (int, float):
         return number_flag(f"--{f.name}", kind, **f.metadata["bounds"])
@@ -91,8 +85,7 @@ Under `make train`, these flags go in TRAIN_ARGS="..." and the data folder in DA
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Each default once: shown when the help text does not already say it, and not for an empty or None default
-    (the help text says what those mean). The epilog keeps its line breaks."""
+    """Each default once, none for an empty or None one (the help says what it means); the epilog as written."""
 
     def _get_help_string(self, action):
         if "(default:" in (action.help or "") or action.default in (None, ""):
@@ -130,10 +123,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def given_flags(argv: list[str] | None) -> set[str]:
-    """The names of the flags `argv` gives explicitly (abbreviations and `--flag=value` included).
-
-    Parses again with every default suppressed, so argparse itself decides what was given.
-    """
+    """The flags `argv` gives explicitly: parsed again with every default suppressed, so argparse decides."""
     probe = build_parser()
     for action in probe._actions:
         action.default = argparse.SUPPRESS
@@ -141,11 +131,7 @@ def given_flags(argv: list[str] | None) -> set[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Parse flags into a validated TrainConfig; raise UserError for bad values.
-
-    Flag errors (unknown flag, wrong type, out of range) print one `error:` line
-    naming the flag and exit with status 2, our bad-input contract.
-    """
+    """Parse flags into a validated TrainConfig (bad flags: one `error:` line and exit 2; bad values: UserError)."""
     parser = build_parser()
     values = vars(parser.parse_args(argv))
     values.update(recipe_values(values["recipe"], given_flags(argv)))
@@ -153,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def _finish(cfg: TrainConfig) -> TrainConfig:
-    """Validate, then fill in the run name and output folder that default to the time of the run."""
+    """Validate, then fill in the run name and output folder (default: from the time of the run)."""
     check_values(cfg)
     if not cfg.run_name and cfg.resume_from_checkpoint and cfg.output_dir:
         cfg.run_name = _saved_run_name(Path(cfg.output_dir) / "config.json")  # a resumed run keeps its name
@@ -173,13 +159,16 @@ def _saved_run_name(config_file: Path) -> str:
     return name if isinstance(name, str) else ""
 
 
+KIND_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}
+
+
 def _checked_value(f: dataclasses.Field, value):
     """`value` for field `f` given as a Python object: the checks argparse makes on the command line (type, choices)."""
     kind, optional = field_type(f)
     if kind is str and isinstance(value, os.PathLike):
         value = os.fspath(value)  # data_dir=Path(...) reads naturally in a notebook
-    if f.name in TEXT_CHECKS and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # flow_log_steps=0 or checkpointing_steps=500 from Python, as on the command line
+    if f.name in TEXT_CHECKS:  # 'auto' or a step count: text or an int, as on the command line (500, not "500")
+        return TEXT_CHECKS[f.name](value)
     if value is None and optional:
         return value
     # bool is an int in Python, but True for an epoch count is a mistake, not a 1.
@@ -187,7 +176,7 @@ def _checked_value(f: dataclasses.Field, value):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value, fits = float(value), True
     if not fits:
-        wanted = f"{kind.__name__}{' or None' if optional else ''}"
+        wanted = f"{KIND_WORDS[kind]}{' or None' if optional else ''}"
         raise UserError(f"--{f.name} must be {wanted}, got {value!r} ({type(value).__name__}).")
     choices = f.metadata["choices"]
     if choices and value not in choices:
@@ -196,12 +185,8 @@ def _checked_value(f: dataclasses.Field, value):
 
 
 def config_from_flags(**flags) -> TrainConfig:
-    """A validated TrainConfig from flags given as Python values (lab2.train), with the command line's checks.
-
-    Names are TrainConfig's fields (the flags without `--`); anything left out keeps its command-line default
-    (or --recipe's value, when a recipe is given).
-    Raises UserError naming the flag for an unknown name, a wrong type or an invalid value.
-    """
+    """A TrainConfig from flags given as Python values (lab2.train), with the command line's checks and defaults
+    (or --recipe's values); UserError naming the flag for an unknown name, a wrong type or an invalid value."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for name in flags:
         if name not in fields:
@@ -210,7 +195,8 @@ def config_from_flags(**flags) -> TrainConfig:
             raise UserError(
                 f"unknown flag {name!r}; {hint}the flags are lab2.config.TrainConfig's fields (see --help)."
             )
-    values = {name: _checked_value(fields[name], value) for name, value in flags.items()}
+    # None is "not given" (a notebook's `resume_from_checkpoint=None`): the flag keeps its default or recipe value.
+    values = {name: _checked_value(fields[name], value) for name, value in flags.items() if value is not None}
     # A --recipe fills in what the caller did not give, as on the command line.
     return _finish(TrainConfig(**{**recipe_values(values.get("recipe", "none"), set(values)), **values}))
 
@@ -222,19 +208,16 @@ def config_from_dict(values: dict) -> TrainConfig:
 
 
 def validate_config(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` checked as the command line checks flags (types, choices, ranges, conflicts);
-    for configs read from files."""
+    """A `cfg` read from a file, checked as the command line checks flags."""
     for f in dataclasses.fields(TrainConfig):
         setattr(cfg, f.name, _checked_value(f, getattr(cfg, f.name)))
     check_values(cfg)
     return cfg
 
 
-# How to continue a stopped run, in the words of the command that started it (lab2.data and lab2.engine say it).
-# `make train` passes the user's flags through TRAIN_ARGS and the data folder through DATA_DIR, so
-# "the same command plus --output_dir ..." would be taken by make as its own options. The Makefile sets
-# LAB2_LAUNCHED_BY=make; then the advice is a complete `make train ...` line rebuilt from this process's
-# flags.
+# How to resume, in the words of the command that started the run: `make train` takes the flags in TRAIN_ARGS
+# and the folder in DATA_DIR (make would take "--output_dir ..." as its own option), so under make
+# (LAB2_LAUNCHED_BY=make) the advice is a whole `make train ...` line rebuilt from this process's flags.
 MAKE_ENV = "LAB2_LAUNCHED_BY"  # set to "make" by the Makefile's train target
 MAKE_DEFAULT_DATA_DIR = "./data"  # the Makefile's DATA_DIR default: not repeated in the advice
 RESUME_FLAGS = ("--output_dir", "--resume_from_checkpoint")  # replaced, not repeated
@@ -245,8 +228,7 @@ def launched_by_make(env: Mapping[str, str] = os.environ) -> bool:
 
 
 def _without(argv: Sequence[str], flags: Sequence[str], first_only: bool = False) -> tuple[list[str], list[str]]:
-    """`argv` minus each `flag value` / `flag=value` of `flags` (only the first one with `first_only`), and the
-    values removed."""
+    """`argv` minus each `flag value` / `flag=value` of `flags` (the first only with `first_only`); the values."""
     kept, removed, args = [], [], iter(argv)
     for arg in args:
         name, equals, inline = arg.partition("=")
@@ -258,7 +240,6 @@ def _without(argv: Sequence[str], flags: Sequence[str], first_only: bool = False
 
 
 def resume_advice(output_dir, argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> str:
-    """The sentence that tells the user how to resume the run in `output_dir`."""
     resume = ["--output_dir", str(output_dir), "--resume_from_checkpoint", "latest"]
     if not launched_by_make(env):
         return f"resume with the same command plus: {shlex.join(resume)}"

@@ -1,8 +1,5 @@
-"""Models and the name -> constructor registry.
-
-Models never call `.cuda()` or `.half()`: placement and precision belong to Accelerate.
-Every constructor takes `num_classes`, so the head follows the data set.
-"""
+"""Models and the name -> constructor registry: each takes `num_classes` (the head follows the data) and never
+calls `.cuda()` or `.half()` (placement and precision are Accelerate's)."""
 
 from __future__ import annotations
 
@@ -18,12 +15,8 @@ from lab2.errors import UserError
 class SimpleCNN(nn.Module):
     """The course lab's SimpleCNN, exactly: 4,441,482 parameters, 161,163,264 FLOPs per 32x32 sample.
 
-    Its modules carry the lab's names, so a state dict saved by the lab's code
-    (`torch.save(model.state_dict(), "model_final.pth")`) loads as it is, and
-    plots, flow.jsonl and tracker keys read conv1 ... fc2:
-    conv1 3->32 and conv2 32->64 (3x3, at 32x32), pool; conv3 64->128 and
-    conv4 128->128 (at 16x16), pool; each conv followed by its BatchNorm (bn1..bn4)
-    and ReLU; then fc1 8192->512, ReLU, dropout 0.5, fc2 512->num_classes.
+    Its modules carry the lab's names, so the lab's `model_final.pth` state dict loads as it is, and plots,
+    flow.jsonl and tracker keys read conv1 ... fc2.
     """
 
     def __init__(self, num_classes: int = 10):
@@ -48,9 +41,7 @@ class SimpleCNN(nn.Module):
         x = self.pool(F.relu(self.bn2(self.conv2(x)), inplace=True))  # 32x32 -> 16x16
         x = F.relu(self.bn3(self.conv3(x)), inplace=True)
         x = self.pool(F.relu(self.bn4(self.conv4(x)), inplace=True))  # 16x16 -> 8x8
-        # The lab's x.view(-1, 8192), written as flatten: the same (C, H, W) order, and it also takes channels_last
-        # input.
-        x = torch.flatten(x, 1)
+        x = torch.flatten(x, 1)  # the lab's x.view(-1, 8192): the same (C, H, W) order, and channels_last works
         x = self.dropout(F.relu(self.fc1(x), inplace=True))
         return self.fc2(x)
 

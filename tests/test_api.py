@@ -1,5 +1,6 @@
 """lab2.train's flags: the command line's names, defaults and checks, as one ValueError naming the flag."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,8 @@ import pytest
 from conftest import REPO
 
 import lab2
+from lab2.config import RECIPES, TrainConfig
+from lab2.errors import UserError
 from lab2.flags import config_from_flags, parse_args
 
 
@@ -37,14 +40,24 @@ def test_defaults_are_the_command_line_defaults():
     [
         ({"num_train_epoch": 1}, "unknown flag 'num_train_epoch'; did you mean 'num_train_epochs'?"),
         ({"warp_speed": True}, "unknown flag 'warp_speed'; the flags are lab2.config.TrainConfig's fields"),
-        ({"num_train_epochs": "3"}, "--num_train_epochs must be int, got '3'"),
-        ({"num_train_epochs": True}, "--num_train_epochs must be int, got True"),
-        ({"max_eval_samples": 1.5}, "--max_eval_samples must be int or None"),
-        ({"overwrite_output_dir": 1}, "--overwrite_output_dir must be bool"),
+        ({"num_train_epochs": "3"}, "--num_train_epochs must be an integer, got '3' (str)"),
+        ({"num_train_epochs": True}, "--num_train_epochs must be an integer, got True"),
+        ({"num_train_epochs": 2.0}, "--num_train_epochs must be an integer, got 2.0 (float)"),
+        ({"max_eval_samples": 1.5}, "--max_eval_samples must be an integer or None"),
+        ({"learning_rate": "fast"}, "--learning_rate must be a number, got 'fast'"),
+        ({"data_dir": 3}, "--data_dir must be a string, got 3"),
+        ({"overwrite_output_dir": 1}, "--overwrite_output_dir must be True or False"),
         ({"dataset": "mnist"}, "--dataset must be one of cifar10, fake"),
         ({"per_device_train_batch_size": 0}, "--per_device_train_batch_size must be >= 1"),
-        ({"checkpointing_steps": "often"}, "--checkpointing_steps must be 'epoch', 'none' or a whole number of steps"),
-        ({"checkpointing_steps": 0}, "--checkpointing_steps must be 'epoch', 'none' or a whole number of steps"),
+        ({"checkpointing_steps": "often"}, "--checkpointing_steps must be 'epoch', 'none' or an integer in 1.."),
+        ({"checkpointing_steps": 0}, "--checkpointing_steps must be 'epoch', 'none' or an integer in 1.."),
+        # Issue 23, item 7: a float or a bool step count was "must be str, got 2.5 (float)".
+        (
+            {"flow_log_steps": 2.5},
+            "--flow_log_steps must be 'auto' or an integer in 0..1,000,000,000 (optimizer steps)",
+        ),
+        ({"flow_log_steps": True}, "--flow_log_steps must be 'auto' or an integer in 0.."),
+        ({"checkpointing_steps": 2.5}, "--checkpointing_steps must be 'epoch', 'none' or an integer in 1.."),
     ],
 )
 def test_bad_flags_raise_one_value_error_naming_the_flag(flags, fragment):
@@ -52,6 +65,18 @@ def test_bad_flags_raise_one_value_error_naming_the_flag(flags, fragment):
         lab2.train(**flags)
     assert fragment in str(caught.value)
     assert caught.value.__suppress_context__  # one error, not a chain
+
+
+def test_none_means_not_given_for_every_flag():
+    """Issue 23, item 7: `resume_from_checkpoint=None` was refused as "must be str"; None keeps the default."""
+    varying = ("run_name", "output_dir")
+    every_flag_none = {f.name: None for f in dataclasses.fields(TrainConfig) if f.name not in varying}
+    defaults = {k: v for k, v in config_from_flags().to_dict().items() if k not in varying}
+    assert {k: v for k, v in config_from_flags(**every_flag_none).to_dict().items() if k not in varying} == defaults
+    cfg = config_from_flags(recipe="fast", num_train_epochs=None, resume_from_checkpoint=None)
+    assert (cfg.num_train_epochs, cfg.resume_from_checkpoint) == (RECIPES["fast"]["num_train_epochs"], "")
+    with pytest.raises(UserError, match="unknown flag 'warp_speed'"):
+        config_from_flags(warp_speed=None)  # a misspelt name is still refused
 
 
 def test_input_the_command_line_rejects_is_a_value_error_too(tmp_path):

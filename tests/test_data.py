@@ -3,12 +3,20 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import assert_clean_error, run_cli, train_cmd
 
 from lab2.data.cifar import CustomCIFAR10, load_cifar10, read_cifar10_folder, train_transform
 from lab2.data.cifar import (
     test_transform as normalise_only,  # aliased: pytest would collect test_*
 )
-from lab2.data.cifar_files import CIFAR10_CLASSES, make_fake_cifar10, read_cifar_batch, write_cifar_batch
+from lab2.data.cifar_files import (
+    CIFAR10_CLASSES,
+    make_fake_cifar10,
+    read_cifar_batch,
+    synthetic_images,
+    write_cifar10_folder,
+    write_cifar_batch,
+)
 from lab2.errors import UserError
 
 
@@ -133,3 +141,42 @@ def test_fake_dataset_is_written_in_the_official_format_and_reused(tmp_path):
     stamp = (folder / "data_batch_1").stat().st_mtime_ns
     assert make_fake_cifar10(tmp_path, 64, 32, seed=1) == folder
     assert (folder / "data_batch_1").stat().st_mtime_ns == stamp  # not regenerated
+
+
+# Issue 23, item 4: batches.meta's label_names key the results (class_accuracy by name): a duplicate would silently
+# lose a class, so duplicates, empty names and names that are not text are refused in one line, before training.
+
+
+def _folder_with_class_names(root, names):
+    train, test = synthetic_images(40, len(names), 0), synthetic_images(10, len(names), 1)
+    return write_cifar10_folder(root / "cifar-10-batches-py", *train, *test, class_names=names)
+
+
+@pytest.mark.parametrize(
+    "names, fragment",
+    [
+        (
+            ["cat", "dog", "cat", "frog", "dog"],
+            "names a class more than once: 'cat' (classes 0, 2), 'dog' (classes 1, 4)",
+        ),
+        (["cat", "", "dog"], "class 1's name is ''"),
+        (["cat", "   ", "dog"], "class 1's name is '   '"),
+        (["cat", 7, "dog"], "class 1's name is 7"),
+        (["cat", None, "dog"], "class 1's name is None"),
+    ],
+    ids=["duplicates", "empty", "blank", "number", "none"],
+)
+def test_bad_label_names_are_refused_naming_the_file(tmp_path, names, fragment):
+    folder = _folder_with_class_names(tmp_path, names)
+    with pytest.raises(UserError) as raised:
+        read_cifar10_folder(folder)
+    message = str(raised.value)
+    assert fragment in message and "batches.meta" in message and "\n" not in message
+
+
+def test_duplicate_label_names_stop_the_run_before_training(tmp_path):
+    _folder_with_class_names(tmp_path / "data", ["cat", "dog", "cat"])
+    out = tmp_path / "run"
+    result = run_cli(train_cmd("--data_dir", tmp_path / "data", "--output_dir", out, "--report_to", "none"))
+    assert_clean_error(result, "names a class more than once: 'cat' (classes 0, 2)", "give each class its own name")
+    assert result.returncode == 2 and not (out / "summary.json").exists() and not list(out.glob("checkpoint*"))

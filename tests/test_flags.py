@@ -88,3 +88,33 @@ def test_good_values_still_parse():
         ["--seed", "4294967295", "--learning_rate", "3e-4", "--checkpointing_steps", "500", "--max_eval_samples", "7"]
     )
     assert (cfg.seed, cfg.learning_rate, cfg.checkpoint_every_steps, cfg.max_eval_samples) == (2**32 - 1, 3e-4, 500, 7)
+
+
+@pytest.mark.parametrize("field", [f for f in _numeric_fields() if f.type.startswith("int")], ids=lambda f: f.name)
+def test_every_integer_flag_says_an_integer_is_needed(capsys, field):
+    """Issue 23, item 7: `2.5` for an integer flag is one line that says an integer is needed."""
+    line = _parse_fails(capsys, parse_args, [f"--{field.name}", "2.5"], f"--{field.name}")
+    assert f"--{field.name} must be an integer (ASCII digits), got '2.5'" in line
+
+
+@pytest.mark.parametrize(
+    "flag, needed",
+    [("--flow_log_steps", "'auto' or an integer in 0.."), ("--checkpointing_steps", "'epoch', 'none' or an integer")],
+)
+def test_step_flags_say_an_integer_is_needed(capsys, flag, needed):
+    line = _parse_fails(capsys, parse_args, [flag, "2.5"], flag)
+    assert f"{flag} must be {needed}" in line and "got '2.5'" in line
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [(["--num_train_ep", "3"], "--num_train_ep"), (["--learning", "0.1"], "--learning"), (["--see=3"], "--see")],
+)
+def test_abbreviated_flags_are_refused(capsys, argv, flag):
+    """Issue 23, item 7: argparse took `--num_train_ep` for --num_train_epochs, so a typo could pick a flag."""
+    line = _parse_fails(capsys, parse_args, argv, flag)
+    assert "unrecognized arguments" in line
+
+
+def test_other_commands_refuse_abbreviations_too(capsys):
+    _parse_fails(capsys, flops.main, ["--num_cl", "3"], "--num_cl")

@@ -171,3 +171,31 @@ def test_a_folder_on_a_read_only_mount_is_decoded_in_memory(tmp_path):
         )
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+# Issue 23, item 4: a ClassLabel's names key the results (class_accuracy); duplicates, empty or non-text names are
+# refused in one line. datasets refuses duplicates itself while loading; a dataset_info.json edited by hand (or
+# written by another tool) carries the others through to lab2.
+
+
+@pytest.mark.parametrize(
+    "names, fragments",
+    [
+        (["a", "a"], ["names a class more than once", "its own name"]),
+        (["a", ""], ["class 1's name is ''", "non-empty string"]),
+        ([1, 2], ["class 0's name is 1", "non-empty string"]),
+    ],
+    ids=["duplicate", "empty", "not-text"],
+)
+def test_bad_class_label_names_are_refused(tmp_path, names, fragments):
+    folder = _bad_dataset(tmp_path / "ds")
+    for split in ("train", "test"):
+        info_file = folder / split / "dataset_info.json"
+        info = json.loads(info_file.read_text())
+        info["features"]["label"]["names"] = names
+        info_file.write_text(json.dumps(info))
+    with pytest.raises(UserError) as raised:
+        load_hf_splits(str(folder))
+    assert "\n" not in str(raised.value) and str(folder) in str(raised.value)
+    for fragment in fragments:
+        assert fragment in str(raised.value)

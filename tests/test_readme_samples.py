@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from lab2.config import TrainConfig
-from lab2.data.cifar_files import CIFAR10_CLASSES, read_cifar_batch
+from lab2.data.cifar_files import CIFAR10_CLASSES, read_cifar_batch, synthetic_images, write_cifar10_folder
 from lab2.models import create_model
 from lab2.state.run_folder import claim
 
@@ -32,6 +32,25 @@ def test_the_flops_table_in_the_docs_is_what_lab2_flops_prints():
     result = run_cli([str(BIN / "lab2-flops"), "--model", "simple_cnn"])
     assert result.returncode == 0, result.stderr
     assert _block_after("**`lab2-flops --model simple_cnn`**").strip() in result.stdout
+
+
+def test_sample_images_keeps_class_names_with_a_slash_inside_the_output_folder(tmp_path):
+    """Issue 23, item 7: the file name is built from the class name; 't-shirt/top' made a path into a folder."""
+    names = ["t-shirt/top", "../../escaped", "/abs/path", "back\\slash", "x" * 300]
+    test = synthetic_images(12, len(names), 1)
+    write_cifar10_folder(tmp_path / "data" / "cifar-10-batches-py", *test, *test, class_names=names)
+    samples = tmp_path / "out" / "samples"
+    script = [sys.executable, "examples/sample_images.py"]
+    made = run_cli([*script, "--data_dir", str(tmp_path / "data"), "--count", "12", "--output", str(samples)])
+    assert made.returncode == 0, made.stderr
+    files = sorted(samples.iterdir())
+    assert len(files) == 12 and all(f.is_file() and f.suffix == ".png" for f in files)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.parent != samples and p.is_file()) == [
+        p.relative_to(tmp_path) for p in sorted((tmp_path / "data" / "cifar-10-batches-py").iterdir())
+    ]  # nothing written outside the output folder
+    _, labels = read_cifar_batch(tmp_path / "data" / "cifar-10-batches-py" / "test_batch", len(names))
+    expected = ["t-shirt_top", "_escaped", "_abs_path", "back_slash", "x" * 100]
+    assert [f.name for f in files] == [f"{i:04d}-{expected[labels[i]]}.png" for i in range(12)]
 
 
 def test_sample_images_then_predict_on_the_folder_as_the_readme_says(mini_dir, tmp_path):

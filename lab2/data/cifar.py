@@ -1,14 +1,6 @@
-"""CIFAR-10 into `DataSplits` (uint8 tensors), the source a configuration names, and the seed's Dataset and transforms.
-
-Everything the rest of lab2 sees is a `DataSplits`: uint8 images shaped (N, 3, 32, 32) and int64 labels, for
-the train and test splits, plus the class names. `load_splits` picks one of three sources:
-
-* `--dataset cifar10`: the official `cifar-10-batches-py` folder, downloaded by torchvision (with its md5
-  check) when absent, and read by lab2.data.cifar_files' reader, so non-official folders (the mini slice,
-  test files) work too;
-* `--dataset fake`: a small learnable synthetic set, written in the official format and read back the same way;
-* `--dataset_name`: a Hugging Face `datasets` source (lab2.data.hf_datasets).
-"""
+"""CIFAR-10 into `DataSplits` (uint8 (N, 3, 32, 32) images, int64 labels, class names) from the source a
+configuration names: the official folder (downloaded, md5-checked, when absent), --dataset fake, or --dataset_name;
+and the seed's per-image Dataset and transforms."""
 
 from __future__ import annotations
 
@@ -78,16 +70,8 @@ class DataSplits:
 
     def truncated(self, max_train: int | None, max_eval: int | None) -> DataSplits:
         """The first `max_train` / `max_eval` images of each split (None keeps all)."""
-        return DataSplits(
-            self.train_images[:max_train],
-            self.train_labels[:max_train],
-            self.test_images[:max_eval],
-            self.test_labels[:max_eval],
-            self.class_names,
-        )
-
-
-# --------------------------------------------------------------------------- the official folder
+        train, test = (self.train_images, self.train_labels), (self.test_images, self.test_labels)
+        return DataSplits(*(t[:max_train] for t in train), *(t[:max_eval] for t in test), self.class_names)
 
 
 def find_cifar10_folder(data_dir: str | Path) -> Path | None:
@@ -145,8 +129,7 @@ def load_cifar10(data_dir: str | Path, download: bool = True) -> DataSplits:
 
 
 def check_data_dir(data_dir: str) -> None:
-    """--data_dir must be a folder, or a path one can be made at: a regular file there is named as such
-    (otherwise the download would fail with a puzzling 'File exists')."""
+    """A file at (or above) --data_dir is named as such: the download would fail with a puzzling 'File exists'."""
     path = Path(data_dir)
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
@@ -158,11 +141,8 @@ def check_data_dir(data_dir: str) -> None:
 
 
 def load_splits(cfg) -> DataSplits:
-    """The data set `cfg` names, truncated to --max_train_samples / --max_eval_samples.
-
-    `datasets` is imported only when --dataset_name asks for it, so runs on machines without it (the GPU
-    bench machine) still work.
-    """
+    """The data set `cfg` names, truncated; `datasets` is imported only for --dataset_name (the GPU bench
+    machine has none)."""
     if cfg.dataset_name:
         from lab2.data.hf_datasets import load_hf_splits
 
@@ -175,9 +155,6 @@ def load_splits(cfg) -> DataSplits:
         else:
             splits = load_cifar10(cfg.data_dir)
     return splits.truncated(cfg.max_train_samples, cfg.max_eval_samples)
-
-
-# --------------------------------------------------------------------------- the seed's per-image path
 
 
 def train_transform(mean=CIFAR10_MEAN, std=CIFAR10_STD):
@@ -202,10 +179,7 @@ def test_transform(mean=CIFAR10_MEAN, std=CIFAR10_STD):
 
 
 class CustomCIFAR10(Dataset):
-    """The seed's map-style Dataset: one (transformed image, label) per index, via PIL.
-
-    Built from uint8 (N, 3, 32, 32) images, or from an official-format folder with `CustomCIFAR10.from_folder`.
-    """
+    """The seed's map-style Dataset: one (transformed image, label) per index, via PIL."""
 
     def __init__(self, images: torch.Tensor | np.ndarray, labels, transform=None, class_names=CIFAR10_CLASSES):
         # PIL wants HWC; convert once here rather than per item.

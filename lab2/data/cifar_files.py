@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import pickle
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -170,10 +171,32 @@ def read_class_names(folder: Path) -> tuple[str, ...]:
     if not meta.exists():
         return CIFAR10_CLASSES
     names = _unpickle(meta).get("label_names")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+    if not isinstance(names, (list, tuple)) or not names:
         raise UserError(f"{meta}: 'label_names' must be a non-empty list of class names.")
     if len(names) > MAX_CLASSES:
         raise UserError(f"{meta}: 'label_names' lists {len(names):,} classes, more than lab2 trains ({MAX_CLASSES:,}).")
+    return check_class_names(names, f"{meta}'s 'label_names'")
+
+
+def check_class_names(names, source: str) -> tuple[str, ...]:
+    """`names` if they are distinct, non-empty strings, else one UserError naming `source`: results are keyed by
+    class name (summary.json's class_accuracy, the figures), so a duplicate would silently lose a class."""
+    bad = next((i for i, name in enumerate(names) if not isinstance(name, str) or not name.strip()), None)
+    if bad is not None:
+        raise UserError(
+            f"{source}: class {bad}'s name is {_short_repr(names[bad])}; every class name must be a non-empty "
+            "string: fix the names there (one per class, in class order)."
+        )
+    twice = [name for name, count in Counter(names).items() if count > 1]
+    if twice:
+        shown = ", ".join(
+            f"{_short_repr(name)} (classes {', '.join(str(i) for i, n in enumerate(names) if n == name)})"
+            for name in twice[:3]
+        )
+        raise UserError(
+            f"{source} names a class more than once: {shown}; results are reported by class name, so give each "
+            "class its own name there."
+        )
     return tuple(names)
 
 

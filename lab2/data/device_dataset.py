@@ -1,19 +1,9 @@
-"""The device-resident Dataset (uint8 images kept on the device, augmented there a whole batch at a time), and
-the loaders of either --data_pipeline.
+"""The device-resident Dataset and the loaders of either --data_pipeline.
 
-The split is copied to the device once as uint8 (150 MiB for all of CIFAR-10). `DeviceDataset.__getitems__`
-receives a batch of indices from the DataLoader's sampler and gathers, crops, flips and normalises the whole
-batch with a few tensor ops on the device, so no per-image Python, PIL or worker process is on the hot path (the
-approach of airbench, hlb-CIFAR10 and Page's ResNet). No float copy of the whole split is ever made.
-
-It is wrapped in a standard `DataLoader` (no workers, see `device_dataloader`) and goes through
-`accelerator.prepare` like any other loader, so Accelerate does what a hand-written loader would otherwise have
-to: sharding over processes, even batches (with `gather_for_metrics` dropping the duplicates at evaluation),
-`skip_first_batches` for a mid-epoch resume, and the seeded per-epoch shuffle.
-
-Augmentation is a function of (seed, epoch, sample index): `set_epoch` draws one crop offset and one flip per
-sample of the split, so what a sample looks like does not depend on batching, the number of processes or where
-a run resumed.
+The split stays on the device as uint8; `__getitems__` gathers, crops, flips and normalises a whole batch there
+(airbench's approach): no per-image Python, PIL or worker on the hot path. Wrapped in a plain DataLoader, it goes
+through `accelerator.prepare`, which shards, evens the batches, skips batches on resume and reshuffles per epoch.
+The augmentation is a function of (seed, epoch, sample index), whatever the batching, process count or resume.
 """
 
 from __future__ import annotations
@@ -31,7 +21,7 @@ from lab2.data.cifar import (
     torchvision_loaders,
 )
 
-PAD = CROP_PADDING  # random-crop padding in pixels (lab2.data.cifar: the seed's RandomCrop(32, padding=4))
+PAD = CROP_PADDING
 
 
 def use_channels_last(setting: str, device: torch.device) -> bool:
@@ -59,11 +49,8 @@ def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) 
 
 
 def augmentation_for_epoch(num_samples: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(offsets int64 (N, 2) in 0..2*PAD, flips bool (N,)) for every sample of a split in `epoch`.
-
-    Drawn on the CPU from a generator of its own, seeded by (seed, epoch): the same on every process and
-    device, and independent of the global RNG and the shuffle.
-    """
+    """(offsets int64 (N, 2) in 0..2*PAD, flips bool (N,)) for every sample in `epoch`, from a CPU generator of
+    its own: the same on every process and device, independent of the global RNG and the shuffle."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     offsets = torch.randint(0, 2 * PAD + 1, (num_samples, 2), generator=generator)
     flips = torch.rand(num_samples, generator=generator) < FLIP_PROBABILITY
@@ -71,11 +58,8 @@ def augmentation_for_epoch(num_samples: int, seed: int, epoch: int) -> tuple[tor
 
 
 class DeviceDataset(Dataset):
-    """(normalised float image, int64 label) pairs from a uint8 split kept on `device`.
-
-    Fetch batches with `__getitems__` (the DataLoader does when given this dataset): one gather per batch.
-    Call `set_epoch(e)` before each training epoch to draw that epoch's augmentation.
-    """
+    """(normalised float image, int64 label) pairs from a uint8 split kept on `device`; call `set_epoch(e)`
+    before each training epoch to draw that epoch's augmentation."""
 
     def __init__(
         self,
@@ -124,12 +108,10 @@ class DeviceDataset(Dataset):
         return index.to(self.device)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, C, H, W) -> float32 normalised, in channels_last when asked."""
         out = torch.addcmul(self.shift, images.float(), self.scale)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
     def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch: float images (B, C, H, W) and int64 labels (B,), on the device."""
         index = self._indices_on_device(indices)
         images = self.images[index]
         if self.train:
@@ -141,18 +123,16 @@ class DeviceDataset(Dataset):
         return images[0], labels[0]
 
 
-def keep_batch(batch):
-    """collate_fn for DeviceDataset: `__getitems__` already returns a whole batch."""
+def keep_batch(batch):  # collate_fn: `__getitems__` already returns a whole batch
     return batch
 
 
 def device_dataloader(
     dataset: DeviceDataset, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False
 ) -> DataLoader:
-    """A plain DataLoader over `dataset` (no workers: the data is already on the device), ready for
-    `accelerator.prepare`. A seeded generator makes the shuffle order reproducible; prepared with
-    `use_seedable_sampler`, Accelerate reshuffles it as seed + epoch on every process alike.
-    `drop_last` leaves out the last partial batch: every batch then has one shape (CUDA graphs need that)."""
+    """A DataLoader without workers (the data is on the device). The seeded generator makes the shuffle
+    reproducible (with `use_seedable_sampler`, seed + epoch on every process); `drop_last` gives one batch
+    shape (CUDA graphs)."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
         dataset,
@@ -166,9 +146,7 @@ def device_dataloader(
 
 
 def pipeline_loaders(cfg, splits: DataSplits, device, channels_last: bool):
-    """(train, eval) DataLoaders of --data_pipeline for `splits`, unprepared: `device` keeps the uint8 data on
-    the device and augments whole batches there; `torchvision` is the seed's per-image PIL path.
-    --dataloader_drop_last applies to training only."""
+    """(train, eval) DataLoaders of --data_pipeline, unprepared; --dataloader_drop_last applies to training."""
     train_batch, eval_batch, seed = cfg.per_device_train_batch_size, cfg.per_device_eval_batch_size, cfg.seed
     if cfg.data_pipeline == "torchvision":
         return torchvision_loaders(splits, train_batch, eval_batch, cfg.num_workers, seed, cfg.dataloader_drop_last)

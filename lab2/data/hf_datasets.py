@@ -1,14 +1,8 @@
 """Hugging Face `datasets` as a data source: a Hub id or a `save_to_disk` folder -> DataSplits.
 
-The images are decoded once, by a `Dataset.map` whose result `datasets` caches as Arrow (in its cache for Hub
-data, beside the files for a saved folder); the rest of lab2 then sees the same uint8 (N, 3, 32, 32) tensors as
-for the official files, with no per-epoch PIL decoding. Class names come from the label column's ClassLabel
-feature; the model's head follows their number.
-
-Bad input is one UserError, never a traceback or a silent change: labels that are not whole numbers (floats
-would be truncated, strings fail deep in numpy), a row with no image or with bytes that do not decode (lab2
-decodes them itself, to name the row), an empty split. A folder on a read-only mount is decoded in memory,
-since `datasets` cannot write its cache beside it.
+The images are decoded once by a `Dataset.map` that `datasets` caches as Arrow (in memory for a read-only folder),
+so no PIL decoding happens per epoch; class names come from the label column's ClassLabel. Bad input (labels that
+are not whole numbers, a row with no image or bytes that do not decode, an empty split) is one UserError.
 """
 
 from __future__ import annotations
@@ -21,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lab2.data.cifar import DataSplits
+from lab2.data.cifar_files import check_class_names
 from lab2.errors import UserError
 
 IMAGE_NAMES = ("img", "image", "images", "pixel_values")
@@ -35,20 +30,22 @@ HUB_HELP = (
 def _load(name: str):
     from datasets import DatasetDict, load_dataset, load_from_disk
 
-    if Path(name).exists():
-        try:
-            dataset = load_from_disk(name)
-        except Exception as exc:  # FileNotFoundError / ValueError for folders that are not saved datasets
-            empty = _empty_saved_splits(Path(name))  # load_from_disk fails on a 0-row split with an IndexError
-            if empty:
-                raise UserError(_empty_split_message(name, empty)) from None
-            raise UserError(f"--dataset_name {name}: not a folder written by save_to_disk ({exc}).") from None
-    else:
-        try:
-            dataset = load_dataset(name)
-        except Exception as exc:  # ConnectionError, OSError, DatasetNotFoundError and friends
+    saved = Path(name).exists()
+    try:
+        dataset = load_from_disk(name) if saved else load_dataset(name)
+    except Exception as exc:  # ConnectionError, DatasetNotFoundError; FileNotFoundError for folders not saved ones
+        if "label names are duplicated" in str(exc):  # datasets' ClassLabel refuses them while loading
+            raise UserError(
+                f"--dataset_name {name}: its ClassLabel names a class more than once; results are reported by "
+                "class name, so give each class its own name (then save the dataset again)."
+            ) from None
+        if not saved:
             why = f"{type(exc).__name__}: {exc}"
             raise UserError(f"--dataset_name {name}: could not load it from the Hub ({why}). {HUB_HELP}") from None
+        empty = _empty_saved_splits(Path(name))  # load_from_disk fails on a 0-row split with an IndexError
+        if empty:
+            raise UserError(_empty_split_message(name, empty)) from None
+        raise UserError(f"--dataset_name {name}: not a folder written by save_to_disk ({exc}).") from None
     if not isinstance(dataset, DatasetDict):
         raise UserError(
             f"--dataset_name {name} holds a single split; lab2 needs a DatasetDict with 'train' and 'test' splits."
@@ -183,7 +180,9 @@ def load_hf_splits(name: str, image_column: str = "", label_column: str = "") ->
             np.asarray(converted[label_column], dtype=np.int64),
         )
     if isinstance(label_feature, ClassLabel):
-        class_names = tuple(label_feature.names)
+        class_names = check_class_names(
+            label_feature.names, f"--dataset_name {name}: the ClassLabel of {label_column!r}"
+        )
     else:
         class_names = tuple(str(i) for i in range(int(arrays["train"][1].max()) + 1))
     for split, (_, labels) in arrays.items():
