@@ -5,7 +5,11 @@ scales included, biases left out), a snapshot holds:
 - grad_mean / grad_max of |grad| after backward, before the optimizer step; the caller unscales first
   (`accelerator.unscale_gradients()`), so fp16 runs show the true gradients, not the loss-scaled ones;
 - weight_mean / weight_max of |W| before the step (the seed's "weight update flow" plots);
-- update_ratio: ||W_after - W_before|| / ||W_before|| of that step, the real update flow.
+- update_ratio: ||W_after - W_before|| / ||W_before|| of that step, the real update flow;
+- weight_change: ||W_after - W_0|| / ||W_0||, how far the layer has moved from its start, comparable across layers
+  whatever their scale (|W| alone is ~1 for BatchNorm scales and ~0.01 for conv weights, so on one colour scale every
+  row looked constant). W_0 is copied when the collector is built, before a resume loads its checkpoint: the seed's
+  initial weights in a resumed run too.
 With `--log_histograms all` (the default; as wandb.watch(log="all")) or `weights` (the flow's tensors), it also holds
 histograms of each parameter's gradient and value, keyed as wandb.watch keys them: `gradients/<param>`,
 `parameters/<param>`. All is computed on the device and copied to the host at once: one sync per snapshot.
@@ -26,7 +30,7 @@ from lab2.config import HISTOGRAM_CHOICES
 from lab2.explain.plots import UPDATE_RATIO_RANGE, figure_to_array, flow_figures
 from lab2.state.files import append_jsonl, read_jsonl
 
-STATISTICS = ("grad_mean", "grad_max", "weight_mean", "weight_max", "update_ratio")
+STATISTICS = ("grad_mean", "grad_max", "weight_mean", "weight_max", "update_ratio", "weight_change")
 
 # Health thresholds: a layer outside them for HEALTH_PATIENCE consecutive snapshots gets one warning.
 VANISHING_GRAD = 1e-7
@@ -45,8 +49,12 @@ class FlowSnapshot:
     weight_mean: list[float]
     weight_max: list[float]
     update_ratio: list[float]
+    weight_change: list[float] = field(default_factory=list)  # NaN per layer in a flow.jsonl written without it
     # "gradients/<param>" and "parameters/<param>" -> Histogram; not part of flow.jsonl.
     histograms: dict[str, Histogram] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        self.weight_change = self.weight_change or [float("nan")] * len(self.layers)
 
     def to_record(self) -> dict:
         """The flow.jsonl record: {"step": s, "layers": {layer: {statistic: value}}}."""
@@ -87,6 +95,11 @@ def _grad(p: nn.Parameter) -> torch.Tensor:
     return p.grad.detach().float() if p.grad is not None else torch.zeros(1, device=p.device)
 
 
+def _relative_distance(p: nn.Parameter, reference: torch.Tensor) -> torch.Tensor:
+    """||p - reference|| / ||reference||, on the device."""
+    return (p.detach().float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12)
+
+
 def flow_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Each layer's weight tensor (conv, BatchNorm scale, linear), in the model's order: the flow's bars."""
     return [
@@ -113,6 +126,7 @@ class FlowCollector:
         self.layer_names = [name.removesuffix(".weight") for name, _ in self.parameters]
         self.histogram_parameters = histogram_parameters(model, histograms)
         self.bins = bins
+        self.start = [p.detach().clone() for _, p in self.parameters]  # W_0, for weight_change
         self.history: list[FlowSnapshot] = []  # a resumed run sets it from flow.jsonl, for the heatmaps
         self._pending: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor] | None = None
 
@@ -137,13 +151,11 @@ class FlowCollector:
             raise RuntimeError("FlowCollector.after_step() called without before_step()")
         stats, copies, histogram_rows = self._pending
         self._pending = None
-        ratios = torch.stack(
-            [
-                (p.detach().float() - old.float()).norm() / old.float().norm().clamp_min(1e-12)
-                for (_, p), old in zip(self.parameters, copies, strict=True)
-            ]
-        )
-        table = torch.cat([stats, ratios[:, None]], dim=1)
+        moved = [
+            torch.stack([_relative_distance(p, old), _relative_distance(p, start)])
+            for (_, p), old, start in zip(self.parameters, copies, self.start, strict=True)
+        ]
+        table = torch.cat([stats, torch.stack(moved)], dim=1)
         # The one host copy of the snapshot. float32 on the device (MPS has no float64): counts stay exact up to 2**24
         # per bin.
         host = torch.cat([table.flatten(), histogram_rows.flatten()]).cpu().double().numpy()
@@ -303,6 +315,6 @@ def read_flow_history(path: str | Path) -> list[FlowSnapshot]:
     snapshots = []
     for record in read_jsonl(path):
         names = list(record["layers"])
-        values = {stat: [record["layers"][n][stat] for n in names] for stat in STATISTICS}
+        values = {stat: [record["layers"][n].get(stat, float("nan")) for n in names] for stat in STATISTICS}
         snapshots.append(FlowSnapshot(record["step"], names, **values))
     return snapshots
