@@ -224,7 +224,7 @@ def test_heatmap_of_a_history_whose_early_snapshots_lack_the_batchnorm_layers():
     assert matrix.shape == (10, 2)
     assert torch.isnan(matrix[LAB_BARS.index("bn1"), 0]) and matrix[LAB_BARS.index("conv1"), 0] == 1e-3
     assert not torch.isnan(matrix[:, 1]).any()
-    fig = flow_heatmap_figure(LAB_BARS, [100, 200], matrix.numpy(), "grad_mean")
+    fig = flow_heatmap_figure(LAB_BARS, [100, 200], matrix.numpy(), "heatmap_grad_mean")
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == LAB_BARS
 
 

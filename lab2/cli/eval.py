@@ -22,7 +22,7 @@ from lab2.data.device_dataset import DeviceDataset, device_dataloader, use_chann
 from lab2.engine.evaluation import evaluate
 from lab2.errors import UserError, exit_with_user_error
 from lab2.explain import plots
-from lab2.explain.calibration import reliability_figure
+from lab2.explain.plots import reliability_figure
 from lab2.flags import Parser, number_flag
 from lab2.state.files import write_json
 from lab2.state.model_file import load_model_file

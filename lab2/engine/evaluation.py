@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lab2.explain.calibration import ReliabilityBins, reliability_bins
+from lab2.explain.plots import ReliabilityBins, reliability_bins
 
 
 @dataclass

@@ -18,7 +18,7 @@ from torch import nn
 from lab2.errors import UserError
 from lab2.explain import plots
 
-OVERLAY_ALPHA = 0.45  # enough colour to see the map, enough image left to see what it covers
+OVERLAY_ALPHA = 0.5  # the opacity of the hottest pixel; a cold one leaves the image as it is
 OVERLAY_CMAP = "jet"  # the colour map Grad-CAM figures conventionally use: red = most important
 
 
@@ -73,10 +73,14 @@ def gradcam_heatmaps(model: nn.Module, inputs: torch.Tensor, targets: Sequence[i
 
 
 def overlay(ax, heatmap: np.ndarray) -> None:
-    """Draw `heatmap` (H, W, 0..1) over the image already shown in `ax`."""
+    """Draw `heatmap` (H, W, 0..1) over the image already shown in `ax`, as opaque as it is hot: one opacity for
+    every pixel tinted the whole image blue and hid the object."""
     height, width = heatmap.shape
     extent = (-0.5, width - 0.5, height - 0.5, -0.5)  # the pixel grid of the image underneath
-    ax.imshow(heatmap, cmap=OVERLAY_CMAP, alpha=OVERLAY_ALPHA, vmin=0, vmax=1, interpolation="bilinear", extent=extent)
+    ax.imshow(
+        heatmap, cmap=OVERLAY_CMAP, alpha=OVERLAY_ALPHA * heatmap, vmin=0, vmax=1, interpolation="bilinear",
+        extent=extent,
+    )  # fmt: skip
 
 
 def gradcam_figure(model: nn.Module, samples, class_names: Sequence[str]) -> Figure:
