@@ -109,7 +109,7 @@ def run_eval(args) -> dict:
             "num_samples": result.num_samples,
             "tta": tta,
             "ece": result.ece,  # of the flip-averaged logits with tta, as in training
-            "class_accuracy": dict(zip(splits.class_names, map(float, result.per_class_accuracy), strict=True)),
+            "class_accuracy": result.class_accuracy(splits.class_names),
         }
         if accelerator.is_main_process:
             claim(out, "eval")
@@ -126,7 +126,7 @@ def run_eval(args) -> dict:
                 + (" | synthetic data, not CIFAR-10" if cfg.dataset == "fake" else "")
             )
             for name, value in report["class_accuracy"].items():
-                print(f"  {name:>12}: {100 * value:6.2f}%")
+                print(f"  {name:>12}: " + (f"{100 * value:6.2f}%" if value is not None else "   n/a (no test images)"))
             print(f"figures and eval.json in {out}")
         return report
     finally:

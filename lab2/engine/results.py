@@ -219,7 +219,7 @@ def run_summary(run, result: EvalResult, metrics: list[dict]) -> dict:
         "final_eval_ece": result.ece,
         "ece_of": calibrated_logits(run.cfg),
         "num_eval_samples": result.num_samples,
-        "class_accuracy": dict(zip(run.splits.class_names, map(float, result.per_class_accuracy), strict=False)),
+        "class_accuracy": result.class_accuracy(run.splits.class_names),
         "confusion_matrix": result.confusion.tolist(),  # rows: true class, columns: predicted
         "gflops_per_sample": run.flops.gflops_per_sample,
         "training_gflops_per_sample": training_flops / 1e9,
