@@ -1,9 +1,5 @@
-"""Pure functions from statistics to matplotlib Figures; nothing here reads files or trackers.
-
-Figures are built with the object API (no pyplot state), on the Agg backend,
-so they work headless and in worker processes. Callers save or log them and
-then `close` them. Their names and captions are in lab2.figures.
-"""
+"""Statistics to matplotlib Figures, object API on Agg (no pyplot state: headless, safe on a worker thread); nothing
+here reads files or trackers. Names and captions are in lab2.figures. Also the reliability bins the ECE comes from."""
 
 from __future__ import annotations
 
@@ -27,21 +23,12 @@ UPDATE_RATIO_RANGE = (1e-5, 1e-1)  # outside it lab2.explain.flow warns, and upd
 MAX_CLASSES_DRAWN = 30  # above it a figure shows the most confused (or least accurate) classes, and says so
 RIGHT, WRONG = "\u2713", "\u2717"  # check mark and cross, beside green and red
 MATRICES_PER_ROW = 3  # wider rows would shrink each matrix below legibility on a 1100-pixel page
-CURVES = (  # the comparison's curves: (metrics.jsonl key, line style, scale to display)
-    ("eval_loss", "-", 1),
-    ("train_loss", "--", 1),
-    ("eval_acc", "-", 100),
-    ("train_acc", "--", 100),
-)
-
-STAT_TITLES = {
-    "grad": ("Gradient flow", "|grad|"),
-    "weight": ("Weight magnitudes", "|W|"),
-}
+# The comparison's curves: (metrics.jsonl key, line style, scale to display)
+CURVES = (("eval_loss", "-", 1), ("train_loss", "--", 1), ("eval_acc", "-", 100), ("train_acc", "--", 100))
+STAT_TITLES = {"grad": ("Gradient flow", "|grad|"), "weight": ("Weight magnitudes", "|W|")}
 
 
 def _layer_axes(layers: Sequence[str], ylabel: str, title: str):
-    """A figure with one log-scale axes whose x ticks are the layers: the flow bar charts' frame."""
     fig = Figure(figsize=(max(6, 0.8 * len(layers) + 2), 4), layout="constrained")
     ax = fig.add_subplot()
     ax.set_yscale("log")
@@ -53,7 +40,6 @@ def _layer_axes(layers: Sequence[str], ylabel: str, title: str):
 def flow_bar_figure(
     layers: Sequence[str], mean: Sequence[float], maximum: Sequence[float], kind: str, step: int
 ) -> Figure:
-    """Bar chart over layers of mean and max of |grad| (kind='grad') or |W| (kind='weight'), log scale."""
     title, label = STAT_TITLES[kind]
     fig, ax = _layer_axes(layers, label, f"{title} at step {step}")
     x = np.arange(len(layers))
@@ -64,8 +50,7 @@ def flow_bar_figure(
 
 
 def update_ratio_figure(layers: Sequence[str], ratios: Sequence[float], step: int) -> Figure:
-    """Bar chart of ||dW|| / ||W|| per layer, log scale: the ~1e-3 rule of thumb shaded (1e-4..1e-2), and the
-    range outside which lab2 warns (UPDATE_RATIO_RANGE) as dotted lines."""
+    """||dW|| / ||W|| per layer: the ~1e-3 rule of thumb shaded, the range lab2 warns outside of dotted."""
     fig, ax = _layer_axes(layers, "update ratio", f"Update flow at step {step}")
     ax.axhspan(1e-4, 1e-2, color="tab:green", alpha=0.15, label="typical: ~1e-3 per step (rule of thumb)")
     low, high = UPDATE_RATIO_RANGE
@@ -78,8 +63,6 @@ def update_ratio_figure(layers: Sequence[str], ratios: Sequence[float], step: in
 
 
 def flow_figures(snapshot) -> dict[str, Figure]:
-    """The `gradients`, `weights` and `update_ratio` bar charts of one lab2.explain.flow.FlowSnapshot, keyed by their
-    names."""
     s = snapshot
     return {
         "gradients": flow_bar_figure(s.layers, s.grad_mean, s.grad_max, "grad", s.step),
@@ -169,30 +152,27 @@ def _of_all(shown, total: int, which: str) -> str:
 
 def confusion_matrix_figure(confusion: np.ndarray, class_names: Sequence[str]) -> Figure:
     """The run's confusion matrix, with a colour bar of the true-class rate."""
-    shown = most_confused(confusion)
-    size = max(5, 0.6 * len(shown) + 2)
-    fig = Figure(figsize=(size + 1, size), layout="constrained")
-    ax = fig.add_subplot()
-    image = draw_confusion(ax, confusion, class_names, shown)
-    ax.set_title(f"Confusion matrix ({int(np.sum(confusion))} images){_of_all(shown, len(confusion), 'most confused')}")
-    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    fig = confusion_matrices_figure([("Confusion matrix", confusion)], class_names)
+    ax = fig.axes[0]
+    title = f"Confusion matrix ({int(np.sum(confusion))} images)"
+    ax.set_title(title + _of_all(most_confused(confusion), len(confusion), "most confused"))
+    fig.colorbar(ax.images[0], ax=ax, label="fraction of the true class")
     return fig
 
 
 def confusion_matrices_figure(runs: Sequence[tuple[str, np.ndarray]], class_names: Sequence[str]) -> Figure:
-    """Each run's confusion matrix, side by side, on one colour scale (0..1 of the true class) for all, so the
-    same shade means the same rate in every run; the same classes in each (the most confused over all runs).
-    `runs`: (label, matrix) per run."""
+    """Each run's (label, matrix) side by side, the same classes in each (the most confused over all) on one colour
+    scale (0..1 of the true class), so the same shade means the same rate in every run."""
     shown = most_confused(sum(np.asarray(confusion) for _, confusion in runs))
-    size = max(4.5, 0.45 * len(shown) + 2)
+    size = max(5, 0.5 * len(shown) + 2)
     columns = min(len(runs), MATRICES_PER_ROW)
     rows = -(-len(runs) // columns)
-    fig = Figure(figsize=(size * columns, (size + 0.6) * rows), layout="constrained")
+    fig = Figure(figsize=(size * columns + 1, (size + 0.6) * rows), layout="constrained")  # + 1: a colour bar
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax in axes[len(runs) :]:
         ax.axis("off")  # the unused places of the last row
     for ax, (label, confusion) in zip(axes, runs, strict=False):
-        draw_confusion(ax, confusion, class_names, shown, fontsize=6)
+        draw_confusion(ax, confusion, class_names, shown, fontsize=7)
         ax.set_title(f"{label}\n{int(np.sum(confusion))} images", fontsize=9)
     return fig
 
@@ -255,11 +235,7 @@ def predictions_figure(
 
 
 def evaluation_figures(confusion: np.ndarray, class_accuracy, samples, class_names: Sequence[str]) -> dict[str, Figure]:
-    """confusion_matrix, class_accuracy and (when `samples` holds images) predictions, keyed by their file/tracker
-    names.
-
-    `samples` has .images, .predictions, .labels and .confidences (lab2.engine.evaluation.PredictionSamples) or is None.
-    """
+    """confusion_matrix, class_accuracy and predictions (when `samples`, a PredictionSamples, holds images)."""
     figures = {
         "confusion_matrix": confusion_matrix_figure(confusion, class_names),
         "class_accuracy": class_accuracy_figure(class_accuracy, class_names),
@@ -272,12 +248,8 @@ def evaluation_figures(confusion: np.ndarray, class_accuracy, samples, class_nam
 
 
 def _points(metrics: Sequence[dict], key: str, scale: float) -> tuple[list[float], list[float], list[float]]:
-    """(epochs, minutes of training so far, values) of the records with a number under `key` (--eval_strategy no:
-    no eval points).
-
-    Wall time is the running sum of epoch_time_s, the training time of each epoch,
-    so a run that was stopped and resumed is not charged for the pause.
-    """
+    """(epochs, minutes, values) of the records with a number under `key`; minutes sum epoch_time_s, so a stopped
+    and resumed run is not charged for the pause."""
     epochs, minutes, values, elapsed = [], [], [], 0.0
     for record in metrics:
         seconds = record.get("epoch_time_s")
@@ -291,7 +263,6 @@ def _points(metrics: Sequence[dict], key: str, scale: float) -> tuple[list[float
 
 
 def curves_figure(metrics: Sequence[dict]) -> Figure:
-    """Loss and accuracy per epoch, train vs eval, from one run's metrics.jsonl records."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     for ax, measure, scale in ((loss_ax, "loss", 1), (acc_ax, "acc", 100)):
@@ -307,11 +278,8 @@ def curves_figure(metrics: Sequence[dict]) -> Figure:
 
 
 def comparison_curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figure:
-    """Loss and accuracy of every run, train and eval overlaid: per epoch (top) and per minute of training (bottom).
-
-    `runs`: (label, metrics.jsonl records) per run. One colour per run, eval solid and train dashed, so any pair
-    of curves can be told apart in print as well as on screen.
-    """
+    """Every run's (label, metrics.jsonl records) loss and accuracy per epoch (top) and minute (bottom): a colour
+    per run, eval solid and train dashed, so any two curves differ in print as well as on screen."""
     fig = Figure(figsize=(11, 8), layout="constrained")
     axes = fig.subplots(2, 2)
     colours = [f"C{i % 10}" for i in range(len(runs))]
@@ -415,13 +383,11 @@ def reliability_figure(bins: ReliabilityBins, logits_note: str = "") -> Figure:
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write `fig` as PNG atomically (temporary name, then rename) and return the path."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:
-    """RGB uint8 (H, W, 3) pixels of `fig`, for trackers that take arrays."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)
