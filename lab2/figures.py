@@ -24,16 +24,20 @@ FIGURES = (
     FigureInfo(
         "calibration", "Reliability diagram: accuracy against confidence per bin (15 bins), with the images per bin"
     ),
-    FigureInfo("predictions", "Sample test predictions: most confident mistakes and correct ones"),
+    FigureInfo(
+        "predictions", "Sample test predictions: most confident mistakes (\u2717, red) and correct ones (\u2713, green)"
+    ),
     FigureInfo(
         "gradcam", "Grad-CAM (last Conv2d) on the same predictions: red is where the predicted class's score came from"
     ),
     FigureInfo("gradients", "Gradient flow: mean and max |grad| per layer (last snapshot)", every_snapshot=True),
     FigureInfo("weights", "Weight magnitudes: mean and max |W| per layer (last snapshot)", every_snapshot=True),
     FigureInfo("update_ratio", "Update flow: ||dW|| / ||W|| per layer (last snapshot)", every_snapshot=True),
-    FigureInfo("heatmap_grad_mean", "Mean |grad| over training (layers x steps)"),
-    FigureInfo("heatmap_weight_mean", "Mean |W| over training (layers x steps)"),
-    FigureInfo("heatmap_update_ratio", "Update ratio over training (layers x steps)"),
+    FigureInfo("heatmap_grad_mean", "Mean |gradient| per layer over training (layers x snapshots)"),
+    FigureInfo(
+        "heatmap_weight_mean", "Weight change per layer from its start, ||W - W0|| / ||W0|| (layers x snapshots)"
+    ),
+    FigureInfo("heatmap_update_ratio", "Update size per layer over training, ||dW|| / ||W|| (layers x snapshots)"),
     FigureInfo(
         "comparison_curves",
         "Per epoch (top) and against training time (bottom, the sum of epoch times)",

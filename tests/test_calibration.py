@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassCalibrationError
 
 from lab2.data.device_dataset import DeviceDataset, device_dataloader
 from lab2.engine.evaluation import evaluate, flip_averaged_logits
-from lab2.explain.calibration import reliability_bins, reliability_figure
+from lab2.explain.plots import reliability_bins, reliability_figure
 
 
 def _torchmetrics_ece(probabilities: torch.Tensor, labels: torch.Tensor) -> float:

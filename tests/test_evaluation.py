@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import torch
 from accelerate import Accelerator
@@ -41,3 +43,15 @@ def test_evaluate_is_exact_with_a_short_last_batch_and_builds_prediction_samples
     samples = result.samples
     assert len(samples.images) == 8 and samples.images.dtype == np.uint8 and samples.images.shape[1:] == (32, 32, 3)
     assert (samples.predictions != samples.labels).sum() == 4  # half mistakes, half correct
+
+
+def test_a_class_without_test_images_has_no_accuracy():
+    """Issue 23 item 5: it was 0.0%, as if never predicted right; now null in summary.json and eval.json."""
+    from lab2.engine.evaluation import EvalResult
+
+    confusion = np.array([[3, 1, 0], [0, 0, 0], [1, 0, 4]])  # class "dog" has no test image
+    result = EvalResult(loss=1.0, accuracy=7 / 9, num_samples=9, confusion=confusion)
+    assert np.isnan(result.per_class_accuracy[1]) and result.per_class_accuracy[0] == 0.75
+    accuracy = result.class_accuracy(["cat", "dog", "ship"])
+    assert accuracy == {"cat": 0.75, "dog": None, "ship": 0.8}
+    assert json.loads(json.dumps(accuracy, allow_nan=False)) == accuracy  # valid JSON: null, never NaN

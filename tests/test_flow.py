@@ -59,6 +59,23 @@ def test_snapshot_values_match_a_direct_computation():
     ratio = ((weight.detach() - before).norm() / before.norm()).item()
     assert abs(snapshot.update_ratio[i] - ratio) < 1e-6
     assert collector.matrix("grad_mean").shape == (10, 1)
+    # The change from the weights the collector started with, taken at snapshot time after the steps in between.
+    start = collector.start[i].clone()
+    optimizer.step()
+    collector.before_step()
+    optimizer.step()
+    snapshot = collector.after_step(step=3)
+    change = ((weight.detach() - start).norm() / start.norm()).item()
+    assert change > snapshot.update_ratio[i] > 0 and abs(snapshot.weight_change[i] - change) < 1e-6
+
+
+def test_a_flow_jsonl_written_before_weight_change_reads_back_as_blank(tmp_path):
+    record = _snapshot(200, 1e-4, 1e-3).to_record()
+    for layer in record["layers"].values():
+        del layer["weight_change"]
+    append_jsonl(tmp_path / "flow.jsonl", record)
+    (old,) = read_flow_history(tmp_path / "flow.jsonl")
+    assert old.grad_mean == [1e-4, 1e-3] and np.isnan(old.weight_change).all()
 
 
 def test_scaled_gradients_are_read_unscaled():
@@ -96,7 +113,7 @@ def test_scaled_gradients_are_read_unscaled():
 
 
 def _snapshot(step, grad, ratio):
-    return FlowSnapshot(step, ["a", "b"], [grad, 1e-3], [grad, 1e-3], [1.0, 1.0], [1.0, 1.0], [ratio, 1e-3])
+    return FlowSnapshot(step, ["a", "b"], [grad, 1e-3], [grad, 1e-3], [1.0, 1.0], [1.0, 1.0], [ratio, 1e-3], [0.1, 0.2])
 
 
 def test_health_warns_once_after_consecutive_bad_snapshots():
@@ -207,7 +224,7 @@ def test_heatmap_of_a_history_whose_early_snapshots_lack_the_batchnorm_layers():
     assert matrix.shape == (10, 2)
     assert torch.isnan(matrix[LAB_BARS.index("bn1"), 0]) and matrix[LAB_BARS.index("conv1"), 0] == 1e-3
     assert not torch.isnan(matrix[:, 1]).any()
-    fig = flow_heatmap_figure(LAB_BARS, [100, 200], matrix.numpy(), "grad_mean")
+    fig = flow_heatmap_figure(LAB_BARS, [100, 200], matrix.numpy(), "heatmap_grad_mean")
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == LAB_BARS
 
 

@@ -22,7 +22,7 @@ from lab2.data.device_dataset import DeviceDataset, device_dataloader, use_chann
 from lab2.engine.evaluation import evaluate
 from lab2.errors import UserError, exit_with_user_error
 from lab2.explain import plots
-from lab2.explain.calibration import reliability_figure
+from lab2.explain.plots import reliability_figure
 from lab2.flags import Parser, number_flag
 from lab2.state.files import write_json
 from lab2.state.model_file import load_model_file
@@ -109,7 +109,7 @@ def run_eval(args) -> dict:
             "num_samples": result.num_samples,
             "tta": tta,
             "ece": result.ece,  # of the flip-averaged logits with tta, as in training
-            "class_accuracy": dict(zip(splits.class_names, map(float, result.per_class_accuracy), strict=True)),
+            "class_accuracy": result.class_accuracy(splits.class_names),
         }
         if accelerator.is_main_process:
             claim(out, "eval")
@@ -126,7 +126,7 @@ def run_eval(args) -> dict:
                 + (" | synthetic data, not CIFAR-10" if cfg.dataset == "fake" else "")
             )
             for name, value in report["class_accuracy"].items():
-                print(f"  {name:>12}: {100 * value:6.2f}%")
+                print(f"  {name:>12}: " + (f"{100 * value:6.2f}%" if value is not None else "   n/a (no test images)"))
             print(f"figures and eval.json in {out}")
         return report
     finally:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lab2.explain.calibration import ReliabilityBins, reliability_bins
+from lab2.explain.plots import ReliabilityBins, reliability_bins
 
 
 @dataclass
@@ -44,8 +44,14 @@ class EvalResult:
 
     @property
     def per_class_accuracy(self) -> np.ndarray:
+        """NaN for a class without test images: it has no accuracy (0.0 read as a class never predicted right)."""
         totals = self.confusion.sum(axis=1)
-        return np.divide(np.diag(self.confusion), totals, out=np.zeros(len(totals)), where=totals > 0)
+        return np.divide(np.diag(self.confusion), totals, out=np.full(len(totals), np.nan), where=totals > 0)
+
+    def class_accuracy(self, class_names) -> dict[str, float | None]:
+        """summary.json's and eval.json's per-class accuracy: None (JSON null) for a class without test images."""
+        accuracy = self.per_class_accuracy
+        return {name: None if np.isnan(a) else float(a) for name, a in zip(class_names, accuracy, strict=False)}
 
 
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:

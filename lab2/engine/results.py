@@ -14,7 +14,7 @@ import torch
 from lab2.engine.evaluation import EvalResult
 from lab2.errors import UserError
 from lab2.explain import gradcam, plots
-from lab2.explain.calibration import reliability_figure
+from lab2.explain.plots import reliability_figure
 from lab2.figures import SNAPSHOT_FIGURES
 from lab2.flags import resume_advice
 from lab2.report.pages import write_report
@@ -184,10 +184,7 @@ def final_figures(run, result: EvalResult, metrics: list[dict]) -> dict:
         last = history[-1]
         figures.update(plots.flow_figures(last))
         steps = [s.step for s in history]
-        for stat in ("grad_mean", "weight_mean", "update_ratio"):
-            figures[f"heatmap_{stat}"] = plots.flow_heatmap_figure(
-                last.layers, steps, run.flow.matrix(stat).numpy(), stat
-            )
+        figures.update(plots.flow_heatmaps(last.layers, steps, lambda stat: run.flow.matrix(stat).numpy()))
     return figures
 
 
@@ -222,7 +219,7 @@ def run_summary(run, result: EvalResult, metrics: list[dict]) -> dict:
         "final_eval_ece": result.ece,
         "ece_of": calibrated_logits(run.cfg),
         "num_eval_samples": result.num_samples,
-        "class_accuracy": dict(zip(run.splits.class_names, map(float, result.per_class_accuracy), strict=False)),
+        "class_accuracy": result.class_accuracy(run.splits.class_names),
         "confusion_matrix": result.confusion.tolist(),  # rows: true class, columns: predicted
         "gflops_per_sample": run.flops.gflops_per_sample,
         "training_gflops_per_sample": training_flops / 1e9,

@@ -1,13 +1,8 @@
-"""FLOPs and parameters per layer, counted with forward hooks, in a table.
+"""FLOPs and parameters per layer, counted with forward hooks; `lab2-flops --model simple_cnn` prints the table.
 
-Convention: **2 FLOPs per multiply-add** (torch.utils.flop_counter's), not MACs (fvcore, thop and ptflops count MACs:
-half these numbers). Only Conv2d and Linear layers count; normalisation, activations and pooling are left out, as in
-the course lab's 0.1612 GFLOPs figure.
-
-- Conv: 2 x (Cin / groups) x Cout x Kh x Kw x Hout x Wout
-- Linear: 2 x in x out x (tokens, if the input has extra dimensions)
-
-`lab2-flops --model simple_cnn` prints the table.
+**2 FLOPs per multiply-add** (torch.utils.flop_counter's convention; fvcore, thop and ptflops count MACs, half these
+numbers), Conv2d and Linear layers only, as in the course lab's 0.1612 GFLOPs: a conv 2 x (Cin / groups) x Cout x Kh x
+Kw x Hout x Wout, a linear 2 x in x out (x tokens).
 """
 
 from __future__ import annotations
@@ -30,7 +25,7 @@ class LayerFlops:
 
 @dataclass
 class FlopsReport:
-    """Per-layer and total FLOPs for one sample; `convention` says how they were counted."""
+    """Per-layer and total FLOPs for one sample."""
 
     layers: list[LayerFlops]
     params: int
@@ -56,7 +51,6 @@ class FlopsReport:
         )
 
     def table(self) -> str:
-        """The per-layer table as aligned text, with totals."""
         header = f"{'layer':<16}{'type':<10}{'output shape':<20}{'params':>12}{'FLOPs':>16}{'% FLOPs':>9}"
         lines = [header, "-" * len(header)]
         for layer in self.layers:
@@ -84,8 +78,8 @@ def _layer_flops(module: nn.Conv2d | nn.Linear, output: torch.Tensor) -> int:
 
 
 @contextmanager
-def _evaluating(model: nn.Module):
-    """Eval mode inside the block (BatchNorm statistics untouched); the model's own mode back after it."""
+def evaluating(model: nn.Module):
+    """Eval mode inside the block (BatchNorm statistics untouched), the model's own mode after it."""
     was_training = model.training
     model.eval()
     try:
@@ -99,10 +93,8 @@ def _zeros(model: nn.Module, input_shape) -> torch.Tensor:
 
 
 def count_flops(model: nn.Module, input_shape=(1, 3, 32, 32), with_training: bool = True) -> FlopsReport:
-    """Count the FLOPs of one forward pass on zeros of `input_shape`, per sample; hooks are removed even if it fails.
-
-    With `with_training`, forward + backward is measured with torch.utils.flop_counter rather than assumed 3x.
-    """
+    """FLOPs per sample of a forward pass on zeros of `input_shape`; with `with_training`, forward + backward
+    measured by torch.utils.flop_counter rather than assumed 3x."""
     layers: list[LayerFlops] = []
     names = {module: name for name, module in model.named_modules()}
     batch = input_shape[0]
@@ -114,7 +106,7 @@ def count_flops(model: nn.Module, input_shape=(1, 3, 32, 32), with_training: boo
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
-        with _evaluating(model), torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(_zeros(model, input_shape))
     finally:
         for handle in handles:
@@ -131,12 +123,11 @@ def count_flops(model: nn.Module, input_shape=(1, 3, 32, 32), with_training: boo
 
 
 def measured_flops(model: nn.Module, input_shape=(1, 3, 32, 32), backward: bool = False) -> int:
-    """Total FLOPs torch.utils.flop_counter.FlopCounterMode sees for forward (and backward)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     try:
-        with _evaluating(model), counter:
+        with evaluating(model), counter:
             out = model(_zeros(model, input_shape))
             if backward:
                 out.sum().backward()

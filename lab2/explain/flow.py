@@ -1,14 +1,11 @@
 """Gradient, weight and update flow per layer: the snapshots, their health checks, and where they go.
 
-For each layer's weight tensor, in the model's order (SimpleCNN's 10 bars: conv1, bn1, ..., bn4, fc1, fc2; BatchNorm
-scales included, biases left out), a snapshot holds:
-- grad_mean / grad_max of |grad| after backward, before the optimizer step; the caller unscales first
-  (`accelerator.unscale_gradients()`), so fp16 runs show the true gradients, not the loss-scaled ones;
-- weight_mean / weight_max of |W| before the step (the seed's "weight update flow" plots);
-- update_ratio: ||W_after - W_before|| / ||W_before|| of that step, the real update flow.
-With `--log_histograms all` (the default; as wandb.watch(log="all")) or `weights` (the flow's tensors), it also holds
-histograms of each parameter's gradient and value, keyed as wandb.watch keys them: `gradients/<param>`,
-`parameters/<param>`. All is computed on the device and copied to the host at once: one sync per snapshot.
+Per layer weight tensor, in model order (SimpleCNN's 10 bars conv1, bn1, ..., fc2; BatchNorm scales in, biases
+out): mean/max |grad| after backward (the caller unscales first, so fp16 shows true gradients), mean/max |W| before
+the step, update_ratio ||W_after - W_before|| / ||W_before|| of the step, and weight_change ||W_after - W_0|| /
+||W_0||, comparable across layers whatever their scale (|W| is ~1 for BatchNorm, ~0.01 for conv weights). W_0 is
+copied when the collector is built, before a resume loads its checkpoint: the seed's weights in a resumed run too.
+Histograms (`--log_histograms`) are keyed as wandb.watch keys them. One device-to-host copy per snapshot.
 """
 
 from __future__ import annotations
@@ -26,11 +23,9 @@ from lab2.config import HISTOGRAM_CHOICES
 from lab2.explain.plots import UPDATE_RATIO_RANGE, figure_to_array, flow_figures
 from lab2.state.files import append_jsonl, read_jsonl
 
-STATISTICS = ("grad_mean", "grad_max", "weight_mean", "weight_max", "update_ratio")
+STATISTICS = ("grad_mean", "grad_max", "weight_mean", "weight_max", "update_ratio", "weight_change")
 
-# Health thresholds: a layer outside them for HEALTH_PATIENCE consecutive snapshots gets one warning.
-VANISHING_GRAD = 1e-7
-EXPLODING_GRAD = 1e3
+VANISHING_GRAD, EXPLODING_GRAD = 1e-7, 1e3  # outside them for HEALTH_PATIENCE snapshots in a row: one warning
 HEALTH_PATIENCE = 2
 HISTOGRAM_BINS = 64  # as wandb.watch
 MAX_PENDING = 8  # image sets rendering or waiting; beyond this a snapshot's images are skipped, not queued
@@ -45,19 +40,21 @@ class FlowSnapshot:
     weight_mean: list[float]
     weight_max: list[float]
     update_ratio: list[float]
+    weight_change: list[float] = field(default_factory=list)  # NaN per layer in a flow.jsonl written without it
     # "gradients/<param>" and "parameters/<param>" -> Histogram; not part of flow.jsonl.
     histograms: dict[str, Histogram] = field(default_factory=dict, compare=False, repr=False)
 
-    def to_record(self) -> dict:
-        """The flow.jsonl record: {"step": s, "layers": {layer: {statistic: value}}}."""
+    def __post_init__(self):
+        self.weight_change = self.weight_change or [float("nan")] * len(self.layers)
+
+    def to_record(self) -> dict:  # flow.jsonl's line
         per_layer = {name: {stat: getattr(self, stat)[i] for stat in STATISTICS} for i, name in enumerate(self.layers)}
         return {"step": self.step, "layers": per_layer}
 
 
 @dataclass
 class Histogram:
-    """Counts of one tensor's values in equal bins from `low` to `high` (its min and max); `num`, `total` and
-    `total_squares` (count, sum and sum of squares of the values) are what TensorBoard's raw histograms also want."""
+    """One tensor's values in equal bins over its min..max; count, sum and sum of squares for TensorBoard."""
 
     counts: np.ndarray  # (bins,) float64
     low: float
@@ -67,15 +64,13 @@ class Histogram:
     total_squares: float
 
     @property
-    def edges(self) -> np.ndarray:
-        """(bins + 1,) bin edges, as numpy.histogram returns them."""
+    def edges(self) -> np.ndarray:  # as numpy.histogram returns them
         return np.linspace(self.low, self.high, len(self.counts) + 1)
 
 
 def _histogram_row(tensor: torch.Tensor, bins: int) -> torch.Tensor:
-    """[counts (bins), min, max, sum, sum of squares] of a float tensor, on its device and without a sync: histc
-    needs its range as Python numbers (a sync per tensor), so the values are mapped onto 0..1 with the device-side
-    min and max and counted over that fixed range."""
+    """[counts, min, max, sum, sum of squares] without a sync: histc wants its range as Python numbers (a sync per
+    tensor), so the values are mapped onto 0..1 with the device-side min and max first."""
     flat = tensor.flatten()
     low, high = flat.min(), flat.max()
     unit = (flat - low) / (high - low).clamp_min(torch.finfo(flat.dtype).tiny)
@@ -87,38 +82,38 @@ def _grad(p: nn.Parameter) -> torch.Tensor:
     return p.grad.detach().float() if p.grad is not None else torch.zeros(1, device=p.device)
 
 
+def _relative_distance(p: nn.Parameter, reference: torch.Tensor) -> torch.Tensor:
+    return (p.detach().float() - reference.float()).norm() / reference.float().norm().clamp_min(1e-12)
+
+
 def flow_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Each layer's weight tensor (conv, BatchNorm scale, linear), in the model's order: the flow's bars."""
-    return [
-        (name, p) for name, p in model.named_parameters() if name.rpartition(".")[2] == "weight" and p.requires_grad
-    ]
+    return [(n, p) for n, p in model.named_parameters() if n.rpartition(".")[2] == "weight" and p.requires_grad]
 
 
 def histogram_parameters(model: nn.Module, which: str) -> list[tuple[str, nn.Parameter]]:
     """The tensors whose histograms a snapshot holds: `all` (every trainable parameter), `weights` or `off`."""
     if which not in HISTOGRAM_CHOICES:
         raise ValueError(f"histograms must be one of {', '.join(HISTOGRAM_CHOICES)}, not {which!r}")
-    if which == "off":
-        return []
-    if which == "weights":
-        return flow_parameters(model)
+    if which in ("off", "weights"):
+        return flow_parameters(model) if which == "weights" else []
     return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
 
 class FlowCollector:
-    """Collects FlowSnapshots from a model: call `before_step()` then, after optimizer.step(), `after_step(step)`."""
+    """`before_step()`, then after optimizer.step() `after_step(step)`: one FlowSnapshot."""
 
     def __init__(self, model: nn.Module, histograms: str = "all", bins: int = HISTOGRAM_BINS):
         self.parameters = flow_parameters(model)
         self.layer_names = [name.removesuffix(".weight") for name, _ in self.parameters]
         self.histogram_parameters = histogram_parameters(model, histograms)
         self.bins = bins
+        self.start = [p.detach().clone() for _, p in self.parameters]  # W_0, for weight_change
         self.history: list[FlowSnapshot] = []  # a resumed run sets it from flow.jsonl, for the heatmaps
         self._pending: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor] | None = None
 
     @torch.no_grad()
     def before_step(self) -> None:
-        """Read |grad| and |W| (and their histograms) and keep a copy of W; gradients must already be unscaled."""
         rows, copies = [], []
         for _, p in self.parameters:
             grad, weight = _grad(p).abs(), p.detach().float().abs()
@@ -132,18 +127,15 @@ class FlowCollector:
 
     @torch.no_grad()
     def after_step(self, step: int) -> FlowSnapshot:
-        """Finish the snapshot begun by `before_step` with the update ratio of the step just taken."""
         if self._pending is None:
             raise RuntimeError("FlowCollector.after_step() called without before_step()")
         stats, copies, histogram_rows = self._pending
         self._pending = None
-        ratios = torch.stack(
-            [
-                (p.detach().float() - old.float()).norm() / old.float().norm().clamp_min(1e-12)
-                for (_, p), old in zip(self.parameters, copies, strict=True)
-            ]
-        )
-        table = torch.cat([stats, ratios[:, None]], dim=1)
+        moved = [
+            torch.stack([_relative_distance(p, old), _relative_distance(p, start)])
+            for (_, p), old, start in zip(self.parameters, copies, self.start, strict=True)
+        ]
+        table = torch.cat([stats, torch.stack(moved)], dim=1)
         # The one host copy of the snapshot. float32 on the device (MPS has no float64): counts stay exact up to 2**24
         # per bin.
         host = torch.cat([table.flatten(), histogram_rows.flatten()]).cpu().double().numpy()
@@ -155,7 +147,6 @@ class FlowCollector:
         return snapshot
 
     def _unpack_histograms(self, rows: np.ndarray) -> dict[str, Histogram]:
-        """Host rows (gradient, weight per parameter; counts then min, max, sum, sum of squares) -> keyed Histograms."""
         histograms = {}
         for i, (name, _) in enumerate(self.histogram_parameters):
             for j, prefix in enumerate(("gradients", "parameters")):
@@ -170,9 +161,8 @@ class FlowCollector:
         return histograms
 
     def matrix(self, statistic: str) -> torch.Tensor:
-        """(layers, snapshots) values of one statistic over the whole history, for heatmaps; rows are the last
-        snapshot's layers. A layer a snapshot lacks is NaN (blank): a run resumed from a flow.jsonl written
-        before the BatchNorm layers were tracked has 6 layers in its early snapshots, 10 later."""
+        """(layers, snapshots) of one statistic, rows the last snapshot's layers; NaN where a snapshot lacks the layer
+        (a flow.jsonl written before BatchNorm was tracked has 6 layers in its early snapshots, 10 later)."""
         if not self.history:
             return torch.empty(len(self.layer_names), 0)
         layers = self.history[-1].layers
@@ -181,7 +171,7 @@ class FlowCollector:
 
 
 class FlowHealth:
-    """Turns snapshots into one-time warnings for vanishing/exploding gradients and odd update ratios."""
+    """One-time warnings for vanishing/exploding gradients and odd update ratios."""
 
     def __init__(self, patience: int = HEALTH_PATIENCE):
         self.patience = patience
@@ -198,7 +188,6 @@ class FlowHealth:
         }
 
     def check(self, snapshot: FlowSnapshot) -> list[str]:
-        """Warnings newly due after this snapshot (each layer and condition warns once)."""
         messages = []
         for i, layer in enumerate(snapshot.layers):
             for condition, detail in self._conditions(snapshot, i).items():
@@ -214,18 +203,12 @@ class FlowHealth:
 
 
 class FlowReporter(FlowCollector):
-    """A FlowCollector that writes each snapshot to flow.jsonl and the trackers, warns, and logs its images.
-    The loop calls, on the main process:
+    """A FlowCollector that writes each snapshot to flow.jsonl and the trackers, warns, and logs its images; the
+    loop also calls `poll(step)` every step and `close(step)` at the end.
 
-        reporter.before_step()       # at a snapshot step, after unscaling, before optimizer.step()
-        reporter.after_step(step)    # right after optimizer.step()
-        reporter.poll(step)          # every step: logs at most one finished set of images, never waits
-        reporter.close(step)         # at the end: waits for the images still rendering and logs them
-
-    A figure costs ~100 ms and a GPU step can be under 1 ms, so one background thread renders the images (object
-    API on Agg, no pyplot state; one thread keeps step order). They are logged at the step the loop has reached (W&B
-    drops a step lower than one it has seen), their snapshot's step in the caption; TensorBoard and MLflow get the
-    snapshot's own step. One set per poll keeps each on its own W&B step; only those left at `close` share one.
+    A figure costs ~100 ms and a GPU step can be under 1 ms, so one thread renders the images (one keeps step
+    order). They are logged at the step the loop has reached (W&B drops a step lower than one it has seen), their
+    own step in the caption; TensorBoard and MLflow get the snapshot's step. One set per poll: each its own W&B step.
     """
 
     def __init__(self, model: nn.Module, tracking, flow_file: str | Path, histograms: str = "all", printer=print):
@@ -237,7 +220,6 @@ class FlowReporter(FlowCollector):
         self._pool: ThreadPoolExecutor | None = None  # started at the first snapshot, once the trackers exist
 
     def after_step(self, step: int) -> FlowSnapshot:
-        """Finish the snapshot, write it, log its scalars and histograms, warn, and hand it to the renderer."""
         snapshot = super().after_step(step)
         append_jsonl(self.flow_file, snapshot.to_record())
         values = {
@@ -256,8 +238,7 @@ class FlowReporter(FlowCollector):
         return snapshot
 
     def _submit(self, snapshot: FlowSnapshot) -> None:
-        """Hand the snapshot to the rendering thread, or skip its images when MAX_PENDING sets are in flight."""
-        if len(self.rendering) >= MAX_PENDING:  # never wait for the renderer
+        if len(self.rendering) >= MAX_PENDING:  # never wait for the renderer: skip
             self.skipped += 1
             if self.skipped == 1:
                 self.printer(
@@ -269,17 +250,14 @@ class FlowReporter(FlowCollector):
         self.rendering.append((snapshot.step, self._pool.submit(self._render, snapshot)))
 
     def _render(self, snapshot: FlowSnapshot) -> dict:
-        """On the worker thread: figures -> RGB arrays -> each tracker's encoded images."""
         arrays = {name: figure_to_array(fig) for name, fig in flow_figures(snapshot).items()}
         return self.tracking.prepare_flow_images(arrays, snapshot.step)
 
     def poll(self, reached_step: int) -> None:
-        """Log at most one finished set of images at `reached_step`; never waits (call every step)."""
         if self.rendering and self.rendering[0][1].done():
             self._log(*self.rendering.popleft(), reached_step)
 
     def close(self, reached_step: int) -> None:
-        """Wait for the images still rendering, log them at `reached_step`, and stop the thread."""
         while self.rendering:
             self._log(*self.rendering.popleft(), reached_step)
         if self._pool is not None:
@@ -299,10 +277,10 @@ class FlowReporter(FlowCollector):
 
 
 def read_flow_history(path: str | Path) -> list[FlowSnapshot]:
-    """Snapshots back from flow.jsonl (a resumed run's heatmaps cover its whole history)."""
+    """flow.jsonl's snapshots: a resumed run's heatmaps cover its whole history."""
     snapshots = []
     for record in read_jsonl(path):
         names = list(record["layers"])
-        values = {stat: [record["layers"][n][stat] for n in names] for stat in STATISTICS}
+        values = {stat: [record["layers"][n].get(stat, float("nan")) for n in names] for stat in STATISTICS}
         snapshots.append(FlowSnapshot(record["step"], names, **values))
     return snapshots

@@ -1,9 +1,6 @@
-"""Grad-CAM: where the network looks, with Captum's LayerGradCam on the model's last Conv2d.
-
-Grad-CAM weights each channel of a convolution's output by the mean gradient of the class score over that channel,
-sums the channels and keeps the positive part: a coarse map (8x8 for SimpleCNN's conv4) of the regions that raise the
-score, upsampled bilinearly to the image and scaled to 0..1 per image (the overlay shows where, not how strongly).
-The grid is the `predictions` grid with each image's map on top; nothing here reads files or trackers.
+"""Grad-CAM, Captum's LayerGradCam on the model's last Conv2d: each channel of its output weighted by the mean
+gradient of the class score, summed, positive part kept; a coarse map (8x8 for SimpleCNN) upsampled to the image and
+scaled to 0..1 per image (the overlay shows where, not how strongly). Nothing here reads files or trackers.
 """
 
 from __future__ import annotations
@@ -17,8 +14,9 @@ from torch import nn
 
 from lab2.errors import UserError
 from lab2.explain import plots
+from lab2.explain.flops import evaluating
 
-OVERLAY_ALPHA = 0.45  # enough colour to see the map, enough image left to see what it covers
+OVERLAY_ALPHA = 0.5  # the opacity of the hottest pixel; a cold one leaves the image as it is
 OVERLAY_CMAP = "jet"  # the colour map Grad-CAM figures conventionally use: red = most important
 
 
@@ -46,26 +44,16 @@ def last_conv_layer(model: nn.Module, example: torch.Tensor) -> nn.Conv2d:
 
 
 def gradcam_heatmaps(model: nn.Module, inputs: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
-    """Grad-CAM maps (B, H, W) in 0..1 for normalised float `inputs` (B, C, H, W) and one target class per image.
-
-    The model runs in eval mode (restored after), in float32 on its own device; Captum takes gradients with
-    torch.autograd.grad, so no parameter's .grad changes.
-    """
+    """(B, H, W) maps in 0..1 of normalised `inputs` (B, C, H, W), one target class each; in eval mode and float32,
+    and no .grad changes (Captum uses torch.autograd.grad)."""
     from captum.attr import LayerAttribution, LayerGradCam
 
     device = next(model.parameters()).device
     inputs = inputs.detach().float().to(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model), torch.enable_grad():
         layer = last_conv_layer(model, inputs[:1])
-        with torch.enable_grad():
-            coarse = LayerGradCam(model, layer).attribute(
-                inputs, target=[int(t) for t in targets], relu_attributions=True
-            )
+        coarse = LayerGradCam(model, layer).attribute(inputs, target=[int(t) for t in targets], relu_attributions=True)
         maps = LayerAttribution.interpolate(coarse.detach(), tuple(inputs.shape[-2:]), interpolate_mode="bilinear")
-    finally:
-        model.train(was_training)
     maps = maps[:, 0].float().cpu().numpy()
     peaks = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, 1, 1)
     # A map with no positive evidence stays all zero instead of dividing by zero.
@@ -73,15 +61,19 @@ def gradcam_heatmaps(model: nn.Module, inputs: torch.Tensor, targets: Sequence[i
 
 
 def overlay(ax, heatmap: np.ndarray) -> None:
-    """Draw `heatmap` (H, W, 0..1) over the image already shown in `ax`."""
+    """Draw `heatmap` (H, W, 0..1) over the image already shown in `ax`, as opaque as it is hot: one opacity for
+    every pixel tinted the whole image blue and hid the object."""
     height, width = heatmap.shape
     extent = (-0.5, width - 0.5, height - 0.5, -0.5)  # the pixel grid of the image underneath
-    ax.imshow(heatmap, cmap=OVERLAY_CMAP, alpha=OVERLAY_ALPHA, vmin=0, vmax=1, interpolation="bilinear", extent=extent)
+    ax.imshow(
+        heatmap, cmap=OVERLAY_CMAP, alpha=OVERLAY_ALPHA * heatmap, vmin=0, vmax=1, interpolation="bilinear",
+        extent=extent,
+    )  # fmt: skip
 
 
 def gradcam_figure(model: nn.Module, samples, class_names: Sequence[str]) -> Figure:
-    """The predictions grid of `samples` (a PredictionSamples with `inputs`, the normalised images the model saw),
-    each image overlaid with the Grad-CAM map of its predicted class, the one in its title."""
+    """The predictions grid of `samples` (PredictionSamples with `inputs`), each image overlaid with the map of its
+    predicted class."""
     if samples.inputs is None:
         raise ValueError("PredictionSamples without inputs: Grad-CAM needs the normalised images")
     heatmaps = gradcam_heatmaps(model, samples.inputs, samples.predictions)
@@ -90,19 +82,22 @@ def gradcam_figure(model: nn.Module, samples, class_names: Sequence[str]) -> Fig
     )
     for ax, heatmap in zip(fig.axes, heatmaps, strict=False):  # the grid's first len(heatmaps) axes hold the images
         overlay(ax, heatmap)
-    fig.suptitle("Grad-CAM on the predicted class (red: what raised its score); most confident mistakes first")
+    fig.suptitle(
+        f"Grad-CAM on the predicted class (red: what raised its score; {plots.RIGHT} right, {plots.WRONG} wrong)"
+    )
     return fig
 
 
 def explain_image_figure(
     image: np.ndarray, heatmap: np.ndarray, top_classes: Sequence[str], top_probabilities: Sequence[float], title: str
 ) -> Figure:
-    """One input image (uint8 H, W, 3) with its Grad-CAM overlay, beside a bar chart of its top-k classes."""
+    """One uint8 (H, W, 3) image with its overlay, beside a bar chart of its top-k classes."""
     fig = Figure(figsize=(7, 3), layout="constrained")
     image_ax, bars_ax = fig.subplots(1, 2, width_ratios=(1, 1.4))
     image_ax.imshow(image, interpolation="nearest")
     overlay(image_ax, heatmap)
     image_ax.axis("off")
+    top_classes = plots.plain(top_classes)  # names from the data, as plain text
     image_ax.set_title(f"Grad-CAM: {top_classes[0]}", fontsize=9)
     rows = np.arange(len(top_classes))
     bars = bars_ax.barh(rows, 100 * np.asarray(top_probabilities, dtype=float), color="tab:blue")
@@ -112,5 +107,5 @@ def explain_image_figure(
     bars_ax.set_xlim(0, 115)
     bars_ax.set_xlabel("probability (%)")
     bars_ax.set_title(f"top-{len(top_classes)} classes", fontsize=9)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(*plots.plain([title]), fontsize=9)
     return fig

@@ -1,14 +1,11 @@
-"""Pure functions from statistics to matplotlib Figures; nothing here reads files or trackers.
-
-Figures are built with the object API (no pyplot state), on the Agg backend,
-so they work headless and in worker processes. Callers save or log them and
-then `close` them. Their names and captions are in lab2.figures.
-"""
+"""Statistics to matplotlib Figures, object API on Agg (no pyplot state: headless, safe on a worker thread); nothing
+here reads files or trackers. Names and captions are in lab2.figures. Also the reliability bins the ECE comes from."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -23,22 +20,15 @@ from lab2.state.files import atomic_write
 
 MIN_SNAPSHOTS_FOR_TREND = 5  # a heatmap "over training" with fewer columns says so in its title
 UPDATE_RATIO_RANGE = (1e-5, 1e-1)  # outside it lab2.explain.flow warns, and update_ratio_figure draws it
+MAX_CLASSES_DRAWN = 30  # above it a figure shows the most confused (or least accurate) classes, and says so
+RIGHT, WRONG = "\u2713", "\u2717"  # check mark and cross, beside green and red
 MATRICES_PER_ROW = 3  # wider rows would shrink each matrix below legibility on a 1100-pixel page
-CURVES = (  # the comparison's curves: (metrics.jsonl key, line style, scale to display)
-    ("eval_loss", "-", 1),
-    ("train_loss", "--", 1),
-    ("eval_acc", "-", 100),
-    ("train_acc", "--", 100),
-)
-
-STAT_TITLES = {
-    "grad": ("Gradient flow", "|grad|"),
-    "weight": ("Weight magnitudes", "|W|"),
-}
+# The comparison's curves: (metrics.jsonl key, line style, scale to display)
+CURVES = (("eval_loss", "-", 1), ("train_loss", "--", 1), ("eval_acc", "-", 100), ("train_acc", "--", 100))
+STAT_TITLES = {"grad": ("Gradient flow", "|grad|"), "weight": ("Weight magnitudes", "|W|")}
 
 
 def _layer_axes(layers: Sequence[str], ylabel: str, title: str):
-    """A figure with one log-scale axes whose x ticks are the layers: the flow bar charts' frame."""
     fig = Figure(figsize=(max(6, 0.8 * len(layers) + 2), 4), layout="constrained")
     ax = fig.add_subplot()
     ax.set_yscale("log")
@@ -50,7 +40,6 @@ def _layer_axes(layers: Sequence[str], ylabel: str, title: str):
 def flow_bar_figure(
     layers: Sequence[str], mean: Sequence[float], maximum: Sequence[float], kind: str, step: int
 ) -> Figure:
-    """Bar chart over layers of mean and max of |grad| (kind='grad') or |W| (kind='weight'), log scale."""
     title, label = STAT_TITLES[kind]
     fig, ax = _layer_axes(layers, label, f"{title} at step {step}")
     x = np.arange(len(layers))
@@ -61,8 +50,7 @@ def flow_bar_figure(
 
 
 def update_ratio_figure(layers: Sequence[str], ratios: Sequence[float], step: int) -> Figure:
-    """Bar chart of ||dW|| / ||W|| per layer, log scale: the ~1e-3 rule of thumb shaded (1e-4..1e-2), and the
-    range outside which lab2 warns (UPDATE_RATIO_RANGE) as dotted lines."""
+    """||dW|| / ||W|| per layer: the ~1e-3 rule of thumb shaded, the range lab2 warns outside of dotted."""
     fig, ax = _layer_axes(layers, "update ratio", f"Update flow at step {step}")
     ax.axhspan(1e-4, 1e-2, color="tab:green", alpha=0.15, label="typical: ~1e-3 per step (rule of thumb)")
     low, high = UPDATE_RATIO_RANGE
@@ -75,8 +63,6 @@ def update_ratio_figure(layers: Sequence[str], ratios: Sequence[float], step: in
 
 
 def flow_figures(snapshot) -> dict[str, Figure]:
-    """The `gradients`, `weights` and `update_ratio` bar charts of one lab2.explain.flow.FlowSnapshot, keyed by their
-    names."""
     s = snapshot
     return {
         "gradients": flow_bar_figure(s.layers, s.grad_mean, s.grad_max, "grad", s.step),
@@ -85,8 +71,18 @@ def flow_figures(snapshot) -> dict[str, Figure]:
     }
 
 
-def flow_heatmap_figure(layers: Sequence[str], steps: Sequence[int], values: np.ndarray, statistic: str) -> Figure:
-    """Heatmap of one flow statistic, layers x snapshots, log colour scale: the whole history in one picture."""
+HEATMAPS = {  # figure name -> (flow statistic, title, colour bar label)
+    "heatmap_grad_mean": ("grad_mean", "mean |gradient| per layer over training", "mean |gradient|"),
+    # Each layer against its own start: |W| itself is ~1 for BatchNorm scales and ~0.01 for conv weights, so on
+    # one colour scale every row looked constant.
+    "heatmap_weight_mean": ("weight_change", "weight change per layer from its start", "||W - W0|| / ||W0||"),
+    "heatmap_update_ratio": ("update_ratio", "update size per layer over training", "||dW|| / ||W|| of one step"),
+}
+
+
+def flow_heatmap_figure(layers: Sequence[str], steps: Sequence[int], values: np.ndarray, name: str) -> Figure:
+    """Heatmap `name` (a HEATMAPS key) of (layers, snapshots) values, log colour scale; blank where not positive."""
+    _, title, label = HEATMAPS[name]
     values = np.asarray(values, dtype=float)
     positive = values[values > 0]
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
@@ -96,88 +92,124 @@ def flow_heatmap_figure(layers: Sequence[str], steps: Sequence[int], values: np.
         np.where(values > 0, values, np.nan), aspect="auto", norm=norm, cmap="viridis", interpolation="nearest"
     )
     ax.set_yticks(np.arange(len(layers)), list(layers))
-    ticks = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 8)).astype(int)) if len(steps) else []
-    ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
-    ax.set_xlabel("optimizer step")
+    # A tick per snapshot, every k-th labelled: labels evenly spaced in columns, so no snapshot looks missing.
+    ax.set_xticks(np.arange(len(steps)), minor=True)
+    labelled = np.arange(0, len(steps), max(1, -(-len(steps) // 10)))
+    ax.set_xticks(labelled, [str(steps[i]) for i in labelled])
+    gaps = set(np.diff(steps).tolist())
+    ax.set_xlabel("optimizer step" + (f" (a snapshot every {gaps.pop()} steps)" if len(gaps) == 1 else ""))
     ax.set_ylabel("layer")
-    ax.set_title(f"{statistic} over training")
-    if len(steps) < MIN_SNAPSHOTS_FOR_TREND:
-        ax.set_title(
-            f"{statistic} over training: only {len(steps)} snapshot(s), too few for a trend; "
-            "lower --flow_log_steps or train longer",
-            fontsize="small",
-        )
-    fig.colorbar(image, ax=ax, label=statistic)
+    if len(steps) < MIN_SNAPSHOTS_FOR_TREND:  # on three lines: one line was cut at both edges of a 6-inch figure
+        title += f"\nonly {len(steps)} snapshot(s), too few for a trend:\nlower --flow_log_steps or train longer"
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=label)
     return fig
 
 
-def draw_confusion(ax, confusion: np.ndarray, class_names: Sequence[str], fontsize: float = 8):
-    """One row-normalised confusion matrix (rows: true class) on `ax`, annotated with the raw counts; returns the
-    image, for a colour bar. Every run's matrix and each run's on the comparison page are drawn by it."""
+def flow_heatmaps(layers: Sequence[str], steps: Sequence[int], matrix) -> dict[str, Figure]:
+    """Every HEATMAPS figure; `matrix(statistic)` gives its (layers, snapshots) values (FlowCollector.matrix)."""
+    return {name: flow_heatmap_figure(layers, steps, matrix(stat), name) for name, (stat, _, _) in HEATMAPS.items()}
+
+
+def plain(names: Sequence) -> list[str]:
+    """Names from the data as plain text: matplotlib reads a name with two `$` (`$x^$`) as math, and fails on it."""
+    return [str(name).replace("$", r"\$") for name in names]
+
+
+def most_confused(confusion: np.ndarray, limit: int = MAX_CLASSES_DRAWN) -> np.ndarray:
+    """The indices, in class order, of the `limit` classes with the most mistakes (as the true or the predicted
+    class): what a matrix of 2,000 classes (a 2,000 x 2,000 image, out of memory) is cut to."""
     confusion = np.asarray(confusion)
-    totals = confusion.sum(axis=1, keepdims=True)
+    if len(confusion) <= limit:
+        return np.arange(len(confusion))
+    mistakes = confusion.sum(axis=0) + confusion.sum(axis=1) - 2 * np.diag(confusion)
+    return np.sort(np.argsort(-mistakes, kind="stable")[:limit])
+
+
+def draw_confusion(ax, confusion: np.ndarray, class_names: Sequence[str], shown=None, fontsize: float = 8):
+    """The row-normalised confusion matrix (rows: true class) of the `shown` classes (default: most_confused) on
+    `ax`, annotated with the raw counts; returns the image, for a colour bar. Rates are of the whole row."""
+    confusion = np.asarray(confusion)
+    shown = most_confused(confusion) if shown is None else shown
+    totals = confusion.sum(axis=1, keepdims=True)[shown]
+    confusion = confusion[np.ix_(shown, shown)]
     normalised = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
     image = ax.imshow(normalised, vmin=0, vmax=1, cmap="Blues")
-    ticks = np.arange(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=45, ha="right", fontsize=fontsize + 2)
-    ax.set_yticks(ticks, class_names, fontsize=fontsize + 2)
+    ticks, names = np.arange(len(shown)), plain(np.asarray(class_names, dtype=object)[shown])
+    ax.set_xticks(ticks, names, rotation=45, ha="right", fontsize=fontsize + 2)
+    ax.set_yticks(ticks, names, fontsize=fontsize + 2)
     ax.set(xlabel="predicted class", ylabel="true class")
-    if len(class_names) <= 20:  # counts stay legible up to about 20 classes
+    if len(shown) <= 20:  # counts stay legible up to about 20 classes
         for (i, j), count in np.ndenumerate(confusion):
             colour = "white" if normalised[i, j] > 0.5 else "black"
             ax.text(j, i, str(count), ha="center", va="center", fontsize=fontsize, color=colour)
     return image
 
 
+def _of_all(shown, total: int, which: str) -> str:
+    return f": the {len(shown)} {which} of {total} classes" if len(shown) < total else ""
+
+
 def confusion_matrix_figure(confusion: np.ndarray, class_names: Sequence[str]) -> Figure:
     """The run's confusion matrix, with a colour bar of the true-class rate."""
-    size = max(5, 0.6 * len(class_names) + 2)
-    fig = Figure(figsize=(size + 1, size), layout="constrained")
-    ax = fig.add_subplot()
-    image = draw_confusion(ax, confusion, class_names)
-    ax.set_title(f"Confusion matrix ({int(np.sum(confusion))} images)")
-    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    fig = confusion_matrices_figure([("Confusion matrix", confusion)], class_names)
+    ax = fig.axes[0]
+    title = f"Confusion matrix ({int(np.sum(confusion))} images)"
+    ax.set_title(title + _of_all(most_confused(confusion), len(confusion), "most confused"))
+    fig.colorbar(ax.images[0], ax=ax, label="fraction of the true class")
     return fig
 
 
 def confusion_matrices_figure(runs: Sequence[tuple[str, np.ndarray]], class_names: Sequence[str]) -> Figure:
-    """Each run's confusion matrix, side by side, on one colour scale (0..1 of the true class) for all, so the
-    same shade means the same rate in every run. `runs`: (label, matrix) per run."""
-    size = max(4.5, 0.45 * len(class_names) + 2)
+    """Each run's (label, matrix) side by side, the same classes in each (the most confused over all) on one colour
+    scale (0..1 of the true class), so the same shade means the same rate in every run."""
+    shown = most_confused(sum(np.asarray(confusion) for _, confusion in runs))
+    size = max(5, 0.5 * len(shown) + 2)
     columns = min(len(runs), MATRICES_PER_ROW)
     rows = -(-len(runs) // columns)
-    fig = Figure(figsize=(size * columns, (size + 0.6) * rows), layout="constrained")
+    fig = Figure(figsize=(size * columns + 1, (size + 0.6) * rows), layout="constrained")  # + 1: a colour bar
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax in axes[len(runs) :]:
         ax.axis("off")  # the unused places of the last row
     for ax, (label, confusion) in zip(axes, runs, strict=False):
-        draw_confusion(ax, confusion, class_names, fontsize=6)
+        draw_confusion(ax, confusion, class_names, shown, fontsize=7)
         ax.set_title(f"{label}\n{int(np.sum(confusion))} images", fontsize=9)
     return fig
 
 
 def class_accuracy_figure(accuracy: Sequence[float], class_names: Sequence[str]) -> Figure:
-    """Bar chart of accuracy per class, in percent, with the mean as a dashed line."""
+    """Bar chart of accuracy per class, in percent, with the mean as a dashed line. A class without test images
+    has no accuracy (NaN): no bar, "n/a", and left out of the mean. Above MAX_CLASSES_DRAWN classes, the lowest."""
     accuracy = 100 * np.asarray(accuracy, dtype=float)
-    fig = Figure(figsize=(max(6, 0.6 * len(class_names) + 2), 4), layout="constrained")
+    measured = ~np.isnan(accuracy)
+    shown = np.argsort(np.where(measured, accuracy, np.inf), kind="stable")[:MAX_CLASSES_DRAWN]
+    shown = shown if len(accuracy) > MAX_CLASSES_DRAWN else np.arange(len(accuracy))
+    fig = Figure(figsize=(max(6, 0.6 * len(shown) + 2), 4.5), layout="constrained")
     ax = fig.add_subplot()
-    bars = ax.bar(np.arange(len(class_names)), accuracy, color="tab:blue")
-    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    bars = ax.bar(np.arange(len(shown)), np.nan_to_num(accuracy[shown]), color="tab:blue")
+    ax.bar_label(
+        bars, [f"{a:.1f}" if ok else "n/a" for a, ok in zip(accuracy[shown], measured[shown], strict=True)], fontsize=8
+    )
     # The macro mean: each class counts once, whatever its size (it differs from the overall accuracy).
-    ax.axhline(accuracy.mean(), color="tab:red", linestyle="--", label=f"mean over classes {accuracy.mean():.1f}%")
-    ax.set_xticks(np.arange(len(class_names)), class_names, rotation=45, ha="right")
+    mean = accuracy[measured].mean() if measured.any() else float("nan")
+    absent = len(accuracy) - int(measured.sum())
+    label = f"mean over classes {mean:.1f}%" + (f" ({absent} without test images left out)" if absent else "")
+    ax.axhline(mean, color="tab:red", linestyle="--", label=label)
+    ax.set_xticks(np.arange(len(shown)), plain(np.asarray(class_names, dtype=object)[shown]), rotation=45, ha="right")
     ax.set_ylim(0, 105)
-    ax.set_xlabel("class")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Accuracy per class")
-    ax.legend(loc="lower right")
+    ax.set(xlabel="class", ylabel="accuracy (%)")
+    note = "; n/a: no test images" if absent else ""
+    ax.set_title(f"Accuracy per class{_of_all(shown, len(accuracy), 'least accurate')}{note}")
+    fig.legend(loc="outside lower center")  # inside the axes it covered bars
     return fig
 
 
 def predictions_figure(
     images: np.ndarray, predictions, labels, confidences, class_names: Sequence[str], columns: int = 8
 ) -> Figure:
-    """Grid of uint8 (K, H, W, 3) images titled 'pred (conf) / true', green when right, red when wrong."""
+    """Grid of uint8 (K, H, W, 3) images titled '<mark> pred (conf) / true': a check mark and green when right, a
+    cross and red when wrong (the mark is the cue that survives colour blindness)."""
+    names = plain(class_names)
     count = len(images)
     rows = max(1, int(np.ceil(count / columns)))
     height = 1.9 * rows + 0.6
@@ -193,20 +225,17 @@ def predictions_figure(
         ax.imshow(images[k], interpolation="nearest")
         right = predictions[k] == labels[k]
         ax.set_title(
-            f"{class_names[predictions[k]]} ({100 * confidences[k]:.0f}%)\ntrue: {class_names[labels[k]]}",
+            f"{RIGHT if right else WRONG} {names[predictions[k]]} ({100 * confidences[k]:.0f}%)\n"
+            f"true: {names[labels[k]]}",
             fontsize=8,
             color="tab:green" if right else "tab:red",
         )
-    fig.suptitle("Test predictions (most confident mistakes first)")
+    fig.suptitle(f"Test predictions ({RIGHT} right, {WRONG} wrong; most confident mistakes first)")
     return fig
 
 
 def evaluation_figures(confusion: np.ndarray, class_accuracy, samples, class_names: Sequence[str]) -> dict[str, Figure]:
-    """confusion_matrix, class_accuracy and (when `samples` holds images) predictions, keyed by their file/tracker
-    names.
-
-    `samples` has .images, .predictions, .labels and .confidences (lab2.engine.evaluation.PredictionSamples) or is None.
-    """
+    """confusion_matrix, class_accuracy and predictions (when `samples`, a PredictionSamples, holds images)."""
     figures = {
         "confusion_matrix": confusion_matrix_figure(confusion, class_names),
         "class_accuracy": class_accuracy_figure(class_accuracy, class_names),
@@ -219,12 +248,8 @@ def evaluation_figures(confusion: np.ndarray, class_accuracy, samples, class_nam
 
 
 def _points(metrics: Sequence[dict], key: str, scale: float) -> tuple[list[float], list[float], list[float]]:
-    """(epochs, minutes of training so far, values) of the records with a number under `key` (--eval_strategy no:
-    no eval points).
-
-    Wall time is the running sum of epoch_time_s, the training time of each epoch,
-    so a run that was stopped and resumed is not charged for the pause.
-    """
+    """(epochs, minutes, values) of the records with a number under `key`; minutes sum epoch_time_s, so a stopped
+    and resumed run is not charged for the pause."""
     epochs, minutes, values, elapsed = [], [], [], 0.0
     for record in metrics:
         seconds = record.get("epoch_time_s")
@@ -238,7 +263,6 @@ def _points(metrics: Sequence[dict], key: str, scale: float) -> tuple[list[float
 
 
 def curves_figure(metrics: Sequence[dict]) -> Figure:
-    """Loss and accuracy per epoch, train vs eval, from one run's metrics.jsonl records."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     for ax, measure, scale in ((loss_ax, "loss", 1), (acc_ax, "acc", 100)):
@@ -247,17 +271,15 @@ def curves_figure(metrics: Sequence[dict]) -> Figure:
             ax.plot(epochs, values, marker="o", label=split)
         ax.legend()
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     return fig
 
 
 def comparison_curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figure:
-    """Loss and accuracy of every run, train and eval overlaid: per epoch (top) and per minute of training (bottom).
-
-    `runs`: (label, metrics.jsonl records) per run. One colour per run, eval solid and train dashed, so any pair
-    of curves can be told apart in print as well as on screen.
-    """
+    """Every run's (label, metrics.jsonl records) loss and accuracy per epoch (top) and minute (bottom): a colour
+    per run, eval solid and train dashed, so any two curves differ in print as well as on screen."""
     fig = Figure(figsize=(11, 8), layout="constrained")
     axes = fig.subplots(2, 2)
     colours = [f"C{i % 10}" for i in range(len(runs))]
@@ -272,7 +294,7 @@ def comparison_curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figu
                 )
     for column, (title, ylabel) in enumerate((("Loss", "cross-entropy loss"), ("Accuracy", "accuracy (%)"))):
         axes[0, column].set(xlabel="epoch", ylabel=ylabel, title=f"{title} per epoch")
-        axes[0, column].xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.2
+        axes[0, column].xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
         axes[1, column].set(xlabel="training time (minutes)", ylabel=ylabel, title=f"{title} against wall time")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
@@ -282,14 +304,90 @@ def comparison_curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figu
     return fig
 
 
+# --------------------------------------------------------------------------- calibration
+# Expected calibration error as Guo et al. 2017 define it: the confidences (softmax probability of the predicted
+# class) in CALIBRATION_BINS equal bins (lo, hi] over 0..1, ECE = sum over bins of count/N * |accuracy - confidence|.
+# Kept as three sums per bin, so the ECE and the diagram come from the same numbers. Not torchmetrics'
+# MulticlassCalibrationError at run time: it returns the ECE alone, and its bins are [lo, hi), so a confidence of
+# exactly 1.0 (common in float32) falls into a 16th bin; tests/test_calibration.py checks the two where they agree.
+CALIBRATION_BINS = 15
+
+
+@dataclass
+class ReliabilityBins:
+    counts: np.ndarray  # (bins,) int64: test images per bin
+    confidence_sums: np.ndarray  # (bins,) float64
+    correct_sums: np.ndarray  # (bins,) int64: how many of them were right
+
+    @property
+    def edges(self) -> np.ndarray:
+        return np.linspace(0.0, 1.0, len(self.counts) + 1)
+
+    def _mean(self, sums: np.ndarray) -> np.ndarray:
+        return np.divide(sums, self.counts, out=np.zeros(len(self.counts)), where=self.counts > 0)
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        return self._mean(self.correct_sums)  # 0 where the bin is empty
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self._mean(self.confidence_sums)
+
+    @property
+    def ece(self) -> float:
+        total = int(self.counts.sum())
+        return float(np.abs(self.correct_sums - self.confidence_sums).sum() / total) if total else 0.0
+
+
+def reliability_bins(confidences, correct, bins: int = CALIBRATION_BINS) -> ReliabilityBins:
+    """Bin (N,) top-class confidences in 0..1 and (N,) booleans (prediction right), torch tensors, into `bins`."""
+    import torch  # the pages that draw figures need no torch
+
+    confidences = confidences.detach().double().flatten()
+    inner_edges = torch.linspace(0.0, 1.0, bins + 1, dtype=torch.float64, device=confidences.device)[1:-1]
+    # right=False: edge[i-1] < c <= edge[i], so 1.0 lands in the last bin and 0 (impossible for a softmax) in the first.
+    index = torch.bucketize(confidences, inner_edges, right=False)
+    sums = [torch.bincount(index, weights=w, minlength=bins) for w in (None, confidences, correct.flatten().double())]
+    counts, confidence_sums, correct_sums = (t.cpu().numpy() for t in sums)
+    return ReliabilityBins(counts.astype(np.int64), confidence_sums, correct_sums.round().astype(np.int64))
+
+
+def reliability_figure(bins: ReliabilityBins, logits_note: str = "") -> Figure:
+    """Reliability diagram: accuracy against confidence per bin, the gap to the bin's mean confidence, the diagonal
+    of perfect calibration, and each bin's image count in a band above the bars. `logits_note` says which logits
+    were calibrated (e.g. flip-averaged)."""
+    filled = bins.counts > 0
+    left, accuracy, counts = bins.edges[:-1][filled], bins.accuracy[filled], bins.counts[filled]
+    fig = Figure(figsize=(6, 6), layout="constrained")
+    ax = fig.add_subplot()
+    bar = {"width": bins.edges[1] - bins.edges[0], "align": "edge"}
+    ax.bar(left, accuracy, **bar, color="tab:blue", edgecolor="black", label="accuracy")
+    # Opaque and hatched, above the bar: a see-through red over blue (where accuracy is above confidence) made a
+    # purple the legend did not have.
+    gap = bins.confidence[filled] - accuracy
+    ax.bar(left, gap, bottom=accuracy, **bar, color="mistyrose", edgecolor="tab:red", hatch="//", zorder=3,
+           label="gap to the mean confidence")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration", zorder=4)
+    for x, count in zip(left, counts, strict=True):  # above 1.0, where no bar reaches
+        ax.text(x + bar["width"] / 2, 1.02, str(count), ha="center", va="bottom", fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1.12), yticks=np.linspace(0, 1, 6), ylabel="accuracy")
+    ax.set_xlabel("confidence (softmax probability of the predicted class)")
+    note = f"{logits_note}; " if logits_note else ""
+    ax.set_title(
+        f"Reliability: ECE {bins.ece:.4f} ({len(bins.counts)} bins) over {int(bins.counts.sum())} images\n"
+        f"{note}numbers at the top: images per bin"
+    )
+    fig.legend(loc="outside lower center", ncols=3, fontsize="small")
+    return fig
+
+
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write `fig` as PNG atomically (temporary name, then rename) and return the path."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:
-    """RGB uint8 (H, W, 3) pixels of `fig`, for trackers that take arrays."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)
