@@ -15,6 +15,7 @@ from lab2.engine.evaluation import EvalResult
 from lab2.errors import UserError
 from lab2.explain import gradcam, plots
 from lab2.explain.calibration import reliability_figure
+from lab2.explain.flow import history_figures
 from lab2.figures import SNAPSHOT_FIGURES
 from lab2.flags import resume_advice
 from lab2.report.pages import write_report
@@ -179,15 +180,7 @@ def final_figures(run, result: EvalResult, metrics: list[dict]) -> dict:
         figures["calibration"] = reliability_figure(result.calibration, calibrated_logits(run.cfg))
     if metrics:
         figures["curves"] = plots.curves_figure(metrics)
-    history = run.flow.history if run.flow is not None else []
-    if history:
-        last = history[-1]
-        figures.update(plots.flow_figures(last))
-        steps = [s.step for s in history]
-        for stat in ("grad_mean", "weight_mean", "update_ratio"):
-            figures[f"heatmap_{stat}"] = plots.flow_heatmap_figure(
-                last.layers, steps, run.flow.matrix(stat).numpy(), stat
-            )
+    figures.update(history_figures(run.flow.history if run.flow is not None else []))
     return figures
 
 
