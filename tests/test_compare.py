@@ -1,6 +1,7 @@
 """`lab2-report RUN_A RUN_B ... --output compare.html` on real runs: content, refusals, the write policy, Chromium."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -84,6 +85,10 @@ def test_folders_that_are_not_lab2_runs_are_refused_in_one_line(runs, tmp_path):
     assert_clean_error(_compare(runs[0], f"{runs[0]}/", "--output", out), "more than once")
     assert_clean_error(_compare(runs[0], runs[1]), "needs --output")
     assert not out.exists()
+    # One run: the same refusals, and no report.html left in another tool's folder.
+    assert_clean_error(_compare(other_tool), "is not a lab2 run", "'model'", "give the --output_dir of a lab2")
+    assert_clean_error(_compare(empty), "empty is not a lab2 run folder (no config.json)")
+    assert sorted(p.name for p in other_tool.iterdir()) == ["config.json"] and not list(empty.iterdir())
 
 
 def test_output_never_replaces_a_file_lab2_did_not_write(runs, tmp_path):
@@ -140,3 +145,72 @@ def test_a_run_folder_that_does_not_exist_is_named_not_an_output_never_given(tmp
     with pytest.raises(UserError, match="is not a folder; give the --output_dir of a run") as refused:
         write_report(tmp_path / "missing")
     assert "--output " not in str(refused.value)
+
+
+@pytest.fixture(scope="module")
+def unnamed_runs(tmp_path_factory):
+    """Two finished 1-epoch runs without --run_name (lab2's <model>-<date>-<time> names), one of them
+    `--recipe fast`, and a copy of the plain one: a run no flag tells apart."""
+
+    def build(root):
+        data = write_synthetic_folder(root / "data", num_train=256, num_test=128)
+        for name, recipe in (("plain", "none"), ("fast", "fast")):
+            flags = ["--data_dir", data, "--output_dir", root / name, "--recipe", recipe, "--num_train_epochs", 1]
+            flags += ["--report_to", "none", "--flow_log_steps", 0, "--num_prediction_samples", 0]
+            result = run_cli(train_cmd(*flags))
+            assert result.returncode == 0, result.stderr
+        shutil.copytree(root / "plain", root / "twin")
+
+    root = built_once(tmp_path_factory, "unnamed_runs", build)
+    return root / "plain", root / "fast", root / "twin"
+
+
+def _header_cells(page: str) -> list[str]:
+    return re.findall(r"<th class=''>(.*?)</th>", page.split("<h2>Final metrics</h2>")[1].split("</tr>")[0])
+
+
+def test_runs_are_labelled_by_the_flags_that_differ_and_a_given_run_name_wins(unnamed_runs, runs, tmp_path):
+    plain, fast, twin = unnamed_runs
+    assert json.loads((plain / "config.json").read_text())["run_name"].startswith("simple_cnn-")
+    page = tmp_path / "compare.html"
+    assert _compare(plain, fast, "--output", page).returncode == 0
+    # Only --recipe was given differently; the recipe's own values (optim, learning_rate, ...) do not label.
+    assert _header_cells(page.read_text()) == ["recipe=none", "recipe=fast"]
+    assert _compare(plain, fast, runs[0], "--output", page).returncode == 0
+    labels = _header_cells(page.read_text())
+    assert labels[1] == "recipe=fast" and labels[2] == "base"  # --run_name base was given
+    assert _compare(plain, twin, "--output", page).returncode == 0  # nothing differs: the folder names
+    assert _header_cells(page.read_text()) == ["plain", "twin"]
+
+
+def test_the_report_header_shows_recipe_given_flags_time_and_device_and_the_table_marks_them(unnamed_runs):
+    fast = unnamed_runs[1]
+    page = (fast / "report.html").read_text()  # written by the run itself
+    summary = json.loads((fast / "summary.json").read_text())
+    header = page.split("<h2>")[0]
+    assert "recipe <b>fast</b>" in header
+    given = re.search(r"flags given: <code>(.*?)</code>", header).group(1)
+    assert "--recipe fast" in given and "--num_train_epochs 1" in given
+    assert "--optim" not in given and "--output_dir" not in given  # the recipe's value; lab2's own
+    minutes = sum(json.loads(line)["epoch_time_s"] for line in (fast / "metrics.jsonl").read_text().splitlines())
+    assert f"training time <b>{minutes / 60:.1f} min</b>" in header
+    assert f"device <b>{summary['device']} x1, {summary['precision']}</b>" in header
+    table = page.split("<h2>Configuration</h2>")[1]
+    rows = re.findall(r"<tr class='(\w+)'><td class='l'>--(\w+)</td><td class='l'>(.*?)</td>", table)
+    kinds = [kind for kind, _, _ in rows]
+    assert kinds == sorted(kinds, key=["given", "recipe", "default"].index)  # given first, then the recipe's
+    by_flag = {flag: (kind, value) for kind, flag, value in rows}
+    assert by_flag["recipe"] == ("given", "fast") and by_flag["num_train_epochs"] == ("given", "1")
+    assert by_flag["optim"] == ("recipe", "adamw") and by_flag["seed"] == ("default", "42")
+    assert by_flag["output_dir"][0] == by_flag["run_name"][0] == "default"  # filled in by lab2, not given
+    assert len(by_flag) == len(json.loads((fast / "config.json").read_text()))
+    assert "tr.given td { font-weight: bold" in page
+
+
+def test_eleven_runs_get_eleven_different_looks(runs):
+    """Found by a hostile try: matplotlib's cycle has 10 colours, so the 11th run looked like the first."""
+    metrics = read_run(runs[0]).metrics
+    fig = comparison_curves_figure([(f"run{i}", metrics) for i in range(11)])
+    eval_lines = [line for line in fig.axes[0].lines if line.get_label().endswith(" eval")]
+    assert len(eval_lines) == 11
+    assert len({(line.get_color(), line.get_marker()) for line in eval_lines}) == 11

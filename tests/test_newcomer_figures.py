@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 
 SHORT = ["--max_train_samples", 640, "--per_device_train_batch_size", 64, "--max_eval_samples", 128]
 SHORT += ["--report_to", "none"]
+HEATMAPS = ("grad_mean", "weight_mean", "update_ratio")
 
 
 @pytest.mark.parametrize(
@@ -46,11 +47,11 @@ def test_a_short_run_shows_its_loss_early_has_flow_snapshots_and_ends_with_the_n
     assert f"lab2-predict --model_path {out}" in after
 
 
-def test_the_report_of_an_unfinished_run_draws_its_curves_and_says_it_is_unfinished(mini_dir, tmp_path):
+def test_the_report_of_an_unfinished_run_draws_its_curves_and_flow_and_says_it_is_unfinished(mini_dir, tmp_path):
     out = tmp_path / "stopped"
     env = cli_env()
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    flags = [*SHORT, "--data_dir", mini_dir, "--num_train_epochs", 3, "--flow_log_steps", 0, "--output_dir", out]
+    flags = [*SHORT, "--data_dir", mini_dir, "--num_train_epochs", 3, "--flow_log_steps", 2, "--output_dir", out]
     proc = subprocess.Popen(
         train_cmd(*flags), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -71,3 +72,7 @@ def test_the_report_of_an_unfinished_run_draws_its_curves_and_says_it_is_unfinis
     assert "<b>Unfinished run</b>" in page and "epochs done" in page
     assert "alt='curves'" in page and "per epoch so far (unfinished run)" in page
     assert "n/a x?" not in page
+    # The flow charts and heatmaps come from flow.jsonl (issue 22): figures/ is written only at the end.
+    assert not (out / "figures").exists() and (out / "flow.jsonl").read_text()
+    drawn = re.findall(r"<img alt='(\w+)'", page)
+    assert drawn == ["curves", "gradients", "weights", "update_ratio", *(f"heatmap_{s}" for s in HEATMAPS)], drawn

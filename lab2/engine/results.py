@@ -14,6 +14,7 @@ import torch
 from lab2.engine.evaluation import EvalResult
 from lab2.errors import UserError
 from lab2.explain import gradcam, plots
+from lab2.explain.flow import history_figures
 from lab2.explain.plots import reliability_figure
 from lab2.figures import SNAPSHOT_FIGURES
 from lab2.flags import resume_advice
@@ -179,12 +180,7 @@ def final_figures(run, result: EvalResult, metrics: list[dict]) -> dict:
         figures["calibration"] = reliability_figure(result.calibration, calibrated_logits(run.cfg))
     if metrics:
         figures["curves"] = plots.curves_figure(metrics)
-    history = run.flow.history if run.flow is not None else []
-    if history:
-        last = history[-1]
-        figures.update(plots.flow_figures(last))
-        steps = [s.step for s in history]
-        figures.update(plots.flow_heatmaps(last.layers, steps, lambda stat: run.flow.matrix(stat).numpy()))
+    figures.update(history_figures(run.flow.history if run.flow is not None else []))
     return figures
 
 

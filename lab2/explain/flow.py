@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lab2.config import HISTOGRAM_CHOICES
-from lab2.explain.plots import UPDATE_RATIO_RANGE, figure_to_array, flow_figures
+from lab2.explain.plots import UPDATE_RATIO_RANGE, figure_to_array, flow_figures, flow_heatmaps
 from lab2.state.files import append_jsonl, read_jsonl
 
 STATISTICS = ("grad_mean", "grad_max", "weight_mean", "weight_max", "update_ratio", "weight_change")
@@ -165,9 +165,7 @@ class FlowCollector:
         (a flow.jsonl written before BatchNorm was tracked has 6 layers in its early snapshots, 10 later)."""
         if not self.history:
             return torch.empty(len(self.layer_names), 0)
-        layers = self.history[-1].layers
-        columns = [dict(zip(s.layers, getattr(s, statistic), strict=True)) for s in self.history]
-        return torch.tensor([[column.get(layer, float("nan")) for column in columns] for layer in layers])
+        return history_matrix(self.history, statistic)
 
 
 class FlowHealth:
@@ -284,3 +282,19 @@ def read_flow_history(path: str | Path) -> list[FlowSnapshot]:
         values = {stat: [record["layers"][n].get(stat, float("nan")) for n in names] for stat in STATISTICS}
         snapshots.append(FlowSnapshot(record["step"], names, **values))
     return snapshots
+
+
+def history_matrix(history: list[FlowSnapshot], statistic: str) -> torch.Tensor:
+    """(layers, snapshots) values of one statistic; rows are the last snapshot's layers (see FlowCollector.matrix)."""
+    columns = [dict(zip(s.layers, getattr(s, statistic), strict=True)) for s in history]
+    return torch.tensor([[column.get(layer, float("nan")) for column in columns] for layer in history[-1].layers])
+
+
+def history_figures(history: list[FlowSnapshot]) -> dict:
+    """The last snapshot's bars and the heatmaps over `history` ({} for none): at a run's end, and in lab2-report
+    for a stopped run, from its flow.jsonl."""
+    if not history:
+        return {}
+    steps = [s.step for s in history]
+    heatmaps = flow_heatmaps(history[-1].layers, steps, lambda stat: history_matrix(history, stat).numpy())
+    return {**flow_figures(history[-1]), **heatmaps}

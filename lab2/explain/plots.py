@@ -278,19 +278,23 @@ def curves_figure(metrics: Sequence[dict]) -> Figure:
 
 
 def comparison_curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figure:
-    """Every run's (label, metrics.jsonl records) loss and accuracy per epoch (top) and minute (bottom): a colour
-    per run, eval solid and train dashed, so any two curves differ in print as well as on screen."""
+    """Loss and accuracy of every run, train and eval overlaid: per epoch (top) and per minute of training (bottom).
+
+    `runs`: (label, metrics.jsonl records) per run. One colour and marker per run, eval solid and train dashed,
+    so any pair of curves can be told apart in print as well as on screen.
+    """
     fig = Figure(figsize=(11, 8), layout="constrained")
     axes = fig.subplots(2, 2)
-    colours = [f"C{i % 10}" for i in range(len(runs))]
-    for (label, metrics), colour in zip(runs, colours, strict=True):
+    for i, (label, metrics) in enumerate(runs):
+        # 10 colours, then each again with another marker: 11 runs or 40, no two look alike.
+        colour, marker = f"C{i % 10}", "osD^vP*Xph"[i // 10 % 10]
         for key, style, scale in CURVES:
             epochs, minutes, values = _points(metrics, key, scale)
             column = 0 if key.endswith("loss") else 1
             split = key.split("_")[0]
             for row, xs in ((0, epochs), (1, minutes)):
                 axes[row, column].plot(
-                    xs, values, linestyle=style, marker="o", markersize=3, color=colour, label=f"{label} {split}"
+                    xs, values, linestyle=style, marker=marker, markersize=3, color=colour, label=f"{label} {split}"
                 )
     for column, (title, ylabel) in enumerate((("Loss", "cross-entropy loss"), ("Accuracy", "accuracy (%)"))):
         axes[0, column].set(xlabel="epoch", ylabel=ylabel, title=f"{title} per epoch")

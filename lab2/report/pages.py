@@ -1,13 +1,8 @@
-"""lab2's two HTML pages, rendered from the jinja2 templates in templates/ and written atomically.
-
-- `lab2-report RUN_DIR`: RUN_DIR/report.html, one run (the training writes it at its end);
-- `lab2-report RUN_A RUN_B [...] --output compare.html`: several runs side by side, what W&B's runs table and
-  overlaid charts show online: the curves overlaid, the final metrics, the flags that differ, each confusion matrix.
-
-Everything comes from the run folders' files (config.json, metrics.jsonl, summary.json, flops.json,
-figures/*.png). Images are inlined as base64 data URIs, so a page is one file that makes no request, readable
-offline and printable to PDF. Reading and checking the files is here; what a page says, and how it is laid
-out, is in the templates (the filters num and pct print n/a for anything that is not a number).
+"""lab2's two HTML pages: a run's report.html (the training writes it at its end; `lab2-report RUN_DIR`), and
+several runs side by side (`lab2-report RUN_A RUN_B ... --output compare.html`, what W&B's runs table and overlaid
+charts show online). Everything comes from the run folders' files; images are inlined as data URIs, so a page is
+one file that makes no request. Reading and checking the files is here, what a page says is in templates/ (the
+filters num and pct print n/a for anything that is not a number).
 """
 
 from __future__ import annotations
@@ -16,6 +11,7 @@ import base64
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +19,11 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
+from lab2.config import RECIPES, TrainConfig
 from lab2.errors import UserError
 from lab2.figures import CAPTIONS, RUN_FIGURES
 from lab2.state.files import read_jsonl, write_text
-from lab2.state.run_folder import REPORT_MARK, RunPaths, check_report_target
+from lab2.state.run_folder import REPORT_MARK, RunPaths, check_report_target, marked_kind
 
 LAB2_CONFIG_KEYS = ("model", "num_train_epochs", "learning_rate")  # every lab2 config.json has them
 CURVE_KEYS = ("epoch", "train_loss", "train_acc")  # an unfinished run's curves skip a record without them
@@ -45,6 +42,11 @@ def _pct(value) -> str:
     return f"{100 * value:.2f}%" if _is_number(value) else "n/a"
 
 
+def _shown(value) -> str:
+    """A flag's value as config.json spells it (strings bare)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("lab2.report"),
     autoescape=True,  # every value from a run's files is text, never markup
@@ -53,7 +55,7 @@ TEMPLATES = jinja2.Environment(
     lstrip_blocks=True,
 )
 TEMPLATES.globals["report_mark"] = Markup(REPORT_MARK)  # how check_report_target knows a page lab2 wrote
-TEMPLATES.filters.update(num=_num, pct=_pct)  # {{ value | num(".4f") }}, {{ value | pct }}
+TEMPLATES.filters.update(num=_num, pct=_pct, shown=_shown)  # {{ value | num(".4f") }}, {{ value | pct }}
 
 
 def _read_object(path: Path, required: bool = False) -> dict:
@@ -82,70 +84,6 @@ def _image(name: str, picture, caption: str) -> dict:
     return {"name": name, "data": base64.b64encode(picture).decode("ascii"), "caption": caption}
 
 
-# ------------------------------------------------------------------------------------------------ one run
-
-
-def _flops_rows(flops: dict) -> list[list] | None:
-    """The FLOPs table's rows, or None when flops.json does not have lab2's layout."""
-    layers = flops.get("layers")
-    if not isinstance(layers, list) or not all(isinstance(x, dict) for x in layers):
-        return None
-    if not _is_number(flops.get("forward_flops")):
-        return None
-    total = max(flops["forward_flops"], 1)
-    rows = []
-    for layer in layers:
-        shape, count = layer.get("output_shape"), layer.get("flops")
-        rows.append(
-            [
-                layer.get("name", "?"),
-                layer.get("type", "?"),
-                "x".join(map(str, shape)) if isinstance(shape, list) else "?",
-                _num(layer.get("params"), ","),
-                _num(count, ","),
-                _num(100 * count / total if _is_number(count) else None, ".2f") + "%",
-            ]
-        )
-    return rows
-
-
-def build_report(run_dir: str | Path) -> str:
-    """The report page for `run_dir` as an HTML string."""
-    paths = RunPaths(run_dir)
-    if not paths.root.is_dir():
-        raise UserError(f"{paths.root} is not a folder; give the --output_dir of a run.")
-    config = _read_object(paths.config, required=True)
-    summary, flops, metrics = _read_object(paths.summary), _read_object(paths.flops), read_jsonl(paths.metrics)
-    figures = [
-        _image(f.name, png.read_bytes(), f.caption)
-        for f in RUN_FIGURES
-        if (png := paths.figures / f"{f.name}.png").exists()
-    ]
-    drawable = [m for m in metrics if all(_is_number(m.get(key)) for key in CURVE_KEYS)]
-    if not summary and drawable:  # the final figures come at the end: draw the curves so far from metrics.jsonl
-        from lab2.explain.plots import curves_figure  # matplotlib only for a page that draws
-
-        curves = curves_figure(drawable)
-        figures.insert(0, _image("curves", curves, "Loss and accuracy per epoch so far (unfinished run)"))
-    class_accuracy = summary.get("class_accuracy")
-    return TEMPLATES.get_template("report.html.j2").render(
-        run_name=config.get("run_name", paths.root.name),
-        model=config["model"] if isinstance(config.get("model"), str) else "unknown",
-        folder=paths.root,
-        synthetic=config.get("dataset") == "fake",
-        config=config,
-        summary=summary,
-        metrics=metrics,
-        class_accuracy=class_accuracy if isinstance(class_accuracy, dict) else {},
-        flops=flops,
-        flops_rows=_flops_rows(flops),
-        figures=figures,
-    )
-
-
-# ------------------------------------------------------------------------------------------- several runs
-
-
 @dataclass
 class Run:
     root: Path
@@ -158,15 +96,30 @@ class Run:
     def finished(self) -> bool:
         return bool(self.summary)
 
+    @property
+    def last(self) -> dict:
+        """Each key's latest value over the epoch records (None is no value: an epoch without evaluation)."""
+        return {key: value for m in self.metrics for key, value in m.items() if value is not None}
+
+    @property
+    def training_time(self) -> float:
+        return sum(m["epoch_time_s"] for m in self.metrics if _is_number(m.get("epoch_time_s")))
+
+    @property
+    def device(self) -> str:
+        if "device" not in self.summary:
+            return "n/a (summary.json has it at the end)"
+        return f"{self.summary['device']} x{self.summary.get('world_size', '?')}, {self.summary.get('precision', '?')}"
+
 
 def read_run(folder: str | Path) -> Run:
-    """A run's files, or a UserError when `folder` is not a finished or running lab2 run."""
+    """A run's files, or a UserError when `folder` is not a lab2 run (finished, running or stopped)."""
     paths = RunPaths(folder)
     if not paths.root.is_dir():
         raise UserError(f"{paths.root} is not a folder; give the --output_dir of a lab2 run.")
     config = _read_object(paths.config, required=True)
     missing = [key for key in LAB2_CONFIG_KEYS if key not in config]
-    if missing:
+    if missing and marked_kind(paths.root) != "run":  # a folder lab2 marked gets what its files hold
         raise UserError(
             f"{paths.root} is not a lab2 run: its config.json has no {missing[0]!r} flag (another tool's file?); "
             "give the --output_dir of a lab2 training run."
@@ -175,8 +128,87 @@ def read_run(folder: str | Path) -> Run:
     return Run(paths.root, label, config, _read_object(paths.summary), read_jsonl(paths.metrics))
 
 
-def _distinct_labels(runs: list[Run]) -> None:
-    """Give runs that share a run_name (lab2's default is the same for all) their folder name, then their path."""
+def flag_sources(config: dict) -> dict[str, str]:
+    """Where each flag's value comes from: 'given' (it differs from its default and the recipe's value), 'recipe
+    NAME', or 'default' (output_dir and run_name count as such: lab2 fills them in when not given)."""
+    recipe, defaults = RECIPES.get(str(config.get("recipe")), {}), TrainConfig().to_dict()
+    sources = {}
+    for key, value in config.items():
+        if key in recipe and value == recipe[key]:
+            sources[key] = f"recipe {config['recipe']}"
+        elif key in defaults and key not in ("output_dir", "run_name") and value != defaults[key]:
+            sources[key] = "given"
+        else:
+            sources[key] = "default"
+    order = {"given": 0, "default": 2}  # the flags given first, then the recipe's, then the defaults
+    return dict(sorted(sources.items(), key=lambda item: order.get(item[1], 1)))
+
+
+def _flops_rows(flops: dict) -> list[list] | None:
+    """The FLOPs table's rows, or None when flops.json does not have lab2's layout."""
+    layers = flops.get("layers")
+    if not (
+        isinstance(layers, list) and all(isinstance(x, dict) for x in layers) and _is_number(flops.get("forward_flops"))
+    ):
+        return None
+    total, rows = max(flops["forward_flops"], 1), []
+    for layer in layers:  # name, type, shape, params, FLOPs, share of the FLOPs (the template formats the numbers)
+        shape, count = layer.get("output_shape"), layer.get("flops")
+        shape = "x".join(map(str, shape)) if isinstance(shape, list) else "?"
+        share = count / total if _is_number(count) else None
+        rows.append([layer.get("name", "?"), layer.get("type", "?"), shape, layer.get("params"), count, share])
+    return rows
+
+
+def _figures(run: Run) -> list[dict]:
+    """figures/*.png in the registry's order. Those come at a run's end: for an unfinished run, what its files
+    hold so far is drawn instead (the curves from metrics.jsonl, the flow bars and heatmaps from flow.jsonl)."""
+    paths, drawn = RunPaths(run.root), {}
+    if not run.finished:
+        from lab2.explain import flow, plots  # matplotlib and torch only for a page that draws
+
+        drawable = [m for m in run.metrics if all(_is_number(m.get(key)) for key in CURVE_KEYS)]
+        drawn = {"curves": plots.curves_figure(drawable)} if drawable else {}
+        try:
+            drawn.update(flow.history_figures(flow.read_flow_history(paths.flow)))
+        except (KeyError, TypeError, ValueError, AttributeError):  # a flow.jsonl lab2 did not write: no flow figures
+            pass
+    figures = []
+    for f in RUN_FIGURES:
+        png = paths.figures / f"{f.name}.png"
+        if f.name in drawn:
+            figures.append(_image(f.name, drawn[f.name], f"{f.caption.split(' (')[0]} so far (unfinished run)"))
+        elif png.exists():
+            figures.append(_image(f.name, png.read_bytes(), f.caption))
+    return figures
+
+
+def build_report(run_dir: str | Path) -> str:
+    """The report page for `run_dir` as an HTML string."""
+    run = read_run(run_dir)
+    flops = _read_object(RunPaths(run_dir).flops)
+    return TEMPLATES.get_template("report.html.j2").render(
+        run=run, sources=flag_sources(run.config), flops=flops, flops_rows=_flops_rows(flops), figures=_figures(run)
+    )
+
+
+def _given_name(config: dict) -> str | None:
+    """The --run_name given, or None for lab2's default <model>-<date>-<time> (lab2.flags)."""
+    name = str(config.get("run_name") or "")
+    return None if re.fullmatch(re.escape(str(config.get("model"))) + r"-\d{8}-\d{6}", name) else name
+
+
+def label_runs(runs: list[Run]) -> None:
+    """Label each run by its --run_name if given, else by up to 3 flags given in some run whose values differ
+    (`recipe=fast`; among the runs without a name, when there are two), else by its folder name. Runs whose
+    labels are the same get their folder name, then their path."""
+    unnamed = [run for run in runs if not _given_name(run.config)]
+    pool = unnamed if len(unnamed) > 1 else runs
+    keys = dict.fromkeys(key for run in pool for key, by in flag_sources(run.config).items() if by == "given")
+    differing = [key for key in keys if len({_shown(run.config.get(key)) for run in pool}) > 1]
+    for run in runs:
+        flags = ", ".join(f"{key}={_shown(run.config.get(key))}" for key in differing[:3])
+        run.label = _given_name(run.config) or flags or run.root.name
     for rename in (lambda run: run.root.name, lambda run: str(run.root)):
         labels = [run.label for run in runs]
         for run in runs:
@@ -184,40 +216,12 @@ def _distinct_labels(runs: list[Run]) -> None:
                 run.label = rename(run)
 
 
-def _last(run: Run, key: str):
-    """The latest epoch record's value of `key` (None when no epoch has it yet)."""
-    values = [m.get(key) for m in run.metrics if m.get(key) is not None]
-    return values[-1] if values else None
-
-
-def final_metrics_rows(runs: Sequence[Run]) -> list[list[str]]:
-    """One row per measure, one column per run."""
-    measures = (
-        ("status", lambda r: "finished" if r.finished else "not finished (running or stopped)"),
-        ("epochs", lambda r: f"{len(r.metrics)} of {r.config.get('num_train_epochs', '?')}"),
-        ("final eval accuracy", lambda r: _pct(r.summary.get("final_eval_acc"))),
-        ("best eval accuracy", lambda r: _pct(r.summary.get("best_eval_acc"))),
-        ("final eval loss", lambda r: _num(r.summary.get("final_eval_loss"), ".4f")),
-        ("last epoch's eval accuracy", lambda r: _pct(_last(r, "eval_acc"))),
-        ("last epoch's train accuracy", lambda r: _pct(_last(r, "train_acc"))),
-        ("last epoch's train loss", lambda r: _num(_last(r, "train_loss"), ".4f")),
-        ("training time (s)", lambda r: _num(sum(m.get("epoch_time_s") or 0 for m in r.metrics), ".1f")),
-        ("train images/s", lambda r: _num(r.summary.get("train_images_per_s"), ".0f")),
-        ("parameters", lambda r: _num(r.summary.get("params"), ",")),
-        ("GFLOPs / sample", lambda r: _num(r.summary.get("gflops_per_sample"), ".4f")),
-        ("device", lambda r: f"{r.summary.get('device', 'n/a')} x{r.summary.get('world_size', '?')}"),
-    )
-    return [[name, *(value(run) for run in runs)] for name, value in measures]
-
-
 def config_difference_rows(runs: Sequence[Run]) -> list[list[str]]:
     """The flags whose values are not the same in every run (a flag one run lacks counts as different)."""
     keys = list(dict.fromkeys(key for run in runs for key in run.config))
-    absent = object()
     rows = []
     for key in keys:
-        values = [run.config.get(key, absent) for run in runs]
-        shown = ["(absent)" if v is absent else json.dumps(v) if not isinstance(v, str) else v for v in values]
+        shown = [_shown(run.config[key]) if key in run.config else "(absent)" for run in runs]
         if len(set(shown)) > 1:
             rows.append([f"--{key}", *shown])
     return rows
@@ -226,9 +230,10 @@ def config_difference_rows(runs: Sequence[Run]) -> list[list[str]]:
 def _confusion(run: Run):
     """(class names, square count matrix) from summary.json, or None when it has none in lab2's layout."""
     matrix = run.summary.get("confusion_matrix")
-    if not (isinstance(matrix, list) and matrix and all(isinstance(row, list) for row in matrix)):
-        return None
-    if any(len(row) != len(matrix) or not all(isinstance(c, int) for c in row) for row in matrix):
+    square = (
+        isinstance(matrix, list) and matrix and all(isinstance(row, list) and len(row) == len(matrix) for row in matrix)
+    )
+    if not square or not all(isinstance(c, int) for row in matrix for c in row):
         return None
     names = list(run.summary.get("class_accuracy") or {})
     return (names if len(names) == len(matrix) else [str(i) for i in range(len(matrix))]), matrix
@@ -239,7 +244,7 @@ def build_comparison(run_dirs: Sequence[str | Path]) -> str:
     from lab2.explain import plots  # matplotlib only for a page that draws
 
     runs = [read_run(folder) for folder in run_dirs]
-    _distinct_labels(runs)
+    label_runs(runs)
     groups: dict[tuple[str, ...], list] = {}  # one figure per set of classes: runs on other data get their own
     missing = []
     for run in runs:
@@ -249,33 +254,18 @@ def build_comparison(run_dirs: Sequence[str | Path]) -> str:
         else:
             groups.setdefault(tuple(found[0]), []).append((run.label, found[1]))
     curves = plots.comparison_curves_figure([(run.label, run.metrics) for run in runs])
+    matrices = [plots.confusion_matrices_figure(found, names) for names, found in groups.items()]
     return TEMPLATES.get_template("compare.html.j2").render(
-        overview=[
-            [run.label, run.root, run.config.get("model", "?"), "finished" if run.finished else "not finished"]
-            for run in runs
-        ],
-        labels=[run.label for run in runs],
-        metrics_rows=final_metrics_rows(runs),
+        runs=runs,
         curves=_image("comparison_curves", curves, CAPTIONS["comparison_curves"]),
         differences=config_difference_rows(runs),
-        matrices=[
-            _image(
-                "confusion_matrices", plots.confusion_matrices_figure(matrices, names), CAPTIONS["confusion_matrices"]
-            )
-            for names, matrices in groups.items()
-        ],
+        matrices=[_image("confusion_matrices", fig, CAPTIONS["confusion_matrices"]) for fig in matrices],
         missing=missing,
     )
 
 
-# ---------------------------------------------------------------------------------------------- writing
-
-
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
-    """Write the report atomically to `output` (default `run_dir/report.html`) and return its path.
-
-    It writes a new file or replaces a page lab2 wrote (lab2.state.run_folder's write policy), nothing else.
-    """
+    """Write the report to `output` (default `run_dir/report.html`): a new file or a page lab2 wrote, nothing else."""
     if not Path(run_dir).is_dir():  # before the target's checks, which would blame an --output never given
         raise UserError(f"{run_dir} is not a folder; give the --output_dir of a run.")
     target = Path(output) if output else RunPaths(run_dir).report
@@ -291,11 +281,9 @@ def write_comparison(run_dirs: Sequence[str | Path], output: str | Path | None) 
     if target.suffix.lower() not in (".html", ".htm"):  # never a run's config.json, metrics.jsonl or weights
         raise UserError(f"--output {target} must be an .html file; e.g. --output compare.html")
     resolved = [Path(folder).resolve() for folder in run_dirs]
-    repeated = next(
-        (str(folder) for folder, path in zip(run_dirs, resolved, strict=True) if resolved.count(path) > 1), None
-    )
-    if repeated:
-        raise UserError(f"{repeated} is given more than once; name each run to compare once.")
+    for folder, path in zip(run_dirs, resolved, strict=True):
+        if resolved.count(path) > 1:
+            raise UserError(f"{folder} is given more than once; name each run to compare once.")
     check_report_target(target)  # a new page, or one lab2 wrote (REPORT_MARK): the one write policy
     return _write_page(target, build_comparison(run_dirs))
 
