@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BIN, REPO, cli_env, run_cli, train_cmd
+from conftest import BIN, REPO, run_cli, train_cmd
 
 from lab2.state.checkpoint import checkpoint_problem, list_checkpoints, save_checkpoint
 from lab2.state.run_folder import MARKER, claim, owned_files, remove_owned_files
@@ -97,11 +97,11 @@ def test_a_killed_saves_leftover_is_recorded_and_removed_by_the_next_save(tmp_pa
         _killed_save(run / "checkpoints")
     leftovers = [n for n in _hidden_folders(run / "checkpoints") if n not in {p.parts[-2] for p in planted}]
     assert len(leftovers) == 1, leftovers
-    assert json.loads((run / MARKER).read_text())["temporary"] == [f"checkpoints/{leftovers[0]}"]
+    assert json.loads((run / MARKER).read_text())["temporary_checkpoints"] == [leftovers[0]]
     saved = save_checkpoint(_accelerator(), run / "checkpoints", {**PROGRESS, "global_step": 6}, total_limit=2)
     assert checkpoint_problem(saved) is None and list_checkpoints(run / "checkpoints") == [saved]
     assert not (run / "checkpoints" / leftovers[0]).exists()
-    assert json.loads((run / MARKER).read_text())["temporary"] == []
+    assert json.loads((run / MARKER).read_text())["temporary_checkpoints"] == []
     _survived(planted)
     # a leftover is also lab2's for --overwrite_output_dir, which removes exactly the recorded one
     _killed_save(run / "checkpoints")
@@ -144,10 +144,10 @@ def test_lookalikes_survive_overwrite_resume_and_lab2_eval(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     planted = _plant(run, LOOKALIKES)
     planted |= _plant(run / "checkpoints" / "checkpoint_00000004", ["optimizer_1.bin", "notes.txt"])
-    planted |= _plant(run / "eval", [".eval.json.tmp", ".eval.json.abcdefgh.tmp", ".write-test-0"])
-    for _ in range(2):
+    for _ in range(2):  # the second time into the eval/ it marked, where the user put files since
         result = run_cli([str(BIN / "lab2-eval"), "--model_path", str(run)])
         assert result.returncode == 0, result.stdout + result.stderr
+        planted |= _plant(run / "eval", [".eval.json.tmp", ".eval.json.abcdefgh.tmp", ".write-test-0"])
     _survived(planted)
     result = run_cli(train_cmd(*flags, "--num_train_epochs", 2, "--resume_from_checkpoint", "latest"))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -194,11 +194,13 @@ def test_every_output_gets_the_mode_the_umask_gives(tmp_path, mask, mode):
         assert result.returncode == 0, result.stdout + result.stderr
     written = [p for folder in (run, outputs) for p in folder.rglob("*") if p.is_file()]
     assert len(written) > 20 and (run / "model.safetensors") in written
-    assert (outputs / "explain" / "cat.gradcam.png") in written
+    assert (outputs / "explain" / "cat.png.gradcam.png") in written
     wrong = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in written if stat.S_IMODE(p.stat().st_mode) != mode}
     assert not wrong, f"files not {oct(mode)} under umask {mask:03o}: {wrong}"
     folders = [p for folder in (run, outputs) for p in folder.rglob("*") if p.is_dir()]
-    wrong = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in folders if stat.S_IMODE(p.stat().st_mode) != 0o777 & ~mask}
+    wrong = {
+        str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in folders if stat.S_IMODE(p.stat().st_mode) != 0o777 & ~mask
+    }
     assert not wrong, f"folders not {oct(0o777 & ~mask)} under umask {mask:03o}: {wrong}"
 
 
