@@ -26,7 +26,6 @@ from lab2.state.run_folder import (
     MANIFEST_FILE,
     record_temporaries,
     remove_checkpoint_files,
-    remove_temporaries,
 )
 
 PROGRESS_FILE = "progress.json"
@@ -159,10 +158,9 @@ def save_checkpoint(accelerator, checkpoints_dir: str | Path, progress: dict, to
     final = checkpoints_dir / checkpoint_name(progress["global_step"])
     if accelerator.is_main_process:
         checkpoints_dir.mkdir(parents=True, exist_ok=True)
-        remove_temporaries(root)  # what a save killed mid-write left, exactly as it recorded it
     tmp = _new_folder_on_main(accelerator, final)
     if accelerator.is_main_process:
-        record_temporaries(root, [tmp])  # before anything large is written into it
+        record_temporaries(root, [tmp])  # before anything is written into it; removes a killed save's folder
     try:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()

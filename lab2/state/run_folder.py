@@ -8,7 +8,8 @@ The rule (README, "Your files are safe"), for lab2-train, lab2-eval, lab2-export
   file (lab2-export's metadata, lab2-report's <meta name="generator">);
 - folders: a command writes into a missing or empty folder, or one it marked itself;
 - the trackers' files (wandb/, mlruns/, tensorboard/) are known by a list in the marker: the files that appeared
-  there while lab2's trackers ran (`record_tracker_files`), never by W&B's or MLflow's own naming;
+  there while lab2's trackers ran (`record_tracker_files`), never by W&B's or MLflow's own naming; a
+  checkpoint's files by its manifest, a killed save's temporary folder by the marker: never by a name pattern;
 - `--overwrite_output_dir` removes only those files (`owned_files`), never a whole folder holding something else;
 - anything else is a UserError (one line, exit 2), before anything is written.
 """
@@ -25,7 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from lab2.errors import UserError
 from lab2.figures import RUN_FIGURES
-from lab2.state.files import write_json
+from lab2.state.files import FILE_MODE, write_json
 
 
 class RunPaths:
@@ -82,7 +83,7 @@ class RunFolderLock:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self._fd: int | None = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd: int | None = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -262,17 +263,15 @@ def _temporaries(root: Path) -> list[Path]:
 
 
 def record_temporaries(root: str | Path, folders: list[Path]) -> None:
-    """List in a run's marker the temporary checkpoint folders a save is about to fill, or [] once it is done, so
-    that what a killed save leaves is removed by the next save (remove_temporaries) or --overwrite_output_dir."""
-    if marked_kind(root) == "run":
-        _update_marker(Path(root), temporary_checkpoints=[p.name for p in folders])
-
-
-def remove_temporaries(root: str | Path) -> None:
-    """Remove, whole, the temporary checkpoint folders the marker lists: lab2 made each under a new random name
-    (lab2.state.files.new_temporary), so nothing in one is anyone else's."""
-    for folder in _temporaries(Path(root)):
-        shutil.rmtree(folder, ignore_errors=True)
+    """Make a run's marker list exactly `folders`, the temporary checkpoint folders a save fills (before it writes
+    into them; [] once done), and remove, whole, any it listed before and no longer does: a killed save's
+    leftover. lab2 made each under a new random name (files.new_temporary), so nothing in one is anyone's else."""
+    root = Path(root)
+    if marked_kind(root) != "run":
+        return
+    for leftover in set(_temporaries(root)) - set(folders):
+        shutil.rmtree(leftover, ignore_errors=True)
+    _update_marker(root, temporary_checkpoints=[p.name for p in folders])
 
 
 # ---- which folders and files a command may write ----
