@@ -12,6 +12,7 @@ import sys
 
 import pytest
 from conftest import BIN, REPO, run_cli, train_cmd
+from test_write_policy import _plant
 
 from lab2.state.checkpoint import checkpoint_problem, list_checkpoints, save_checkpoint
 from lab2.state.run_folder import MARKER, claim, owned_files, remove_owned_files
@@ -30,16 +31,6 @@ LOOKALIKES = [
     "checkpoints/checkpoint_00000099",  # a plain file, not a checkpoint folder
     "checkpoints/.checkpoint_00000004.abcdefgh.tmp",
 ]
-
-
-def _plant(folder, names):
-    planted = {}
-    for name in names:
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(f"the user's own {name}\n".encode())
-        planted[path] = path.read_bytes()
-    return planted
 
 
 def _survived(planted):
