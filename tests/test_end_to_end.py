@@ -291,7 +291,7 @@ def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(mini_dir, tmp
 
     def saving():
         return (
-            any(p.name.startswith(".tmp-") for p in (out / "checkpoints").glob(".tmp-*"))
+            any((out / "checkpoints").glob(".checkpoint_*.tmp"))  # a save's temporary folder (new_temporary)
             and len(list_checkpoints(out / "checkpoints")) >= 1
         )
 
@@ -307,6 +307,7 @@ def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(mini_dir, tmp
     resumed = run_cli(train_cmd(*args, "--num_train_epochs", 1, "--resume_from_checkpoint", "latest"))
     assert resumed.returncode == 0, resumed.stderr
     assert (out / "summary.json").exists()
+    assert not any((out / "checkpoints").glob(".checkpoint_*.tmp"))  # the killed save's folder: removed by the next
 
 
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(mini_dir, tmp_path):

@@ -4,6 +4,7 @@ and the records a run starts with (config.json, flops.json, the trackers). The l
 from __future__ import annotations
 
 import os
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -79,9 +80,8 @@ def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> run_fo
     others), to hold until the run has written its last file."""
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
-        probe = paths.root / f".write-test-{accelerator.process_index}"
-        probe.write_text("ok")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=paths.root):  # a nameless file: it can never be one of the user's
+            pass
     except OSError as exc:
         raise UserError(
             f"cannot write to --output_dir {paths.root} ({exc.strerror}); choose a writable folder."

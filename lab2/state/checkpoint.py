@@ -1,25 +1,11 @@
-"""Checkpoints (Accelerate state, for resuming) and the safetensors export, both written atomically.
+"""Checkpoints (Accelerate state plus progress.json, for resuming) and the model export, written atomically.
 
-Checkpoint layout: `<output_dir>/checkpoints/checkpoint_<global step, 8 digits>/`,
-holding what `accelerator.save_state` writes (model as safetensors, optimizer,
-scaler, per-rank RNG states) plus `progress.json` (epoch, batch in epoch,
-global step, running sums, model name).
-
-Why not `ProjectConfiguration(automatic_checkpoint_naming=True, total_limit=...)`:
-Accelerate then writes straight into the final folder and deletes the oldest
-checkpoint *before* writing the new one, so a process killed mid-save can leave
-a half-written newest folder and, with total_limit=1, no good one at all. Here
-every rank writes into a hidden temporary folder, the main process adds
-`progress.json` and renames it into place (an atomic rename on one file
-system), and only then prunes to `total_limit`. Before the rename it writes
-`manifest.json`: each file's name, size and SHA-256. A checkpoint is complete exactly
-when its manifest reads and every listed file matches, so damage after the fact (a
-truncated file, a deleted one, an edit) is caught before Accelerate loads anything:
-`--resume_from_checkpoint latest` takes the newest checkpoint that verifies.
-
-A full disk during a save or the final export is a DiskFull error (exit code
-6): the temporary folder or file is removed and the message names the last
-good checkpoint to resume from.
+`checkpoints/checkpoint_<global step, 8 digits>/` is filled under a temporary name, gets `manifest.json` (each
+file's size and SHA-256) last, then is renamed into place; only then are old ones pruned to total_limit. Not
+Accelerate's automatic_checkpoint_naming: it writes into the final folder and prunes first, so a kill mid-save can
+leave no good checkpoint. A checkpoint is complete exactly when every file its manifest lists matches, so a
+truncated, deleted or edited file is caught before Accelerate loads anything. A full disk is DiskFull (exit 6)
+naming the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -28,18 +14,20 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
 
 from lab2.errors import DiskFull, UserError, is_disk_full
-from lab2.state.files import write_json
+from lab2.state.files import FILE_MODE, new_temporary, write_json
 from lab2.state.model_file import save_model_file
-from lab2.state.run_folder import remove_checkpoint_files
+from lab2.state.run_folder import (
+    CHECKPOINT_NAME,
+    MANIFEST_FILE,
+    record_temporaries,
+    remove_checkpoint_files,
+)
 
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d+)$")
-MANIFEST_FILE = "manifest.json"
 PROGRESS_FILE = "progress.json"
 # progress.json's numeric fields and their minimum; the first six are whole numbers, the sums finite floats.
 COUNTS = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "num_classes": 1, "world_size": 1}
@@ -52,13 +40,13 @@ def _digest(path: Path) -> str:
 
 
 def write_manifest(folder: str | Path) -> Path:
-    """Record every file under `folder` (name, size, SHA-256) in its manifest; call after all else is written."""
+    """Record every file under `folder` (name, size, SHA-256) in its manifest; call after all else is written.
+    Each file gets the outputs' mode first (safetensors makes its files 0600 whatever the umask)."""
     folder = Path(folder)
-    files = {
-        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _digest(p)}
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_FILE
-    }
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
+        os.chmod(path, FILE_MODE)
+        files[str(path.relative_to(folder))] = {"size": path.stat().st_size, "sha256": _digest(path)}
     write_json(folder / MANIFEST_FILE, {"format": 1, "files": files})
     return folder / MANIFEST_FILE
 
@@ -126,7 +114,7 @@ def list_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
     found = [
         (int(m.group(1)), p)
         for p in folder.iterdir()
-        if (m := CHECKPOINT_PATTERN.match(p.name)) and ((p / MANIFEST_FILE).exists() or (p / PROGRESS_FILE).exists())
+        if (m := CHECKPOINT_NAME.match(p.name)) and ((p / MANIFEST_FILE).exists() or (p / PROGRESS_FILE).exists())
     ]
     return [p for _, p in sorted(found)]
 
@@ -153,15 +141,26 @@ def disk_full_error(exc: BaseException, where: str | Path, checkpoints_dir: str 
     )
 
 
+def _new_folder_on_main(accelerator, beside: Path) -> Path:
+    """A new temporary folder beside `beside`, made by the main process and named to every process."""
+    name = [str(new_temporary(beside, folder=True)) if accelerator.is_main_process else None]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(name)
+    return Path(name[0])
+
+
 def save_checkpoint(accelerator, checkpoints_dir: str | Path, progress: dict, total_limit: int) -> Path:
     """Save the Accelerate state plus `progress` atomically; call on every process (RNG state is per rank)."""
     checkpoints_dir = Path(checkpoints_dir)
+    root = checkpoints_dir.parent
     final = checkpoints_dir / checkpoint_name(progress["global_step"])
-    tmp = checkpoints_dir / f".tmp-{final.name}"
     if accelerator.is_main_process:
         checkpoints_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed mid-save
-    accelerator.wait_for_everyone()
+    tmp = _new_folder_on_main(accelerator, final)
+    if accelerator.is_main_process:
+        record_temporaries(root, [tmp])  # before anything is written into it; removes a killed save's folder
     try:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
@@ -175,9 +174,9 @@ def save_checkpoint(accelerator, checkpoints_dir: str | Path, progress: dict, to
         raise disk_full_error(exc, tmp, checkpoints_dir) from None
     if accelerator.is_main_process:
         if final.exists():  # the same step saved again (e.g. an interrupt right after a scheduled save)
-            old = checkpoints_dir / f".old-{final.name}"
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
+            old = new_temporary(final, folder=True)
+            record_temporaries(root, [tmp, old])
+            final.replace(old)  # onto the new, empty folder
             tmp.rename(final)
             if not remove_checkpoint_files(old):  # files lab2 did not write were in it: they stay in the same place
                 for leftover in old.iterdir():
@@ -185,8 +184,9 @@ def save_checkpoint(accelerator, checkpoints_dir: str | Path, progress: dict, to
                 old.rmdir()
         else:
             tmp.rename(final)
+        record_temporaries(root, [])
         for stale in list_checkpoints(checkpoints_dir)[:-total_limit]:
-            remove_checkpoint_files(stale)  # by name: anything else in the folder stays
+            remove_checkpoint_files(stale)  # its manifest's files: anything else in the folder stays
     accelerator.wait_for_everyone()
     return final
 

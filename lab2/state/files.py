@@ -13,20 +13,38 @@ from pathlib import Path
 from lab2.errors import UserError
 
 
-def _temporary_beside(path: str | Path) -> Path:
-    """A new, uniquely named temporary file beside `path` (O_EXCL: it can never be a file already there)."""
-    path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(name, 0o644)  # mkstemp's 0600 would follow the file through the rename
-    return Path(name)
+def _umask() -> int:
+    """The user's umask. Reading it means setting it: the restrictive 0o077 in between, so that a file another
+    thread creates in that instant is never more open than the user asked (the umask is process-wide)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+# Every output's mode, as any program's: mkstemp, mkdtemp and safetensors alone make 0600/0700 whatever the umask.
+_MASK = _umask()
+FILE_MODE, FOLDER_MODE = 0o666 & ~_MASK, 0o777 & ~_MASK
+
+
+def new_temporary(beside: str | Path, folder: bool = False) -> Path:
+    """A new file (or folder) `.<name>.<random>.tmp` beside `beside`, created exclusively: it can never be an entry
+    already there, so nothing a user named so is ever taken for lab2's. It has the outputs' mode."""
+    beside = Path(beside)
+    names = {"dir": beside.parent, "prefix": f".{beside.name}.", "suffix": ".tmp"}
+    if folder:
+        made = tempfile.mkdtemp(**names)
+    else:
+        fd, made = tempfile.mkstemp(**names)
+        os.close(fd)
+    os.chmod(made, FOLDER_MODE if folder else FILE_MODE)
+    return Path(made)
 
 
 def atomic_write(target: str | Path, write: Callable[[Path], object]) -> Path:
     """Write `target` whole or not at all: `write(tmp)` fills a temporary file beside it, which is synced and then
     renamed over `target`. Any failure (a full disk, Ctrl-C) removes the temporary file. Returns `target`."""
     target = Path(target)
-    tmp = _temporary_beside(target)
+    tmp = new_temporary(target)
     try:
         write(tmp)
         with open(tmp, "rb") as handle:
@@ -54,7 +72,7 @@ def append_jsonl(path: str | Path, record: dict) -> None:
     before the error is raised.
     """
     data = (json.dumps(record) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn last line: cut it off

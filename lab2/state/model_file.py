@@ -1,14 +1,9 @@
-"""A model file lab2 reads: an exported model.safetensors (its metadata checked, every problem one line) or the
-course lab's `model_final.pth`, and `lab2-export`, which turns the latter into the former; top-k predictions.
-Shared by lab2-eval, lab2-predict and lab2-export.
+"""The model files lab2 reads (a run's model.safetensors, its metadata checked, or the course lab's
+`model_final.pth`), lab2-export from the latter to the former, and top-k predictions.
 
-    lab2-export model_final.pth [--output model.safetensors] [--model simple_cnn] [--class_names a,b,...]
-
-The lab saved its weights with `torch.save(model.state_dict(), "model_final.pth")`. lab2's SimpleCNN carries the
-lab's module names (conv1, bn1, ... fc2), so that state dict loads as it is. It is read with
-`torch.load(weights_only=True)`: only tensors and plain containers are unpickled, never code. The export adds the
-metadata lab2-eval and lab2-predict read (model name, classes, a config with lab2's defaults), so the file then
-works like any run's model.safetensors.
+The lab's weights are read with `torch.load(weights_only=True)`: tensors and plain containers only, never code.
+SimpleCNN carries the lab's module names (conv1, bn1, ... fc2), so its state dict loads as it is; the export adds
+the metadata lab2-eval and lab2-predict read (model name, classes, a config with lab2's defaults).
 """
 
 from __future__ import annotations
@@ -78,11 +73,8 @@ def _state_problems(model: nn.Module, state: dict) -> list[str]:
 
 
 def load_exported_model(model_path: str | Path) -> LoadedModel:
-    """Build the model a lab2 model.safetensors (or the run folder holding it) describes, weights loaded, in eval mode.
-
-    The metadata (num_classes, class_names, config) and the tensors are checked against
-    the model first; every problem found is one line of the ManyUserErrors raised.
-    """
+    """The model a lab2 model.safetensors (or the run folder holding it) describes, loaded, in eval mode. Every
+    problem of the metadata and the tensors is one line of one ManyUserErrors."""
     path = Path(model_path)
     file = path / "model.safetensors" if path.is_dir() else path
     state, metadata = read_exported_model(model_path)
@@ -190,19 +182,13 @@ def load_lab_model(
             f"pass --class_names with {num_classes} names."
         )
     model = create_model(model_name, num_classes)
-    missing, unexpected = (
-        sorted(keys) for keys in (model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys())
-    )
-    if missing or unexpected:
+    problems = _state_problems(model, state)
+    if problems:
         raise UserError(
-            f"{path} does not hold a {model_name} state dict (missing: {', '.join(missing[:4]) or 'none'}; "
-            f"unexpected: {', '.join(unexpected[:4]) or 'none'}); "
+            f"{path} does not hold a {model_name} state dict ({'; '.join(problems[:3])}); "
             "it must come from the lab's SimpleCNN (conv1, bn1, ... fc2)."
         )
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:  # same names, other shapes
-        raise UserError(f"{path} does not fit {model_name}: {str(exc).splitlines()[-1].strip()}") from None
+    model.load_state_dict(state)
     model.eval()
     config = TrainConfig(model=model_name)
     return LoadedModel(model, tuple(class_names), config, Path(path))

@@ -8,7 +8,8 @@ The rule (README, "Your files are safe"), for lab2-train, lab2-eval, lab2-export
   file (lab2-export's metadata, lab2-report's <meta name="generator">);
 - folders: a command writes into a missing or empty folder, or one it marked itself;
 - the trackers' files (wandb/, mlruns/, tensorboard/) are known by a list in the marker: the files that appeared
-  there while lab2's trackers ran (`record_tracker_files`), never by W&B's or MLflow's own naming;
+  there while lab2's trackers ran (`record_tracker_files`), never by W&B's or MLflow's own naming; a
+  checkpoint's files by its manifest, a killed save's temporary folder by the marker: never by a name pattern;
 - `--overwrite_output_dir` removes only those files (`owned_files`), never a whole folder holding something else;
 - anything else is a UserError (one line, exit 2), before anything is written.
 """
@@ -25,7 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from lab2.errors import UserError
 from lab2.figures import RUN_FIGURES
-from lab2.state.files import write_json
+from lab2.state.files import FILE_MODE, write_json
 
 
 class RunPaths:
@@ -82,7 +83,7 @@ class RunFolderLock:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self._fd: int | None = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd: int | None = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -106,15 +107,9 @@ RUN_FILES = (
 EVAL_FILES = ("eval.json", "confusion_matrix.png", "class_accuracy.png", "predictions.png", "calibration.png")
 # Where lab2 points W&B (dir=<run>), MLflow's local file store and TensorBoard: lab2's names, not the trackers'.
 TRACKER_FOLDERS = ("wandb", "mlruns", "tensorboard")
-# Checkpoint folders (and their temporary and replaced forms), the files lab2 and Accelerate's save_state write
-# in them, and what a kill mid-write leaves: atomic_write's temporary file (.<name>.<8 random>.tmp, or an older
-# lab2's .<name>.tmp) and the writable-folder probe.
-CHECKPOINT_ENTRY = re.compile(r"^(\.tmp-|\.old-)?checkpoint_\d+$")
-CHECKPOINT_FILE = re.compile(
-    r"^((model|optimizer|scheduler|scaler|sampler|random_states|custom_checkpoint|dl_state_dict|pytorch_model)"
-    r"(_\d+)?\.(safetensors|bin|pt|pkl)|progress\.json|manifest\.json|\.(progress|manifest)\.json(\.\w+)?\.tmp)$"
-)
-TEMPORARY = re.compile(r"^\.(.+?)(\.\w{8})?\.tmp$|^\.(write-test)-\d+$")
+# A checkpoint folder, and its list of the files lab2 wrote there (lab2.state.checkpoint writes it).
+CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)$")
+MANIFEST_FILE = "manifest.json"
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -196,25 +191,28 @@ def _reached_directly(root: Path, path: Path) -> bool:
 
 
 def owned_files(root: str | Path) -> list[Path]:
-    """Every existing file or folder under `root` that lab2 writes, found by name (never a user's file)."""
+    """Every existing file or folder under `root` that lab2 wrote: known by name, by a checkpoint's manifest or by
+    a list in the marker, never by a pattern a user's file could match."""
     root = Path(root)
     found = [root / name for name in RUN_FILES]
     found += [root / "figures" / f"{figure.name}.png" for figure in RUN_FIGURES]
     # eval/ is lab2-eval's only when lab2-eval marked it: a folder of the user's own of that name keeps its files.
-    eval_names = {*EVAL_FILES, MARKER} if is_marked(root / "eval") else set()
-    found += [root / "eval" / name for name in eval_names]
-    for folder, names in (
-        (root, {*RUN_FILES, MARKER, "write-test"}),
-        (root / "figures", {f"{figure.name}.png" for figure in RUN_FIGURES}),
-        (root / "eval", eval_names),
-    ):
-        found += [p for p in _entries(folder) if (m := TEMPORARY.match(p.name)) and (m[1] or m[3]) in names]
-    for checkpoint in (p for p in _entries(root / "checkpoints") if CHECKPOINT_ENTRY.match(p.name)):
-        found += (
-            [p for p in _entries(checkpoint) if CHECKPOINT_FILE.match(p.name)] if checkpoint.is_dir() else [checkpoint]
-        )
-    found += [root / name for name in sorted(_listed(root, "tracker_files")) if _reached_directly(root, root / name)]
-    return [p for p in found if p.exists() or p.is_symlink()]
+    if is_marked(root / "eval"):
+        found += [root / "eval" / name for name in (*EVAL_FILES, MARKER)]
+    for checkpoint in _entries(root / "checkpoints"):
+        if CHECKPOINT_NAME.match(checkpoint.name):
+            found += checkpoint_files(checkpoint)
+    found += _temporaries(root)
+    found += [root / name for name in sorted(_listed(root, "tracker_files"))]
+    return [p for p in found if (p.exists() or p.is_symlink()) and _reached_directly(root, p)]
+
+
+def _remove_empty_folders(top: Path) -> None:
+    for dirpath, _dirs, _files in os.walk(top, topdown=False):  # deepest first
+        try:
+            Path(dirpath).rmdir()  # only empty folders: anything a user put there stays
+        except OSError:
+            pass
 
 
 def remove_owned_files(root: str | Path) -> list[Path]:
@@ -228,29 +226,52 @@ def remove_owned_files(root: str | Path) -> list[Path]:
             shutil.rmtree(path)
         else:
             path.unlink()
-    if _listed(root, "tracker_files"):
-        _update_marker(root, tracker_files=[])
+    _update_marker(root, tracker_files=[], temporary_checkpoints=[])
     for sub in ("figures", "eval", "checkpoints", *TRACKER_FOLDERS):
-        for dirpath, _dirs, _files in os.walk(root / sub, topdown=False):  # deepest first
-            try:
-                Path(dirpath).rmdir()  # only empty folders: anything a user put there stays
-            except OSError:
-                pass
+        _remove_empty_folders(root / sub)
     return removed
 
 
-def remove_checkpoint_files(folder: str | Path) -> bool:
-    """Delete lab2's files from a checkpoint folder, and the folder once empty; return whether it is gone.
-    A file someone else put into a checkpoint folder is left where it is."""
+def checkpoint_files(folder: str | Path) -> list[Path]:
+    """The files lab2 wrote into checkpoint `folder`: those its manifest lists, then the manifest. None without a
+    readable manifest: lab2 cannot tell its files there from anyone else's."""
     folder = Path(folder)
-    for path in folder.iterdir():
-        if CHECKPOINT_FILE.match(path.name) and path.is_file():
-            path.unlink()
     try:
-        folder.rmdir()
-        return True
-    except OSError:
-        return False
+        listed = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    names = [PurePosixPath(n) for n in listed if isinstance(n, str)] if isinstance(listed, dict) else []
+    files = [folder / n for n in names if not n.is_absolute() and ".." not in n.parts]
+    return [p for p in files if p.is_file()] + [folder / MANIFEST_FILE]
+
+
+def remove_checkpoint_files(folder: str | Path) -> bool:
+    """Delete lab2's files from a checkpoint folder (the manifest last: a removal cut short leaves a checkpoint
+    known as damaged, never files nobody lists), then the folders left empty; return whether `folder` is gone."""
+    folder = Path(folder)
+    for path in checkpoint_files(folder):
+        path.unlink(missing_ok=True)
+    _remove_empty_folders(folder)
+    return not folder.exists()
+
+
+def _temporaries(root: Path) -> list[Path]:
+    """The temporary checkpoint folders the marker lists (record_temporaries), each inside checkpoints/."""
+    names = (_marker(root) or {}).get("temporary_checkpoints")
+    names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    return [root / "checkpoints" / n for n in names if PurePosixPath(n).name == n and n.endswith(".tmp")]
+
+
+def record_temporaries(root: str | Path, folders: list[Path]) -> None:
+    """Make a run's marker list exactly `folders`, the temporary checkpoint folders a save fills (before it writes
+    into them; [] once done), and remove, whole, any it listed before and no longer does: a killed save's
+    leftover. lab2 made each under a new random name (files.new_temporary), so nothing in one is anyone's else."""
+    root = Path(root)
+    if marked_kind(root) != "run":
+        return
+    for leftover in set(_temporaries(root)) - set(folders):
+        shutil.rmtree(leftover, ignore_errors=True)
+    _update_marker(root, temporary_checkpoints=[p.name for p in folders])
 
 
 # ---- which folders and files a command may write ----
@@ -289,9 +310,7 @@ def check_output_dir(root: str | Path, resume: bool, overwrite: bool, flag: str 
         raise UserError(
             f"{flag} {root} holds a finished run; pass --overwrite_output_dir to replace it, or choose another {flag}."
         )
-    if paths.checkpoints.is_dir() and any(
-        CHECKPOINT_ENTRY.match(p.name) and p.name.startswith("checkpoint_") for p in paths.checkpoints.iterdir()
-    ):
+    if any(CHECKPOINT_NAME.match(p.name) and p.is_dir() for p in _entries(paths.checkpoints)):
         raise UserError(
             f"{flag} {root} holds an unfinished run's checkpoints; add --resume_from_checkpoint latest to continue it, "
             "or --overwrite_output_dir to start afresh."
