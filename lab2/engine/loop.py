@@ -168,7 +168,7 @@ def build_run(cfg: TrainConfig, accelerator, paths: RunPaths, progress: Progress
     # optimizer step (skipped with the step under fp16 overflow) and save_state/load_state carry it.
     schedule_steps = scheduler_total_steps(len(train_loader), cfg.num_train_epochs, accelerator.num_processes)
     scheduler = create_scheduler(optimizer.optimizer, cfg.lr_scheduler_type, schedule_steps, cfg.warmup_ratio)
-    tracking = Tracking(accelerator, printer=accelerator.print)
+    tracking = Tracking(accelerator)  # its notes go through the progress bar (tqdm.write), on the main process
     flow_every = cfg.flow_every_steps(len(train_loader) * cfg.num_train_epochs)
     flow = None
     if accelerator.is_main_process and flow_every:
