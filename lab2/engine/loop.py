@@ -173,7 +173,7 @@ def build_run(cfg: TrainConfig, accelerator, paths: RunPaths, progress: Progress
     flow = None
     if accelerator.is_main_process and flow_every:
         plain = accelerator.unwrap_model(model)
-        flow = FlowReporter(plain, tracking, paths.flow, histograms=cfg.log_histograms, printer=accelerator.print)
+        flow = FlowReporter(plain, tracking, paths.flow, histograms=cfg.log_histograms, printer=tracking.printer)
     precision = {"no": "fp32"}.get(str(accelerator.mixed_precision), str(accelerator.mixed_precision))
     return Run(
         cfg, accelerator, paths, progress, splits, model, optimizer, accelerator.prepare(scheduler),
