@@ -6,10 +6,12 @@ the last, 10): every tracker's files are read back.
 
 import json
 import stat
+import subprocess
 from pathlib import Path
 
+import launch
 import pytest
-from conftest import built_once, run_cli, train_cmd
+from conftest import BIN, REPO, built_once, cli_env, train_cmd
 from tracker_files import (
     mlflow_artifact_paths,
     mlflow_run,
@@ -33,30 +35,36 @@ HISTOGRAM_KEYS = ("gradients/conv1.weight", "parameters/fc2.weight", "gradients/
 def run_dir(mini_dir, tmp_path_factory):
     def build(root):
         out = root / "run"
-        result = run_cli(
-            train_cmd(
-                "--data_dir",
-                mini_dir,
-                "--max_train_samples",
-                320,
-                "--per_device_train_batch_size",
-                32,
-                "--max_eval_samples",
-                128,
-                "--num_train_epochs",
-                1,
-                "--flow_log_steps",
-                3,
-                "--report_to",
-                "all",
-                "--output_dir",
-                out,
-                "--run_name",
-                "dash-e2e",
-            )
+        args = train_cmd(
+            "--data_dir",
+            mini_dir,
+            "--max_train_samples",
+            320,
+            "--per_device_train_batch_size",
+            32,
+            "--max_eval_samples",
+            128,
+            "--num_train_epochs",
+            1,
+            "--flow_log_steps",
+            3,
+            "--report_to",
+            "all",
+            "--output_dir",
+            out,
+            "--run_name",
+            "dash-e2e",
         )
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert result.stdout.count("mlflow has no histograms") == 1  # the one-time note
+        # As a terminal shows it: stdout and stderr in one stream, the progress bar drawn.
+        env = cli_env(PATH=f"{BIN}:{cli_env()['PATH']}")
+        env.pop("TQDM_DISABLE")
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+        with launch.started(args, cwd=REPO, env=env, **pipes) as process:
+            output = process.communicate(timeout=300)[0]
+        assert process.returncode == 0, output
+        (root / "output.txt").write_text(output)
+        (note,) = [line for line in output.splitlines() if "mlflow has no histograms" in line]  # the one-time note
+        assert "it/s]" in output and note.startswith("note: mlflow"), repr(note)  # a line of its own, not the bar's
         flow = [json.loads(line) for line in (out / "flow.jsonl").read_text().splitlines()]
         assert [record["step"] for record in flow] == SNAPSHOTS
         assert all(list(record["layers"]) == LAB_BARS for record in flow)  # the lab's 10 bars, in model order
@@ -124,7 +132,12 @@ def test_mlflow_store_holds_metrics_and_artifacts(run_dir):
     # Each number once: the summary's final_eval_acc, params and gflops_per_sample are these metrics already.
     assert {"eval/final_accuracy", "model/params", "model/gflops_per_sample", "train_time_s", "eval/ece"} <= metrics
     assert {"eval/accuracy", "train/loss", "epoch"} <= metrics and not {"params", "epochs", "final_eval_acc"} & metrics
-    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    # MLflow 3's UI opens an experiment on GenAI traces; the printed page opens it on its runs.
+    page = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning"
+    assert (
+        f"mlflow ui --backend-store-uri {run_dir.resolve() / 'mlruns'}" in (run_dir.parent / "output.txt").read_text()
+    )
+    assert f"then open {page}\n" in (run_dir.parent / "output.txt").read_text()
     artifacts = mlflow_artifact_paths(client, run.info.run_id)
     assert {
         "model/model.safetensors",

@@ -49,3 +49,21 @@ def test_a_read_only_home_adds_one_note_and_no_wandb_log_lines(tmp_path):
     assert " INFO " not in output and "read-only file system" not in output.lower(), output  # was 17 INFO lines
     assert "Matplotlib created a temporary cache" not in output
     assert sum("cannot be written" in line for line in output.splitlines()) == 1
+
+
+def test_an_unset_home_gets_the_accounts_home_and_no_wandb_log_lines(tmp_path):
+    """Issue 23, item 7: with HOME unset, Go finds no cache folder and wandb-core logged 17 INFO lines to stderr."""
+    import pwd
+
+    env = {}
+    redirect_unwritable_caches(env)
+    assert env["HOME"] == pwd.getpwuid(os.getuid()).pw_dir
+    env = cli_env()
+    for name in ("HOME", *REDIRECTED):
+        env.pop(name, None)
+    flags = ["--dataset", "fake", "--data_dir", tmp_path / "data", "--fake_train_samples", 64]
+    flags += ["--fake_test_samples", 32, "--per_device_train_batch_size", 64, "--num_train_epochs", 1]
+    flags += ["--flow_log_steps", 0, "--num_prediction_samples", 0, "--output_dir", tmp_path / "run"]
+    result = run_cli(train_cmd(*flags, "--report_to", "wandb"), env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and " INFO " not in output, output

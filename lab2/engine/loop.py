@@ -168,12 +168,12 @@ def build_run(cfg: TrainConfig, accelerator, paths: RunPaths, progress: Progress
     # optimizer step (skipped with the step under fp16 overflow) and save_state/load_state carry it.
     schedule_steps = scheduler_total_steps(len(train_loader), cfg.num_train_epochs, accelerator.num_processes)
     scheduler = create_scheduler(optimizer.optimizer, cfg.lr_scheduler_type, schedule_steps, cfg.warmup_ratio)
-    tracking = Tracking(accelerator, printer=accelerator.print)
+    tracking = Tracking(accelerator)  # its notes go through the progress bar (tqdm.write), on the main process
     flow_every = cfg.flow_every_steps(len(train_loader) * cfg.num_train_epochs)
     flow = None
     if accelerator.is_main_process and flow_every:
         plain = accelerator.unwrap_model(model)
-        flow = FlowReporter(plain, tracking, paths.flow, histograms=cfg.log_histograms, printer=accelerator.print)
+        flow = FlowReporter(plain, tracking, paths.flow, histograms=cfg.log_histograms, printer=tracking.printer)
     precision = setup.autocast_precision(accelerator)
     return Run(
         cfg, accelerator, paths, progress, splits, model, optimizer, accelerator.prepare(scheduler),

@@ -167,6 +167,7 @@ def finish(run, result: EvalResult) -> None:
         f"(best {100 * summary['best_eval_acc']:.2f}%); files in {paths.root}" + synthetic_note(cfg)
     )
     acc.print(next_steps(paths))
+    run.tracking.print_open_commands()
     # Model artifact, run summary, Table-1 table, and (MLflow) the run's files, report included.
     run.tracking.log_results(cfg.run_name, paths, summary, metrics, table, step=step)
 
