@@ -25,7 +25,7 @@ from lab2.explain import plots
 from lab2.explain.calibration import reliability_figure
 from lab2.flags import Parser, number_flag
 from lab2.state.files import write_json
-from lab2.state.model_file import load_model_file
+from lab2.state.model_file import load_run_model
 from lab2.state.run_folder import check_eval_output_dir, claim
 
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run_eval(args) -> dict:
     from accelerate import Accelerator
 
-    loaded = load_model_file(args.model_path)
-    out = Path(args.output_dir) if args.output_dir else loaded.path.parent / "eval"
+    loaded = load_run_model(args.model_path)
+    source = Path(args.model_path)
+    out = Path(args.output_dir) if args.output_dir else (source if source.is_dir() else source.parent) / "eval"
     check_eval_output_dir(out)  # before any work: never write over files lab2-eval did not write
     overrides = {
         k: v for k in ("data_dir", "dataset_name", "dataset", "max_eval_samples") if (v := getattr(args, k)) is not None

@@ -24,7 +24,7 @@ from lab2.errors import UserError, exit_with_user_error
 from lab2.explain import gradcam
 from lab2.flags import Parser, number_flag
 from lab2.state.files import atomic_write
-from lab2.state.model_file import load_model_file, top_k
+from lab2.state.model_file import load_run_model, top_k
 
 MAX_PIXELS = 64_000_000  # larger images are refused before decoding: a small file can decode to gigabytes
 SOFTWARE = "lab2-predict --explain"  # the PNG text chunk that marks an overlay as lab2's own
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = []
     try:
-        loaded = load_model_file(args.model_path)
+        loaded = load_run_model(args.model_path)
         paths = expand_folders(args.images)
         overlays = plan_overlays(Path(args.explain), paths) if args.explain else {}
         for path in paths:
