@@ -34,25 +34,21 @@ def _to_8bit_rgb(image):
     """(RGB image, note or None): high-bit-depth grayscale is scaled to 8 bits, not clipped to white."""
     from PIL import Image
 
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        low = 0.0
-        if image.mode == "F":  # 32-bit float: no fixed range, so read it from the values (NaN/inf left out)
-            finite = values[np.isfinite(values)]
-            low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-            if low >= 0 and high <= 1:
-                low, scale, note = 0.0, 1.0, "32-bit float grayscale read as 0..1"
-            elif low >= 0 and high <= 255:
-                low, scale, note = 0.0, 255.0, "32-bit float grayscale read as 0..255"
-            else:
-                scale, note = (high - low) or 1.0, f"32-bit float grayscale scaled from its range {low:g}..{high:g}"
-        elif image.mode == "I" and values.size and values.max() > 65535:
-            scale, note = float(values.max()), "32-bit grayscale scaled by its maximum"
-        else:
-            scale, note = 65535.0, "16-bit grayscale scaled to 8 bits"
-        gray = np.clip(np.nan_to_num((values - low) / scale) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB"), note
-    return image.convert("RGB"), None
+    if image.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return image.convert("RGB"), None
+    values = np.asarray(image, dtype=np.float64)
+    finite = values[np.isfinite(values)]  # a float image has no fixed range: read it from the values, NaN/inf left out
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if image.mode != "F":  # 16 bits, or 32-bit integers beyond 16 bits
+        low, high = 0.0, max(high, 65535.0)
+        note = "16-bit grayscale scaled to 8 bits" if high == 65535.0 else "32-bit grayscale scaled by its maximum"
+    elif low >= 0 and high <= 255:
+        low, high = 0.0, 1.0 if high <= 1 else 255.0
+        note = f"32-bit float grayscale read as 0..{high:g}"
+    else:
+        note = f"32-bit float grayscale scaled from its range {low:g}..{high:g}"
+    gray = np.clip(np.nan_to_num((values - low) / ((high - low) or 1.0)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB"), note
 
 
 def read_image(path: str) -> tuple[torch.Tensor, str | None]:
@@ -86,9 +82,22 @@ def read_image(path: str) -> tuple[torch.Tensor, str | None]:
     return test_transform()(image), note
 
 
+def _overlay_of_ours(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == SOFTWARE
+    except Exception:  # any unreadable file is simply not one of ours
+        return False
+
+
 def expand_folders(paths: list[str]) -> list[str]:
-    """`paths` with each folder replaced by the image files directly in it (sorted, hidden files skipped). A folder
-    without any stays as it is, so reading it reports the problem."""
+    """`paths` with each folder replaced by the image files directly in it, sorted, without hidden files and the
+    overlays --explain wrote (`--explain DIR DIR` predicted its own overlays the next time). A folder without any
+    stays as it is, so reading it reports the problem."""
     from PIL import Image
 
     extensions = {ext.lower() for ext in Image.registered_extensions()}
@@ -100,21 +109,10 @@ def expand_folders(paths: list[str]) -> list[str]:
                 str(f)
                 for f in folder.iterdir()
                 if f.suffix.lower() in extensions and not f.name.startswith(".") and f.is_file()
+                if not (f.name.endswith(".gradcam.png") and _overlay_of_ours(f))
             )
         expanded.extend(images or [path])
     return expanded
-
-
-def _overlay_of_ours(path: Path) -> bool:
-    if path.is_symlink() or not path.is_file():
-        return False
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.format == "PNG" and image.info.get("Software") == SOFTWARE
-    except Exception:  # any unreadable file is simply not one of ours
-        return False
 
 
 def plan_overlays(folder: Path, image_paths: list[str]) -> dict[str, Path]:
