@@ -3,10 +3,8 @@
     lab2-predict --model_path runs/<run> cat.png ship.jpg [--json] [--top_k 3] [--explain DIR]
     lab2-predict --model_path runs/<run> my_photos/     (every image file in the folder, by name)
 
-An unreadable image gets an error line and the others are still predicted;
-the exit status is 1 when any image failed. --explain writes DIR/<image>.gradcam.png,
-never a file beside the inputs (a folder of images would grow overlays that the
-next run reads as inputs); it replaces only PNGs it wrote itself.
+An unreadable image gets an error line, the others are still predicted, and the exit status is 1. --explain
+writes DIR/<image>.gradcam.png and replaces only the PNGs it wrote; folders given as input skip those.
 """
 
 from __future__ import annotations
@@ -153,20 +151,11 @@ def write_overlay(target: Path, model, image: torch.Tensor, top: list[dict], top
 
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(prog="lab2-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model_path", required=True, help="a run folder, its model.safetensors, or the course lab's model_final.pth"
-    )
+    parser.add_argument("--model_path", required=True, help="a run folder, a model.safetensors or a model_final.pth")
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or folders of them")
-    parser.add_argument(
-        "--top_k", type=number_flag("--top_k", minimum=1, maximum=1000), default=3, help="classes to show per image"
-    )
+    parser.add_argument("--top_k", type=number_flag("--top_k", minimum=1, maximum=1000), default=3, help="per image")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    parser.add_argument(
-        "--explain",
-        metavar="DIR",
-        default=None,
-        help="also write DIR/<image>.gradcam.png: the image with its Grad-CAM heat map beside its top classes",
-    )
+    parser.add_argument("--explain", metavar="DIR", help="also write DIR/<image>.gradcam.png: Grad-CAM, top classes")
     args = parser.parse_args(argv)
     results = []
     try:
@@ -180,22 +169,16 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"lab2-predict: error: {error}", file=sys.stderr)
                 results.append({"image": path, "error": str(error)})
                 continue
-            probabilities, indices = top_k(loaded.model, image[None], args.top_k)
-            top = [
-                {"class": loaded.class_names[i], "probability": float(p)}
-                for p, i in zip(probabilities[0], indices[0], strict=True)
-            ]
+            probs, indices = (t[0].tolist() for t in top_k(loaded.model, image[None], args.top_k))
+            top = [{"class": loaded.class_names[i], "probability": p} for p, i in zip(probs, indices, strict=True)]
             results.append({"image": path, "top_k": top, **({"note": note} if note else {})})
             if path in overlays:
-                write_overlay(overlays[path], loaded.model, image, top, int(indices[0, 0]), Path(path).name)
+                write_overlay(overlays[path], loaded.model, image, top, indices[0], Path(path).name)
                 results[-1]["explanation"] = str(overlays[path])
             if not args.json:
-                print(
-                    f"{path}: "
-                    + ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in top)
-                    + (f" ({note})" if note else "")
-                    + (f" -> {overlays[path]}" if path in overlays else "")
-                )
+                line = f"{path}: " + ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in top)
+                line += f" ({note})" if note else ""
+                print(line + (f" -> {overlays[path]}" if path in overlays else ""))
     except UserError as error:  # the model, the --explain folder, or an overlay it cannot write: nothing more to do
         exit_with_user_error(error, "lab2-predict")
     if args.json:

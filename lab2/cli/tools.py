@@ -11,17 +11,9 @@ from lab2.flags import Parser, number_flag
 
 
 def report_main(argv: list[str] | None = None) -> None:
-    parser = Parser(
-        prog="lab2-report",
-        description="Write RUN_DIR/report.html, a self-contained page for one run; with several runs, one page "
-        "that compares them (--output required).",
-    )
+    parser = Parser(prog="lab2-report", description="Write RUN_DIR/report.html, or one page comparing several runs.")
     parser.add_argument("run_dir", nargs="+", help="a run's --output_dir; two or more to compare runs")
-    parser.add_argument(
-        "--output",
-        default=None,
-        help="the page to write (default for one run: RUN_DIR/report.html; several runs: required, e.g. compare.html)",
-    )
+    parser.add_argument("--output", help="the page (default: RUN_DIR/report.html; required for several runs)")
     args = parser.parse_args(argv)
     from lab2.report.pages import write_comparison, write_report
 
@@ -43,15 +35,9 @@ def export_main(argv: list[str] | None = None) -> None:
         "course lab's model_final.pth, or from a run folder: a stopped run gives its newest checkpoint's weights.",
     )
     parser.add_argument("source", help="the lab's model_final.pth (torch.save of a state dict), or a run folder")
-    parser.add_argument(
-        "--output",
-        default=None,
-        help="the file to write (default: model.safetensors beside a .pth, RUN.safetensors beside a run folder)",
-    )
+    parser.add_argument("--output", help="default: model.safetensors beside a .pth, RUN.safetensors beside RUN")
     parser.add_argument("--model", default="simple_cnn", help="the lab2 model a .pth file's weights belong to")
-    parser.add_argument(
-        "--class_names", default=",".join(CIFAR10_CLASSES), help="a .pth file's class names, comma-separated"
-    )
+    parser.add_argument("--class_names", default=",".join(CIFAR10_CLASSES), help="a .pth file's, comma-separated")
     args = parser.parse_args(argv)
     from lab2.state.model_file import is_lab_checkpoint, load_lab_model, load_run_model, save_model_file
     from lab2.state.run_folder import EXPORT_MARK, check_export_target
