@@ -197,7 +197,7 @@ def test_predict_explain_never_replaces_a_file_it_did_not_write(lab_model, tmp_p
 
 
 def test_predict_explain_into_its_input_folder_skips_its_own_overlays(lab_model, tmp_path, capsys):
-    """Issue 23, item 7: `--explain DIR DIR` predicted its own overlays the next time (cat.png.gradcam.png.gradcam.png)."""
+    """Issue 23, item 7: `--explain DIR DIR` predicted its own overlays again (cat.png.gradcam.png.gradcam.png)."""
     from lab2.cli import predict as predict_cli
 
     folder = tmp_path / "photos"
