@@ -28,7 +28,11 @@ from lab2.state.model_file import load_run_model
 from lab2.state.run_folder import check_eval_output_dir, claim
 
 BOUNDS = {f.name: f.metadata.get("bounds") for f in dataclasses.fields(TrainConfig)}
-NUMBER_FLAGS = {"max_eval_samples": None, "per_device_eval_batch_size": 512, "num_prediction_samples": 24}
+NUMBER_FLAGS = {  # name: (default, help), each with the training flag's checked type and range
+    "max_eval_samples": (None, "default: the run's"),
+    "per_device_eval_batch_size": (512, None),
+    "num_prediction_samples": (24, "images in predictions.png"),
+}
 NORMALISATION = (CIFAR10_MEAN, CIFAR10_STD)  # undone to draw the predictions grid
 
 
@@ -38,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", default=None, help="folder holding cifar-10-batches-py/ (default: the run's)")
     parser.add_argument("--dataset_name", default=None, help="a Hub id or save_to_disk folder (default: the run's)")
     parser.add_argument("--dataset", default=None, choices=("cifar10", "fake"), help="default: the run's")
-    for name, default in NUMBER_FLAGS.items():  # with the training flag's checked type and range
-        parser.add_argument(f"--{name}", type=number_flag(f"--{name}", **BOUNDS[name]), default=default)
+    for name, (default, text) in NUMBER_FLAGS.items():
+        parser.add_argument(f"--{name}", type=number_flag(f"--{name}", **BOUNDS[name]), default=default, help=text)
     parser.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
