@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 
 from lab2.cli import eval as eval_cli
-from lab2.cli import flops
 from lab2.cli import predict as predict_cli
+from lab2.cli.tools import flops_main
 from lab2.config import TrainConfig
 from lab2.flags import parse_args
 
@@ -74,8 +74,8 @@ def test_every_numeric_training_flag_is_checked(capsys, field):
         (eval_cli.main, ["--model_path", "x", "--max_eval_samples", "-5"], "--max_eval_samples"),
         (eval_cli.main, ["--model_path", "x", "--num_prediction_samples", "-3"], "--num_prediction_samples"),
         (eval_cli.main, ["--model_path", "x", "--max_eval_samples", "٣"], "--max_eval_samples"),
-        (flops.main, ["--num_classes", "0"], "--num_classes"),
-        (flops.main, ["--num_classes", "99999999999"], "--num_classes"),
+        (flops_main, ["--num_classes", "0"], "--num_classes"),
+        (flops_main, ["--num_classes", "99999999999"], "--num_classes"),
     ],
     ids=lambda v: "_".join(v) if isinstance(v, list) else getattr(v, "__module__", v),
 )

@@ -1,8 +1,8 @@
 import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import BIN
 from torch import nn
 
 from lab2.explain.flops import count_flops, measured_flops
@@ -73,7 +73,7 @@ def test_counting_leaves_the_model_untouched():
 
 def test_flops_command_prints_the_table():
     out = subprocess.run(
-        [sys.executable, "-m", "lab2.cli.flops", "--model", "simple_cnn"], capture_output=True, text=True, check=True
+        [str(BIN / "lab2-flops"), "--model", "simple_cnn"], capture_output=True, text=True, check=True
     ).stdout
     assert "161,163,264" in out and "4,441,482" in out and "2 FLOPs per multiply-add" in out
     assert "conv4" in out and "46.85%" in out

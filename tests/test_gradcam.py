@@ -2,6 +2,7 @@
 training run writes, reports and logs it."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,3 +194,21 @@ def test_predict_explain_never_replaces_a_file_it_did_not_write(lab_model, tmp_p
     assert run_cli([*cmd, "--explain", out]).returncode == 0  # its own file it replaces
     assert sorted(p.name for p in out.iterdir()) == [lookalike.name, mine.name]  # no temporary file left
     assert lookalike.read_bytes() == b"mine too" and mine.stat().st_mode & 0o777 == 0o644
+
+
+def test_predict_explain_into_its_input_folder_skips_its_own_overlays(lab_model, tmp_path, capsys):
+    """Issue 23, item 7: `--explain DIR DIR` predicted its own overlays again (cat.png.gradcam.png.gradcam.png)."""
+    from lab2.cli import predict as predict_cli
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _image(folder / "cat.png", 0)
+    _image(folder / "mine.gradcam.png", 1)  # the user's own image with a name like lab2's: still an input
+    for _ in range(2):
+        with pytest.raises(SystemExit) as exit_:
+            predict_cli.main(["--model_path", str(lab_model), "--json", "--explain", str(folder), str(folder)])
+        assert exit_.value.code == 0
+        records = json.loads(capsys.readouterr().out)
+        assert [Path(r["image"]).name for r in records] == ["cat.png", "mine.gradcam.png"]
+    names = ["cat.png", "cat.png.gradcam.png", "mine.gradcam.png", "mine.gradcam.png.gradcam.png"]
+    assert sorted(p.name for p in folder.iterdir()) == names

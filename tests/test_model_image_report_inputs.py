@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from lab2.cli import eval as eval_cli
 from lab2.cli import predict as predict_cli
-from lab2.cli import report
+from lab2.cli.tools import report_main
 from lab2.config import TrainConfig
 from lab2.data.cifar_files import CIFAR10_CLASSES
 from lab2.models import create_model
@@ -168,7 +168,7 @@ def test_report_on_a_damaged_run_folder_is_one_error(tmp_path, capsys, case):
     damage, name = DAMAGED_RUNS[case]
     run = _run_folder(tmp_path)
     damage(run)
-    code, lines, _ = _errors(capsys, report.main, [str(run)])
+    code, lines, _ = _errors(capsys, report_main, [str(run)])
     assert code == 2 and len(lines) == 1 and name in lines[0], lines
 
 
@@ -185,7 +185,7 @@ def test_report_on_a_damaged_run_folder_is_one_error(tmp_path, capsys, case):
 def test_report_renders_what_it_can_of_odd_but_readable_files(tmp_path, capsys, edit):
     run = _run_folder(tmp_path)
     edit(run)
-    report.main([str(run)])
+    report_main([str(run)])
     assert "<html" in (run / "report.html").read_text()
 
 
@@ -193,10 +193,10 @@ def test_report_never_replaces_a_report_it_did_not_write(tmp_path, capsys):
     run = _run_folder(tmp_path)
     (run / ".lab2-run.json").unlink()
     (run / "report.html").write_text("<p>mine</p>")
-    code, lines, _ = _errors(capsys, report.main, [str(run)])
+    code, lines, _ = _errors(capsys, report_main, [str(run)])
     assert code == 2 and "--output" in lines[0]
     assert (run / "report.html").read_text() == "<p>mine</p>"
-    report.main([str(run), "--output", str(tmp_path / "page.html")])
+    report_main([str(run), "--output", str(tmp_path / "page.html")])
     assert "<html" in (tmp_path / "page.html").read_text()
 
 

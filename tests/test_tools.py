@@ -1,12 +1,18 @@
-"""lab2-eval, lab2-predict and lab2-report on a real finished run; the report rendered in headless Chromium."""
+"""lab2-eval, lab2-predict and lab2-report on a real finished run; the report rendered in headless Chromium;
+lab2-eval, lab2-predict and lab2-export on a run stopped by SIGTERM."""
 
 import json
+import shutil
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
 from browser import Chromium
 from conftest import (
     BIN,
+    REPO,
     assert_clean_error,
     built_once,
     cli_env,
@@ -14,8 +20,10 @@ from conftest import (
     train_cmd,
     write_synthetic_folder,
 )
-from launch import free_port
+from launch import free_port, started
 from PIL import Image
+
+from lab2.data.cifar_files import CIFAR10_CLASSES
 
 pytestmark = pytest.mark.slow
 
@@ -112,3 +120,89 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     pdf = tmp_path / "report.pdf"
     chromium.run(f"--print-to-pdf={pdf}", page.as_uri())
     assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 50_000
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A run stopped by SIGTERM after its first checkpoint, as Ctrl-C stops one: checkpoints, no model.safetensors."""
+
+    def build(root):
+        data = write_synthetic_folder(root / "data", num_train=640, num_test=64)
+        flags = ["--data_dir", data, "--output_dir", root / "run", "--num_train_epochs", 3, "--report_to", "none"]
+        flags += ["--flow_log_steps", 0, "--num_prediction_samples", 0, "--checkpointing_steps", 2]
+        env = cli_env(PATH=f"{BIN}:{cli_env()['PATH']}")
+        with started(train_cmd(*flags), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            deadline = time.time() + 240
+            while not list((root / "run" / "checkpoints").glob("checkpoint_*")) and time.time() < deadline:
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == 3  # stopped, with the resume line
+
+    return built_once(tmp_path_factory, "stopped_run", build)
+
+
+def _checkpoint_accuracy(checkpoint, data_dir):
+    """The test accuracy of a checkpoint's own weights, computed apart from lab2-eval."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+
+    from lab2.data.cifar import read_cifar10_folder
+    from lab2.data.device_dataset import DeviceDataset, device_dataloader
+    from lab2.engine.evaluation import evaluate
+    from lab2.models import create_model
+
+    model = create_model("simple_cnn")
+    model.load_state_dict(load_file(checkpoint / "model.safetensors"))
+    splits = read_cifar10_folder(data_dir / "cifar-10-batches-py")
+    loader = device_dataloader(DeviceDataset(splits.test_images, splits.test_labels, train=False), 256, shuffle=False)
+    return evaluate(model.eval(), loader, Accelerator(cpu=True), splits.num_classes).accuracy
+
+
+def test_a_stopped_run_is_evaluated_predicted_and_exported_from_its_checkpoint(stopped_run, tmp_path):
+    run = stopped_run / "run"
+    assert not (run / "model.safetensors").exists()
+    checkpoint = sorted((run / "checkpoints").glob("checkpoint_*"))[-1]
+    progress = json.loads((checkpoint / "progress.json").read_text())
+    note = (
+        f"lab2: no model.safetensors in {run} (the run did not finish); using checkpoints/{checkpoint.name} "
+        f"(epoch {progress['epoch'] + 1}, batch {progress['batch_in_epoch']}, step {progress['global_step']})"
+    )
+    evaluated = run_cli([str(BIN / "lab2-eval"), "--model_path", run, "--output_dir", tmp_path / "eval"])
+    assert evaluated.returncode == 0 and evaluated.stderr.splitlines() == [note], evaluated.stderr
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["accuracy"] == _checkpoint_accuracy(checkpoint, stopped_run / "data") and report["num_samples"] == 64
+    image = tmp_path / "cat.png"
+    Image.fromarray(np.full((32, 32, 3), 90, dtype=np.uint8)).save(image)
+    predicted = run_cli([str(BIN / "lab2-predict"), "--model_path", run, "--json", image])
+    assert predicted.returncode == 0 and predicted.stderr.splitlines() == [note], predicted.stderr
+    assert json.loads(predicted.stdout)[0]["top_k"][0]["class"] in CIFAR10_CLASSES  # the run's data folder's names
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)  # the export goes beside the run folder: keep the shared one as it is
+    exported = run_cli([str(BIN / "lab2-export"), copy])
+    assert exported.returncode == 0 and f"wrote {copy}.safetensors" in exported.stdout, exported.stderr
+    again = run_cli([str(BIN / "lab2-eval"), "--model_path", f"{copy}.safetensors", "--output_dir", tmp_path / "e2"])
+    assert again.returncode == 0 and again.stderr == "", again.stderr  # a model file: no note
+    assert json.loads((tmp_path / "e2" / "eval.json").read_text())["accuracy"] == report["accuracy"]
+
+
+def test_a_run_without_checkpoint_or_model_and_a_folder_that_is_no_run_are_one_line(stopped_run, tmp_path, capsys):
+    from lab2.cli import eval as eval_cli
+    from lab2.cli import predict as predict_cli
+    from lab2.cli.tools import export_main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(stopped_run / "run" / "config.json", run)  # a run stopped before its first save
+    no_run = stopped_run / "data"
+    for main, args, fragments in (
+        (eval_cli.main, ["--model_path", run], ["no complete checkpoint", "train it again"]),
+        (predict_cli.main, ["--model_path", run, "x.png"], ["no complete checkpoint", "train it again"]),
+        (eval_cli.main, ["--model_path", no_run], ["not a lab2 run folder", "config.json", "checkpoints/"]),
+        (export_main, [no_run], ["not a lab2 run folder", "config.json", "checkpoints/"]),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(list(map(str, args)))
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1 and "error:" in err, err
+        assert all(fragment in err for fragment in fragments), err

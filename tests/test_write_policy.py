@@ -12,8 +12,7 @@ from conftest import BIN, assert_clean_error, built_once, run_cli, train_cmd
 
 import lab2
 from lab2.cli import eval as eval_cli
-from lab2.cli import export as export_cli
-from lab2.cli import report as report_cli
+from lab2.cli.tools import export_main, report_main
 from lab2.models import create_model
 from lab2.state.run_folder import MARKER, claim, owned_files, record_tracker_files, remove_owned_files
 
@@ -171,12 +170,12 @@ def test_lab2_export_replaces_only_its_own_files(lab_weights, run_copy, capsys):
         (["--output", str(folder)], "is a folder; give a file name"),
     ]
     for extra, fragment in cases:
-        code, lines = _exit(capsys, export_cli.main, [str(lab_weights), *extra])
+        code, lines = _exit(capsys, export_main, [str(lab_weights), *extra])
         assert code == 2 and len(lines) == 1 and fragment in lines[0], lines
     # a training run's own model.safetensors is lab2's, but not lab2-export's to replace
     shutil.copy(lab_weights, run / "model_final.pth")
     model_before = (run / "model.safetensors").read_bytes()
-    code, lines = _exit(capsys, export_cli.main, [str(run / "model_final.pth")])
+    code, lines = _exit(capsys, export_main, [str(run / "model_final.pth")])
     assert (
         code == 2
         and "is not a file lab2-export wrote" in lines[0]
@@ -184,7 +183,7 @@ def test_lab2_export_replaces_only_its_own_files(lab_weights, run_copy, capsys):
     )
     # a new file, then the same file again: lab2-export's own file may be replaced
     for _ in range(2):
-        export_cli.main([str(lab_weights), "--output", str(folder / "mine.safetensors")])
+        export_main([str(lab_weights), "--output", str(folder / "mine.safetensors")])
     assert "wrote" in capsys.readouterr().out
     assert _survived(planted) and not (folder / "missing").exists()
 
@@ -206,11 +205,11 @@ def test_lab2_report_replaces_only_its_own_pages(run_copy, tmp_path, capsys):
         (folder / "no" / "page.html", "does not exist; create it first"),
         (folder, "is a folder; give a file name"),
     ):
-        code, lines = _exit(capsys, report_cli.main, [str(run), "--output", str(output)])
+        code, lines = _exit(capsys, report_main, [str(run), "--output", str(output)])
         assert code == 2 and len(lines) == 1 and fragment in lines[0], lines
     for _ in range(2):  # a new page, then lab2's own page again
-        report_cli.main([str(run), "--output", str(folder / "page.html")])
-    report_cli.main([str(run)])  # the run's own report.html, in the folder lab2 marked
+        report_main([str(run), "--output", str(folder / "page.html")])
+    report_main([str(run)])  # the run's own report.html, in the folder lab2 marked
     assert _survived(planted) and (folder / "page.html").read_text().startswith("<!DOCTYPE html>")
 
 

@@ -3,9 +3,8 @@
     lab2-eval --model_path runs/<run> [--data_dir DIR | --dataset_name ID] [--output_dir FOLDER]
     lab2-eval --model_path model_final.pth --data_dir DIR      (the course lab's saved state dict)
 
-The data source, --max_eval_samples and memory format default to the training
-run's own (from the safetensors metadata), so the accuracy it prints matches
-the run's reported final accuracy exactly.
+The data, --max_eval_samples and memory format default to the run's own, so it prints the run's final accuracy
+exactly. A run stopped before its model.safetensors is evaluated with its newest checkpoint's weights.
 """
 
 from __future__ import annotations
@@ -25,47 +24,42 @@ from lab2.explain import plots
 from lab2.explain.plots import reliability_figure
 from lab2.flags import Parser, number_flag
 from lab2.state.files import write_json
-from lab2.state.model_file import load_model_file
+from lab2.state.model_file import load_run_model
 from lab2.state.run_folder import check_eval_output_dir, claim
 
-TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-
-def _flag_type(name: str):
-    """The same checked type and range as the training flag of that name."""
-    return number_flag(f"--{name}", **TRAIN_FIELDS[name].metadata["bounds"])
+BOUNDS = {f.name: f.metadata.get("bounds") for f in dataclasses.fields(TrainConfig)}
+NUMBER_FLAGS = {  # name: (default, help), each with the training flag's checked type and range
+    "max_eval_samples": (None, "default: the run's"),
+    "per_device_eval_batch_size": (512, None),
+    "num_prediction_samples": (24, "images in predictions.png"),
+}
+NORMALISATION = (CIFAR10_MEAN, CIFAR10_STD)  # undone to draw the predictions grid
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="lab2-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model_path", required=True, help="a run folder, its model.safetensors, or the course lab's model_final.pth"
-    )
+    parser.add_argument("--model_path", required=True, help="a run folder, a model.safetensors or a model_final.pth")
     parser.add_argument("--data_dir", default=None, help="folder holding cifar-10-batches-py/ (default: the run's)")
     parser.add_argument("--dataset_name", default=None, help="a Hub id or save_to_disk folder (default: the run's)")
     parser.add_argument("--dataset", default=None, choices=("cifar10", "fake"), help="default: the run's")
-    parser.add_argument(
-        "--max_eval_samples", type=_flag_type("max_eval_samples"), default=None, help="default: the run's"
-    )
-    parser.add_argument("--per_device_eval_batch_size", type=_flag_type("per_device_eval_batch_size"), default=512)
-    parser.add_argument("--num_prediction_samples", type=_flag_type("num_prediction_samples"), default=24)
+    for name, (default, text) in NUMBER_FLAGS.items():
+        parser.add_argument(f"--{name}", type=number_flag(f"--{name}", **BOUNDS[name]), default=default, help=text)
     parser.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="average each image's logits with its mirror image's (default: as the run was evaluated)",
     )
-    parser.add_argument(
-        "--output_dir", default=None, help="where figures and eval.json go (default: <run folder>/eval)"
-    )
+    parser.add_argument("--output_dir", help="where figures and eval.json go (default: <run folder>/eval)")
     return parser
 
 
 def run_eval(args) -> dict:
     from accelerate import Accelerator
 
-    loaded = load_model_file(args.model_path)
-    out = Path(args.output_dir) if args.output_dir else loaded.path.parent / "eval"
+    loaded = load_run_model(args.model_path)
+    source = Path(args.model_path)
+    out = Path(args.output_dir) if args.output_dir else (source if source.is_dir() else source.parent) / "eval"
     check_eval_output_dir(out)  # before any work: never write over files lab2-eval did not write
     overrides = {
         k: v for k in ("data_dir", "dataset_name", "dataset", "max_eval_samples") if (v := getattr(args, k)) is not None
@@ -91,15 +85,9 @@ def run_eval(args) -> dict:
             model, device_dataloader(test_set, args.per_device_eval_batch_size, shuffle=False)
         )
         tta = cfg.tta if args.tta is None else args.tta
+        plain = accelerator.unwrap_model(model)
         result = evaluate(
-            accelerator.unwrap_model(model),
-            loader,
-            accelerator,
-            splits.num_classes,
-            args.num_prediction_samples,
-            CIFAR10_MEAN,
-            CIFAR10_STD,
-            tta=tta,
+            plain, loader, accelerator, splits.num_classes, args.num_prediction_samples, *NORMALISATION, tta=tta
         )
         report = {
             "model_path": str(loaded.path),

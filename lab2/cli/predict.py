@@ -3,10 +3,8 @@
     lab2-predict --model_path runs/<run> cat.png ship.jpg [--json] [--top_k 3] [--explain DIR]
     lab2-predict --model_path runs/<run> my_photos/     (every image file in the folder, by name)
 
-An unreadable image gets an error line and the others are still predicted;
-the exit status is 1 when any image failed. --explain writes DIR/<image>.gradcam.png,
-never a file beside the inputs (a folder of images would grow overlays that the
-next run reads as inputs); it replaces only PNGs it wrote itself.
+An unreadable image gets an error line, the others are still predicted, and the exit status is 1. --explain
+writes DIR/<image>.gradcam.png and replaces only the PNGs it wrote; folders given as input skip those.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ from lab2.errors import UserError, exit_with_user_error
 from lab2.explain import gradcam
 from lab2.flags import Parser, number_flag
 from lab2.state.files import atomic_write
-from lab2.state.model_file import load_model_file, top_k
+from lab2.state.model_file import load_run_model, top_k
 
 MAX_PIXELS = 64_000_000  # larger images are refused before decoding: a small file can decode to gigabytes
 SOFTWARE = "lab2-predict --explain"  # the PNG text chunk that marks an overlay as lab2's own
@@ -34,25 +32,21 @@ def _to_8bit_rgb(image):
     """(RGB image, note or None): high-bit-depth grayscale is scaled to 8 bits, not clipped to white."""
     from PIL import Image
 
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        low = 0.0
-        if image.mode == "F":  # 32-bit float: no fixed range, so read it from the values (NaN/inf left out)
-            finite = values[np.isfinite(values)]
-            low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-            if low >= 0 and high <= 1:
-                low, scale, note = 0.0, 1.0, "32-bit float grayscale read as 0..1"
-            elif low >= 0 and high <= 255:
-                low, scale, note = 0.0, 255.0, "32-bit float grayscale read as 0..255"
-            else:
-                scale, note = (high - low) or 1.0, f"32-bit float grayscale scaled from its range {low:g}..{high:g}"
-        elif image.mode == "I" and values.size and values.max() > 65535:
-            scale, note = float(values.max()), "32-bit grayscale scaled by its maximum"
-        else:
-            scale, note = 65535.0, "16-bit grayscale scaled to 8 bits"
-        gray = np.clip(np.nan_to_num((values - low) / scale) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, mode="L").convert("RGB"), note
-    return image.convert("RGB"), None
+    if image.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return image.convert("RGB"), None
+    values = np.asarray(image, dtype=np.float64)
+    finite = values[np.isfinite(values)]  # a float image has no fixed range: read it from the values, NaN/inf left out
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if image.mode != "F":  # 16 bits, or 32-bit integers beyond 16 bits
+        low, high = 0.0, max(high, 65535.0)
+        note = "16-bit grayscale scaled to 8 bits" if high == 65535.0 else "32-bit grayscale scaled by its maximum"
+    elif low >= 0 and high <= 255:
+        low, high = 0.0, 1.0 if high <= 1 else 255.0
+        note = f"32-bit float grayscale read as 0..{high:g}"
+    else:
+        note = f"32-bit float grayscale scaled from its range {low:g}..{high:g}"
+    gray = np.clip(np.nan_to_num((values - low) / ((high - low) or 1.0)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB"), note
 
 
 def read_image(path: str) -> tuple[torch.Tensor, str | None]:
@@ -86,9 +80,22 @@ def read_image(path: str) -> tuple[torch.Tensor, str | None]:
     return test_transform()(image), note
 
 
+def _overlay_of_ours(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == SOFTWARE
+    except Exception:  # any unreadable file is simply not one of ours
+        return False
+
+
 def expand_folders(paths: list[str]) -> list[str]:
-    """`paths` with each folder replaced by the image files directly in it (sorted, hidden files skipped). A folder
-    without any stays as it is, so reading it reports the problem."""
+    """`paths` with each folder replaced by the image files directly in it, sorted, without hidden files and the
+    overlays --explain wrote (`--explain DIR DIR` predicted its own overlays the next time). A folder without any
+    stays as it is, so reading it reports the problem."""
     from PIL import Image
 
     extensions = {ext.lower() for ext in Image.registered_extensions()}
@@ -100,21 +107,10 @@ def expand_folders(paths: list[str]) -> list[str]:
                 str(f)
                 for f in folder.iterdir()
                 if f.suffix.lower() in extensions and not f.name.startswith(".") and f.is_file()
+                if not (f.name.endswith(".gradcam.png") and _overlay_of_ours(f))
             )
         expanded.extend(images or [path])
     return expanded
-
-
-def _overlay_of_ours(path: Path) -> bool:
-    if path.is_symlink() or not path.is_file():
-        return False
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.format == "PNG" and image.info.get("Software") == SOFTWARE
-    except Exception:  # any unreadable file is simply not one of ours
-        return False
 
 
 def plan_overlays(folder: Path, image_paths: list[str]) -> dict[str, Path]:
@@ -155,24 +151,15 @@ def write_overlay(target: Path, model, image: torch.Tensor, top: list[dict], top
 
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(prog="lab2-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model_path", required=True, help="a run folder, its model.safetensors, or the course lab's model_final.pth"
-    )
+    parser.add_argument("--model_path", required=True, help="a run folder, a model.safetensors or a model_final.pth")
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or folders of them")
-    parser.add_argument(
-        "--top_k", type=number_flag("--top_k", minimum=1, maximum=1000), default=3, help="classes to show per image"
-    )
+    parser.add_argument("--top_k", type=number_flag("--top_k", minimum=1, maximum=1000), default=3, help="per image")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    parser.add_argument(
-        "--explain",
-        metavar="DIR",
-        default=None,
-        help="also write DIR/<image>.gradcam.png: the image with its Grad-CAM heat map beside its top classes",
-    )
+    parser.add_argument("--explain", metavar="DIR", help="also write DIR/<image>.gradcam.png: Grad-CAM, top classes")
     args = parser.parse_args(argv)
     results = []
     try:
-        loaded = load_model_file(args.model_path)
+        loaded = load_run_model(args.model_path)
         paths = expand_folders(args.images)
         overlays = plan_overlays(Path(args.explain), paths) if args.explain else {}
         for path in paths:
@@ -182,22 +169,16 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"lab2-predict: error: {error}", file=sys.stderr)
                 results.append({"image": path, "error": str(error)})
                 continue
-            probabilities, indices = top_k(loaded.model, image[None], args.top_k)
-            top = [
-                {"class": loaded.class_names[i], "probability": float(p)}
-                for p, i in zip(probabilities[0], indices[0], strict=True)
-            ]
+            probs, indices = (t[0].tolist() for t in top_k(loaded.model, image[None], args.top_k))
+            top = [{"class": loaded.class_names[i], "probability": p} for p, i in zip(probs, indices, strict=True)]
             results.append({"image": path, "top_k": top, **({"note": note} if note else {})})
             if path in overlays:
-                write_overlay(overlays[path], loaded.model, image, top, int(indices[0, 0]), Path(path).name)
+                write_overlay(overlays[path], loaded.model, image, top, indices[0], Path(path).name)
                 results[-1]["explanation"] = str(overlays[path])
             if not args.json:
-                print(
-                    f"{path}: "
-                    + ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in top)
-                    + (f" ({note})" if note else "")
-                    + (f" -> {overlays[path]}" if path in overlays else "")
-                )
+                line = f"{path}: " + ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in top)
+                line += f" ({note})" if note else ""
+                print(line + (f" -> {overlays[path]}" if path in overlays else ""))
     except UserError as error:  # the model, the --explain folder, or an overlay it cannot write: nothing more to do
         exit_with_user_error(error, "lab2-predict")
     if args.json:

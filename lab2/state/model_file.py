@@ -199,6 +199,57 @@ def load_model_file(model_path: str | Path) -> LoadedModel:
     return load_lab_model(model_path) if is_lab_checkpoint(model_path) else load_exported_model(model_path)
 
 
+def load_run_model(model_path: str | Path) -> LoadedModel:
+    """load_model_file, and a run folder stopped before its model.safetensors (Ctrl-C, SIGTERM): its newest complete
+    checkpoint's weights with the run's config.json, said in one line on stderr. The checkpoint holds no class names:
+    they come from the run's CIFAR folder, else CIFAR-10's ten, else the label numbers."""
+    # Imported here: lab2.state.checkpoint imports this module.
+    import os
+    import sys
+
+    from safetensors.torch import load_file
+
+    from lab2.data.cifar import find_cifar10_folder
+    from lab2.data.cifar_files import read_class_names
+    from lab2.state.checkpoint import latest_good_checkpoint, read_progress
+
+    run = Path(model_path)
+    if not run.is_dir() or (run / MODEL_FILE).exists():
+        return load_model_file(model_path)
+    if not (run / "config.json").is_file():
+        raise UserError(
+            f"{run} is not a lab2 run folder: a run folder holds config.json with model.safetensors (a "
+            "finished run) or checkpoints/ (a stopped one); give a run's --output_dir, a .safetensors or a .pth file."
+        )
+    checkpoint = latest_good_checkpoint(run / "checkpoints")
+    if checkpoint is None:
+        raise UserError(
+            f"{run}: no such file {MODEL_FILE} and no complete checkpoint in {run / 'checkpoints'} (the "
+            "run stopped before its first save); train it again, or give a finished run's folder."
+        )
+    progress = read_progress(checkpoint)
+    try:
+        config = validate_config(config_from_dict(json.loads((run / "config.json").read_text(encoding="utf-8"))))
+    except (OSError, ValueError, TypeError, UserError) as exc:
+        raise UserError(f"{run / 'config.json'} is not a readable lab2 configuration ({exc}).") from None
+    folder = None if config.dataset_name else find_cifar10_folder(config.data_dir)
+    names = read_class_names(folder) if folder else CIFAR10_CLASSES
+    if len(names) != progress["num_classes"]:
+        names = tuple(map(str, range(progress["num_classes"])))
+    state = load_file(checkpoint / MODEL_FILE)
+    consume_prefix_in_state_dict_if_present(state, "_orig_mod.")  # a --torch_compile run's names
+    model = create_model(progress["model"], progress["num_classes"])
+    model.load_state_dict(state)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank loads it: one line is enough
+        print(
+            f"lab2: no {MODEL_FILE} in {run} (the run did not finish); using {checkpoint.relative_to(run)} "
+            f"(epoch {progress['epoch'] + 1}, batch {progress['batch_in_epoch']}, step {progress['global_step']})",
+            file=sys.stderr,
+            flush=True,
+        )
+    return LoadedModel(model.eval(), names, config, checkpoint / MODEL_FILE)
+
+
 def export_lab_model(
     source: str | Path,
     output: str | Path,
