@@ -117,4 +117,4 @@ def test_abbreviated_flags_are_refused(capsys, argv, flag):
 
 
 def test_other_commands_refuse_abbreviations_too(capsys):
-    _parse_fails(capsys, flops.main, ["--num_cl", "3"], "--num_cl")
+    _parse_fails(capsys, flops_main, ["--num_cl", "3"], "--num_cl")
