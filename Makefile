@@ -40,14 +40,18 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $@
 
 # One try with a short time-out and no retries, so an index that cannot be reached costs seconds, not pip's retry
-# storm; the default index then supplies torch (the next pip install), and one line says so.
+# storm. The pair must also import together: pip's find-links or extra indexes (a local wheel cache) can pair a CPU
+# torch with a CUDA torchvision whose ops do not load ("operator torchvision::nms does not exist"). Otherwise both
+# go and the default index supplies torch (the next pip install), and one line says so.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 cpu-torch:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "no GPU seen: installing PyTorch's CPU wheels from $(TORCH_CPU_INDEX)"
 	@$(BIN)/python -m pip install -q --retries 0 --timeout 10 --index-url $(TORCH_CPU_INDEX) torch torchvision \
-		>/dev/null 2>&1 || echo "note: PyTorch's CPU wheel index ($(TORCH_CPU_INDEX)) could not be reached;" \
-		"installing torch from the default index instead (with CUDA: about 6 GB)."
+		>/dev/null 2>&1 && $(BIN)/python -c 'import torchvision.ops' >/dev/null 2>&1 \
+		|| { $(BIN)/python -m pip uninstall -q -y torch torchvision >/dev/null 2>&1; \
+		echo "note: no working torch + torchvision pair from PyTorch's CPU wheel index ($(TORCH_CPU_INDEX));" \
+		"installing torch from the default index instead (with CUDA: about 6 GB)."; }
 
 $(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test]'

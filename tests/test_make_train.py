@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -128,24 +129,57 @@ class _Unavailable(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_without_a_gpu_make_tries_the_cpu_wheels_once_then_says_it_falls_back(tmp_path):
-    """`make cpu-torch` (what make's install runs when nvidia-smi sees no GPU) into a new venv, against an index
-    that cannot serve: one request per try (no retry storm), one line naming the fallback, and make goes on."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    index = f"http://127.0.0.1:{server.server_address[1]}/simple"
+def _cpu_torch(tmp_path, index: str) -> subprocess.CompletedProcess:
+    """`make cpu-torch` (what make's install runs when nvidia-smi sees no GPU) into a new venv, against `index`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}  # this machine's own pip settings off
     env["PIP_CONFIG_FILE"] = os.devnull
+    done = subprocess.run(
+        ["make", "--no-print-directory", f"VENV={tmp_path / 'venv'}", f"PYTHON={sys.executable}", "cpu-torch",
+         f"TORCH_CPU_INDEX={index}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    notes = [line for line in done.stdout.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "no working torch + torchvision" in notes[0] and "default index" in notes[0], done.stdout
+    site = tmp_path / "venv" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    assert not list(site.glob("torch*")), list(site.glob("torch*"))  # nothing half-installed, no broken pair left
+    return done
+
+
+def test_without_a_gpu_make_tries_the_cpu_wheels_once_then_says_it_falls_back(tmp_path):
+    """An index that cannot serve: one request per try (no retry storm), one line naming the fallback, make goes on."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        done = subprocess.run(
-            ["make", "--no-print-directory", f"VENV={tmp_path / 'venv'}", f"PYTHON={sys.executable}", "cpu-torch",
-             f"TORCH_CPU_INDEX={index}"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
-        )  # fmt: skip
+        _cpu_torch(tmp_path, f"http://127.0.0.1:{server.server_address[1]}/simple")
     finally:
         server.shutdown()
-    assert done.returncode == 0, done.stdout + done.stderr
     assert _Unavailable.hits and len(_Unavailable.hits) <= 2, _Unavailable.hits  # pip's default would retry 5 times
-    notes = [line for line in done.stdout.splitlines() if line.startswith("note:")]
-    assert len(notes) == 1 and "could not be reached" in notes[0] and "default index" in notes[0], done.stdout
-    assert not list((tmp_path / "venv").glob("lib/python*/site-packages/torch"))  # nothing half-installed
+
+
+def _wheel(index: Path, name: str, version: str, files: dict[str, str]) -> None:
+    """A pure-Python wheel of `files` in a PEP 503 page of its own under `index`."""
+    info = f"{name}-{version}.dist-info"
+    wheel_info = "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files = {**files, f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"}
+    files[f"{info}/WHEEL"] = wheel_info
+    record = "".join(f"{path},,\n" for path in files) + f"{info}/RECORD,,\n"
+    page = index / name
+    page.mkdir(parents=True)
+    wheel = f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(page / wheel, "w") as archive:
+        for path, text in {**files, f"{info}/RECORD": record}.items():
+            archive.writestr(path, text)
+    (page / "index.html").write_text(f'<html><body><a href="{wheel}">{wheel}</a></body></html>')
+
+
+def test_a_cpu_torch_paired_with_a_torchvision_that_does_not_load_is_removed_for_the_default_index(tmp_path):
+    """The CPU index serves, but the pair does not import together (a CUDA torchvision beside a CPU torch: its ops
+    fail to load): both are uninstalled, so the install that follows takes a matched pair from the default index."""
+    index = tmp_path / "simple"
+    _wheel(index, "torch", "2.99.0", {"torch/__init__.py": ""})
+    broken_ops = "raise RuntimeError('operator torchvision::nms does not exist')\n"
+    _wheel(
+        index, "torchvision", "0.99.0", {"torchvision/__init__.py": "import torch\n", "torchvision/ops.py": broken_ops}
+    )
+    _cpu_torch(tmp_path, index.as_uri())

@@ -202,7 +202,9 @@ def test_recipe_fast_sets_its_values_and_explicit_flags_win():
     for flag, value in RECIPES["fast"].items():
         assert getattr(fast, flag) == value, flag
     assert fast.lr_scheduler_type == "one_cycle" and fast.tta  # what the recipe is about
-    mixed = parse_args(["--recipe", "fast", "--learning_rate=0.01", "--num_train", "3", "--no-tta", "--optim", "adam"])
+    mixed = parse_args(
+        ["--recipe", "fast", "--learning_rate=0.01", "--num_train_epochs", "3", "--no-tta", "--optim", "adam"]
+    )
     assert (mixed.learning_rate, mixed.num_train_epochs, mixed.tta, mixed.optim) == (0.01, 3, False, "adam")
     assert (
         mixed.label_smoothing_factor == RECIPES["fast"]["label_smoothing_factor"]
