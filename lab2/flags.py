@@ -18,10 +18,10 @@ from pathlib import Path
 
 from lab2.config import (
     GROUPS,
+    STEP_FLAGS,
     TrainConfig,
-    check_checkpointing_steps,
-    check_flow_log_steps,
     check_number,
+    check_steps,
     check_values,
     field_type,
     recipe_values,
@@ -60,14 +60,14 @@ class Parser(argparse.ArgumentParser):
 
 
 METAVARS = {int: "N", float: "X"}  # numbers; text flags show their choices or their name
-TEXT_CHECKS = {"checkpointing_steps": check_checkpointing_steps, "flow_log_steps": check_flow_log_steps}
 
 
 def _argparse_type(f: dataclasses.Field):
+    """The checks of lab2.config at parse time, so that a bad value is argparse's one line and exit 2."""
     kind, _ = field_type(f)
     if kind in (int, float):
         return number_flag(f"--{f.name}", kind, **f.metadata["bounds"])
-    return _checked(TEXT_CHECKS[f.name]) if f.name in TEXT_CHECKS else kind
+    return _checked(functools.partial(check_steps, f.name)) if f.name in STEP_FLAGS else kind
 
 
 EXAMPLES = """examples:
@@ -159,31 +159,6 @@ def _saved_run_name(config_file: Path) -> str:
     return name if isinstance(name, str) else ""
 
 
-KIND_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}
-
-
-def _checked_value(f: dataclasses.Field, value):
-    """`value` for field `f` given as a Python object: the checks argparse makes on the command line (type, choices)."""
-    kind, optional = field_type(f)
-    if kind is str and isinstance(value, os.PathLike):
-        value = os.fspath(value)  # data_dir=Path(...) reads naturally in a notebook
-    if f.name in TEXT_CHECKS:  # 'auto' or a step count: text or an int, as on the command line (500, not "500")
-        return TEXT_CHECKS[f.name](value)
-    if value is None and optional:
-        return value
-    # bool is an int in Python, but True for an epoch count is a mistake, not a 1.
-    fits = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value, fits = float(value), True
-    if not fits:
-        wanted = f"{KIND_WORDS[kind]}{' or None' if optional else ''}"
-        raise UserError(f"--{f.name} must be {wanted}, got {value!r} ({type(value).__name__}).")
-    choices = f.metadata["choices"]
-    if choices and value not in choices:
-        raise UserError(f"--{f.name} must be one of {', '.join(choices)}; got {value!r}.")
-    return value
-
-
 def config_from_flags(**flags) -> TrainConfig:
     """A TrainConfig from flags given as Python values (lab2.train), with the command line's checks and defaults
     (or --recipe's values); UserError naming the flag for an unknown name, a wrong type or an invalid value."""
@@ -196,7 +171,7 @@ def config_from_flags(**flags) -> TrainConfig:
                 f"unknown flag {name!r}; {hint}the flags are lab2.config.TrainConfig's fields (see --help)."
             )
     # None is "not given" (a notebook's `resume_from_checkpoint=None`): the flag keeps its default or recipe value.
-    values = {name: _checked_value(fields[name], value) for name, value in flags.items() if value is not None}
+    values = {name: value for name, value in flags.items() if value is not None}
     # A --recipe fills in what the caller did not give, as on the command line.
     return _finish(TrainConfig(**{**recipe_values(values.get("recipe", "none"), set(values)), **values}))
 
@@ -207,12 +182,7 @@ def config_from_dict(values: dict) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in values.items() if k in names})
 
 
-def validate_config(cfg: TrainConfig) -> TrainConfig:
-    """A `cfg` read from a file, checked as the command line checks flags."""
-    for f in dataclasses.fields(TrainConfig):
-        setattr(cfg, f.name, _checked_value(f, getattr(cfg, f.name)))
-    check_values(cfg)
-    return cfg
+validate_config = check_values  # a `cfg` read from a file, checked as the command line checks flags
 
 
 # How to resume, in the words of the command that started the run: `make train` takes the flags in TRAIN_ARGS
