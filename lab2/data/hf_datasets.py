@@ -42,9 +42,11 @@ def _load(name: str):
         if not saved:
             why = f"{type(exc).__name__}: {exc}"
             raise UserError(f"--dataset_name {name}: could not load it from the Hub ({why}). {HUB_HELP}") from None
-        empty = _empty_saved_splits(Path(name))  # load_from_disk fails on a 0-row split with an IndexError
-        if empty:
-            raise UserError(_empty_split_message(name, empty)) from None
+        try:  # load_from_disk fails on a 0-row split (IndexError): its state.json lists no data file
+            states = {p.parent.name: json.loads(p.read_text("utf-8")) for p in sorted(Path(name).glob("*/state.json"))}
+            _refuse_empty(name, [split for split, state in states.items() if not state["_data_files"]])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not a save_to_disk folder: said below
         raise UserError(f"--dataset_name {name}: not a folder written by save_to_disk ({exc}).") from None
     if not isinstance(dataset, DatasetDict):
         raise UserError(
@@ -53,51 +55,22 @@ def _load(name: str):
     return dataset
 
 
-def _empty_saved_splits(folder: Path) -> list[str]:
-    """The splits of a save_to_disk folder that hold no data file (no rows); [] when it cannot tell."""
-    try:
-        splits = json.loads((folder / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
-        states = {split: json.loads((folder / split / "state.json").read_text(encoding="utf-8")) for split in splits}
-        return [split for split, state in states.items() if not state.get("_data_files")]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return []
+def _refuse_empty(name: str, splits: list[str]) -> None:
+    if splits:
+        raise UserError(
+            f"--dataset_name {name}: the {' and '.join(map(repr, splits))} split holds no rows; "
+            "lab2 needs images in both the train and the test split."
+        ) from None
 
 
-def _empty_split_message(name: str, splits: list[str]) -> str:
-    return (
-        f"--dataset_name {name}: the {' and '.join(repr(s) for s in splits)} split holds no rows; "
-        "lab2 needs images in both the train and the test split."
-    )
-
-
-def _check_labels(feature, column: str, split: str, name: str) -> None:
-    """Labels must be class numbers: a ClassLabel or an integer column (floats would be truncated silently)."""
-    from datasets import ClassLabel, Value
-
-    if isinstance(feature, ClassLabel) or (isinstance(feature, Value) and feature.dtype.startswith(("int", "uint"))):
-        return
-    kind = feature.dtype if isinstance(feature, Value) else type(feature).__name__
-    raise UserError(
-        f"--dataset_name {name}: the {split} split's label column {column!r} holds {kind} values, not class "
-        f"numbers; lab2 needs whole-number labels 0..C-1 (a ClassLabel or an integer column): convert it, e.g. "
-        f"dataset.class_encode_column({column!r}) for names, or pick another column with --label_column."
-    )
-
-
-def _pick_column(
-    features, wanted: str, names: tuple[str, ...], feature_type, what: str, flag: str, dataset_name: str
-) -> str:
-    if wanted:
-        if wanted not in features:
-            raise UserError(f"--{flag} {wanted!r} is not a column of {dataset_name}; its columns are {list(features)}.")
-        return wanted
-    found = next((c for c, f in features.items() if isinstance(f, feature_type)), None)  # by feature type first
+def _pick_column(features, wanted: str, names: tuple[str, ...], feature_type, what: str, flag: str, name: str) -> str:
+    """`wanted`, else the first column of `feature_type`, else the first with a usual name (checked per split later)."""
+    found = wanted or next((c for c, f in features.items() if isinstance(f, feature_type)), None)
     found = found or next((c for c in features if c in names), None)
     if found:
         return found
     raise UserError(
-        f"cannot tell which column of {dataset_name} holds the {what}; "
-        f"name it with --{flag} (columns: {list(features)})."
+        f"cannot tell which column of {name} holds the {what}; name it with --{flag} (columns: {list(features)})."
     )
 
 
@@ -133,12 +106,10 @@ def _cache_writable(part) -> bool:
 
 def load_hf_splits(name: str, image_column: str = "", label_column: str = "") -> DataSplits:
     """Train and test splits of a Hub or saved dataset as DataSplits (uint8 images, int64 labels, class names)."""
-    from datasets import ClassLabel, Image
+    from datasets import ClassLabel, Image, Value
 
     dataset = _load(name)
-    empty = [split for split in dataset if len(dataset[split]) == 0]
-    if empty:
-        raise UserError(_empty_split_message(name, empty))
+    _refuse_empty(name, [split for split in dataset if len(dataset[split]) == 0])
     if "train" not in dataset:
         raise UserError(f"--dataset_name {name} has no 'train' split (splits: {list(dataset)}).")
     test_split = next((s for s in TEST_SPLITS if s in dataset), None)
@@ -147,18 +118,28 @@ def load_hf_splits(name: str, image_column: str = "", label_column: str = "") ->
     features = dataset["train"].features
     image_column = _pick_column(features, image_column, IMAGE_NAMES, Image, "images", "image_column", name)
     label_column = _pick_column(features, label_column, LABEL_NAMES, ClassLabel, "labels", "label_column", name)
-    label_feature = features[label_column]
     arrays = {}
     for split in ("train", test_split):
-        for column in (image_column, label_column):
-            if column not in dataset[split].features:
-                raise UserError(f"--dataset_name {name}: the {split} split has no column {column!r}.")
-        _check_labels(dataset[split].features[label_column], label_column, split, name)
-        if not isinstance(dataset[split].features[image_column], Image):
-            kind = type(dataset[split].features[image_column]).__name__
+        features = dataset[split].features
+        for column, flag in ((image_column, "image_column"), (label_column, "label_column")):
+            if column not in features:
+                raise UserError(
+                    f"--{flag} {column!r} is not a column of {name}'s {split} split; its columns are {list(features)}."
+                )
+        label = features[label_column]  # class numbers: floats would be truncated silently
+        if not isinstance(label, ClassLabel) and not (
+            isinstance(label, Value) and label.dtype.startswith(("int", "uint"))
+        ):
+            kind = label.dtype if isinstance(label, Value) else type(label).__name__
             raise UserError(
-                f"--dataset_name {name}: the {split} split's image column {image_column!r} is a {kind} column, not "
-                "an Image one; name the image column with --image_column."
+                f"--dataset_name {name}: the {split} split's label column {label_column!r} holds {kind} values, not "
+                "class numbers; lab2 needs whole-number labels 0..C-1 (a ClassLabel or an integer column): convert "
+                f"it, e.g. dataset.class_encode_column({label_column!r}) for names, or pick another --label_column."
+            )
+        if not isinstance(features[image_column], Image):
+            raise UserError(
+                f"--dataset_name {name}: the {split} split's image column {image_column!r} is a "
+                f"{type(features[image_column]).__name__} column, not an Image one; name it with --image_column."
             )
         # decode=False: lab2 decodes the stored bytes itself, so a damaged image names its row.
         part = (
@@ -179,10 +160,9 @@ def load_hf_splits(name: str, image_column: str = "", label_column: str = "") ->
             np.asarray(converted["pixels"], dtype=np.uint8),
             np.asarray(converted[label_column], dtype=np.int64),
         )
+    label_feature = dataset["train"].features[label_column]
     if isinstance(label_feature, ClassLabel):
-        class_names = check_class_names(
-            label_feature.names, f"--dataset_name {name}: the ClassLabel of {label_column!r}"
-        )
+        class_names = check_class_names(label_feature.names, f"--dataset_name {name}: ClassLabel {label_column!r}")
     else:
         class_names = tuple(str(i) for i in range(int(arrays["train"][1].max()) + 1))
     for split, (_, labels) in arrays.items():
