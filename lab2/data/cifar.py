@@ -44,9 +44,8 @@ def download_help() -> str:
             "or TRAIN_ARGS='--dataset fake' for an offline smoke run (synthetic images)."
         )
     return (
-        "Without network access, copy the official cifar-10-batches-py folder into --data_dir, "
-        "pass --dataset_name with a dataset saved by datasets' save_to_disk, "
-        "or use --dataset fake for an offline smoke run."
+        "Without network access, copy the official cifar-10-batches-py folder into --data_dir, pass --dataset_name "
+        "with a dataset saved by datasets' save_to_disk, or use --dataset fake for an offline smoke run."
     )
 
 
@@ -111,9 +110,8 @@ def download_cifar10(data_dir: str | Path) -> Path:
     except (OSError, RuntimeError) as exc:  # URLError, a full disk, a read-only folder; RuntimeError: md5 mismatch
         if created:
             shutil.rmtree(data_dir, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise UserError(f"could not download CIFAR-10 into {data_dir} ({exc}). {download_help()}") from None
-        raise UserError(f"the CIFAR-10 download into {data_dir} failed its check ({exc}). {download_help()}") from None
+        what = "could not download CIFAR-10" if isinstance(exc, OSError) else "the CIFAR-10 download failed its check"
+        raise UserError(f"{what} into {data_dir} ({exc}). {download_help()}") from None
     return data_dir / CIFAR10_FOLDER
 
 
@@ -130,13 +128,11 @@ def load_cifar10(data_dir: str | Path, download: bool = True) -> DataSplits:
 
 def check_data_dir(data_dir: str) -> None:
     """A file at (or above) --data_dir is named as such: the download would fail with a puzzling 'File exists'."""
-    path = Path(data_dir)
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        where = "is a file" if existing == path else f"is inside {existing}, which is a file"
+    existing = next((p for p in (Path(data_dir), *Path(data_dir).parents) if p.exists()), Path("."))
+    if not existing.is_dir():
         raise UserError(
-            f"--data_dir {data_dir} {where}, not a folder; point --data_dir at the folder that holds (or will "
-            "receive) cifar-10-batches-py/."
+            f"--data_dir {data_dir}: {existing} is a file, not a folder; point --data_dir at the folder that holds "
+            "(or will receive) cifar-10-batches-py/."
         )
 
 
@@ -161,14 +157,8 @@ def train_transform(mean=CIFAR10_MEAN, std=CIFAR10_STD):
     """The seed's training transform: random crop 32 with zero padding 4, horizontal flip, normalise."""
     from torchvision import transforms
 
-    return transforms.Compose(
-        [
-            transforms.RandomCrop(32, padding=CROP_PADDING),
-            transforms.RandomHorizontalFlip(FLIP_PROBABILITY),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
+    crop_flip = [transforms.RandomCrop(32, padding=CROP_PADDING), transforms.RandomHorizontalFlip(FLIP_PROBABILITY)]
+    return transforms.Compose([*crop_flip, *test_transform(mean, std).transforms])
 
 
 def test_transform(mean=CIFAR10_MEAN, std=CIFAR10_STD):
@@ -191,10 +181,8 @@ class CustomCIFAR10(Dataset):
     @classmethod
     def from_folder(cls, data_dir: str | Path, train: bool = True, transform=None) -> CustomCIFAR10:
         splits = load_cifar10(data_dir, download=False)
-        images, labels = (
-            (splits.train_images, splits.train_labels) if train else (splits.test_images, splits.test_labels)
-        )
-        return cls(images, labels, transform, splits.class_names)
+        split = (splits.train_images, splits.train_labels) if train else (splits.test_images, splits.test_labels)
+        return cls(*split, transform, splits.class_names)
 
     def __len__(self) -> int:
         return len(self.labels)
