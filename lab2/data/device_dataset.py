@@ -12,16 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from lab2.data.cifar import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    CROP_PADDING,
-    FLIP_PROBABILITY,
-    DataSplits,
-    torchvision_loaders,
-)
-
-PAD = CROP_PADDING
+from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD, FLIP_PROBABILITY, DataSplits, torchvision_loaders
+from lab2.data.cifar import CROP_PADDING as PAD
 
 
 def use_channels_last(setting: str, device: torch.device) -> bool:
@@ -97,34 +89,22 @@ class DeviceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _indices_on_device(self, indices) -> torch.Tensor:
-        index = torch.as_tensor(indices, dtype=torch.int64)
-        if self.device.type == "cuda":
-            # The sampler's indices are host ints. Copied from pinned memory with non_blocking, the transfer
-            # is queued on the stream behind the previous step's kernels instead of waiting for them: no
-            # per-batch host-device synchronisation (the pinned block is kept alive by the caching allocator
-            # until the copy has run).
-            return index.pin_memory().to(self.device, non_blocking=True)
-        return index.to(self.device)
-
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        out = torch.addcmul(self.shift, images.float(), self.scale)
-        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
-
     def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        index = self._indices_on_device(indices)
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        # The sampler's indices are host ints. Copied from pinned memory with non_blocking, the transfer is queued
+        # on the stream behind the previous step's kernels instead of waiting for them: no per-batch host-device
+        # synchronisation (the caching allocator keeps the pinned block alive until the copy has run).
+        cuda = self.device.type == "cuda"
+        index = (index.pin_memory() if cuda else index).to(self.device, non_blocking=cuda)
         images = self.images[index]
         if self.train:
             images = crop_flip(images, self.offsets[index], self.flips[index])
-        return self.normalise(images), self.labels[index]
+        out = torch.addcmul(self.shift, images.float(), self.scale)  # normalised
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out, self.labels[index]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = self.__getitems__([index])
         return images[0], labels[0]
-
-
-def keep_batch(batch):  # collate_fn: `__getitems__` already returns a whole batch
-    return batch
 
 
 def device_dataloader(
@@ -134,15 +114,9 @@ def device_dataloader(
     reproducible (with `use_seedable_sampler`, seed + epoch on every process); `drop_last` gives one batch
     shape (CUDA graphs)."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        collate_fn=keep_batch,
-        num_workers=0,
-        drop_last=drop_last,
-    )
+    # collate_fn keeps the batch as it is: `__getitems__` already returns a whole one.
+    loader = dict(batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0, drop_last=drop_last)
+    return DataLoader(dataset, collate_fn=lambda batch: batch, **loader)
 
 
 def pipeline_loaders(cfg, splits: DataSplits, device, channels_last: bool):
