@@ -187,15 +187,12 @@ def check_class_names(names, source: str) -> tuple[str, ...]:
             f"{source}: class {bad}'s name is {_short_repr(names[bad])}; every class name must be a non-empty "
             "string: fix the names there (one per class, in class order)."
         )
-    twice = [name for name, count in Counter(names).items() if count > 1]
+    twice = [name for name, count in Counter(names).items() if count > 1][:3]
+    classes = {name: ", ".join(str(i) for i, n in enumerate(names) if n == name) for name in twice}
     if twice:
-        shown = ", ".join(
-            f"{_short_repr(name)} (classes {', '.join(str(i) for i, n in enumerate(names) if n == name)})"
-            for name in twice[:3]
-        )
         raise UserError(
-            f"{source} names a class more than once: {shown}; results are reported by class name, so give each "
-            "class its own name there."
+            f"{source} names a class more than once: {', '.join(f'{n!r:.60} (classes {classes[n]})' for n in twice)}; "
+            "results are reported by class name, so give each class its own name there."
         )
     return tuple(names)
 
@@ -205,15 +202,10 @@ def check_class_names(names, source: str) -> tuple[str, ...]:
 
 def write_cifar_batch(path: str | Path, images: np.ndarray, labels, batch_label: str = "") -> None:
     """Write uint8 (N, 3, 32, 32) images and labels as one official-format batch (pickle protocol 2)."""
-    images = np.ascontiguousarray(images, dtype=np.uint8)
-    batch = {
-        "batch_label": batch_label,
-        "labels": [int(label) for label in labels],
-        "data": images.reshape(len(images), ROW_BYTES),
-        "filenames": [f"image_{i:05d}.png" for i in range(len(images))],
-    }
-    with open(path, "wb") as handle:
-        pickle.dump(batch, handle, protocol=2)
+    data = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), ROW_BYTES)
+    names = [f"image_{i:05d}.png" for i in range(len(images))]
+    batch = {"batch_label": batch_label, "labels": [int(label) for label in labels], "data": data, "filenames": names}
+    Path(path).write_bytes(pickle.dumps(batch, protocol=2))
 
 
 def write_cifar10_folder(
@@ -224,8 +216,9 @@ def write_cifar10_folder(
     folder.mkdir(parents=True, exist_ok=True)
     chunks = np.array_split(np.arange(len(train_images)), len(TRAIN_FILES))
     for name, idx in zip(TRAIN_FILES, chunks, strict=True):
-        label = f"training batch {name[-1]} of 5"
-        write_cifar_batch(folder / name, train_images[idx], np.asarray(train_labels)[idx], label)
+        write_cifar_batch(
+            folder / name, train_images[idx], np.asarray(train_labels)[idx], f"training batch {name[-1]} of 5"
+        )
     write_cifar_batch(folder / TEST_FILE, test_images, test_labels, "testing batch 1 of 1")
     meta = {"num_cases_per_batch": len(chunks[0]), "label_names": list(class_names), "num_vis": ROW_BYTES}
     (folder / META_FILE).write_bytes(pickle.dumps(meta, protocol=2))
@@ -250,31 +243,27 @@ def synthetic_images(num: int, num_classes: int, seed: int) -> tuple[np.ndarray,
     return images, labels
 
 
-def _remove_partial_fake_set(folder: Path) -> None:
-    """Delete a half-written fake set left by an interrupted run, but never a folder holding other files."""
-    if not folder.exists():
-        return
-    ours = (*TRAIN_FILES, TEST_FILE, META_FILE)
-    foreign = sorted(p.name for p in folder.iterdir() if p.name not in ours) if folder.is_dir() else [folder.name]
-    if foreign:
-        raise UserError(
-            f"{folder} holds files lab2 did not write ({', '.join(foreign[:4])}); "
-            "move them away or choose another --data_dir."
-        )
-    shutil.rmtree(folder)
-
-
 def make_fake_cifar10(data_dir: str | Path, num_train: int, num_test: int, seed: int = 0) -> Path:
-    """Write (once) a synthetic set in the official format under data_dir; return its folder."""
+    """Write (once) a synthetic set in the official format under data_dir; return its folder. It is written under a
+    temporary name and renamed, so an interrupted run never leaves half a set; a half-written one left by an older
+    run is deleted, but never a folder holding files lab2 did not write."""
     folder = Path(data_dir) / f"lab2-fake-{num_train}-{num_test}-{seed}" / CIFAR10_FOLDER
-    if not (folder / META_FILE).exists():  # batches.meta is written last: its presence means complete
-        # Written under a temporary name and renamed, so an interrupted run never leaves half a set.
-        tmp = folder.with_name(folder.name + ".tmp")
-        _remove_partial_fake_set(tmp)
-        _remove_partial_fake_set(folder)
-        write_cifar10_folder(tmp, *synthetic_images(num_train, 10, seed), *synthetic_images(num_test, 10, seed + 1))
-        tmp.rename(folder)
-    return folder
+    if (folder / META_FILE).exists():  # batches.meta is written last: its presence means complete
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    for partial in (p for p in (tmp, folder) if p.exists()):
+        ours = (*TRAIN_FILES, TEST_FILE, META_FILE)
+        foreign = (
+            sorted(p.name for p in partial.iterdir() if p.name not in ours) if partial.is_dir() else [partial.name]
+        )
+        if foreign:
+            raise UserError(
+                f"{partial} holds files lab2 did not write ({', '.join(foreign[:4])}); "
+                "move them away or choose another --data_dir."
+            )
+        shutil.rmtree(partial)
+    write_cifar10_folder(tmp, *synthetic_images(num_train, 10, seed), *synthetic_images(num_test, 10, seed + 1))
+    return tmp.rename(folder)
 
 
 def _short_repr(value) -> str:
