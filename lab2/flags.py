@@ -163,13 +163,10 @@ def config_from_flags(**flags) -> TrainConfig:
     """A TrainConfig from flags given as Python values (lab2.train), with the command line's checks and defaults
     (or --recipe's values); UserError naming the flag for an unknown name, a wrong type or an invalid value."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for name in flags:
-        if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise UserError(
-                f"unknown flag {name!r}; {hint}the flags are lab2.config.TrainConfig's fields (see --help)."
-            )
+    for name in (name for name in flags if name not in fields):
+        close = difflib.get_close_matches(name, fields, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(f"unknown flag {name!r}; {hint}the flags are lab2.config.TrainConfig's fields (see --help).")
     # None is "not given" (a notebook's `resume_from_checkpoint=None`): the flag keeps its default or recipe value.
     values = {name: value for name, value in flags.items() if value is not None}
     # A --recipe fills in what the caller did not give, as on the command line.
@@ -197,29 +194,21 @@ def launched_by_make(env: Mapping[str, str] = os.environ) -> bool:
     return env.get(MAKE_ENV) == "make"
 
 
-def _without(argv: Sequence[str], flags: Sequence[str], first_only: bool = False) -> tuple[list[str], list[str]]:
-    """`argv` minus each `flag value` / `flag=value` of `flags` (the first only with `first_only`); the values."""
-    kept, removed, args = [], [], iter(argv)
-    for arg in args:
-        name, equals, inline = arg.partition("=")
-        if name in flags and not (first_only and removed):
-            removed.append(inline if equals else next(args, ""))
-        else:
-            kept.append(arg)
-    return kept, removed
-
-
 def resume_advice(output_dir, argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> str:
     resume = ["--output_dir", str(output_dir), "--resume_from_checkpoint", "latest"]
     if not launched_by_make(env):
         return f"resume with the same command plus: {shlex.join(resume)}"
-    argv = sys.argv[1:] if argv is None else argv
-    # The Makefile puts `--data_dir $(DATA_DIR)` before TRAIN_ARGS; a --data_dir in TRAIN_ARGS stays there.
-    flags, data_dirs = _without(argv, ("--data_dir",), first_only=True)
-    flags, _ = _without(flags, RESUME_FLAGS)
-    data_dir = data_dirs[0] if data_dirs else MAKE_DEFAULT_DATA_DIR
-    command = ["make", "train"]
-    if data_dir != MAKE_DEFAULT_DATA_DIR:
-        command.append(f"DATA_DIR={data_dir}")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The Makefile runs `train_accelerate.py --data_dir $(DATA_DIR) $(TRAIN_ARGS)`: a --data_dir in TRAIN_ARGS
+    # comes after make's own and stays in TRAIN_ARGS.
+    data_dir, argv = (argv[1], argv[2:]) if argv[1:] and argv[0] == "--data_dir" else (MAKE_DEFAULT_DATA_DIR, argv)
+    flags, args = [], iter(argv)
+    for arg in args:
+        name, equals, _ = arg.partition("=")
+        if name not in RESUME_FLAGS:
+            flags.append(arg)
+        elif not equals:
+            next(args, None)  # its value
+    command = ["make", "train", *([f"DATA_DIR={data_dir}"] if data_dir != MAKE_DEFAULT_DATA_DIR else [])]
     train_args = "TRAIN_ARGS=" + shlex.quote(shlex.join([*flags, *resume]))
     return "resume with: " + " ".join([*map(shlex.quote, command), train_args])
