@@ -248,10 +248,8 @@ def parse_report_to(value: str) -> list[str]:
             f"--report_to {value!r}: unknown tracker {', '.join(map(repr, unknown)) or '(empty)'}; "
             f"give one or a comma list of {', '.join(TRACKER_PACKAGES)}, or all, or none."
         )
-    if "none" in names:
-        if len(names) > 1:
-            raise UserError(f"--report_to {value!r}: 'none' cannot be combined with trackers; give none alone.")
-        return []
+    if "none" in names and len(names) > 1:
+        raise UserError(f"--report_to {value!r}: 'none' cannot be combined with trackers; give none alone.")
     if "all" in names:
         chosen = [tracker for tracker in TRACKER_PACKAGES if _installed(tracker)]
         if not chosen:
@@ -260,13 +258,12 @@ def parse_report_to(value: str) -> list[str]:
                 "or pass --report_to none."
             )
         return chosen
-    for tracker in names:
-        if not _installed(tracker):
-            module, package = TRACKER_PACKAGES[tracker]
-            raise UserError(
-                f"--report_to {tracker} needs the {module} package, which is not installed: pip install {package} "
-                "(or choose another --report_to)."
-            )
+    for tracker in (name for name in names if name != "none" and not _installed(name)):
+        module, package = TRACKER_PACKAGES[tracker]
+        raise UserError(
+            f"--report_to {tracker} needs the {module} package, which is not installed: pip install {package} "
+            "(or choose another --report_to)."
+        )
     return [tracker for tracker in TRACKER_PACKAGES if tracker in names]
 
 
