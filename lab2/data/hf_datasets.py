@@ -74,34 +74,24 @@ def _pick_column(features, wanted: str, names: tuple[str, ...], feature_type, wh
     )
 
 
-def _decode(item, row: int, split: str, name: str) -> np.ndarray:
-    """One stored image (datasets' {'bytes', 'path'} record) as uint8 (3, 32, 32); other sizes are resized."""
+def _to_chw_uint8(batch: dict, rows: list[int], image_column: str, split: str, name: str) -> dict:
+    """A batch of stored images (datasets' {'bytes', 'path'} records) as uint8 (3, 32, 32) arrays, other sizes
+    resized; a row with no image, or whose bytes do not decode, is a UserError naming it."""
     from PIL import Image as PILImage
 
-    if item is None or not (item.get("bytes") or item.get("path")):
-        raise UserError(f"--dataset_name {name}: {split} row {row} has no image (None); drop or fill that row.")
-    try:
-        with PILImage.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]) as image:
-            image = image.convert("RGB")
-            if image.size != (32, 32):
-                image = image.resize((32, 32))
-            return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
-    except Exception as exc:  # noqa: BLE001 - whatever PIL raises, the row's bytes are the problem
-        raise UserError(
-            f"--dataset_name {name}: {split} row {row}'s image does not decode ({type(exc).__name__}); "
-            "drop or re-encode that row."
-        ) from None
-
-
-def _to_chw_uint8(batch: dict, rows: list[int], image_column: str, split: str, name: str) -> dict:
-    """Decode a batch of stored images to uint8 (3, 32, 32) arrays, naming the row of any that fails."""
-    return {"pixels": [_decode(item, row, split, name) for item, row in zip(batch[image_column], rows, strict=True)]}
-
-
-def _cache_writable(part) -> bool:
-    """Can `datasets` write its cache beside this split's Arrow files (not on a read-only mount)?"""
-    folders = {os.path.dirname(entry["filename"]) for entry in part.cache_files}
-    return all(os.access(folder, os.W_OK) for folder in folders)
+    pixels = []
+    for item, row in zip(batch[image_column], rows, strict=True):
+        if item is None or not (item.get("bytes") or item.get("path")):
+            raise UserError(f"--dataset_name {name}: {split} row {row} has no image (None); drop or fill that row.")
+        try:
+            with PILImage.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]) as image:
+                pixels.append(np.asarray(image.convert("RGB").resize((32, 32)), dtype=np.uint8).transpose(2, 0, 1))
+        except Exception as exc:  # noqa: BLE001 - whatever PIL raises, the row's bytes are the problem
+            raise UserError(
+                f"--dataset_name {name}: {split} row {row}'s image does not decode ({type(exc).__name__}); "
+                "drop or re-encode that row."
+            ) from None
+    return {"pixels": pixels}
 
 
 def load_hf_splits(name: str, image_column: str = "", label_column: str = "") -> DataSplits:
@@ -153,7 +143,8 @@ def load_hf_splits(name: str, image_column: str = "", label_column: str = "") ->
             with_indices=True,
             fn_kwargs={"image_column": image_column, "split": split, "name": name},
             remove_columns=[image_column],
-            keep_in_memory=not _cache_writable(part),
+            # datasets cannot write its cache beside a read-only mount's files: decode in memory there
+            keep_in_memory=not all(os.access(os.path.dirname(f["filename"]), os.W_OK) for f in part.cache_files),
             desc=f"decoding {split} images once",
         ).with_format("numpy")
         arrays[split] = (
