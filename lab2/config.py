@@ -98,9 +98,7 @@ class TrainConfig:
     momentum: float = _flag(0.9, "momentum of --optim sgd (Nesterov when above 0)", OPTIM, **FRACTION)
     weight_decay: float = _flag(0.0, "L2 for adam and sgd, decoupled for adamw", OPTIM, minimum=0.0, maximum=1e6)
     lr_scheduler_type: str = _flag("constant", "learning-rate schedule, per optimizer step", OPTIM, LR_SCHEDULERS)
-    warmup_ratio: float = _flag(
-        0.0, "fraction of the steps warming up linearly (one_cycle: where the peak is; 0 means 0.3)", OPTIM, **FRACTION
-    )
+    warmup_ratio: float = _flag(0.0, "warm-up fraction of the steps (one_cycle: the peak; 0: 0.3)", OPTIM, **FRACTION)
     label_smoothing_factor: float = _flag(0.0, "label smoothing of the training loss", OPTIM, **FRACTION)
     tta: bool = _flag(False, "test-time augmentation: average the logits of each image and its mirror image", EVAL)
     eval_strategy: str = _flag("epoch", "each epoch, each --eval_steps, or only at the end", EVAL, EVAL_STRATEGIES)
@@ -117,14 +115,10 @@ class TrainConfig:
     run_name: str = _flag("", "name of the run (default: <model>-<date>-<time>)", OUTPUT)
     project_name: str = _flag("lab2", "tracker project (the W&B project)", OUTPUT)
     report_to: str = _flag(
-        "wandb",
-        "wandb, tensorboard, mlflow, a comma list, all (installed) or none (W&B offline without login)",
-        OUTPUT,
+        "wandb", "wandb, tensorboard, mlflow, a comma list, all (installed) or none (W&B: offline if no login)", OUTPUT
     )
     logging_steps: int = _flag(50, "check the loss for NaN/inf and log train/loss every N steps", OUTPUT, **STEPS)
-    flow_log_steps: str = _flag(
-        "auto", "gradient/weight flow snapshots: auto (about 50, at least 10 steps apart), every N steps, or 0", OUTPUT
-    )
+    flow_log_steps: str = _flag("auto", "flow snapshots: auto (~50, >= 10 steps apart), every N steps, 0: off", OUTPUT)
     log_histograms: str = _flag(
         "all", "histograms per flow snapshot: every parameter, layer weights only, or off", OUTPUT, HISTOGRAM_CHOICES
     )
@@ -137,9 +131,7 @@ class TrainConfig:
     checkpoints_total_limit: int = _flag(2, "how many checkpoints to keep", CKPT, minimum=1, maximum=10_000)
     resume_from_checkpoint: str = _flag("", "a checkpoint folder, or latest", CKPT)
     overwrite_output_dir: bool = _flag(False, "allow reusing a folder that holds a finished run", CKPT)
-    dist_timeout_s: int = _flag(
-        600, "seconds a process waits for the others before failing", DIST, minimum=1, maximum=7 * 24 * 3600
-    )
+    dist_timeout_s: int = _flag(600, "seconds a process waits for the others", DIST, minimum=1, maximum=604_800)
 
     @property
     def checkpoint_every_steps(self) -> int | None:
