@@ -122,19 +122,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def given_flags(argv: list[str] | None) -> set[str]:
-    """The flags `argv` gives explicitly: parsed again with every default suppressed, so argparse decides."""
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """Parse flags into a validated TrainConfig (bad flags: one `error:` line and exit 2; bad values: UserError)."""
+    values = vars(build_parser().parse_args(argv))
+    # The flags given explicitly (they win over --recipe): parsed again with every default suppressed.
     probe = build_parser()
     for action in probe._actions:
         action.default = argparse.SUPPRESS
-    return set(vars(probe.parse_args(argv)))
-
-
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """Parse flags into a validated TrainConfig (bad flags: one `error:` line and exit 2; bad values: UserError)."""
-    parser = build_parser()
-    values = vars(parser.parse_args(argv))
-    values.update(recipe_values(values["recipe"], given_flags(argv)))
+    values.update(recipe_values(values["recipe"], set(vars(probe.parse_args(argv)))))
     return _finish(TrainConfig(**values))
 
 

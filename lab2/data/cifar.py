@@ -98,42 +98,29 @@ def read_cifar10_folder(folder: str | Path) -> DataSplits:
     return DataSplits.from_numpy(train_images, train_labels, test_images, test_labels, class_names)
 
 
-def download_cifar10(data_dir: str | Path) -> Path:
-    """Download and extract the official archive with torchvision (md5-checked) into data_dir."""
-    from torchvision.datasets import CIFAR10
-
-    data_dir = Path(data_dir)
-    created = not data_dir.exists()  # a failed download removes the folder it made, with the partial archive
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        CIFAR10(root=str(data_dir), train=True, download=True)
-    except (OSError, RuntimeError) as exc:  # URLError, a full disk, a read-only folder; RuntimeError: md5 mismatch
-        if created:
-            shutil.rmtree(data_dir, ignore_errors=True)
-        what = "could not download CIFAR-10" if isinstance(exc, OSError) else "the CIFAR-10 download failed its check"
-        raise UserError(f"{what} into {data_dir} ({exc}). {download_help()}") from None
-    return data_dir / CIFAR10_FOLDER
-
-
 def load_cifar10(data_dir: str | Path, download: bool = True) -> DataSplits:
-    """CIFAR-10 from `data_dir`, downloading it first when no folder is there."""
+    """CIFAR-10 from `data_dir`, first downloading and extracting the official archive with torchvision
+    (md5-checked) when no folder is there."""
     data_dir = Path(data_dir)
     folder = find_cifar10_folder(data_dir)
+    if folder is None and not download:
+        raise UserError(f"no {CIFAR10_FOLDER} folder in {data_dir}. {download_help()}")
     if folder is None:
-        if not download:
-            raise UserError(f"no {CIFAR10_FOLDER} folder in {data_dir}. {download_help()}")
-        folder = download_cifar10(data_dir)
+        from torchvision.datasets import CIFAR10
+
+        created = not data_dir.exists()  # a failed download removes the folder it made, with the partial archive
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            CIFAR10(root=str(data_dir), train=True, download=True)
+        except (OSError, RuntimeError) as exc:  # URLError, a full disk, a read-only folder; RuntimeError: md5
+            if created:
+                shutil.rmtree(data_dir, ignore_errors=True)
+            failed = (
+                "could not download CIFAR-10" if isinstance(exc, OSError) else "the CIFAR-10 download failed its check"
+            )
+            raise UserError(f"{failed} into {data_dir} ({exc}). {download_help()}") from None
+        folder = data_dir / CIFAR10_FOLDER
     return read_cifar10_folder(folder)
-
-
-def check_data_dir(data_dir: str) -> None:
-    """A file at (or above) --data_dir is named as such: the download would fail with a puzzling 'File exists'."""
-    existing = next((p for p in (Path(data_dir), *Path(data_dir).parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise UserError(
-            f"--data_dir {data_dir}: {existing} is a file, not a folder; point --data_dir at the folder that holds "
-            "(or will receive) cifar-10-batches-py/."
-        )
 
 
 def load_splits(cfg) -> DataSplits:
@@ -144,7 +131,13 @@ def load_splits(cfg) -> DataSplits:
 
         splits = load_hf_splits(cfg.dataset_name, cfg.image_column, cfg.label_column)
     else:
-        check_data_dir(cfg.data_dir)
+        # A file at (or above) --data_dir is named as such: the download would fail with a puzzling 'File exists'.
+        existing = next((p for p in (Path(cfg.data_dir), *Path(cfg.data_dir).parents) if p.exists()), Path("."))
+        if not existing.is_dir():
+            raise UserError(
+                f"--data_dir {cfg.data_dir}: {existing} is a file, not a folder; point --data_dir at the folder that "
+                "holds (or will receive) cifar-10-batches-py/."
+            )
         if cfg.dataset == "fake":
             folder = make_fake_cifar10(cfg.data_dir, cfg.fake_train_samples, cfg.fake_test_samples, cfg.seed)
             splits = read_cifar10_folder(folder)
