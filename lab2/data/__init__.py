@@ -1,3 +1,1 @@
-"""CIFAR-10 into uint8 tensors: the safe batch-file reader, the seed's Dataset and transforms, the
-device-resident Dataset, the Hugging Face datasets source, and the pipeline's loaders.
-"""
+"""CIFAR-10 as uint8 tensors: the safe batch-file reader, the sources, the Datasets and the pipeline's loaders."""

@@ -75,11 +75,8 @@ class DataSplits:
 
 def find_cifar10_folder(data_dir: str | Path) -> Path | None:
     """The `cifar-10-batches-py` folder under `data_dir` (or `data_dir` itself), or None."""
-    data_dir = Path(data_dir)
-    for candidate in (data_dir / CIFAR10_FOLDER, data_dir):
-        if (candidate / TEST_FILE).exists() or (candidate / TRAIN_FILES[0]).exists():
-            return candidate
-    return None
+    candidates = (Path(data_dir) / CIFAR10_FOLDER, Path(data_dir))
+    return next((c for c in candidates if (c / TEST_FILE).exists() or (c / TRAIN_FILES[0]).exists()), None)
 
 
 def read_cifar10_folder(folder: str | Path) -> DataSplits:
@@ -93,9 +90,8 @@ def read_cifar10_folder(folder: str | Path) -> DataSplits:
         )
     class_names = read_class_names(folder)
     parts = [read_cifar_batch(folder / name, len(class_names)) for name in TRAIN_FILES]
-    test_images, test_labels = read_cifar_batch(folder / TEST_FILE, len(class_names))
-    train_images, train_labels = (np.concatenate(column) for column in zip(*parts, strict=True))
-    return DataSplits.from_numpy(train_images, train_labels, test_images, test_labels, class_names)
+    train = (np.concatenate(column) for column in zip(*parts, strict=True))  # images, labels
+    return DataSplits.from_numpy(*train, *read_cifar_batch(folder / TEST_FILE, len(class_names)), class_names)
 
 
 def load_cifar10(data_dir: str | Path, download: bool = True) -> DataSplits:

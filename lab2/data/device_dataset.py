@@ -50,20 +50,11 @@ def augmentation_for_epoch(num_samples: int, seed: int, epoch: int) -> tuple[tor
 
 
 class DeviceDataset(Dataset):
-    """(normalised float image, int64 label) pairs from a uint8 split kept on `device`; call `set_epoch(e)`
-    before each training epoch to draw that epoch's augmentation."""
+    """(normalised float image, int64 label) pairs from uint8 `images` (N, C, H, W) and `labels` kept on `device`;
+    `train` augments them: call `set_epoch(e)` before each training epoch to draw that epoch's augmentation."""
 
     def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        *,
-        train: bool,
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-        channels_last: bool = False,
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
+        self, images, labels, *, train, device="cpu", seed=0, channels_last=False, mean=CIFAR10_MEAN, std=CIFAR10_STD
     ):
         if images.dtype != torch.uint8:
             raise TypeError(f"DeviceDataset keeps uint8 images, got {images.dtype}")
