@@ -59,17 +59,6 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USER_ERROR)
 
 
-METAVARS = {int: "N", float: "X"}  # numbers; text flags show their choices or their name
-
-
-def _argparse_type(f: dataclasses.Field):
-    """The checks of lab2.config at parse time, so that a bad value is argparse's one line and exit 2."""
-    kind, _ = field_type(f)
-    if kind in (int, float):
-        return number_flag(f"--{f.name}", kind, **f.metadata["bounds"])
-    return _checked(functools.partial(check_steps, f.name)) if f.name in STEP_FLAGS else kind
-
-
 EXAMPLES = """examples:
   the lab's recipe (SimpleCNN, Adam 1e-3, batch 128, 30 epochs) on CIFAR-10 in ./data (downloaded if missing):
     %(prog)s --data_dir ./data
@@ -112,12 +101,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     sections = {name: parser.add_argument_group(name) for name in GROUPS}
     for f in dataclasses.fields(TrainConfig):
-        kind = field_type(f)[0]
+        kind, flag = field_type(f)[0], f"--{f.name}"
+        # Values are checked at parse time too, so that a bad one is argparse's one line and exit 2.
         if kind is bool:  # --flag / --no-flag: a recipe may switch a flag on that the user wants off
             how = {"action": argparse.BooleanOptionalAction}
-        else:
-            how = {"type": _argparse_type(f), "choices": f.metadata["choices"], "metavar": METAVARS.get(kind)}
-        sections[f.metadata["group"]].add_argument(f"--{f.name}", default=f.default, help=f.metadata["help"], **how)
+        elif kind in (int, float):
+            how = {"type": number_flag(flag, kind, **f.metadata["bounds"]), "metavar": "N" if kind is int else "X"}
+        else:  # text: --help shows its choices, or its name
+            steps = _checked(functools.partial(check_steps, f.name)) if f.name in STEP_FLAGS else str
+            how = {"type": steps, "choices": f.metadata["choices"]}
+        sections[f.metadata["group"]].add_argument(flag, default=f.default, help=f.metadata["help"], **how)
     return parser
 
 

@@ -180,9 +180,7 @@ class CustomCIFAR10(Dataset):
         from PIL import Image
 
         image = Image.fromarray(self.images[index])
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[index])
+        return image if self.transform is None else self.transform(image), int(self.labels[index])
 
 
 def torchvision_loaders(
