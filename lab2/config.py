@@ -137,16 +137,13 @@ class TrainConfig:
         """Optimizer steps between flow snapshots in a run of `total_steps` (0: none). `auto` aims at
         FLOW_SNAPSHOTS over the run but never closer than FLOW_MIN_STEPS: on a CPU a snapshot costs about one
         training step (bench/RESULTS.md), so at most ~10% of a short run and far less of a long one."""
-        if self.flow_log_steps != "auto":
-            return int(self.flow_log_steps)
-        return max(FLOW_MIN_STEPS, -(-total_steps // FLOW_SNAPSHOTS))
+        auto = max(FLOW_MIN_STEPS, -(-total_steps // FLOW_SNAPSHOTS))
+        return auto if self.flow_log_steps == "auto" else int(self.flow_log_steps)
 
     @property
     def eval_every_steps(self) -> int | None:
         """Optimizer steps between evaluations for --eval_strategy steps, or None."""
-        if self.eval_strategy != "steps":
-            return None
-        return self.eval_steps or self.logging_steps
+        return (self.eval_steps or self.logging_steps) if self.eval_strategy == "steps" else None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
