@@ -216,9 +216,8 @@ def write_cifar10_folder(
     folder.mkdir(parents=True, exist_ok=True)
     chunks = np.array_split(np.arange(len(train_images)), len(TRAIN_FILES))
     for name, idx in zip(TRAIN_FILES, chunks, strict=True):
-        write_cifar_batch(
-            folder / name, train_images[idx], np.asarray(train_labels)[idx], f"training batch {name[-1]} of 5"
-        )
+        label = f"training batch {name[-1]} of 5"
+        write_cifar_batch(folder / name, train_images[idx], np.asarray(train_labels)[idx], label)
     write_cifar_batch(folder / TEST_FILE, test_images, test_labels, "testing batch 1 of 1")
     meta = {"num_cases_per_batch": len(chunks[0]), "label_names": list(class_names), "num_vis": ROW_BYTES}
     (folder / META_FILE).write_bytes(pickle.dumps(meta, protocol=2))
@@ -251,10 +250,10 @@ def make_fake_cifar10(data_dir: str | Path, num_train: int, num_test: int, seed:
     if (folder / META_FILE).exists():  # batches.meta is written last: its presence means complete
         return folder
     tmp = folder.with_name(folder.name + ".tmp")
+    ours = (*TRAIN_FILES, TEST_FILE, META_FILE)
     for partial in (p for p in (tmp, folder) if p.exists()):
-        ours = (*TRAIN_FILES, TEST_FILE, META_FILE)
         foreign = (
-            sorted(p.name for p in partial.iterdir() if p.name not in ours) if partial.is_dir() else [partial.name]
+            [partial.name] if not partial.is_dir() else sorted(p.name for p in partial.iterdir() if p.name not in ours)
         )
         if foreign:
             raise UserError(
