@@ -24,11 +24,8 @@ def last_conv_layer(model: nn.Module, example: torch.Tensor) -> nn.Conv2d:
     """The Conv2d that runs last in `model`'s forward pass on `example` (B, C, H, W): found with hooks, because
     `model.modules()` is in the order the attributes were assigned, not the order the layers run."""
     ran: list[nn.Conv2d] = []
-    hooks = [
-        module.register_forward_hook(lambda module, _inputs, _output: ran.append(module))
-        for module in model.modules()
-        if isinstance(module, nn.Conv2d)
-    ]
+    convs = [module for module in model.modules() if isinstance(module, nn.Conv2d)]
+    hooks = [conv.register_forward_hook(lambda module, _inputs, _output: ran.append(module)) for conv in convs]
     try:
         with torch.no_grad():
             model(example)
@@ -72,10 +69,8 @@ def overlay(ax, heatmap: np.ndarray) -> None:
 
 
 def gradcam_figure(model: nn.Module, samples, class_names: Sequence[str]) -> Figure:
-    """The predictions grid of `samples` (PredictionSamples with `inputs`), each image overlaid with the map of its
-    predicted class."""
-    if samples.inputs is None:
-        raise ValueError("PredictionSamples without inputs: Grad-CAM needs the normalised images")
+    """The predictions grid of `samples` (PredictionSamples with `inputs`, the normalised images), each image
+    overlaid with the map of its predicted class."""
     heatmaps = gradcam_heatmaps(model, samples.inputs, samples.predictions)
     fig = plots.predictions_figure(
         samples.images, samples.predictions, samples.labels, samples.confidences, class_names

@@ -33,8 +33,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _num(value, spec: str) -> str:
-    """`value` formatted with `spec`, or 'n/a' when it is not a finite number (a damaged or older file)."""
+def _num(value, spec: str) -> str:  # 'n/a' for anything not a finite number (a damaged or older file)
     return format(value, spec) if _is_number(value) else "n/a"
 
 
@@ -42,8 +41,7 @@ def _pct(value) -> str:
     return f"{100 * value:.2f}%" if _is_number(value) else "n/a"
 
 
-def _shown(value) -> str:
-    """A flag's value as config.json spells it (strings bare)."""
+def _shown(value) -> str:  # a flag's value as config.json spells it (strings bare)
     return value if isinstance(value, str) else json.dumps(value)
 
 
@@ -105,12 +103,6 @@ class Run:
     def training_time(self) -> float:
         return sum(m["epoch_time_s"] for m in self.metrics if _is_number(m.get("epoch_time_s")))
 
-    @property
-    def device(self) -> str:
-        if "device" not in self.summary:
-            return "n/a (summary.json has it at the end)"
-        return f"{self.summary['device']} x{self.summary.get('world_size', '?')}, {self.summary.get('precision', '?')}"
-
 
 def read_run(folder: str | Path) -> Run:
     """A run's files, or a UserError when `folder` is not a lab2 run (finished, running or stopped)."""
@@ -145,19 +137,16 @@ def flag_sources(config: dict) -> dict[str, str]:
 
 
 def _flops_rows(flops: dict) -> list[list] | None:
-    """The FLOPs table's rows, or None when flops.json does not have lab2's layout."""
-    layers = flops.get("layers")
-    if not (
-        isinstance(layers, list) and all(isinstance(x, dict) for x in layers) and _is_number(flops.get("forward_flops"))
-    ):
+    """The FLOPs table's rows (name, type, output shape, params, FLOPs, share of the total; the template formats the
+    numbers), or None when flops.json is not in lab2's layout (lab2.explain.flops.FlopsReport.to_dict)."""
+    try:
+        total = max(flops["forward_flops"], 1)
+        return [
+            [x["name"], x["type"], "x".join(map(str, x["output_shape"])), x["params"], x["flops"], x["flops"] / total]
+            for x in flops["layers"]
+        ]
+    except (KeyError, TypeError, OverflowError):
         return None
-    total, rows = max(flops["forward_flops"], 1), []
-    for layer in layers:  # name, type, shape, params, FLOPs, share of the FLOPs (the template formats the numbers)
-        shape, count = layer.get("output_shape"), layer.get("flops")
-        shape = "x".join(map(str, shape)) if isinstance(shape, list) else "?"
-        share = count / total if _is_number(count) else None
-        rows.append([layer.get("name", "?"), layer.get("type", "?"), shape, layer.get("params"), count, share])
-    return rows
 
 
 def _figures(run: Run) -> list[dict]:
