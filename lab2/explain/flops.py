@@ -38,10 +38,8 @@ class FlopsReport:
     def gflops_per_sample(self) -> float:
         return self.forward_flops / 1e9
 
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["gflops_per_sample"] = self.gflops_per_sample
-        return data
+    def to_dict(self) -> dict:  # flops.json
+        return {**asdict(self), "gflops_per_sample": self.gflops_per_sample}
 
     def short(self) -> str:
         """One line: the totals of `table`."""

@@ -96,21 +96,15 @@ def flow_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if n.rpartition(".")[2] == "weight" and p.requires_grad]
 
 
-def histogram_parameters(model: nn.Module, which: str) -> list[tuple[str, nn.Parameter]]:
-    """The tensors whose histograms a snapshot holds, by HISTOGRAM_CHOICES (--log_histograms, checked there):
-    every trainable parameter (`all`, `on`), the flow's weights (`weights`), none (`off`)."""
-    if which == "weights":
-        return flow_parameters(model)
-    return [(name, p) for name, p in model.named_parameters() if p.requires_grad and which != "off"]
-
-
 class FlowCollector:
     """`before_step()`, then after optimizer.step() `after_step(step)`: one FlowSnapshot."""
 
     def __init__(self, model: nn.Module, histograms: str = "all", bins: int = HISTOGRAM_BINS):
         self.parameters = flow_parameters(model)
         self.layer_names = [name.removesuffix(".weight") for name, _ in self.parameters]
-        self.histogram_parameters = histogram_parameters(model, histograms)
+        # By --log_histograms (its choices checked there): the flow's weights, none, or every trainable parameter.
+        trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad and histograms != "off"]
+        self.histogram_parameters = self.parameters if histograms == "weights" else trainable
         self.bins = bins
         self.start = [p.detach().clone() for _, p in self.parameters]  # W_0, for weight_change
         self.history: list[FlowSnapshot] = []  # a resumed run sets it from flow.jsonl, for the heatmaps
@@ -141,21 +135,16 @@ class FlowCollector:
         # The one host copy of the snapshot. float32 on the device (MPS has no float64): counts stay exact up to 2**24
         # per bin.
         host = torch.cat([table.flatten(), histogram_rows.flatten()]).cpu().double().numpy()
-        rows = host[: table.numel()].reshape(table.shape).tolist()
-        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in STATISTICS]
-        snapshot = FlowSnapshot(step, list(self.layer_names), *[list(col) for col in columns])
-        snapshot.histograms = self._unpack_histograms(host[table.numel() :].reshape(histogram_rows.shape))
-        self.history.append(snapshot)
-        return snapshot
-
-    def _unpack_histograms(self, rows: np.ndarray) -> dict[str, Histogram]:
+        columns = host[: table.numel()].reshape(table.shape).T.tolist()  # one list per statistic, in STATISTICS order
+        snapshot = FlowSnapshot(step, list(self.layer_names), *columns)
         keys = [f"{kind}/{name}" for name, _ in self.histogram_parameters for kind in ("gradients", "parameters")]
-        # A diverging step (NaN/inf) gets no histogram: the loss check reports it.
-        return {
+        snapshot.histograms = {  # a diverging step (NaN/inf) gets no histogram: the loss check reports it
             key: Histogram(row[: self.bins], *map(float, row[self.bins :]))
-            for key, row in zip(keys, rows, strict=True)
+            for key, row in zip(keys, host[table.numel() :].reshape(histogram_rows.shape), strict=True)
             if np.isfinite(row).all()
         }
+        self.history.append(snapshot)
+        return snapshot
 
     def matrix(self, statistic: str) -> torch.Tensor:
         """(layers, snapshots) of one statistic, rows the last snapshot's layers; NaN where a snapshot lacks the layer

@@ -207,13 +207,11 @@ def label_runs(runs: list[Run]) -> None:
 
 def config_difference_rows(runs: Sequence[Run]) -> list[list[str]]:
     """The flags whose values are not the same in every run (a flag one run lacks counts as different)."""
-    keys = list(dict.fromkeys(key for run in runs for key in run.config))
-    rows = []
-    for key in keys:
-        shown = [_shown(run.config[key]) if key in run.config else "(absent)" for run in runs]
-        if len(set(shown)) > 1:
-            rows.append([f"--{key}", *shown])
-    return rows
+    keys = dict.fromkeys(key for run in runs for key in run.config)
+    rows = [
+        [f"--{key}", *(_shown(run.config[key]) if key in run.config else "(absent)" for run in runs)] for key in keys
+    ]
+    return [row for row in rows if len(set(row[1:])) > 1]
 
 
 def _confusion(run: Run):
