@@ -7,7 +7,7 @@ Kw x Hout x Wout, a linear 2 x in x out (x tokens).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -92,13 +92,10 @@ def count_flops(model: nn.Module, input_shape=(1, 3, 32, 32), with_training: boo
         flops = 2 * module.weight[0].numel() * output.numel() // batch
         layers.append(LayerFlops(names[module], type(module).__name__, list(output.shape[1:]), params, flops))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with evaluating(model), torch.no_grad():
-            model(torch.zeros(input_shape, device=next(model.parameters()).device))
-    finally:
-        for handle in handles:
-            handle.remove()
+    with ExitStack() as hooks, evaluating(model), torch.no_grad():  # the hooks are removed on leaving
+        for layer in (m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))):
+            hooks.enter_context(layer.register_forward_hook(hook))
+        model(torch.zeros(input_shape, device=next(model.parameters()).device))
     report = FlopsReport(
         layers=layers,
         params=sum(p.numel() for p in model.parameters()),

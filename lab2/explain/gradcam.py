@@ -6,6 +6,7 @@ scaled to 0..1 per image (the overlay shows where, not how strongly). Nothing he
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 
 import numpy as np
 import torch
@@ -24,14 +25,10 @@ def last_conv_layer(model: nn.Module, example: torch.Tensor) -> nn.Conv2d:
     """The Conv2d that runs last in `model`'s forward pass on `example` (B, C, H, W): found with hooks, because
     `model.modules()` is in the order the attributes were assigned, not the order the layers run."""
     ran: list[nn.Conv2d] = []
-    convs = [module for module in model.modules() if isinstance(module, nn.Conv2d)]
-    hooks = [conv.register_forward_hook(lambda module, _inputs, _output: ran.append(module)) for conv in convs]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with ExitStack() as hooks, torch.no_grad():  # the hooks are removed on leaving, whatever happens
+        for conv in (module for module in model.modules() if isinstance(module, nn.Conv2d)):
+            hooks.enter_context(conv.register_forward_hook(lambda module, _inputs, _output: ran.append(module)))
+        model(example)
     if not ran:
         raise UserError(
             f"{type(model).__name__} runs no Conv2d layer, so Grad-CAM has no spatial feature map to explain; "

@@ -64,8 +64,7 @@ def update_ratio_figure(layers: Sequence[str], ratios: Sequence[float], step: in
     return fig
 
 
-def flow_figures(snapshot) -> dict[str, Figure]:
-    s = snapshot
+def flow_figures(s) -> dict[str, Figure]:  # `s`: a lab2.explain.flow.FlowSnapshot
     return {
         "gradients": flow_bar_figure(s.layers, s.grad_mean, s.grad_max, "grad", s.step),
         "weights": flow_bar_figure(s.layers, s.weight_mean, s.weight_max, "weight", s.step),

@@ -217,10 +217,10 @@ def config_difference_rows(runs: Sequence[Run]) -> list[list[str]]:
 def _confusion(run: Run):
     """(class names, square count matrix) from summary.json, or None when it has none in lab2's layout."""
     matrix = run.summary.get("confusion_matrix")
-    square = (
-        isinstance(matrix, list) and matrix and all(isinstance(row, list) and len(row) == len(matrix) for row in matrix)
-    )
-    if not square or not all(isinstance(c, int) for row in matrix for c in row):
+    square = isinstance(matrix, list) and len(matrix) > 0
+    if not square or not all(
+        isinstance(r, list) and len(r) == len(matrix) and all(isinstance(c, int) for c in r) for r in matrix
+    ):
         return None
     names = list(run.summary.get("class_accuracy") or {})
     return (names if len(names) == len(matrix) else [str(i) for i in range(len(matrix))]), matrix
