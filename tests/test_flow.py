@@ -5,9 +5,8 @@ import torch.nn.functional as F
 from conftest import run_cli, train_cmd
 from tracker_files import tensorboard_events
 
-from lab2.config import TrainConfig
+from lab2.config import HISTOGRAM_CHOICES, TrainConfig
 from lab2.explain.flow import (
-    HISTOGRAM_CHOICES,
     FlowCollector,
     FlowHealth,
     FlowSnapshot,

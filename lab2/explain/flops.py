@@ -7,7 +7,7 @@ Kw x Hout x Wout, a linear 2 x in x out (x tokens).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -38,10 +38,8 @@ class FlopsReport:
     def gflops_per_sample(self) -> float:
         return self.forward_flops / 1e9
 
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["gflops_per_sample"] = self.gflops_per_sample
-        return data
+    def to_dict(self) -> dict:  # flops.json
+        return {**asdict(self), "gflops_per_sample": self.gflops_per_sample}
 
     def short(self) -> str:
         """One line: the totals of `table`."""
@@ -51,30 +49,22 @@ class FlopsReport:
         )
 
     def table(self) -> str:
+        """The per-layer table `lab2-flops` prints: a row per layer, the total, then the GFLOPs per sample."""
+        row = "{:<16}{:<10}{:<20}{:>12,}{:>16,}{:>8.2f}%".format
         header = f"{'layer':<16}{'type':<10}{'output shape':<20}{'params':>12}{'FLOPs':>16}{'% FLOPs':>9}"
-        lines = [header, "-" * len(header)]
-        for layer in self.layers:
-            share = 100.0 * layer.flops / self.forward_flops if self.forward_flops else 0.0
-            shape = "x".join(str(d) for d in layer.output_shape)
-            lines.append(
-                f"{layer.name:<16}{layer.type:<10}{shape:<20}{layer.params:>12,}{layer.flops:>16,}{share:>8.2f}%"
-            )
-        lines.append("-" * len(header))
-        lines.append(f"{'total':<46}{self.params:>12,}{self.forward_flops:>16,}{100.0:>8.2f}%")
+        rule, total = "-" * len(header), max(self.forward_flops, 1)
+        lines = [header, rule]
+        for x in self.layers:
+            shape = "x".join(map(str, x.output_shape))
+            lines.append(row(x.name, x.type, shape, x.params, x.flops, 100.0 * x.flops / total))
+        lines += [rule, row("total", "", "", self.params, self.forward_flops, 100.0)]
         lines.append(f"forward: {self.gflops_per_sample:.4f} GFLOPs per sample ({self.convention})")
         if self.training_flops:
-            ratio = self.training_flops / self.forward_flops
             lines.append(
                 f"training (forward + backward): {self.training_flops / 1e9:.4f} GFLOPs per sample "
-                f"({ratio:.2f}x forward)"
+                f"({self.training_flops / self.forward_flops:.2f}x forward)"
             )
         return "\n".join(lines)
-
-
-def _layer_flops(module: nn.Conv2d | nn.Linear, output: torch.Tensor) -> int:
-    # Each output value is a dot product with the weights of its own output channel (Cin / groups x Kh x Kw for a
-    # conv, `in` for a Linear), so batch, positions and tokens all multiply the work through output.numel().
-    return 2 * module.weight[0].numel() * output.numel()
 
 
 @contextmanager
@@ -88,10 +78,6 @@ def evaluating(model: nn.Module):
         model.train(was_training)
 
 
-def _zeros(model: nn.Module, input_shape) -> torch.Tensor:
-    return torch.zeros(input_shape, device=next(model.parameters()).device)
-
-
 def count_flops(model: nn.Module, input_shape=(1, 3, 32, 32), with_training: bool = True) -> FlopsReport:
     """FLOPs per sample of a forward pass on zeros of `input_shape`; with `with_training`, forward + backward
     measured by torch.utils.flop_counter rather than assumed 3x."""
@@ -101,16 +87,15 @@ def count_flops(model: nn.Module, input_shape=(1, 3, 32, 32), with_training: boo
 
     def hook(module, inputs, output):
         params = sum(p.numel() for p in module.parameters(recurse=False))
-        flops = _layer_flops(module, output) // batch
+        # Each output value is a dot product with the weights of its own output channel (Cin / groups x Kh x Kw for
+        # a conv, `in` for a Linear), so batch, positions and tokens all multiply the work through output.numel().
+        flops = 2 * module.weight[0].numel() * output.numel() // batch
         layers.append(LayerFlops(names[module], type(module).__name__, list(output.shape[1:]), params, flops))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with evaluating(model), torch.no_grad():
-            model(_zeros(model, input_shape))
-    finally:
-        for handle in handles:
-            handle.remove()
+    with ExitStack() as hooks, evaluating(model), torch.no_grad():  # the hooks are removed on leaving
+        for layer in (m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))):
+            hooks.enter_context(layer.register_forward_hook(hook))
+        model(torch.zeros(input_shape, device=next(model.parameters()).device))
     report = FlopsReport(
         layers=layers,
         params=sum(p.numel() for p in model.parameters()),
@@ -128,7 +113,7 @@ def measured_flops(model: nn.Module, input_shape=(1, 3, 32, 32), backward: bool 
     counter = FlopCounterMode(display=False)
     try:
         with evaluating(model), counter:
-            out = model(_zeros(model, input_shape))
+            out = model(torch.zeros(input_shape, device=next(model.parameters()).device))
             if backward:
                 out.sum().backward()
     finally:

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from lab2.config import HISTOGRAM_CHOICES
 from lab2.explain.plots import UPDATE_RATIO_RANGE, figure_to_array, flow_figures, flow_heatmaps
 from lab2.state.files import append_jsonl, read_jsonl
 
@@ -47,6 +46,9 @@ class FlowSnapshot:
     def __post_init__(self):
         self.weight_change = self.weight_change or [float("nan")] * len(self.layers)
 
+    def per_layer(self, statistic: str) -> list[tuple[str, float]]:
+        return list(zip(self.layers, getattr(self, statistic), strict=True))
+
     def to_record(self) -> dict:  # flow.jsonl's line
         per_layer = {name: {stat: getattr(self, stat)[i] for stat in STATISTICS} for i, name in enumerate(self.layers)}
         return {"step": self.step, "layers": per_layer}
@@ -59,9 +61,12 @@ class Histogram:
     counts: np.ndarray  # (bins,) float64
     low: float
     high: float
-    num: int
     total: float
     total_squares: float
+
+    @property
+    def num(self) -> int:  # every value falls in a bin: the range is the tensor's own min..max
+        return int(self.counts.sum())
 
     @property
     def edges(self) -> np.ndarray:  # as numpy.histogram returns them
@@ -91,22 +96,15 @@ def flow_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if n.rpartition(".")[2] == "weight" and p.requires_grad]
 
 
-def histogram_parameters(model: nn.Module, which: str) -> list[tuple[str, nn.Parameter]]:
-    """The tensors whose histograms a snapshot holds: `all` (every trainable parameter), `weights` or `off`."""
-    if which not in HISTOGRAM_CHOICES:
-        raise ValueError(f"histograms must be one of {', '.join(HISTOGRAM_CHOICES)}, not {which!r}")
-    if which in ("off", "weights"):
-        return flow_parameters(model) if which == "weights" else []
-    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-
-
 class FlowCollector:
     """`before_step()`, then after optimizer.step() `after_step(step)`: one FlowSnapshot."""
 
     def __init__(self, model: nn.Module, histograms: str = "all", bins: int = HISTOGRAM_BINS):
         self.parameters = flow_parameters(model)
         self.layer_names = [name.removesuffix(".weight") for name, _ in self.parameters]
-        self.histogram_parameters = histogram_parameters(model, histograms)
+        # By --log_histograms (its choices checked there): the flow's weights, none, or every trainable parameter.
+        trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad and histograms != "off"]
+        self.histogram_parameters = self.parameters if histograms == "weights" else trainable
         self.bins = bins
         self.start = [p.detach().clone() for _, p in self.parameters]  # W_0, for weight_change
         self.history: list[FlowSnapshot] = []  # a resumed run sets it from flow.jsonl, for the heatmaps
@@ -127,8 +125,6 @@ class FlowCollector:
 
     @torch.no_grad()
     def after_step(self, step: int) -> FlowSnapshot:
-        if self._pending is None:
-            raise RuntimeError("FlowCollector.after_step() called without before_step()")
         stats, copies, histogram_rows = self._pending
         self._pending = None
         moved = [
@@ -139,33 +135,21 @@ class FlowCollector:
         # The one host copy of the snapshot. float32 on the device (MPS has no float64): counts stay exact up to 2**24
         # per bin.
         host = torch.cat([table.flatten(), histogram_rows.flatten()]).cpu().double().numpy()
-        rows = host[: table.numel()].reshape(table.shape).tolist()
-        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in STATISTICS]
-        snapshot = FlowSnapshot(step, list(self.layer_names), *[list(col) for col in columns])
-        snapshot.histograms = self._unpack_histograms(host[table.numel() :].reshape(histogram_rows.shape))
+        columns = host[: table.numel()].reshape(table.shape).T.tolist()  # one list per statistic, in STATISTICS order
+        snapshot = FlowSnapshot(step, list(self.layer_names), *columns)
+        keys = [f"{kind}/{name}" for name, _ in self.histogram_parameters for kind in ("gradients", "parameters")]
+        snapshot.histograms = {  # a diverging step (NaN/inf) gets no histogram: the loss check reports it
+            key: Histogram(row[: self.bins], *map(float, row[self.bins :]))
+            for key, row in zip(keys, host[table.numel() :].reshape(histogram_rows.shape), strict=True)
+            if np.isfinite(row).all()
+        }
         self.history.append(snapshot)
         return snapshot
-
-    def _unpack_histograms(self, rows: np.ndarray) -> dict[str, Histogram]:
-        histograms = {}
-        for i, (name, _) in enumerate(self.histogram_parameters):
-            for j, prefix in enumerate(("gradients", "parameters")):
-                row = rows[2 * i + j]
-                counts, (low, high, total, squares) = row[: self.bins], row[self.bins :]
-                if not np.isfinite(row).all():  # a diverging step (NaN/inf): no histogram, the loss check reports it
-                    continue
-                num = int(counts.sum())  # every value falls in a bin (the range is the tensor's own min..max)
-                histograms[f"{prefix}/{name}"] = Histogram(
-                    counts, float(low), float(high), num, float(total), float(squares)
-                )
-        return histograms
 
     def matrix(self, statistic: str) -> torch.Tensor:
         """(layers, snapshots) of one statistic, rows the last snapshot's layers; NaN where a snapshot lacks the layer
         (a flow.jsonl written before BatchNorm was tracked has 6 layers in its early snapshots, 10 later)."""
-        if not self.history:
-            return torch.empty(len(self.layer_names), 0)
-        return history_matrix(self.history, statistic)
+        return history_matrix(self.history, statistic) if self.history else torch.empty(len(self.layer_names), 0)
 
 
 class FlowHealth:
@@ -176,19 +160,15 @@ class FlowHealth:
         self.streaks: dict[tuple[str, str], int] = {}
         self.warned: set[tuple[str, str]] = set()
 
-    def _conditions(self, snapshot: FlowSnapshot, i: int) -> dict[str, str]:
-        grad, ratio = snapshot.grad_mean[i], snapshot.update_ratio[i]
-        low, high = UPDATE_RATIO_RANGE
-        return {
-            "vanishing_gradient": f"mean |grad| {grad:.2e} < {VANISHING_GRAD:g}" if grad < VANISHING_GRAD else "",
-            "exploding_gradient": f"mean |grad| {grad:.2e} > {EXPLODING_GRAD:g}" if grad > EXPLODING_GRAD else "",
-            "update_ratio": f"update ratio {ratio:.2e} outside {low:g}..{high:g}" if not low <= ratio <= high else "",
-        }
-
     def check(self, snapshot: FlowSnapshot) -> list[str]:
-        messages = []
-        for i, layer in enumerate(snapshot.layers):
-            for condition, detail in self._conditions(snapshot, i).items():
+        messages, (low, high) = [], UPDATE_RATIO_RANGE
+        for layer, grad, ratio in zip(snapshot.layers, snapshot.grad_mean, snapshot.update_ratio, strict=True):
+            details = {  # condition -> what is wrong now, "" when nothing
+                "vanishing_gradient": f"mean |grad| {grad:.2e} < {VANISHING_GRAD:g}" if grad < VANISHING_GRAD else "",
+                "exploding_gradient": f"mean |grad| {grad:.2e} > {EXPLODING_GRAD:g}" if grad > EXPLODING_GRAD else "",
+                "update_ratio": "" if low <= ratio <= high else f"update ratio {ratio:.2e} outside {low:g}..{high:g}",
+            }
+            for condition, detail in details.items():
                 key = (layer, condition)
                 self.streaks[key] = self.streaks.get(key, 0) + 1 if detail else 0
                 if self.streaks[key] >= self.patience and key not in self.warned:
@@ -220,32 +200,24 @@ class FlowReporter(FlowCollector):
     def after_step(self, step: int) -> FlowSnapshot:
         snapshot = super().after_step(step)
         append_jsonl(self.flow_file, snapshot.to_record())
-        values = {
-            f"flow/{stat}/{layer}": getattr(snapshot, stat)[i]
-            for stat in STATISTICS
-            for i, layer in enumerate(snapshot.layers)
-        }
+        values = {f"flow/{stat}/{layer}": value for stat in STATISTICS for layer, value in snapshot.per_layer(stat)}
         self.tracking.log(values, step=step)
         self.tracking.log_histograms(snapshot.histograms, step=step)
         for message in self.health.check(snapshot):
             self.printer(message)
             self.tracking.log({"flow/warning": message}, step=step)
         # Images are only worth rendering for a tracker; the final figures on disk are drawn at the end anyway.
-        if self.tracking.tracker_names:
-            self._submit(snapshot)
-        return snapshot
-
-    def _submit(self, snapshot: FlowSnapshot) -> None:
-        if len(self.rendering) >= MAX_PENDING:  # never wait for the renderer: skip
+        if self.tracking.tracker_names and len(self.rendering) < MAX_PENDING:
+            self._pool = self._pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab2-figures")
+            self.rendering.append((snapshot.step, self._pool.submit(self._render, snapshot)))
+        elif self.tracking.tracker_names:  # never wait for the renderer: skip
             self.skipped += 1
             if self.skipped == 1:
                 self.printer(
                     f"note: flow images of step {snapshot.step} skipped: rendering is slower than --flow_log_steps; "
                     "raise it for images at every snapshot."
                 )
-            return
-        self._pool = self._pool or ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab2-figures")
-        self.rendering.append((snapshot.step, self._pool.submit(self._render, snapshot)))
+        return snapshot
 
     def _render(self, snapshot: FlowSnapshot) -> dict:
         arrays = {name: figure_to_array(fig) for name, fig in flow_figures(snapshot).items()}
@@ -286,7 +258,7 @@ def read_flow_history(path: str | Path) -> list[FlowSnapshot]:
 
 def history_matrix(history: list[FlowSnapshot], statistic: str) -> torch.Tensor:
     """(layers, snapshots) values of one statistic; rows are the last snapshot's layers (see FlowCollector.matrix)."""
-    columns = [dict(zip(s.layers, getattr(s, statistic), strict=True)) for s in history]
+    columns = [dict(s.per_layer(statistic)) for s in history]
     return torch.tensor([[column.get(layer, float("nan")) for column in columns] for layer in history[-1].layers])
 
 

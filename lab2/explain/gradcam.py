@@ -6,6 +6,7 @@ scaled to 0..1 per image (the overlay shows where, not how strongly). Nothing he
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 
 import numpy as np
 import torch
@@ -24,17 +25,10 @@ def last_conv_layer(model: nn.Module, example: torch.Tensor) -> nn.Conv2d:
     """The Conv2d that runs last in `model`'s forward pass on `example` (B, C, H, W): found with hooks, because
     `model.modules()` is in the order the attributes were assigned, not the order the layers run."""
     ran: list[nn.Conv2d] = []
-    hooks = [
-        module.register_forward_hook(lambda module, _inputs, _output: ran.append(module))
-        for module in model.modules()
-        if isinstance(module, nn.Conv2d)
-    ]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with ExitStack() as hooks, torch.no_grad():  # the hooks are removed on leaving, whatever happens
+        for conv in (module for module in model.modules() if isinstance(module, nn.Conv2d)):
+            hooks.enter_context(conv.register_forward_hook(lambda module, _inputs, _output: ran.append(module)))
+        model(example)
     if not ran:
         raise UserError(
             f"{type(model).__name__} runs no Conv2d layer, so Grad-CAM has no spatial feature map to explain; "
@@ -72,10 +66,8 @@ def overlay(ax, heatmap: np.ndarray) -> None:
 
 
 def gradcam_figure(model: nn.Module, samples, class_names: Sequence[str]) -> Figure:
-    """The predictions grid of `samples` (PredictionSamples with `inputs`), each image overlaid with the map of its
-    predicted class."""
-    if samples.inputs is None:
-        raise ValueError("PredictionSamples without inputs: Grad-CAM needs the normalised images")
+    """The predictions grid of `samples` (PredictionSamples with `inputs`, the normalised images), each image
+    overlaid with the map of its predicted class."""
     heatmaps = gradcam_heatmaps(model, samples.inputs, samples.predictions)
     fig = plots.predictions_figure(
         samples.images, samples.predictions, samples.labels, samples.confidences, class_names

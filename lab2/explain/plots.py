@@ -23,14 +23,17 @@ UPDATE_RATIO_RANGE = (1e-5, 1e-1)  # outside it lab2.explain.flow warns, and upd
 MAX_CLASSES_DRAWN = 30  # above it a figure shows the most confused (or least accurate) classes, and says so
 RIGHT, WRONG = "\u2713", "\u2717"  # check mark and cross, beside green and red
 MATRICES_PER_ROW = 3  # wider rows would shrink each matrix below legibility on a 1100-pixel page
-# The comparison's curves: (metrics.jsonl key, line style, scale to display)
-CURVES = (("eval_loss", "-", 1), ("train_loss", "--", 1), ("eval_acc", "-", 100), ("train_acc", "--", 100))
+MEASURES = (("loss", "Loss", "cross-entropy loss", 1), ("acc", "Accuracy", "accuracy (%)", 100))  # key, title, y, scale
 STAT_TITLES = {"grad": ("Gradient flow", "|grad|"), "weight": ("Weight magnitudes", "|W|")}
 
 
+def _axes(width: float, height: float):
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.add_subplot()
+
+
 def _layer_axes(layers: Sequence[str], ylabel: str, title: str):
-    fig = Figure(figsize=(max(6, 0.8 * len(layers) + 2), 4), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes(max(6, 0.8 * len(layers) + 2), 4)
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(layers)), list(layers), rotation=45, ha="right")
     ax.set(xlabel="layer", ylabel=ylabel, title=title)
@@ -53,17 +56,15 @@ def update_ratio_figure(layers: Sequence[str], ratios: Sequence[float], step: in
     """||dW|| / ||W|| per layer: the ~1e-3 rule of thumb shaded, the range lab2 warns outside of dotted."""
     fig, ax = _layer_axes(layers, "update ratio", f"Update flow at step {step}")
     ax.axhspan(1e-4, 1e-2, color="tab:green", alpha=0.15, label="typical: ~1e-3 per step (rule of thumb)")
-    low, high = UPDATE_RATIO_RANGE
     for bound in UPDATE_RATIO_RANGE:
         ax.axhline(bound, color="tab:red", linestyle=":", linewidth=1)
-    ax.plot([], [], color="tab:red", linestyle=":", label=f"warning outside {low:g}..{high:g}")
+    ax.plot([], [], color="tab:red", linestyle=":", label="warning outside {:g}..{:g}".format(*UPDATE_RATIO_RANGE))
     ax.bar(np.arange(len(layers)), np.maximum(ratios, 1e-30), color="tab:purple", label="||dW|| / ||W||")
     ax.legend()
     return fig
 
 
-def flow_figures(snapshot) -> dict[str, Figure]:
-    s = snapshot
+def flow_figures(s) -> dict[str, Figure]:  # `s`: a lab2.explain.flow.FlowSnapshot
     return {
         "gradients": flow_bar_figure(s.layers, s.grad_mean, s.grad_max, "grad", s.step),
         "weights": flow_bar_figure(s.layers, s.weight_mean, s.weight_max, "weight", s.step),
@@ -86,8 +87,7 @@ def flow_heatmap_figure(layers: Sequence[str], steps: Sequence[int], values: np.
     values = np.asarray(values, dtype=float)
     positive = values[values > 0]
     norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
-    fig = Figure(figsize=(max(6, 0.25 * len(steps) + 3), max(3, 0.4 * len(layers) + 1.5)), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes(max(6, 0.25 * len(steps) + 3), max(3, 0.4 * len(layers) + 1.5))
     image = ax.imshow(
         np.where(values > 0, values, np.nan), aspect="auto", norm=norm, cmap="viridis", interpolation="nearest"
     )
@@ -126,26 +126,6 @@ def most_confused(confusion: np.ndarray, limit: int = MAX_CLASSES_DRAWN) -> np.n
     return np.sort(np.argsort(-mistakes, kind="stable")[:limit])
 
 
-def draw_confusion(ax, confusion: np.ndarray, class_names: Sequence[str], shown=None, fontsize: float = 8):
-    """The row-normalised confusion matrix (rows: true class) of the `shown` classes (default: most_confused) on
-    `ax`, annotated with the raw counts; returns the image, for a colour bar. Rates are of the whole row."""
-    confusion = np.asarray(confusion)
-    shown = most_confused(confusion) if shown is None else shown
-    totals = confusion.sum(axis=1, keepdims=True)[shown]
-    confusion = confusion[np.ix_(shown, shown)]
-    normalised = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
-    image = ax.imshow(normalised, vmin=0, vmax=1, cmap="Blues")
-    ticks, names = np.arange(len(shown)), plain(np.asarray(class_names, dtype=object)[shown])
-    ax.set_xticks(ticks, names, rotation=45, ha="right", fontsize=fontsize + 2)
-    ax.set_yticks(ticks, names, fontsize=fontsize + 2)
-    ax.set(xlabel="predicted class", ylabel="true class")
-    if len(shown) <= 20:  # counts stay legible up to about 20 classes
-        for (i, j), count in np.ndenumerate(confusion):
-            colour = "white" if normalised[i, j] > 0.5 else "black"
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=fontsize, color=colour)
-    return image
-
-
 def _of_all(shown, total: int, which: str) -> str:
     return f": the {len(shown)} {which} of {total} classes" if len(shown) < total else ""
 
@@ -161,8 +141,9 @@ def confusion_matrix_figure(confusion: np.ndarray, class_names: Sequence[str]) -
 
 
 def confusion_matrices_figure(runs: Sequence[tuple[str, np.ndarray]], class_names: Sequence[str]) -> Figure:
-    """Each run's (label, matrix) side by side, the same classes in each (the most confused over all) on one colour
-    scale (0..1 of the true class), so the same shade means the same rate in every run."""
+    """Each run's (label, matrix) side by side, row-normalised (rows: true class) and annotated with the raw counts,
+    the same classes in each (the most confused over all) on one colour scale (0..1 of the whole true-class row),
+    so the same shade means the same rate in every run."""
     shown = most_confused(sum(np.asarray(confusion) for _, confusion in runs))
     size = max(5, 0.5 * len(shown) + 2)
     columns = min(len(runs), MATRICES_PER_ROW)
@@ -171,8 +152,20 @@ def confusion_matrices_figure(runs: Sequence[tuple[str, np.ndarray]], class_name
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax in axes[len(runs) :]:
         ax.axis("off")  # the unused places of the last row
+    ticks, names = np.arange(len(shown)), plain(np.asarray(class_names, dtype=object)[shown])
     for ax, (label, confusion) in zip(axes, runs, strict=False):
-        draw_confusion(ax, confusion, class_names, shown, fontsize=7)
+        confusion = np.asarray(confusion)
+        totals = confusion.sum(axis=1, keepdims=True)[shown]
+        counts = confusion[np.ix_(shown, shown)]
+        normalised = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+        ax.imshow(normalised, vmin=0, vmax=1, cmap="Blues")
+        ax.set_xticks(ticks, names, rotation=45, ha="right", fontsize=9)
+        ax.set_yticks(ticks, names, fontsize=9)
+        ax.set(xlabel="predicted class", ylabel="true class")
+        if len(shown) <= 20:  # counts stay legible up to about 20 classes
+            for (i, j), count in np.ndenumerate(counts):
+                colour = "white" if normalised[i, j] > 0.5 else "black"
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=colour)
         ax.set_title(f"{label}\n{int(np.sum(confusion))} images", fontsize=9)
     return fig
 
@@ -184,8 +177,7 @@ def class_accuracy_figure(accuracy: Sequence[float], class_names: Sequence[str])
     measured = ~np.isnan(accuracy)
     shown = np.argsort(np.where(measured, accuracy, np.inf), kind="stable")[:MAX_CLASSES_DRAWN]
     shown = shown if len(accuracy) > MAX_CLASSES_DRAWN else np.arange(len(accuracy))
-    fig = Figure(figsize=(max(6, 0.6 * len(shown) + 2), 4.5), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = _axes(max(6, 0.6 * len(shown) + 2), 4.5)
     bars = ax.bar(np.arange(len(shown)), np.nan_to_num(accuracy[shown]), color="tab:blue")
     ax.bar_label(
         bars, [f"{a:.1f}" if ok else "n/a" for a, ok in zip(accuracy[shown], measured[shown], strict=True)], fontsize=8
@@ -196,8 +188,7 @@ def class_accuracy_figure(accuracy: Sequence[float], class_names: Sequence[str])
     label = f"mean over classes {mean:.1f}%" + (f" ({absent} without test images left out)" if absent else "")
     ax.axhline(mean, color="tab:red", linestyle="--", label=label)
     ax.set_xticks(np.arange(len(shown)), plain(np.asarray(class_names, dtype=object)[shown]), rotation=45, ha="right")
-    ax.set_ylim(0, 105)
-    ax.set(xlabel="class", ylabel="accuracy (%)")
+    ax.set(xlabel="class", ylabel="accuracy (%)", ylim=(0, 105))
     note = "; n/a: no test images" if absent else ""
     ax.set_title(f"Accuracy per class{_of_all(shown, len(accuracy), 'least accurate')}{note}")
     fig.legend(loc="outside lower center")  # inside the axes it covered bars
@@ -210,18 +201,16 @@ def predictions_figure(
     """Grid of uint8 (K, H, W, 3) images titled '<mark> pred (conf) / true': a check mark and green when right, a
     cross and red when wrong (the mark is the cue that survives colour blindness)."""
     names = plain(class_names)
-    count = len(images)
-    rows = max(1, int(np.ceil(count / columns)))
+    rows = max(1, -(-len(images) // columns))
     height = 1.9 * rows + 0.6
     fig = Figure(figsize=(1.6 * columns, height))
     # Fixed margins, not a layout engine: every tile is the same size with a two-line title, and measuring 24
     # titles doubled the time this figure took to draw (1.29 s against 0.59 s for 24 images, one thread, here).
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.85 / height, wspace=0.08, hspace=0.5)
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for k, ax in enumerate(axes.flat):
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes:
         ax.axis("off")
-        if k >= count:
-            continue
+    for k, ax in enumerate(axes[: len(images)]):
         ax.imshow(images[k], interpolation="nearest")
         right = predictions[k] == labels[k]
         ax.set_title(
@@ -262,18 +251,20 @@ def _points(metrics: Sequence[dict], key: str, scale: float) -> tuple[list[float
     return epochs, minutes, values
 
 
+def _per_epoch(ax, ylabel: str, title: str) -> None:
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
+
+
 def curves_figure(metrics: Sequence[dict]) -> Figure:
     fig = Figure(figsize=(10, 4), layout="constrained")
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    for ax, measure, scale in ((loss_ax, "loss", 1), (acc_ax, "acc", 100)):
+    for ax, (measure, title, ylabel, scale) in zip(fig.subplots(1, 2), MEASURES, strict=True):
         for split in ("train", "eval"):
             epochs, _, values = _points(metrics, f"{split}_{measure}", scale)
             ax.plot(epochs, values, marker="o", label=split)
         ax.legend()
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
-    loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+        _per_epoch(ax, ylabel, title)
     return fig
 
 
@@ -287,18 +278,14 @@ def comparison_curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figu
     axes = fig.subplots(2, 2)
     for i, (label, metrics) in enumerate(runs):
         # 10 colours, then each again with another marker: 11 runs or 40, no two look alike.
-        colour, marker = f"C{i % 10}", "osD^vP*Xph"[i // 10 % 10]
-        for key, style, scale in CURVES:
-            epochs, minutes, values = _points(metrics, key, scale)
-            column = 0 if key.endswith("loss") else 1
-            split = key.split("_")[0]
-            for row, xs in ((0, epochs), (1, minutes)):
-                axes[row, column].plot(
-                    xs, values, linestyle=style, marker=marker, markersize=3, color=colour, label=f"{label} {split}"
-                )
-    for column, (title, ylabel) in enumerate((("Loss", "cross-entropy loss"), ("Accuracy", "accuracy (%)"))):
-        axes[0, column].set(xlabel="epoch", ylabel=ylabel, title=f"{title} per epoch")
-        axes[0, column].xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
+        style = {"color": f"C{i % 10}", "marker": "osD^vP*Xph"[i // 10 % 10], "markersize": 3}
+        for column, (measure, _, _, scale) in enumerate(MEASURES):
+            for split, linestyle in (("eval", "-"), ("train", "--")):
+                epochs, minutes, values = _points(metrics, f"{split}_{measure}", scale)
+                for ax, xs in zip(axes[:, column], (epochs, minutes), strict=True):
+                    ax.plot(xs, values, linestyle=linestyle, label=f"{label} {split}", **style)
+    for column, (_, title, ylabel, _) in enumerate(MEASURES):
+        _per_epoch(axes[0, column], ylabel, f"{title} per epoch")
         axes[1, column].set(xlabel="training time (minutes)", ylabel=ylabel, title=f"{title} against wall time")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
@@ -324,21 +311,6 @@ class ReliabilityBins:
     correct_sums: np.ndarray  # (bins,) int64: how many of them were right
 
     @property
-    def edges(self) -> np.ndarray:
-        return np.linspace(0.0, 1.0, len(self.counts) + 1)
-
-    def _mean(self, sums: np.ndarray) -> np.ndarray:
-        return np.divide(sums, self.counts, out=np.zeros(len(self.counts)), where=self.counts > 0)
-
-    @property
-    def accuracy(self) -> np.ndarray:
-        return self._mean(self.correct_sums)  # 0 where the bin is empty
-
-    @property
-    def confidence(self) -> np.ndarray:
-        return self._mean(self.confidence_sums)
-
-    @property
     def ece(self) -> float:
         total = int(self.counts.sum())
         return float(np.abs(self.correct_sums - self.confidence_sums).sum() / total) if total else 0.0
@@ -359,19 +331,19 @@ def reliability_bins(confidences, correct, bins: int = CALIBRATION_BINS) -> Reli
 
 def reliability_figure(bins: ReliabilityBins, logits_note: str = "") -> Figure:
     """Reliability diagram: accuracy against confidence per bin, the gap to the bin's mean confidence, the diagonal
-    of perfect calibration, and each bin's image count in a band above the bars. `logits_note` says which logits
-    were calibrated (e.g. flip-averaged)."""
+    of perfect calibration, and each bin's image count in a band above the bars (empty bins drawn not at all).
+    `logits_note` says which logits were calibrated (e.g. flip-averaged)."""
     filled = bins.counts > 0
-    left, accuracy, counts = bins.edges[:-1][filled], bins.accuracy[filled], bins.counts[filled]
-    fig = Figure(figsize=(6, 6), layout="constrained")
-    ax = fig.add_subplot()
-    bar = {"width": bins.edges[1] - bins.edges[0], "align": "edge"}
+    counts = bins.counts[filled]
+    accuracy, confidence = bins.correct_sums[filled] / counts, bins.confidence_sums[filled] / counts
+    left = np.linspace(0.0, 1.0, len(bins.counts) + 1)[:-1][filled]
+    fig, ax = _axes(6, 6)
+    bar = {"width": 1 / len(bins.counts), "align": "edge"}
     ax.bar(left, accuracy, **bar, color="tab:blue", edgecolor="black", label="accuracy")
     # Opaque and hatched, above the bar: a see-through red over blue (where accuracy is above confidence) made a
     # purple the legend did not have.
-    gap = bins.confidence[filled] - accuracy
-    ax.bar(left, gap, bottom=accuracy, **bar, color="mistyrose", edgecolor="tab:red", hatch="//", zorder=3,
-           label="gap to the mean confidence")  # fmt: skip
+    ax.bar(left, confidence - accuracy, bottom=accuracy, **bar, color="mistyrose", edgecolor="tab:red", hatch="//",
+           zorder=3, label="gap to the mean confidence")  # fmt: skip
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration", zorder=4)
     for x, count in zip(left, counts, strict=True):  # above 1.0, where no bar reaches
         ax.text(x + bar["width"] / 2, 1.02, str(count), ha="center", va="bottom", fontsize=7)

@@ -33,8 +33,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _num(value, spec: str) -> str:
-    """`value` formatted with `spec`, or 'n/a' when it is not a finite number (a damaged or older file)."""
+def _num(value, spec: str) -> str:  # 'n/a' for anything not a finite number (a damaged or older file)
     return format(value, spec) if _is_number(value) else "n/a"
 
 
@@ -42,8 +41,7 @@ def _pct(value) -> str:
     return f"{100 * value:.2f}%" if _is_number(value) else "n/a"
 
 
-def _shown(value) -> str:
-    """A flag's value as config.json spells it (strings bare)."""
+def _shown(value) -> str:  # a flag's value as config.json spells it (strings bare)
     return value if isinstance(value, str) else json.dumps(value)
 
 
@@ -105,12 +103,6 @@ class Run:
     def training_time(self) -> float:
         return sum(m["epoch_time_s"] for m in self.metrics if _is_number(m.get("epoch_time_s")))
 
-    @property
-    def device(self) -> str:
-        if "device" not in self.summary:
-            return "n/a (summary.json has it at the end)"
-        return f"{self.summary['device']} x{self.summary.get('world_size', '?')}, {self.summary.get('precision', '?')}"
-
 
 def read_run(folder: str | Path) -> Run:
     """A run's files, or a UserError when `folder` is not a lab2 run (finished, running or stopped)."""
@@ -145,19 +137,16 @@ def flag_sources(config: dict) -> dict[str, str]:
 
 
 def _flops_rows(flops: dict) -> list[list] | None:
-    """The FLOPs table's rows, or None when flops.json does not have lab2's layout."""
-    layers = flops.get("layers")
-    if not (
-        isinstance(layers, list) and all(isinstance(x, dict) for x in layers) and _is_number(flops.get("forward_flops"))
-    ):
+    """The FLOPs table's rows (name, type, output shape, params, FLOPs, share of the total; the template formats the
+    numbers), or None when flops.json is not in lab2's layout (lab2.explain.flops.FlopsReport.to_dict)."""
+    try:
+        total = max(flops["forward_flops"], 1)
+        return [
+            [x["name"], x["type"], "x".join(map(str, x["output_shape"])), x["params"], x["flops"], x["flops"] / total]
+            for x in flops["layers"]
+        ]
+    except (KeyError, TypeError, OverflowError):
         return None
-    total, rows = max(flops["forward_flops"], 1), []
-    for layer in layers:  # name, type, shape, params, FLOPs, share of the FLOPs (the template formats the numbers)
-        shape, count = layer.get("output_shape"), layer.get("flops")
-        shape = "x".join(map(str, shape)) if isinstance(shape, list) else "?"
-        share = count / total if _is_number(count) else None
-        rows.append([layer.get("name", "?"), layer.get("type", "?"), shape, layer.get("params"), count, share])
-    return rows
 
 
 def _figures(run: Run) -> list[dict]:
@@ -218,22 +207,20 @@ def label_runs(runs: list[Run]) -> None:
 
 def config_difference_rows(runs: Sequence[Run]) -> list[list[str]]:
     """The flags whose values are not the same in every run (a flag one run lacks counts as different)."""
-    keys = list(dict.fromkeys(key for run in runs for key in run.config))
-    rows = []
-    for key in keys:
-        shown = [_shown(run.config[key]) if key in run.config else "(absent)" for run in runs]
-        if len(set(shown)) > 1:
-            rows.append([f"--{key}", *shown])
-    return rows
+    keys = dict.fromkeys(key for run in runs for key in run.config)
+    rows = [
+        [f"--{key}", *(_shown(run.config[key]) if key in run.config else "(absent)" for run in runs)] for key in keys
+    ]
+    return [row for row in rows if len(set(row[1:])) > 1]
 
 
 def _confusion(run: Run):
     """(class names, square count matrix) from summary.json, or None when it has none in lab2's layout."""
     matrix = run.summary.get("confusion_matrix")
-    square = (
-        isinstance(matrix, list) and matrix and all(isinstance(row, list) and len(row) == len(matrix) for row in matrix)
-    )
-    if not square or not all(isinstance(c, int) for row in matrix for c in row):
+    square = isinstance(matrix, list) and len(matrix) > 0
+    if not square or not all(
+        isinstance(r, list) and len(r) == len(matrix) and all(isinstance(c, int) for c in r) for r in matrix
+    ):
         return None
     names = list(run.summary.get("class_accuracy") or {})
     return (names if len(names) == len(matrix) else [str(i) for i in range(len(matrix))]), matrix
