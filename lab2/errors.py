@@ -1,6 +1,6 @@
 """The exceptions that end a run early and their exit codes: a `UserError` is printed as one line without a
-traceback; `TrainingStopped` and `Diverged` travel from the loop to lab2.cli.train (exit codes) or lab2.train
-(exceptions). Anything else is a bug and keeps its traceback."""
+traceback; `TrainingStopped` and `Diverged` travel from the loop to lab2.api (exit codes on the command line,
+exceptions from lab2.train). Anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 

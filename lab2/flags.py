@@ -94,11 +94,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def _program_name() -> str:
-    """lab2-train or train_accelerate.py, as the user typed it; `python -m lab2.cli.train` as typed too (its argv[0]
-    is the module's file, train.py, which is no command)."""
+    """lab2-train or train_accelerate.py, as the user typed it; `python -m lab2.api` as typed too (its argv[0]
+    is the module's file, api.py, which is no command)."""
     path = sys.argv[0] if sys.argv and sys.argv[0] else ""
-    if path.replace(os.sep, "/").endswith("lab2/cli/train.py"):
-        return "python -m lab2.cli.train"
+    if path.replace(os.sep, "/").endswith("lab2/api.py"):
+        return "python -m lab2.api"
     name = os.path.basename(path)
     return name if name and name not in ("__main__.py", "-c") else "train_accelerate.py"
 
