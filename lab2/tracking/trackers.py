@@ -106,24 +106,17 @@ class Tracking:
             # wandb.init raises once its init_timeout has passed, with no offline fallback of its own.
             if name != "wandb" or kwargs.get("mode") != "online":
                 raise
-            tracker = self._start_wandb_offline(tracker.run_name, kwargs, described(exc))
+            online_error, run_dir = described(exc), Path(kwargs["dir"])
+            # A new run id: wandb keeps the failed online one registered ("run ID is in use").
+            run_id = startup.record_run(run_dir / startup.WANDB_RUN_FILE)
+            tracker = LOGGER_TYPE_TO_CLASS["wandb"](tracker.run_name, **{**kwargs, "mode": "offline", "id": run_id})
+            try:
+                tracker.start()
+            except Exception as offline:
+                raise RuntimeError(f"{online_error}; offline too: {described(offline)}") from offline
+            server = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+            self.printer(startup.offline_notice(f"could not start online at {server} ({online_error})", run_dir))
         self._store_config(tracker, config)
-        return tracker
-
-    def _start_wandb_offline(self, project: str, kwargs: dict, online_error: str):
-        from accelerate.tracking import WandBTracker
-
-        # A new run id: wandb keeps the failed online one registered ("run ID is in use").
-        run_id = startup.record_run(Path(kwargs["dir"]) / startup.WANDB_RUN_FILE)
-        tracker = WandBTracker(project, **{**kwargs, "mode": "offline", "id": run_id})
-        try:
-            tracker.start()
-        except Exception as exc:
-            raise RuntimeError(f"{online_error}; offline too: {described(exc)}") from exc
-        server = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
-        self.printer(
-            startup.offline_notice(f"could not start online at {server} ({online_error})", Path(kwargs["dir"]))
-        )
         return tracker
 
     def _store_config(self, tracker, config: dict) -> None:
@@ -140,22 +133,18 @@ class Tracking:
             for summary in hparams(config, dict.fromkeys(HPARAM_METRICS, 0.0)):
                 tracker.writer.file_writer.add_summary(summary)
             tracker.writer.flush()
-            return
-        if tracker.name != "mlflow":
-            tracker.store_init_configuration(config)
-            return
-        import mlflow
+        elif tracker.name == "mlflow":
+            import mlflow
 
-        info = mlflow.active_run().info
-        if self.run_folder is not None:  # so a resumed run continues this MLflow run
-            startup.record_run(Path(self.run_folder) / startup.MLFLOW_RUN_FILE, info.run_id)
-        self.open_commands = mlflow_open_commands(mlflow.get_tracking_uri(), info.experiment_id)
-        existing = mlflow.get_run(info.run_id).data.params
-        if not existing:
+            info = mlflow.active_run().info
+            if self.run_folder is not None:  # so a resumed run continues this MLflow run
+                startup.record_run(Path(self.run_folder) / startup.MLFLOW_RUN_FILE, info.run_id)
+            self.open_commands = mlflow_open_commands(mlflow.get_tracking_uri(), info.experiment_id)
+            old = mlflow.get_run(info.run_id).data.params
+            tracker.store_init_configuration({k: v for k, v in config.items() if k not in old})
+            mlflow.set_tags({f"resumed.{k}": str(v) for k, v in config.items() if k in old and old[k] != str(v)})
+        else:
             tracker.store_init_configuration(config)
-            return
-        mlflow.log_params({k: v for k, v in config.items() if k not in existing})
-        mlflow.set_tags({f"resumed.{k}": str(v) for k, v in config.items() if k in existing and existing[k] != str(v)})
 
     def print_open_commands(self) -> None:
         for line in self.open_commands:
@@ -179,10 +168,10 @@ class Tracking:
             return
         with self._guarded("logging histograms") as trackers:
             if "wandb" in trackers:
-                import wandb
+                from wandb import Histogram
 
                 values = {
-                    k: wandb.Histogram(np_histogram=(h.counts, h.edges), num_bins=len(h.counts))
+                    k: Histogram(np_histogram=(h.counts, h.edges), num_bins=len(h.counts))
                     for k, h in histograms.items()
                 }
                 trackers["wandb"].log(values, step=step)
