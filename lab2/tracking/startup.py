@@ -23,7 +23,6 @@ from lab2.config import TrainConfig, parse_report_to
 WANDB_RUN_FILE = "wandb_run.json"  # the run ids, so a resumed run continues the same W&B / MLflow run
 MLFLOW_RUN_FILE = "mlflow_run.json"
 MLFLOW_DIR = "mlruns"  # the MLflow file store lab2 makes, inside the run folder
-DEFAULT_INIT_TIMEOUT_S = 10.0  # --wandb_init_timeout_s
 # MLflow retries a refused connection 7 times with backoff (246 s measured on a closed port) and gives a silent
 # server 120 s a request: its start-up gets these instead, unless the user set them.
 MLFLOW_START_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -148,7 +147,11 @@ def offline_notice(reason: str, output_dir: Path) -> str:
 
 
 def tracker_init_kwargs(
-    report_to: str, output_dir: Path, run_name: str, resume: bool, init_timeout_s: float = DEFAULT_INIT_TIMEOUT_S
+    report_to: str,
+    output_dir: Path,
+    run_name: str,
+    resume: bool,
+    init_timeout_s: float = TrainConfig.wandb_init_timeout_s,
 ) -> tuple[dict, str | None]:
     """(init_kwargs for Tracking.start, notice lines or None). Call on the main process after output_dir exists.
 

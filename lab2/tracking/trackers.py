@@ -24,7 +24,7 @@ from lab2.explain.plots import figure_to_array
 from lab2.state.run_folder import record_tracker_files
 from lab2.tracking import startup
 
-HISTOGRAM_TRACKERS = ("wandb", "tensorboard")
+HISTOGRAM_TRACKERS = {"wandb", "tensorboard"}
 # The scalars TensorBoard's HPARAMS table shows beside the flags (their last values in the run).
 HPARAM_METRICS = ("eval/accuracy", "eval/loss", "eval/ece", "train/accuracy", "train/loss_epoch", "eval/final_accuracy")
 # Summary numbers MLflow already has as metrics (epoch, model/params, model/gflops_per_sample, eval/final_accuracy).
@@ -32,11 +32,6 @@ MLFLOW_ALREADY_LOGGED = {"epochs", "params", "gflops_per_sample", "final_eval_ac
 # MLflow 3's UI opens an experiment on GenAI "Traces" whatever its `mlflow.experimentKind` tag says (3.17 and 3.18);
 # this page of it shows the runs.
 MLFLOW_RUNS_PAGE = "#/experiments/{}/runs?workflowType=machine_learning"
-
-
-def artifact_name(run_name: str) -> str:
-    """A W&B artifact name from a run name (letters, digits, '-', '_' and '.' only)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", run_name).strip("-.") or "model"
 
 
 def described(error: Exception) -> str:
@@ -179,11 +174,10 @@ class Tracking:
                 for key, h in histograms.items():
                     counts = (h.low, h.high, h.num, h.total, h.total_squares, h.edges[1:].tolist(), h.counts.tolist())
                     trackers["tensorboard"].writer.add_histogram_raw(key, *counts, global_step=step)
-            for name in (n for n in trackers if n not in HISTOGRAM_TRACKERS and n not in self._noted):
+            for name in trackers.keys() - HISTOGRAM_TRACKERS - self._noted:
                 self._noted.add(name)
                 self.printer(
-                    f"note: {name} has no histograms; "
-                    f"gradient and weight histograms go to {' and '.join(HISTOGRAM_TRACKERS)} only."
+                    f"note: {name} has no histograms; gradient and weight histograms go to wandb and tensorboard only."
                 )
 
     def prepare_flow_images(self, arrays: dict[str, np.ndarray], step: int, final: bool = False) -> dict[str, dict]:
@@ -227,11 +221,9 @@ class Tracking:
         the run folder, see lab2.tracking.startup; MLflow `model/` artifacts), the summary (W&B's run summary, its
         runs table; MLflow metrics), the Table-1 log (a wandb.Table, TensorBoard text, MLflow training_log.txt)
         and, to MLflow, the run's other files (W&B and TensorBoard keep their own copies)."""
-        metadata = {
-            "model": json.loads(paths.config.read_text())["model"],
-            **{key: summary[key] for key in ("final_eval_acc", "best_eval_acc", "gflops_per_sample", "params")},
-            "data": summary.get("data", ""),  # says "synthetic" beside the accuracies of a --dataset fake run
-        }
+        metadata = {key: summary[key] for key in ("final_eval_acc", "best_eval_acc", "gflops_per_sample", "params")}
+        # "data" says "synthetic" beside the accuracies of a --dataset fake run.
+        metadata |= {"model": json.loads(paths.config.read_text())["model"], "data": summary.get("data", "")}
         numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         data = {"data": summary["data"]} if "data" in summary else {}  # what the accuracies were measured on
         columns = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
@@ -240,7 +232,9 @@ class Tracking:
             if "wandb" in trackers:
                 import wandb
 
-                artifact = wandb.Artifact(artifact_name(run_name), type="model", metadata=metadata)
+                # An artifact name has letters, digits, '-', '_' and '.' only.
+                name = re.sub(r"[^A-Za-z0-9._-]+", "-", run_name).strip("-.") or "model"
+                artifact = wandb.Artifact(name, type="model", metadata=metadata)
                 for path in (paths.model, paths.config):
                     artifact.add_file(str(path))
                 trackers["wandb"].run.log_artifact(artifact)
@@ -270,9 +264,8 @@ class Tracking:
             if "wandb" in trackers:
                 import wandb
 
-                true_idx, pred_idx = np.nonzero(confusion)
-                counts = confusion[true_idx, pred_idx]
-                y_true, preds = np.repeat(true_idx, counts).tolist(), np.repeat(pred_idx, counts).tolist()
+                cells = np.repeat(np.arange(confusion.size), confusion.ravel())  # one (true, predicted) per image
+                y_true, preds = (a.tolist() for a in np.divmod(cells, confusion.shape[1]))
                 plot = wandb.plot.confusion_matrix(y_true=y_true, preds=preds, class_names=list(class_names))
                 trackers["wandb"].log({"confusion_matrix_interactive": plot}, step=step)
 
@@ -297,9 +290,8 @@ def mlflow_open_commands(uri: str, experiment_id: str) -> list[str]:
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
         return [f"  MLflow:      {uri.rstrip('/')}/{page}"]
-    file_store = parsed.scheme in ("", "file")
     store = unquote(parsed.path) if parsed.scheme == "file" else uri
-    allow = "MLFLOW_ALLOW_FILE_STORE=true " if file_store else ""
+    allow = "MLFLOW_ALLOW_FILE_STORE=true " if parsed.scheme in ("", "file") else ""
     return [
         f"  MLflow:      {allow}mlflow ui --backend-store-uri {shlex.quote(store)}",
         f"               then open http://127.0.0.1:5000/{page}",
