@@ -7,7 +7,7 @@
 Everything lives in the lab2 package; this file only hands the flags over.
 """
 
-from lab2.cli.train import main
+from lab2.api import main
 
 if __name__ == "__main__":
     main()

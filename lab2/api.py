@@ -1,4 +1,4 @@
-"""`lab2.train(**flags)`: the training command as a Python call, for notebooks and scripts.
+"""Training as a Python call, `lab2.train(**flags)`, and as a command, `main()` (lab2-train, train_accelerate.py).
 
     import lab2
     summary = lab2.train(data_dir="../shared/data/cifar10-mini", num_train_epochs=1, report_to="none")
@@ -10,17 +10,20 @@ kernel may have trained before):
     from accelerate import notebook_launcher
     notebook_launcher(lambda: lab2.train(dataset="fake", output_dir="runs/two"), num_processes=2)
 
-torch is imported only when `train` runs, so `import lab2` stays light.
+The flags are checked before torch is imported, so `import lab2`, `--help` and flag mistakes answer at once. The
+exceptions that end a run (lab2.errors) become exit codes on the command line and Python exceptions here.
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import sys
 import threading
 
-from lab2.engine.distributed import launched_rank, prepare_process
-from lab2.errors import Diverged, TrainingStopped, UserError
-from lab2.flags import config_from_flags
+from lab2.engine.distributed import is_peer_lost, launched_rank, peer_lost_message, prepare_process
+from lab2.errors import EXIT_PEER_LOST, EXIT_USER_ERROR, Diverged, TrainingStopped, UserError, exit_with_user_error
+from lab2.flags import config_from_flags, launched_by_make, parse_args
 from lab2.state.run_folder import RunPaths
 from lab2.tracking.startup import redirect_unwritable_caches
 
@@ -32,6 +35,16 @@ _ONE_TRAINING_AT_A_TIME = threading.Lock()
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the run stopped without exporting the bad weights (exit code 4 on the command
     line)."""
+
+
+def _run(cfg) -> None:
+    prepare_process()
+    cache_note = redirect_unwritable_caches()  # before wandb or matplotlib is imported
+    if cache_note and launched_rank() == 0:
+        print(cache_note, flush=True)
+    from lab2.engine.loop import run  # torch and the training stack load here, not at `import lab2`
+
+    run(cfg)
 
 
 def train(**flags) -> dict | None:
@@ -56,29 +69,16 @@ def train(**flags) -> dict | None:
     """
     try:
         cfg = config_from_flags(**flags)
-    except UserError as error:
-        raise ValueError(str(error)) from None
-    if not _ONE_TRAINING_AT_A_TIME.acquire(blocking=False):
-        raise RuntimeError(
-            "lab2.train is already running in this process (called from another thread); one process trains one "
-            "run at a time, since the Accelerator, the random seeds and torch's threads are shared by the whole "
-            "process. Wait for the first call to return, or start the second training in another process."
-        )
-    try:
-        return _train(cfg)
-    finally:
-        _ONE_TRAINING_AT_A_TIME.release()
-
-
-def _train(cfg) -> dict | None:
-    prepare_process()
-    cache_note = redirect_unwritable_caches()  # a read-only HOME: W&B and matplotlib caches in a temporary folder
-    if cache_note and launched_rank() == 0:
-        print(cache_note, flush=True)
-    from lab2.engine.loop import run  # torch and the training stack load here, not at `import lab2`
-
-    try:
-        run(cfg)
+        if not _ONE_TRAINING_AT_A_TIME.acquire(blocking=False):
+            raise RuntimeError(
+                "lab2.train is already running in this process (called from another thread); one process trains "
+                "one run at a time, since the Accelerator, the random seeds and torch's threads are shared by the "
+                "whole process. Wait for the first call to return, or start the second training in another process."
+            )
+        try:
+            _run(cfg)
+        finally:
+            _ONE_TRAINING_AT_A_TIME.release()
     except UserError as error:
         raise ValueError(str(error)) from None
     except TrainingStopped:
@@ -88,6 +88,33 @@ def _train(cfg) -> dict | None:
         ) from None
     except Diverged as diverged:
         raise TrainingDiverged(f"{diverged}; see the message above and {cfg.output_dir}") from None
-    if launched_rank() != 0:
-        return None
-    return json.loads(RunPaths(cfg.output_dir).summary.read_text(encoding="utf-8"))
+    return json.loads(RunPaths(cfg.output_dir).summary.read_text(encoding="utf-8")) if launched_rank() == 0 else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """lab2-train and train_accelerate.py; exit codes as docs/resume.md lists them."""
+    # Under `make train` the recipe makes the launcher ignore SIGINT, so that Ctrl-C leaves lab2 to save and say
+    # how to resume while the launcher and make wait; this process inherits the ignore and takes Ctrl-C back.
+    if launched_by_make() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        cfg = parse_args(argv)
+        _run(cfg)
+    except UserError as error:
+        # Under a launcher every rank hits the same user error: one line is enough.
+        if launched_rank() == 0:
+            exit_with_user_error(error)
+        sys.exit(EXIT_USER_ERROR)
+    except (TrainingStopped, Diverged) as ended:  # the loop already said where it stopped and what to do
+        sys.exit(ended.exit_code)
+    except RuntimeError as error:
+        if not is_peer_lost(error):
+            raise
+        # Every survivor says so: on several machines each node's log is read on its own.
+        print(f"lab2: error: {peer_lost_message(error, cfg.output_dir)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_PEER_LOST)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """The exceptions that end a run early and their exit codes: a `UserError` is printed as one line without a
-traceback; `TrainingStopped` and `Diverged` travel from the loop to lab2.cli.train (exit codes) or lab2.train
-(exceptions). Anything else is a bug and keeps its traceback."""
+traceback; `TrainingStopped` and `Diverged` travel from the loop to lab2.api (exit codes on the command line,
+exceptions from lab2.train). Anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -36,7 +36,6 @@ class TrainingStopped(Exception):
 
     def __init__(self, signal_name: str | None = None):
         super().__init__(f"stopped by {signal_name or 'a signal'}")
-        self.signal_name = signal_name
 
 
 class Diverged(Exception):
@@ -60,20 +59,18 @@ def is_disk_full(exc: BaseException, folder=None) -> bool:
     (counted when `folder` has almost no space left), safetensors as "StorageFull"."""
     import errno
     import shutil
+    from contextlib import suppress
 
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+    while exc is not None:  # the exception, then what it was raised from or during
+        text = str(exc)
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text:
             return True
-        text = str(seen)
-        if "No space left on device" in text or "StorageFull" in text:
+        if "StorageFull" in text:
             return True
         if "file write failed" in text and folder is not None:
-            try:
+            with suppress(OSError):
                 return shutil.disk_usage(folder).free < 16 * 2**20
-            except OSError:
-                return False
-        seen = seen.__cause__ or seen.__context__
+        exc = exc.__cause__ or exc.__context__
     return False
 
 

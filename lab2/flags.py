@@ -83,11 +83,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def _program_name() -> str:
-    """lab2-train or train_accelerate.py, as the user typed it; `python -m lab2.cli.train` as typed too (its argv[0]
-    is the module's file, train.py, which is no command)."""
+    """lab2-train or train_accelerate.py, as the user typed it; `python -m lab2.api` as typed too (its argv[0]
+    is the module's file, api.py, which is no command)."""
     path = sys.argv[0].replace(os.sep, "/") if sys.argv else ""
-    if path.endswith("lab2/cli/train.py"):
-        return "python -m lab2.cli.train"
+    if path.endswith("lab2/api.py"):
+        return "python -m lab2.api"
     return os.path.basename(path) if os.path.basename(path) not in ("", "__main__.py", "-c") else "train_accelerate.py"
 
 

@@ -53,8 +53,6 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 def create_model(name: str, num_classes: int = 10) -> nn.Module:
     """Build the registered model `name`; an unknown name is a UserError listing the choices."""
-    try:
-        constructor = MODELS[name]
-    except KeyError:
-        raise UserError(f"unknown --model {name!r}; choose one of: {', '.join(sorted(MODELS))}.") from None
-    return constructor(num_classes=num_classes)
+    if name not in MODELS:
+        raise UserError(f"unknown --model {name!r}; choose one of: {', '.join(sorted(MODELS))}.")
+    return MODELS[name](num_classes=num_classes)

@@ -44,17 +44,17 @@ def test_help_names_the_command_that_was_typed_and_needs_no_torch(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     code = (
         "import sys; sys.argv = ['/somewhere/bin/lab2-train', '--help']\n"
-        "from lab2.cli.train import main\n"
+        "from lab2.api import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print('torch imported:', 'torch' in sys.modules)"
     )
     env = {**os.environ, "PYTHONPATH": str(repo)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60).stdout
     assert out.startswith("usage: lab2-train ") and "torch imported: False" in out, out
-    # `python -m lab2.cli.train` runs the module's file as argv[0]: the usage line says the command typed.
-    command = [sys.executable, "-m", "lab2.cli.train", "--help"]
+    # `python -m lab2.api` runs the module's file as argv[0]: the usage line says the command typed.
+    command = [sys.executable, "-m", "lab2.api", "--help"]
     module = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=60)
-    assert module.stdout.startswith("usage: python -m lab2.cli.train [options]"), module.stdout + module.stderr
+    assert module.stdout.startswith("usage: python -m lab2.api [options]"), module.stdout + module.stderr
 
 
 def test_defaults_follow_the_seed_and_design():

@@ -27,13 +27,11 @@ from lab2.state.files import write_json
 from lab2.state.model_file import load_run_model
 from lab2.state.run_folder import check_eval_output_dir, claim
 
-BOUNDS = {f.name: f.metadata.get("bounds") for f in dataclasses.fields(TrainConfig)}
 NUMBER_FLAGS = {  # name: (default, help), each with the training flag's checked type and range
     "max_eval_samples": (None, "default: the run's"),
     "per_device_eval_batch_size": (512, None),
     "num_prediction_samples": (24, "images in predictions.png"),
 }
-NORMALISATION = (CIFAR10_MEAN, CIFAR10_STD)  # undone to draw the predictions grid
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset_name", default=None, help="a Hub id or save_to_disk folder (default: the run's)")
     parser.add_argument("--dataset", default=None, choices=("cifar10", "fake"), help="default: the run's")
     for name, (default, text) in NUMBER_FLAGS.items():
-        parser.add_argument(f"--{name}", type=number_flag(f"--{name}", **BOUNDS[name]), default=default, help=text)
+        bounds = TrainConfig.__dataclass_fields__[name].metadata["bounds"]
+        parser.add_argument(f"--{name}", type=number_flag(f"--{name}", **bounds), default=default, help=text)
     parser.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
@@ -85,10 +84,9 @@ def run_eval(args) -> dict:
             model, device_dataloader(test_set, args.per_device_eval_batch_size, shuffle=False)
         )
         tta = cfg.tta if args.tta is None else args.tta
-        plain = accelerator.unwrap_model(model)
-        result = evaluate(
-            plain, loader, accelerator, splits.num_classes, args.num_prediction_samples, *NORMALISATION, tta=tta
-        )
+        model, samples = accelerator.unwrap_model(model), args.num_prediction_samples
+        # The normalisation is undone to draw the predictions grid.
+        result = evaluate(model, loader, accelerator, splits.num_classes, samples, CIFAR10_MEAN, CIFAR10_STD, tta=tta)
         report = {
             "model_path": str(loaded.path),
             "data": "synthetic images (--dataset fake)" if cfg.dataset == "fake" else cfg.dataset_name or cfg.data_dir,

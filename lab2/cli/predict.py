@@ -55,12 +55,9 @@ def read_image(path: str) -> tuple[torch.Tensor, str | None]:
     from PIL import Image
 
     file = Path(path)
-    if not file.exists():
-        raise UserError(f"{path}: no such file.")
-    if file.is_dir():  # expand_folders found no image in it
-        raise UserError(f"{path}: a folder with no image files (PNG, JPEG, ...) in it.")
-    if not file.is_file():  # a FIFO that would block the read, a device
-        raise UserError(f"{path}: not a regular file.")
+    if not file.is_file():  # a folder is one expand_folders found no image in; a FIFO would block the read
+        problem = "a folder with no image files (PNG, JPEG, ...) in it" if file.is_dir() else "not a regular file"
+        raise UserError(f"{path}: {problem if file.exists() else 'no such file'}.")
     try:
         with Image.open(file) as image:
             width, height = image.size
@@ -98,7 +95,7 @@ def expand_folders(paths: list[str]) -> list[str]:
     stays as it is, so reading it reports the problem."""
     from PIL import Image
 
-    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    extensions = Image.registered_extensions()  # lower case, as PIL registers them
     expanded = []
     for path in paths:
         folder, images = Path(path), []

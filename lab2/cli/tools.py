@@ -18,10 +18,8 @@ def report_main(argv: list[str] | None = None) -> None:
     from lab2.report.pages import write_comparison, write_report
 
     try:
-        if len(args.run_dir) == 1:
-            print(write_report(args.run_dir[0], args.output))
-        else:
-            print(write_comparison(args.run_dir, args.output))
+        one = len(args.run_dir) == 1
+        print(write_report(args.run_dir[0], args.output) if one else write_comparison(args.run_dir, args.output))
     except UserError as error:
         exit_with_user_error(error, "lab2-report")
 

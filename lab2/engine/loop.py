@@ -85,7 +85,7 @@ class Run:
 
 def run(cfg: TrainConfig) -> None:
     """Train as `cfg` says. Raises TrainingStopped (a signal; checkpoint saved), Diverged (NaN/inf loss) or a
-    UserError; the command line (lab2.cli.train) maps them to exit codes, lab2.train to its exceptions.
+    UserError; the command line (lab2.api) maps them to exit codes, lab2.train to its exceptions.
 
     A full disk anywhere in the run becomes one DiskFull error (exit code 6) naming the last good checkpoint; a
     signal during the final files is reported once they are written.

@@ -23,7 +23,6 @@ from lab2.config import TrainConfig, parse_report_to
 WANDB_RUN_FILE = "wandb_run.json"  # the run ids, so a resumed run continues the same W&B / MLflow run
 MLFLOW_RUN_FILE = "mlflow_run.json"
 MLFLOW_DIR = "mlruns"  # the MLflow file store lab2 makes, inside the run folder
-DEFAULT_INIT_TIMEOUT_S = 10.0  # --wandb_init_timeout_s
 # MLflow retries a refused connection 7 times with backoff (246 s measured on a closed port) and gives a silent
 # server 120 s a request: its start-up gets these instead, unless the user set them.
 MLFLOW_START_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -86,37 +85,35 @@ def choose_wandb_mode() -> tuple[str, str | None]:
     wandb.init refuses even offline, are removed and named (wandb's own Settings judge them); a malformed URL means
     offline, as the run was meant for a server of the user's own. Whether a server answers is init_timeout's job."""
     import wandb
+    from pydantic import ValidationError  # what wandb.Settings raises
 
-    notes = []
+    notes, offline = [], False
     for variable, setting in (("WANDB_MODE", "mode"), ("WANDB_BASE_URL", "base_url")):
         value = os.environ.get(variable)
-        if value is None:
-            continue
         try:
-            wandb.Settings(**{setting: value})
-        except Exception as exc:  # noqa: BLE001 - pydantic's ValidationError, whose text is the reason
+            if value is not None:
+                wandb.Settings(**{setting: value})
+        except ValidationError as exc:
             del os.environ[variable]
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-            why = next((line for line in lines if line.startswith("Input")), lines[0]).split(" [type=")[0]
-            notes += [f"{variable} {value!r} is malformed ({why[:100]}); ignoring it"] if value.strip() else []
+            if value.strip():
+                offline |= setting == "base_url"
+                notes.append(f"{variable} {value!r} is malformed ({exc.errors()[0]['msg'][:100]}); ignoring it")
     mode = os.environ.get("WANDB_MODE", "").strip().lower()
     if mode in ("offline", "disabled", "dryrun"):
         return "offline" if mode == "dryrun" else mode, "; ".join(notes) or None
     if not _has_wandb_credentials():
+        offline = True
         notes.append("no W&B credentials (WANDB_API_KEY or `wandb login`)")
-    offline = any(note.startswith(("WANDB_BASE_URL", "no W&B")) for note in notes)
     return "offline" if offline else "online", "; ".join(notes) or None
 
 
-def recorded_run_id(record: Path) -> tuple[str | None, str | None]:
-    """(run id, None) from a record lab2 wrote (`{"id": ...}`), or (None, what is wrong with it)."""
+def recorded_run_id(record: Path) -> str | None:
+    """The run id in a record lab2 wrote (`{"id": ...}`); None when it is missing or damaged."""
     try:
         run_id = json.loads(record.read_text(encoding="utf-8"))["id"]
-    except (OSError, ValueError) as exc:
-        return None, "not JSON" if isinstance(exc, ValueError) else f"unreadable: {exc.strerror}"
-    except (KeyError, TypeError, IndexError):
-        return None, "no run 'id' in it"
-    return (run_id, None) if isinstance(run_id, str) and run_id.isalnum() else (None, f"its id is {run_id!r}")
+    except (OSError, ValueError, LookupError, TypeError):
+        return None
+    return run_id if isinstance(run_id, str) and run_id.isalnum() else None
 
 
 def record_run(record: Path, run_id: str | None = None) -> str:
@@ -130,47 +127,6 @@ def wandb_project(project_name: str) -> str:
     """WANDB_PROJECT names the project when --project_name is left at its default (Accelerate passes the
     project to wandb.init, which would otherwise override the variable); --project_name wins."""
     return (project_name == TrainConfig.project_name and os.environ.get("WANDB_PROJECT", "").strip()) or project_name
-
-
-def _wandb_init_kwargs(output_dir: Path, run_name: str, mode: str, resume: bool, init_timeout_s: float) -> dict:
-    import wandb
-
-    record = output_dir / WANDB_RUN_FILE
-    # A damaged record costs the link to the old W&B run (a new one starts), not the run.
-    run_id = record_run(record, (resume and record.exists() and recorded_run_id(record)[0]) or None)
-    # wandb stages artifact files and manifests (the model, tables, the confusion matrix) for `wandb sync` under
-    # WANDB_DATA_DIR, ~/.local/share/wandb by default: owner-only, and lost to a copied run folder.
-    _run_default("WANDB_DATA_DIR", str(output_dir / "wandb"))
-    settings = wandb.Settings(init_timeout=init_timeout_s, silent=True)  # past it, Tracking.start goes offline
-    return {
-        "name": run_name,
-        "id": run_id,
-        "resume": "allow",
-        "dir": str(output_dir),
-        "mode": mode,
-        "settings": settings,
-    }
-
-
-def _mlflow_init_kwargs(output_dir: Path, run_name: str, resume: bool) -> tuple[dict, str | None]:
-    """The user's MLFLOW_TRACKING_URI (a server, a database, a folder or file: URI), else a file store in the run
-    folder; a warning when a resume's mlflow_run.json is damaged (the run then starts a new MLflow run)."""
-    import mlflow
-
-    uri = _run_default("MLFLOW_TRACKING_URI", (output_dir / MLFLOW_DIR).resolve().as_uri())
-    if urlparse(uri).scheme in ("", "file"):
-        # MLflow 3 keeps a file store only on request; it is the store that needs no server and no database.
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    mlflow.set_tracking_uri(uri)
-    record = output_dir / MLFLOW_RUN_FILE
-    if not (resume and record.exists()):
-        return {"run_name": run_name}, None
-    run_id, problem = recorded_run_id(record)
-    if run_id:
-        return {"run_name": run_name, "run_id": run_id}, None
-    return {
-        "run_name": run_name
-    }, f"warning: MLflow: {record} is damaged ({problem}); this run logs into a new MLflow run."
 
 
 @contextmanager
@@ -191,17 +147,44 @@ def offline_notice(reason: str, output_dir: Path) -> str:
 
 
 def tracker_init_kwargs(
-    report_to: str, output_dir: Path, run_name: str, resume: bool, init_timeout_s: float = DEFAULT_INIT_TIMEOUT_S
+    report_to: str,
+    output_dir: Path,
+    run_name: str,
+    resume: bool,
+    init_timeout_s: float = TrainConfig.wandb_init_timeout_s,
 ) -> tuple[dict, str | None]:
-    """(init_kwargs for Tracking.start, notice lines or None). Call on the main process after output_dir exists."""
+    """(init_kwargs for Tracking.start, notice lines or None). Call on the main process after output_dir exists.
+
+    MLflow logs to the user's MLFLOW_TRACKING_URI (a server, a database, a folder or file: URI), else to a file
+    store in the run folder. A resume continues the W&B and MLflow runs recorded in the run folder; a damaged
+    record costs the link to the old run (a new one starts, MLflow's with a warning), not the run."""
     trackers = parse_report_to(report_to)
     kwargs, notices = {}, []
     if "mlflow" in trackers:
-        kwargs["mlflow"], warning = _mlflow_init_kwargs(output_dir, run_name, resume)
-        notices += [warning] if warning else []
+        import mlflow
+
+        uri = _run_default("MLFLOW_TRACKING_URI", (output_dir / MLFLOW_DIR).resolve().as_uri())
+        if urlparse(uri).scheme in ("", "file"):
+            # MLflow 3 keeps a file store only on request; it is the store that needs no server and no database.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        mlflow.set_tracking_uri(uri)
+        record = output_dir / MLFLOW_RUN_FILE
+        run_id = recorded_run_id(record) if resume else None
+        kwargs["mlflow"] = {"run_name": run_name, **({"run_id": run_id} if run_id else {})}
+        if resume and record.exists() and not run_id:
+            notices.append(f"warning: MLflow: {record} is damaged; this run logs into a new MLflow run.")
     if "wandb" in trackers:
+        import wandb
+
         mode, reason = choose_wandb_mode()
         if reason:
             notices.append(offline_notice(reason, output_dir) if mode == "offline" else f"W&B: {reason}.")
-        kwargs["wandb"] = _wandb_init_kwargs(output_dir, run_name, mode, resume, init_timeout_s)
+        record = output_dir / WANDB_RUN_FILE
+        run_id = record_run(record, recorded_run_id(record) if resume else None)
+        # wandb stages artifact files and manifests (the model, tables, the confusion matrix) for `wandb sync` under
+        # WANDB_DATA_DIR, ~/.local/share/wandb by default: owner-only, and lost to a copied run folder.
+        _run_default("WANDB_DATA_DIR", str(output_dir / "wandb"))
+        settings = wandb.Settings(init_timeout=init_timeout_s, silent=True)  # past it, Tracking.start goes offline
+        kwargs["wandb"] = dict(name=run_name, id=run_id, resume="allow", dir=str(output_dir), mode=mode)
+        kwargs["wandb"]["settings"] = settings
     return kwargs, "\n".join(notices) or None

@@ -24,7 +24,7 @@ from lab2.explain.plots import figure_to_array
 from lab2.state.run_folder import record_tracker_files
 from lab2.tracking import startup
 
-HISTOGRAM_TRACKERS = ("wandb", "tensorboard")
+HISTOGRAM_TRACKERS = {"wandb", "tensorboard"}
 # The scalars TensorBoard's HPARAMS table shows beside the flags (their last values in the run).
 HPARAM_METRICS = ("eval/accuracy", "eval/loss", "eval/ece", "train/accuracy", "train/loss_epoch", "eval/final_accuracy")
 # Summary numbers MLflow already has as metrics (epoch, model/params, model/gflops_per_sample, eval/final_accuracy).
@@ -32,11 +32,6 @@ MLFLOW_ALREADY_LOGGED = {"epochs", "params", "gflops_per_sample", "final_eval_ac
 # MLflow 3's UI opens an experiment on GenAI "Traces" whatever its `mlflow.experimentKind` tag says (3.17 and 3.18);
 # this page of it shows the runs.
 MLFLOW_RUNS_PAGE = "#/experiments/{}/runs?workflowType=machine_learning"
-
-
-def artifact_name(run_name: str) -> str:
-    """A W&B artifact name from a run name (letters, digits, '-', '_' and '.' only)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", run_name).strip("-.") or "model"
 
 
 def described(error: Exception) -> str:
@@ -106,24 +101,17 @@ class Tracking:
             # wandb.init raises once its init_timeout has passed, with no offline fallback of its own.
             if name != "wandb" or kwargs.get("mode") != "online":
                 raise
-            tracker = self._start_wandb_offline(tracker.run_name, kwargs, described(exc))
+            online_error, run_dir = described(exc), Path(kwargs["dir"])
+            # A new run id: wandb keeps the failed online one registered ("run ID is in use").
+            run_id = startup.record_run(run_dir / startup.WANDB_RUN_FILE)
+            tracker = LOGGER_TYPE_TO_CLASS["wandb"](tracker.run_name, **{**kwargs, "mode": "offline", "id": run_id})
+            try:
+                tracker.start()
+            except Exception as offline:
+                raise RuntimeError(f"{online_error}; offline too: {described(offline)}") from offline
+            server = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+            self.printer(startup.offline_notice(f"could not start online at {server} ({online_error})", run_dir))
         self._store_config(tracker, config)
-        return tracker
-
-    def _start_wandb_offline(self, project: str, kwargs: dict, online_error: str):
-        from accelerate.tracking import WandBTracker
-
-        # A new run id: wandb keeps the failed online one registered ("run ID is in use").
-        run_id = startup.record_run(Path(kwargs["dir"]) / startup.WANDB_RUN_FILE)
-        tracker = WandBTracker(project, **{**kwargs, "mode": "offline", "id": run_id})
-        try:
-            tracker.start()
-        except Exception as exc:
-            raise RuntimeError(f"{online_error}; offline too: {described(exc)}") from exc
-        server = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
-        self.printer(
-            startup.offline_notice(f"could not start online at {server} ({online_error})", Path(kwargs["dir"]))
-        )
         return tracker
 
     def _store_config(self, tracker, config: dict) -> None:
@@ -140,22 +128,18 @@ class Tracking:
             for summary in hparams(config, dict.fromkeys(HPARAM_METRICS, 0.0)):
                 tracker.writer.file_writer.add_summary(summary)
             tracker.writer.flush()
-            return
-        if tracker.name != "mlflow":
-            tracker.store_init_configuration(config)
-            return
-        import mlflow
+        elif tracker.name == "mlflow":
+            import mlflow
 
-        info = mlflow.active_run().info
-        if self.run_folder is not None:  # so a resumed run continues this MLflow run
-            startup.record_run(Path(self.run_folder) / startup.MLFLOW_RUN_FILE, info.run_id)
-        self.open_commands = mlflow_open_commands(mlflow.get_tracking_uri(), info.experiment_id)
-        existing = mlflow.get_run(info.run_id).data.params
-        if not existing:
+            info = mlflow.active_run().info
+            if self.run_folder is not None:  # so a resumed run continues this MLflow run
+                startup.record_run(Path(self.run_folder) / startup.MLFLOW_RUN_FILE, info.run_id)
+            self.open_commands = mlflow_open_commands(mlflow.get_tracking_uri(), info.experiment_id)
+            old = mlflow.get_run(info.run_id).data.params
+            tracker.store_init_configuration({k: v for k, v in config.items() if k not in old})
+            mlflow.set_tags({f"resumed.{k}": str(v) for k, v in config.items() if k in old and old[k] != str(v)})
+        else:
             tracker.store_init_configuration(config)
-            return
-        mlflow.log_params({k: v for k, v in config.items() if k not in existing})
-        mlflow.set_tags({f"resumed.{k}": str(v) for k, v in config.items() if k in existing and existing[k] != str(v)})
 
     def print_open_commands(self) -> None:
         for line in self.open_commands:
@@ -179,10 +163,10 @@ class Tracking:
             return
         with self._guarded("logging histograms") as trackers:
             if "wandb" in trackers:
-                import wandb
+                from wandb import Histogram
 
                 values = {
-                    k: wandb.Histogram(np_histogram=(h.counts, h.edges), num_bins=len(h.counts))
+                    k: Histogram(np_histogram=(h.counts, h.edges), num_bins=len(h.counts))
                     for k, h in histograms.items()
                 }
                 trackers["wandb"].log(values, step=step)
@@ -190,11 +174,10 @@ class Tracking:
                 for key, h in histograms.items():
                     counts = (h.low, h.high, h.num, h.total, h.total_squares, h.edges[1:].tolist(), h.counts.tolist())
                     trackers["tensorboard"].writer.add_histogram_raw(key, *counts, global_step=step)
-            for name in (n for n in trackers if n not in HISTOGRAM_TRACKERS and n not in self._noted):
+            for name in trackers.keys() - HISTOGRAM_TRACKERS - self._noted:
                 self._noted.add(name)
                 self.printer(
-                    f"note: {name} has no histograms; "
-                    f"gradient and weight histograms go to {' and '.join(HISTOGRAM_TRACKERS)} only."
+                    f"note: {name} has no histograms; gradient and weight histograms go to wandb and tensorboard only."
                 )
 
     def prepare_flow_images(self, arrays: dict[str, np.ndarray], step: int, final: bool = False) -> dict[str, dict]:
@@ -238,11 +221,9 @@ class Tracking:
         the run folder, see lab2.tracking.startup; MLflow `model/` artifacts), the summary (W&B's run summary, its
         runs table; MLflow metrics), the Table-1 log (a wandb.Table, TensorBoard text, MLflow training_log.txt)
         and, to MLflow, the run's other files (W&B and TensorBoard keep their own copies)."""
-        metadata = {
-            "model": json.loads(paths.config.read_text())["model"],
-            **{key: summary[key] for key in ("final_eval_acc", "best_eval_acc", "gflops_per_sample", "params")},
-            "data": summary.get("data", ""),  # says "synthetic" beside the accuracies of a --dataset fake run
-        }
+        metadata = {key: summary[key] for key in ("final_eval_acc", "best_eval_acc", "gflops_per_sample", "params")}
+        # "data" says "synthetic" beside the accuracies of a --dataset fake run.
+        metadata |= {"model": json.loads(paths.config.read_text())["model"], "data": summary.get("data", "")}
         numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         data = {"data": summary["data"]} if "data" in summary else {}  # what the accuracies were measured on
         columns = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
@@ -251,7 +232,9 @@ class Tracking:
             if "wandb" in trackers:
                 import wandb
 
-                artifact = wandb.Artifact(artifact_name(run_name), type="model", metadata=metadata)
+                # An artifact name has letters, digits, '-', '_' and '.' only.
+                name = re.sub(r"[^A-Za-z0-9._-]+", "-", run_name).strip("-.") or "model"
+                artifact = wandb.Artifact(name, type="model", metadata=metadata)
                 for path in (paths.model, paths.config):
                     artifact.add_file(str(path))
                 trackers["wandb"].run.log_artifact(artifact)
@@ -281,9 +264,8 @@ class Tracking:
             if "wandb" in trackers:
                 import wandb
 
-                true_idx, pred_idx = np.nonzero(confusion)
-                counts = confusion[true_idx, pred_idx]
-                y_true, preds = np.repeat(true_idx, counts).tolist(), np.repeat(pred_idx, counts).tolist()
+                cells = np.repeat(np.arange(confusion.size), confusion.ravel())  # one (true, predicted) per image
+                y_true, preds = (a.tolist() for a in np.divmod(cells, confusion.shape[1]))
                 plot = wandb.plot.confusion_matrix(y_true=y_true, preds=preds, class_names=list(class_names))
                 trackers["wandb"].log({"confusion_matrix_interactive": plot}, step=step)
 
@@ -308,9 +290,8 @@ def mlflow_open_commands(uri: str, experiment_id: str) -> list[str]:
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
         return [f"  MLflow:      {uri.rstrip('/')}/{page}"]
-    file_store = parsed.scheme in ("", "file")
     store = unquote(parsed.path) if parsed.scheme == "file" else uri
-    allow = "MLFLOW_ALLOW_FILE_STORE=true " if file_store else ""
+    allow = "MLFLOW_ALLOW_FILE_STORE=true " if parsed.scheme in ("", "file") else ""
     return [
         f"  MLflow:      {allow}mlflow ui --backend-store-uri {shlex.quote(store)}",
         f"               then open http://127.0.0.1:5000/{page}",
