@@ -21,7 +21,13 @@ from pathlib import Path
 from lab2.errors import DiskFull, UserError, is_disk_full
 from lab2.state.files import FILE_MODE, new_temporary, write_json
 from lab2.state.model_file import save_model_file
-from lab2.state.run_folder import CHECKPOINT_NAME, MANIFEST_FILE, record_temporaries, remove_checkpoint_files
+from lab2.state.run_folder import (
+    CHECKPOINT_NAME,
+    MANIFEST_FILE,
+    manifest_files,
+    record_temporaries,
+    remove_checkpoint_files,
+)
 
 PROGRESS_FILE = "progress.json"
 # progress.json's numeric fields and their minimum; the first six are whole numbers, the sums finite floats.
@@ -53,27 +59,20 @@ def write_manifest(folder: str | Path) -> Path:
 
 def checkpoint_problem(folder: str | Path) -> str | None:
     """None when `folder` is a complete, undamaged checkpoint; otherwise the first problem, naming the file."""
-    manifest_path = Path(folder) / MANIFEST_FILE
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return f"{manifest_path} is missing (the save did not finish, or an older lab2 wrote it)"
-    except (OSError, ValueError) as exc:
-        return f"{manifest_path} is unreadable ({type(exc).__name__})"
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or PROGRESS_FILE not in files:
-        return f"{manifest_path} is not a lab2 checkpoint manifest"
+    folder, manifest = Path(folder), Path(folder) / MANIFEST_FILE
+    files = manifest_files(folder)
+    if not manifest.exists():
+        return f"{manifest} is missing (the save did not finish, or an older lab2 wrote it)"
+    if files is None or PROGRESS_FILE not in files:
+        return f"{manifest} is not a readable lab2 checkpoint manifest"
     for name, entry in files.items():
-        path = Path(folder) / name
-        if not isinstance(entry, dict) or Path(name).is_absolute() or ".." in Path(name).parts:
-            return f"{manifest_path} has a malformed entry for {name!r}"
-        if not path.is_file():
+        if not (path := folder / name).is_file():
             return f"{path} is missing"
         if (size := path.stat().st_size) != entry.get("size"):
             return f"{path} is {size:,} bytes, the manifest says {entry.get('size')!r} (truncated or replaced)"
         if _digest(path) != entry.get("sha256"):
             return f"{path} does not match its checksum (damaged or edited)"
-    return _read_progress(Path(folder))[1]
+    return _read_progress(folder)[1]
 
 
 def _read_progress(folder: Path) -> tuple[dict, str | None]:

@@ -16,19 +16,20 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from lab2.config import TrainConfig, check_number
-from lab2.data.cifar_files import CIFAR10_CLASSES, MAX_CLASSES
+from lab2.data.cifar import find_cifar10_folder
+from lab2.data.cifar_files import CIFAR10_CLASSES, MAX_CLASSES, read_class_names
 from lab2.errors import ManyUserErrors, UserError
 from lab2.flags import config_from_dict, validate_config
 from lab2.models import create_model
 from lab2.state.files import atomic_write
 
 MODEL_FILE = "model.safetensors"
-LAB_SUFFIXES = (".pth", ".pt")
 MAX_PROBLEM_LINES = 8  # beyond this, one summary line: a wrong file has hundreds of mismatched tensors
 
 
@@ -143,7 +144,7 @@ def load_exported_model(model_path: str | Path) -> LoadedModel:
 
 def is_lab_checkpoint(path: str | Path) -> bool:
     """Whether `path` names a torch.save file (by its suffix) rather than a lab2 run folder or safetensors file."""
-    return Path(path).suffix in LAB_SUFFIXES
+    return Path(path).suffix in (".pth", ".pt")
 
 
 def read_lab_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -211,12 +212,7 @@ def load_run_model(model_path: str | Path) -> LoadedModel:
     run = Path(model_path)
     if not run.is_dir() or (run / MODEL_FILE).exists():
         return load_lab_model(run) if is_lab_checkpoint(run) else load_exported_model(run)
-    # Imported here: lab2.state.checkpoint imports this module.
-    from safetensors.torch import load_file
-
-    from lab2.data.cifar import find_cifar10_folder
-    from lab2.data.cifar_files import read_class_names
-    from lab2.state.checkpoint import latest_good_checkpoint, print_once, read_progress
+    from lab2.state.checkpoint import latest_good_checkpoint, print_once, read_progress  # it imports this module
 
     if not (run / "config.json").is_file():
         raise UserError(

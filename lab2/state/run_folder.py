@@ -137,17 +137,12 @@ def _update_marker(root: Path, **fields) -> None:
     write_json(root / MARKER, {**(_marker(root) or {"lab2": "run"}), **fields})
 
 
-def _listed(root: Path, key: str) -> list[PurePosixPath]:
-    """The names the marker lists under `key` (a hand-edited marker's other entries are dropped)."""
+def _listed(root: Path, key: str, folders: tuple[str, ...] = TRACKER_FOLDERS) -> set[str]:
+    """The names (relative to `root`) the marker lists under `key`, each inside one of `folders` (a hand-edited
+    marker reaches no further)."""
     names = _marker(root).get(key)
-    return [PurePosixPath(n) for n in names if isinstance(n, str)] if isinstance(names, list) else []
-
-
-def _tracker_listed(root: Path, key: str) -> set[str]:
-    """The names the marker lists under `key` that are inside a tracker folder (a hand-edited marker reaches no
-    further)."""
-    parts = [n.parts for n in _listed(root, key)]
-    return {"/".join(p) for p in parts if len(p) > 1 and p[0] in TRACKER_FOLDERS and ".." not in p}
+    parts = [PurePosixPath(n).parts for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    return {"/".join(p) for p in parts if len(p) > 1 and p[0] in folders and ".." not in p}
 
 
 def _tracker_files(root: Path) -> set[str]:
@@ -165,8 +160,8 @@ def claim(root: str | Path, kind: str = "run") -> None:
     root.mkdir(parents=True, exist_ok=True)
     if not is_marked(root):
         write_json(root / MARKER, {"lab2": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    others = _tracker_files(root) - _tracker_listed(root, "tracker_files")
-    if others or _tracker_listed(root, "others_files"):
+    others = _tracker_files(root) - _listed(root, "tracker_files")
+    if others or _listed(root, "others_files"):
         _update_marker(root, others_files=sorted(others))
 
 
@@ -176,15 +171,14 @@ def record_tracker_files(root: str | Path) -> None:
     root = Path(root)
     if marked_kind(root) != "run":  # only a folder lab2 claimed for a run
         return
-    files = _tracker_files(root) - _tracker_listed(root, "others_files")
-    if files != _tracker_listed(root, "tracker_files"):
+    files = _tracker_files(root) - _listed(root, "others_files")
+    if files != _listed(root, "tracker_files"):
         _update_marker(root, tracker_files=sorted(files))
 
 
 def _temporaries(root: Path) -> list[Path]:
     """The temporary checkpoint folders the marker lists (record_temporaries), each inside checkpoints/."""
-    names = [n.name for n in _listed(root, "temporary_checkpoints") if len(n.parts) == 1 and n.name.endswith(".tmp")]
-    return [root / "checkpoints" / n for n in names]
+    return [root / name for name in _listed(root, "temporary_checkpoints", ("checkpoints",)) if name.endswith(".tmp")]
 
 
 def record_temporaries(root: str | Path, folders: list[Path]) -> None:
@@ -196,20 +190,27 @@ def record_temporaries(root: str | Path, folders: list[Path]) -> None:
         return
     for leftover in set(_temporaries(root)) - set(folders):
         shutil.rmtree(leftover, ignore_errors=True)
-    _update_marker(root, temporary_checkpoints=[p.name for p in folders])
+    _update_marker(root, temporary_checkpoints=[p.relative_to(root).as_posix() for p in folders])
+
+
+def manifest_files(folder: str | Path) -> dict[str, dict] | None:
+    """{name: {"size", "sha256"}} of the files checkpoint `folder`'s manifest lists, or None when it has no readable
+    manifest. A name outside the folder or an entry that is no record makes it unreadable: it reaches nothing."""
+    try:
+        files = json.loads((Path(folder) / MANIFEST_FILE).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    names = [PurePosixPath(n) for n in files] if isinstance(files, dict) else []
+    inside = all(not n.is_absolute() and ".." not in n.parts for n in names)
+    return files if names and inside and all(isinstance(entry, dict) for entry in files.values()) else None
 
 
 def checkpoint_files(folder: str | Path) -> list[Path]:
     """The files lab2 wrote into checkpoint `folder`: those its manifest lists, then the manifest. None without a
     readable manifest: lab2 cannot tell its files there from anyone else's."""
-    folder = Path(folder)
-    try:
-        listed = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    names = [PurePosixPath(n) for n in listed if isinstance(n, str)] if isinstance(listed, dict) else []
-    files = [folder / n for n in names if not n.is_absolute() and ".." not in n.parts]
-    return [p for p in files if p.is_file()] + [folder / MANIFEST_FILE]
+    files = manifest_files(folder)
+    listed = [Path(folder) / name for name in files or ()]
+    return [p for p in listed if p.is_file()] + ([Path(folder) / MANIFEST_FILE] if files else [])
 
 
 def _remove_empty_folders(top: Path) -> None:
@@ -242,7 +243,7 @@ def owned_files(root: str | Path) -> list[Path]:
     for checkpoint in _entries(root / "checkpoints"):
         if CHECKPOINT_NAME.match(checkpoint.name):
             found += checkpoint_files(checkpoint)
-    found += _temporaries(root) + [root / name for name in sorted(_tracker_listed(root, "tracker_files"))]
+    found += _temporaries(root) + [root / name for name in sorted(_listed(root, "tracker_files"))]
     resolved = root.resolve()
     return [
         p
