@@ -88,7 +88,7 @@ def test_a_killed_saves_leftover_is_recorded_and_removed_by_the_next_save(tmp_pa
         _killed_save(run / "checkpoints")
     leftovers = [n for n in _hidden_folders(run / "checkpoints") if n not in {p.parts[-2] for p in planted}]
     assert len(leftovers) == 1, leftovers
-    assert json.loads((run / MARKER).read_text())["temporary_checkpoints"] == [leftovers[0]]
+    assert json.loads((run / MARKER).read_text())["temporary_checkpoints"] == [f"checkpoints/{leftovers[0]}"]
     saved = save_checkpoint(_accelerator(), run / "checkpoints", {**PROGRESS, "global_step": 6}, total_limit=2)
     assert checkpoint_problem(saved) is None and list_checkpoints(run / "checkpoints") == [saved]
     assert not (run / "checkpoints" / leftovers[0]).exists()

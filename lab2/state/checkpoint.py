@@ -24,6 +24,7 @@ from lab2.state.model_file import save_model_file
 from lab2.state.run_folder import (
     CHECKPOINT_NAME,
     MANIFEST_FILE,
+    manifest_files,
     record_temporaries,
     remove_checkpoint_files,
 )
@@ -32,6 +33,12 @@ PROGRESS_FILE = "progress.json"
 # progress.json's numeric fields and their minimum; the first six are whole numbers, the sums finite floats.
 COUNTS = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "num_classes": 1, "world_size": 1}
 SUMS = ("loss_sum", "correct", "seen")
+
+
+def print_once(message: str) -> None:
+    """One line on stderr from the first process only (under torchrun every rank runs the same code)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
 
 
 def _digest(path: Path) -> str:
@@ -47,124 +54,114 @@ def write_manifest(folder: str | Path) -> Path:
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
         os.chmod(path, FILE_MODE)
         files[str(path.relative_to(folder))] = {"size": path.stat().st_size, "sha256": _digest(path)}
-    write_json(folder / MANIFEST_FILE, {"format": 1, "files": files})
-    return folder / MANIFEST_FILE
+    return write_json(folder / MANIFEST_FILE, {"format": 1, "files": files})
 
 
 def checkpoint_problem(folder: str | Path) -> str | None:
     """None when `folder` is a complete, undamaged checkpoint; otherwise the first problem, naming the file."""
-    folder = Path(folder)
-    manifest_path = folder / MANIFEST_FILE
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return f"{manifest_path} is missing (the save did not finish, or an older lab2 wrote it)"
-    except (OSError, ValueError) as exc:
-        return f"{manifest_path} is unreadable ({type(exc).__name__})"
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or PROGRESS_FILE not in files:
-        return f"{manifest_path} is not a lab2 checkpoint manifest"
+    folder, manifest = Path(folder), Path(folder) / MANIFEST_FILE
+    files = manifest_files(folder)
+    if not manifest.exists():
+        return f"{manifest} is missing (the save did not finish, or an older lab2 wrote it)"
+    if files is None or PROGRESS_FILE not in files:
+        return f"{manifest} is not a readable lab2 checkpoint manifest"
     for name, entry in files.items():
-        path = folder / name
-        if not isinstance(entry, dict) or Path(name).is_absolute() or ".." in Path(name).parts:
-            return f"{manifest_path} has a malformed entry for {name!r}"
-        if not path.is_file():
+        if not (path := folder / name).is_file():
             return f"{path} is missing"
-        size = path.stat().st_size
-        if size != entry.get("size"):
+        if (size := path.stat().st_size) != entry.get("size"):
             return f"{path} is {size:,} bytes, the manifest says {entry.get('size')!r} (truncated or replaced)"
         if _digest(path) != entry.get("sha256"):
             return f"{path} does not match its checksum (damaged or edited)"
+    return _read_progress(folder)[1]
+
+
+def _read_progress(folder: Path) -> tuple[dict, str | None]:
+    """(progress.json's record, None), or (whatever was read, the first problem of its fields)."""
+    where = folder / PROGRESS_FILE
     try:
-        validate_progress(json.loads((folder / PROGRESS_FILE).read_text(encoding="utf-8")), folder)
-    except (UserError, ValueError) as exc:
-        return str(exc)
-    return None
-
-
-def validate_progress(progress, folder: str | Path) -> dict:
-    """`progress` (progress.json's content) if every field has the right type and range; UserError otherwise."""
-    where = Path(folder) / PROGRESS_FILE
+        progress = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return {}, f"{where} is unreadable ({exc})"
     if not isinstance(progress, dict):
-        raise UserError(f"{where} holds a {type(progress).__name__}, not a progress record")
+        return {}, f"{where} holds a {type(progress).__name__}, not a progress record"
     for name in (*COUNTS, *SUMS):
         value, minimum = progress.get(name), COUNTS.get(name, 0)
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not (number and value >= minimum and (name in SUMS or isinstance(value, int))):
             wanted = "a finite number" if name in SUMS else "a whole number"
-            raise UserError(f"{where}: '{name}' must be {wanted} >= {minimum}, got {value!r}")
+            return progress, f"{where}: '{name}' must be {wanted} >= {minimum}, got {value!r}"
     if not isinstance(progress.get("model"), str) or not progress["model"]:
-        raise UserError(f"{where}: 'model' must be a model name, got {progress.get('model')!r}")
+        return progress, f"{where}: 'model' must be a model name, got {progress.get('model')!r}"
     for name in ("position", "training"):
         if not isinstance(progress.get(name, {}), dict):
-            raise UserError(f"{where}: '{name}' must be a record of settings, got {type(progress[name]).__name__}")
+            return progress, f"{where}: '{name}' must be a record of settings, got {type(progress[name]).__name__}"
+    return progress, None
+
+
+def read_progress(path: str | Path) -> dict:
+    """progress.json of checkpoint `path`, with every field checked (UserError naming the field otherwise)."""
+    progress, problem = _read_progress(Path(path))
+    if problem:
+        raise UserError(f"{problem}; resume from an older checkpoint or start afresh.")
     return progress
 
 
-def checkpoint_name(global_step: int) -> str:
-    return f"checkpoint_{global_step:08d}"
-
-
 def list_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
-    """Checkpoint folders under `checkpoints_dir`, oldest first (temporary folders are ignored; not verified)."""
+    """Checkpoint folders under `checkpoints_dir`, oldest first (temporary folders are ignored; not verified).
+    A folder with neither manifest nor progress.json is none (e.g. only someone's own files left after pruning)."""
     folder = Path(checkpoints_dir)
-    if not folder.is_dir():
-        return []
-    # A folder with neither file is not a checkpoint (e.g. only someone's own files left after pruning).
     found = [
         (int(m.group(1)), p)
-        for p in folder.iterdir()
+        for p in (folder.iterdir() if folder.is_dir() else ())
         if (m := CHECKPOINT_NAME.match(p.name)) and ((p / MANIFEST_FILE).exists() or (p / PROGRESS_FILE).exists())
     ]
     return [p for _, p in sorted(found)]
 
 
+def _newest_good(checkpoints_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies against its manifest (or None), and 'name: problem' of each newer one."""
+    skipped = []
+    for path in reversed(list_checkpoints(checkpoints_dir)):
+        if (problem := checkpoint_problem(path)) is None:
+            return path, skipped
+        skipped.append(f"{path.name}: {problem}")
+    return None, skipped
+
+
 def latest_good_checkpoint(checkpoints_dir: str | Path) -> Path | None:
-    """The newest checkpoint that verifies against its manifest, or None."""
-    return next((p for p in reversed(list_checkpoints(checkpoints_dir)) if checkpoint_problem(p) is None), None)
-
-
-def _last_good_text(checkpoints_dir: Path) -> str:
-    good = latest_good_checkpoint(checkpoints_dir)
-    return (
-        f"the last good checkpoint is {good}; free space, then resume with --resume_from_checkpoint latest"
-        if good
-        else "no checkpoint was saved before it"
-    )
+    return _newest_good(checkpoints_dir)[0]
 
 
 def disk_full_error(exc: BaseException, where: str | Path, checkpoints_dir: str | Path) -> DiskFull:
     """The one-line DiskFull error for a failed write to `where`, naming the last good checkpoint."""
+    good = latest_good_checkpoint(checkpoints_dir)
+    after = f"the last good checkpoint is {good}; free space, then resume with --resume_from_checkpoint latest"
     return DiskFull(
         f"the disk is full: writing {where} failed ({str(exc).splitlines()[0][:120]}); "
-        f"the partial file was removed and {_last_good_text(Path(checkpoints_dir))}."
+        f"the partial file was removed and {after if good else 'no checkpoint was saved before it'}."
     )
-
-
-def _new_folder_on_main(accelerator, beside: Path) -> Path:
-    """A new temporary folder beside `beside`, made by the main process and named to every process."""
-    name = [str(new_temporary(beside, folder=True)) if accelerator.is_main_process else None]
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        broadcast_object_list(name)
-    return Path(name[0])
 
 
 def save_checkpoint(accelerator, checkpoints_dir: str | Path, progress: dict, total_limit: int) -> Path:
     """Save the Accelerate state plus `progress` atomically; call on every process (RNG state is per rank)."""
     checkpoints_dir = Path(checkpoints_dir)
-    root = checkpoints_dir.parent
-    final = checkpoints_dir / checkpoint_name(progress["global_step"])
-    if accelerator.is_main_process:
+    root, main = checkpoints_dir.parent, accelerator.is_main_process
+    final = checkpoints_dir / f"checkpoint_{progress['global_step']:08d}"
+    if main:
         checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    tmp = _new_folder_on_main(accelerator, final)
-    if accelerator.is_main_process:
+    # The main process makes the temporary folder and tells every process its name.
+    name = [str(new_temporary(final, folder=True)) if main else None]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(name)
+    tmp = Path(name[0])
+    if main:
         record_temporaries(root, [tmp])  # before anything is written into it; removes a killed save's folder
     try:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+        if main:
             write_json(tmp / PROGRESS_FILE, progress)
             write_manifest(tmp)  # last: a folder with a matching manifest is complete
     except Exception as exc:
@@ -172,11 +169,11 @@ def save_checkpoint(accelerator, checkpoints_dir: str | Path, progress: dict, to
             raise
         shutil.rmtree(tmp, ignore_errors=True)
         raise disk_full_error(exc, tmp, checkpoints_dir) from None
-    if accelerator.is_main_process:
+    if main:
         if final.exists():  # the same step saved again (e.g. an interrupt right after a scheduled save)
             old = new_temporary(final, folder=True)
             record_temporaries(root, [tmp, old])
-            final.replace(old)  # onto the new, empty folder
+            final.replace(old)  # onto the new, empty folder: a good checkpoint of this step is always in place
             tmp.rename(final)
             if not remove_checkpoint_files(old):  # files lab2 did not write were in it: they stay in the same place
                 for leftover in old.iterdir():
@@ -191,41 +188,31 @@ def save_checkpoint(accelerator, checkpoints_dir: str | Path, progress: dict, to
     return final
 
 
-def _print_main(message: str) -> None:
-    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank resolves the path: one line is enough
-        print(message, file=sys.stderr, flush=True)
-
-
-def resolve_resume_path(resume_from: str, output_dir: str | Path, report=_print_main) -> Path:
+def resolve_resume_path(resume_from: str, output_dir: str | Path, report=print_once) -> Path:
     """The checkpoint folder `--resume_from_checkpoint` names, verified against its manifest.
 
-    'latest' is the newest checkpoint that verifies: damaged or incomplete newer ones are
-    reported in one line through `report` and skipped. An explicit path that does not
-    verify is a UserError naming the damaged file.
+    'latest' is the newest checkpoint that verifies: damaged or incomplete newer ones are reported in one line
+    through `report` and skipped. An explicit path that does not verify is a UserError naming the damaged file.
     """
     if resume_from == "latest":
         checkpoints = Path(output_dir) / "checkpoints"
-        found = list_checkpoints(checkpoints)
-        if not found:
+        good, skipped = _newest_good(checkpoints)
+        if good is None and skipped:
+            raise UserError(
+                f"--resume_from_checkpoint latest: no checkpoint in {checkpoints} is complete ({'; '.join(skipped)}); "
+                "start afresh with --overwrite_output_dir."
+            )
+        if good is None:
             raise UserError(
                 f"--resume_from_checkpoint latest: no checkpoint in {checkpoints}; "
                 "check --output_dir, or start without --resume_from_checkpoint."
             )
-        skipped = []
-        for path in reversed(found):
-            problem = checkpoint_problem(path)
-            if problem is None:
-                if skipped:
-                    report(
-                        f"warning: skipped {len(skipped)} damaged checkpoint(s), newest first: {'; '.join(skipped)}; "
-                        f"resuming from {path.name}."
-                    )
-                return path
-            skipped.append(f"{path.name}: {problem}")
-        raise UserError(
-            f"--resume_from_checkpoint latest: no checkpoint in {checkpoints} is complete ({'; '.join(skipped)}); "
-            "start afresh with --overwrite_output_dir."
-        )
+        if skipped:
+            report(
+                f"warning: skipped {len(skipped)} damaged checkpoint(s), newest first: {'; '.join(skipped)}; "
+                f"resuming from {good.name}."
+            )
+        return good
     path = Path(resume_from)
     if not path.is_dir():
         raise UserError(
@@ -236,8 +223,7 @@ def resolve_resume_path(resume_from: str, output_dir: str | Path, report=_print_
             f"--resume_from_checkpoint {resume_from}: not a lab2 checkpoint (no {PROGRESS_FILE}); "
             f"give a folder like <output_dir>/checkpoints/checkpoint_00000391, or 'latest'."
         )
-    problem = checkpoint_problem(path)
-    if problem:
+    if problem := checkpoint_problem(path):
         raise UserError(
             f"--resume_from_checkpoint {resume_from} is damaged: {problem}; "
             "give another checkpoint, or 'latest' for the newest good one."
@@ -245,22 +231,11 @@ def resolve_resume_path(resume_from: str, output_dir: str | Path, report=_print_
     return path
 
 
-def read_progress(path: str | Path) -> dict:
-    """progress.json of checkpoint `path`, with every field checked (UserError naming the field otherwise)."""
-    try:
-        progress = json.loads((Path(path) / PROGRESS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"checkpoint {path} is unreadable ({exc}); resume from an older one or start afresh.") from None
-    try:
-        return validate_progress(progress, path)
-    except UserError as error:
-        raise UserError(f"{error}; resume from an older checkpoint or start afresh.") from None
-
-
 def export_model(accelerator, model, path: str | Path, metadata: dict) -> Path:
-    """Write the unwrapped model's weights as safetensors, with string `metadata`, atomically (main process)."""
+    """Write the unwrapped model's weights as safetensors, with string `metadata`, atomically; call on every
+    process (the main one writes)."""
     # The plain module's names: unwrap_model keeps torch.compile's wrapper by default, whose keys start with
-    # `_orig_mod.`, and lab2-eval / lab2-predict build the plain model. Called on every process.
+    # `_orig_mod.`, and lab2-eval / lab2-predict build the plain model.
     plain = accelerator.unwrap_model(model, keep_torch_compile=False)
     state = accelerator.get_state_dict(plain, unwrap=False)
     path = Path(path)

@@ -12,17 +12,11 @@ from pathlib import Path
 
 from lab2.errors import UserError
 
-
-def _umask() -> int:
-    """The user's umask. Reading it means setting it: the restrictive 0o077 in between, so that a file another
-    thread creates in that instant is never more open than the user asked (the umask is process-wide)."""
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
-
-
 # Every output's mode, as any program's: mkstemp, mkdtemp and safetensors alone make 0600/0700 whatever the umask.
-_MASK = _umask()
+# Reading the umask means setting it: the restrictive 0o077 in between, so that a file another thread creates in
+# that instant is never more open than the user asked (the umask is process-wide).
+_MASK = os.umask(0o077)
+os.umask(_MASK)
 FILE_MODE, FOLDER_MODE = 0o666 & ~_MASK, 0o777 & ~_MASK
 
 
@@ -89,7 +83,7 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         os.close(fd)
 
 
-def read_jsonl(path: str | Path, warn: Callable[[str], None] | None = None) -> list[dict]:
+def read_jsonl(path: str | Path) -> list[dict]:
     """The records of a JSONL file; a torn last line (a kill or full disk mid-append) is skipped with a warning.
     Any other line that is not a JSON object is a UserError naming the file and line."""
     path = Path(path)
@@ -110,8 +104,7 @@ def read_jsonl(path: str | Path, warn: Callable[[str], None] | None = None) -> l
         if isinstance(record, dict):
             records.append(record)
         elif number == len(lines):  # no newline after it: the append that wrote it was cut short
-            message = f"warning: {path}: the last line is incomplete (an interrupted write); skipped it."
-            warn(message) if warn else print(message, file=sys.stderr, flush=True)
+            print(f"warning: {path}: the last line is incomplete (an interrupted write); skipped it.", file=sys.stderr)
         else:
             raise UserError(
                 f"{path} line {number} is not a JSON record; the file is damaged. Restore it, or delete the line."
@@ -120,12 +113,13 @@ def read_jsonl(path: str | Path, warn: Callable[[str], None] | None = None) -> l
 
 
 def keep_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> list[dict]:
-    """Rewrite a JSONL file with only the records `keep` accepts (used when resuming); return them."""
+    """Rewrite a JSONL file with only the records `keep` accepts (used when resuming); return them. A record
+    without the field `keep` asks for is dropped."""
 
     def kept(record: dict) -> bool:
         try:
             return bool(keep(record))
-        except (KeyError, TypeError, ValueError):  # a record without the field asked for: drop it
+        except (KeyError, TypeError, ValueError):
             return False
 
     records = [r for r in read_jsonl(path) if kept(r)]

@@ -1,9 +1,8 @@
-"""The model files lab2 reads (a run's model.safetensors, its metadata checked, or the course lab's
-`model_final.pth`), lab2-export from the latter to the former, and top-k predictions.
+"""The model files lab2 reads and writes: a run's model.safetensors (its metadata checked), a stopped run's newest
+checkpoint, the course lab's `model_final.pth`; and top-k predictions.
 
 The lab's weights are read with `torch.load(weights_only=True)`: tensors and plain containers only, never code.
-SimpleCNN carries the lab's module names (conv1, bn1, ... fc2), so its state dict loads as it is; the export adds
-the metadata lab2-eval and lab2-predict read (model name, classes, a config with lab2's defaults).
+SimpleCNN carries the lab's module names (conv1, bn1, ... fc2), so its state dict loads as it is.
 """
 
 from __future__ import annotations
@@ -17,41 +16,57 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from lab2.config import TrainConfig, check_number
-from lab2.data.cifar_files import CIFAR10_CLASSES, MAX_CLASSES
+from lab2.data.cifar import find_cifar10_folder
+from lab2.data.cifar_files import CIFAR10_CLASSES, MAX_CLASSES, read_class_names
 from lab2.errors import ManyUserErrors, UserError
 from lab2.flags import config_from_dict, validate_config
 from lab2.models import create_model
 from lab2.state.files import atomic_write
-from lab2.state.run_folder import EXPORT_MARK, check_export_target
+
+MODEL_FILE = "model.safetensors"
+MAX_PROBLEM_LINES = 8  # beyond this, one summary line: a wrong file has hundreds of mismatched tensors
 
 
 @dataclass
 class LoadedModel:
-    model: nn.Module
+    model: nn.Module  # in eval mode, on the CPU
     class_names: tuple[str, ...]
     config: TrainConfig  # the training run's configuration, from the file's metadata
-    path: Path
+    path: Path  # the file the weights came from
 
 
-MAX_PROBLEM_LINES = 8  # beyond this, one summary line: a wrong file has hundreds of mismatched tensors
+def save_model_file(state: dict[str, torch.Tensor], path: str | Path, metadata: dict) -> Path:
+    """Write a state dict as safetensors with string `metadata`, atomically (temporary name, then rename)."""
+    # safetensors refuses shared or non-contiguous storage; copies are cheap at this size. Bytes written through
+    # atomic_write, not safetensors' save_file (which creates its file 0600): the permissions of every other output.
+    data = safetensors_bytes(
+        {k: v.detach().contiguous().cpu() for k, v in state.items()}, metadata={k: str(v) for k, v in metadata.items()}
+    )
+    return atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
-def _json_metadata(metadata: dict, key: str, kind: type, problems: list[str]):
-    """metadata[key] parsed as JSON of type `kind`, or None with the problem recorded."""
+def read_exported_model(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, metadata) of a model.safetensors file; a run folder may be given for its model."""
+    path = Path(path) / MODEL_FILE if Path(path).is_dir() else Path(path)
+    if not path.is_file():
+        raise UserError(f"--model_path {path}: no such file; give a run folder or its {MODEL_FILE}.")
     try:
-        value = json.loads(metadata[key])
-    except ValueError as exc:
-        problems.append(f"metadata '{key}' is not valid JSON ({exc.msg} at character {exc.pos})")
-        return None
-    if not isinstance(value, kind):
-        problems.append(f"metadata '{key}' must be a JSON {kind.__name__}, got {type(value).__name__}")
-        return None
-    return value
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own SafetensorError for damaged headers
+        raise UserError(
+            f"{path} is not a readable safetensors file ({exc}); re-export it or pick another run."
+        ) from None
+    if "model" not in metadata:
+        raise UserError(f"{path} has no lab2 metadata (model name); it was not written by lab2.")
+    return tensors, metadata
 
 
 def _state_problems(model: nn.Module, state: dict) -> list[str]:
@@ -65,45 +80,52 @@ def _state_problems(model: nn.Module, state: dict) -> list[str]:
         if k in state and state[k].shape != v.shape
     ]
     if len(problems) > MAX_PROBLEM_LINES:
-        problems = [
-            *problems[: MAX_PROBLEM_LINES - 1],
-            f"and {len(problems) - MAX_PROBLEM_LINES + 1} more tensor problems",
-        ]
+        more = len(problems) - MAX_PROBLEM_LINES + 1
+        problems = [*problems[: MAX_PROBLEM_LINES - 1], f"and {more} more tensor problems"]
     return problems
+
+
+def _json_metadata(metadata: dict, key: str, kind: type, problems: list[str]):
+    """metadata[key] parsed as JSON of type `kind`; None when it is absent, or with the problem recorded."""
+    if key not in metadata:
+        return None
+    try:
+        value = json.loads(metadata[key])
+    except ValueError as exc:
+        problems.append(f"metadata '{key}' is not valid JSON ({exc.msg} at character {exc.pos})")
+        return None
+    if not isinstance(value, kind):
+        problems.append(f"metadata '{key}' must be a JSON {kind.__name__}, got {type(value).__name__}")
+        return None
+    return value
 
 
 def load_exported_model(model_path: str | Path) -> LoadedModel:
     """The model a lab2 model.safetensors (or the run folder holding it) describes, loaded, in eval mode. Every
     problem of the metadata and the tensors is one line of one ManyUserErrors."""
-    path = Path(model_path)
-    file = path / "model.safetensors" if path.is_dir() else path
-    state, metadata = read_exported_model(model_path)
-    # An older lab2 exported a --torch_compile run with torch.compile's prefix on every name: strip it.
-    consume_prefix_in_state_dict_if_present(state, "_orig_mod.")
+    file = Path(model_path) / MODEL_FILE if Path(model_path).is_dir() else Path(model_path)
+    state, metadata = read_exported_model(file)
+    consume_prefix_in_state_dict_if_present(state, "_orig_mod.")  # an older lab2's export of a --torch_compile run
     problems: list[str] = []
-    num_classes = None
-    text = metadata.get("num_classes", "10")
     try:
-        num_classes = check_number("metadata 'num_classes'", text.strip(), minimum=1, maximum=MAX_CLASSES)
+        text = metadata.get("num_classes", "10").strip()
+        num_classes = check_number("metadata 'num_classes'", text, minimum=1, maximum=MAX_CLASSES)
     except UserError as error:
+        num_classes = None
         problems.append(str(error).rstrip("."))
-    class_names = CIFAR10_CLASSES
-    if "class_names" in metadata:
-        names = _json_metadata(metadata, "class_names", list, problems)
-        if names is not None and (not names or not all(isinstance(n, str) for n in names)):
-            problems.append("metadata 'class_names' must be a non-empty list of strings")
-        elif names is not None:
-            class_names = tuple(names)
+    class_names, names = CIFAR10_CLASSES, _json_metadata(metadata, "class_names", list, problems)
+    if names is not None and (not names or not all(isinstance(n, str) for n in names)):
+        problems.append("metadata 'class_names' must be a non-empty list of strings")
+    elif names is not None:
+        class_names = tuple(names)
     if num_classes is not None and len(class_names) != num_classes:
         problems.append(f"metadata 'class_names' lists {len(class_names)} classes but 'num_classes' is {num_classes}")
     config = TrainConfig()
-    if "config" in metadata:
-        values = _json_metadata(metadata, "config", dict, problems)
-        if values is not None:
-            try:
-                config = validate_config(config_from_dict(values))
-            except (UserError, TypeError) as error:
-                problems.append(f"metadata 'config' is not a valid lab2 configuration ({error})")
+    if (values := _json_metadata(metadata, "config", dict, problems)) is not None:
+        try:
+            config = validate_config(config_from_dict(values))
+        except (UserError, TypeError) as error:
+            problems.append(f"metadata 'config' is not a valid lab2 configuration ({error})")
     model = None
     try:
         model = create_model(metadata["model"], num_classes or 10)
@@ -114,25 +136,15 @@ def load_exported_model(model_path: str | Path) -> LoadedModel:
     if problems:
         raise ManyUserErrors(str(file), problems)
     model.load_state_dict(state)
-    model.eval()
-    return LoadedModel(model, class_names, config, file)
-
-
-@torch.no_grad()
-def top_k(model: nn.Module, images: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    """(probabilities, class indices), each (B, k), for normalised float images (B, 3, 32, 32)."""
-    probabilities = model(images).float().softmax(dim=1)
-    return probabilities.topk(min(k, probabilities.shape[1]), dim=1)
+    return LoadedModel(model.eval(), class_names, config, file)
 
 
 # ---- the course lab's model_final.pth ----
 
-LAB_SUFFIXES = (".pth", ".pt")
-
 
 def is_lab_checkpoint(path: str | Path) -> bool:
     """Whether `path` names a torch.save file (by its suffix) rather than a lab2 run folder or safetensors file."""
-    return Path(path).suffix in LAB_SUFFIXES
+    return Path(path).suffix in (".pth", ".pt")
 
 
 def read_lab_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -153,15 +165,13 @@ def read_lab_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"{path} is a plain pickle file, not a torch.save file, and was not loaded (unpickling it could run "
                 "code); where you trust it, re-save the weights with torch.save(model.state_dict(), path)."
             ) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0]
         raise UserError(
             f"{path} holds more than weights and was not loaded ({first}); load only files you trust, as a state dict."
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise UserError(
-            f"{path} is not a readable torch.save file "
-            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})."
-        ) from None
+        first = (str(exc) or type(exc).__name__).splitlines()[0]
+        raise UserError(f"{path} is not a readable torch.save file ({first}).") from None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(
             f"{path} is not a state dict (a dict of tensors); save it with torch.save(model.state_dict(), ...)."
@@ -182,40 +192,28 @@ def load_lab_model(
             f"pass --class_names with {num_classes} names."
         )
     model = create_model(model_name, num_classes)
-    problems = _state_problems(model, state)
-    if problems:
+    if problems := _state_problems(model, state):
         raise UserError(
             f"{path} does not hold a {model_name} state dict ({'; '.join(problems[:3])}); "
             "it must come from the lab's SimpleCNN (conv1, bn1, ... fc2)."
         )
     model.load_state_dict(state)
-    model.eval()
-    config = TrainConfig(model=model_name)
-    return LoadedModel(model, tuple(class_names), config, Path(path))
+    return LoadedModel(model.eval(), tuple(class_names), TrainConfig(model=model_name), Path(path))
 
 
-def load_model_file(model_path: str | Path) -> LoadedModel:
-    """Any model lab2 can read: the lab's .pth state dict, a run folder, or a lab2 model.safetensors."""
-    return load_lab_model(model_path) if is_lab_checkpoint(model_path) else load_exported_model(model_path)
+# ---- what lab2-eval, lab2-predict and lab2-export read ----
 
 
 def load_run_model(model_path: str | Path) -> LoadedModel:
-    """load_model_file, and a run folder stopped before its model.safetensors (Ctrl-C, SIGTERM): its newest complete
-    checkpoint's weights with the run's config.json, said in one line on stderr. The checkpoint holds no class names:
-    they come from the run's CIFAR folder, else CIFAR-10's ten, else the label numbers."""
-    # Imported here: lab2.state.checkpoint imports this module.
-    import os
-    import sys
-
-    from safetensors.torch import load_file
-
-    from lab2.data.cifar import find_cifar10_folder
-    from lab2.data.cifar_files import read_class_names
-    from lab2.state.checkpoint import latest_good_checkpoint, read_progress
-
+    """Any model lab2 can read: the lab's .pth state dict, a lab2 model.safetensors, a run folder, or a run folder
+    stopped before its model.safetensors (Ctrl-C, SIGTERM): its newest complete checkpoint's weights with the run's
+    config.json, said in one line on stderr. The checkpoint holds no class names: they come from the run's CIFAR
+    folder, else CIFAR-10's ten, else the label numbers."""
     run = Path(model_path)
     if not run.is_dir() or (run / MODEL_FILE).exists():
-        return load_model_file(model_path)
+        return load_lab_model(run) if is_lab_checkpoint(run) else load_exported_model(run)
+    from lab2.state.checkpoint import latest_good_checkpoint, print_once, read_progress  # it imports this module
+
     if not (run / "config.json").is_file():
         raise UserError(
             f"{run} is not a lab2 run folder: a run folder holds config.json with model.safetensors (a "
@@ -240,67 +238,15 @@ def load_run_model(model_path: str | Path) -> LoadedModel:
     consume_prefix_in_state_dict_if_present(state, "_orig_mod.")  # a --torch_compile run's names
     model = create_model(progress["model"], progress["num_classes"])
     model.load_state_dict(state)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank loads it: one line is enough
-        print(
-            f"lab2: no {MODEL_FILE} in {run} (the run did not finish); using {checkpoint.relative_to(run)} "
-            f"(epoch {progress['epoch'] + 1}, batch {progress['batch_in_epoch']}, step {progress['global_step']})",
-            file=sys.stderr,
-            flush=True,
-        )
+    print_once(
+        f"lab2: no {MODEL_FILE} in {run} (the run did not finish); using {checkpoint.relative_to(run)} "
+        f"(epoch {progress['epoch'] + 1}, batch {progress['batch_in_epoch']}, step {progress['global_step']})"
+    )
     return LoadedModel(model.eval(), names, config, checkpoint / MODEL_FILE)
 
 
-def export_lab_model(
-    source: str | Path,
-    output: str | Path,
-    model_name: str = "simple_cnn",
-    class_names: tuple[str, ...] = CIFAR10_CLASSES,
-) -> Path:
-    """Write the lab's state dict at `source` as a lab2 model.safetensors at `output`, with lab2's metadata."""
-    loaded = load_lab_model(source, model_name, class_names)
-    check_export_target(output)  # a new file, or one lab2-export wrote: never a user's or a run's own model
-    metadata = {
-        "model": model_name,
-        "num_classes": len(loaded.class_names),
-        "class_names": json.dumps(list(loaded.class_names)),
-        "config": json.dumps(loaded.config.to_dict()),
-        "source": f"lab state dict {Path(source).name}",
-        EXPORT_MARK[0]: EXPORT_MARK[1],  # lets a later export replace this file, and only this kind of file
-        "format": "pt",
-    }
-    return save_model_file(loaded.model.state_dict(), output, metadata)
-
-
-MODEL_FILE = "model.safetensors"
-
-
-def save_model_file(state: dict[str, torch.Tensor], path: str | Path, metadata: dict) -> Path:
-    """Write a state dict as safetensors with string `metadata`, atomically (temporary name, then rename)."""
-    # safetensors refuses shared or non-contiguous storage; copies are cheap at this size. Bytes written through
-    # atomic_write, not safetensors' save_file (which creates its file 0600): the permissions of every other output.
-    data = safetensors_bytes(
-        {k: v.detach().contiguous().cpu() for k, v in state.items()}, metadata={k: str(v) for k, v in metadata.items()}
-    )
-    return atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
-
-
-def read_exported_model(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(state dict, metadata) of a model.safetensors file; a run folder may be given for its model."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise UserError(f"--model_path {path}: no such file; give a run folder or its {MODEL_FILE}.")
-    try:
-        tensors = {}
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            for key in handle.keys():
-                tensors[key] = handle.get_tensor(key)
-    except Exception as exc:  # safetensors raises its own SafetensorError for damaged headers
-        raise UserError(
-            f"{path} is not a readable safetensors file ({exc}); re-export it or pick another run."
-        ) from None
-    if "model" not in metadata:
-        raise UserError(f"{path} has no lab2 metadata (model name); it was not written by lab2.")
-    return tensors, metadata
+@torch.no_grad()
+def top_k(model: nn.Module, images: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, class indices), each (B, k), for normalised float images (B, 3, 32, 32)."""
+    probabilities = model(images).float().softmax(dim=1)
+    return probabilities.topk(min(k, probabilities.shape[1]), dim=1)

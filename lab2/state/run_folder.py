@@ -56,12 +56,16 @@ class RunPaths:
 LOCK = ".lab2-run.lock"
 
 
-def _another_writer(root: Path) -> UserError:
-    return UserError(
-        f"another lab2 process is writing to {root} (it holds {root / LOCK}); two runs in one folder would mix "
-        "their metrics and checkpoints. Wait for it to finish or stop it (Ctrl-C saves a checkpoint), "
-        "or choose another --output_dir."
-    )
+def _flock(root: Path, fd: int, how: int) -> None:
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(
+            f"another lab2 process is writing to {root} (it holds {root / LOCK}); two runs in one folder would mix "
+            "their metrics and checkpoints. Wait for it to finish or stop it (Ctrl-C saves a checkpoint), "
+            "or choose another --output_dir."
+        ) from None
 
 
 def refuse_if_locked(root: str | Path) -> None:
@@ -70,12 +74,8 @@ def refuse_if_locked(root: str | Path) -> None:
         fd = os.open(Path(root) / LOCK, os.O_RDONLY)
     except OSError:
         return  # no lock file: no run has written there yet (or it is unreadable; the real lock will tell)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise _another_writer(Path(root)) from None
-    finally:
-        os.close(fd)  # closing releases the probe
+    _flock(Path(root), fd, fcntl.LOCK_SH)
+    os.close(fd)  # closing releases the probe
 
 
 class RunFolderLock:
@@ -84,11 +84,7 @@ class RunFolderLock:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self._fd: int | None = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.release()
-            raise _another_writer(self.root) from None
+        _flock(self.root, self._fd, fcntl.LOCK_EX)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -120,12 +116,12 @@ def is_marked(folder: str | Path) -> bool:
     return (Path(folder) / MARKER).is_file()
 
 
-def _marker(folder: Path) -> dict | None:
+def _marker(folder: Path) -> dict:
     try:
         marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) else None
+        return {}
+    return marker if isinstance(marker, dict) else {}
 
 
 def marked_kind(folder: str | Path) -> str | None:
@@ -133,33 +129,28 @@ def marked_kind(folder: str | Path) -> str | None:
     still marks the folder as lab2's ("unknown")."""
     if not is_marked(folder):
         return None
-    marker = _marker(Path(folder))
-    kind = marker.get("lab2", "run") if marker is not None else "unknown"
+    kind = _marker(Path(folder)).get("lab2", "unknown")  # a marker without "lab2" is unreadable: {}
     return kind if isinstance(kind, str) else "unknown"
-
-
-def _tracker_files(root: Path) -> set[str]:
-    """The files and links now under the run folder's tracker folders, as names relative to `root`."""
-    found = set()
-    for folder in TRACKER_FOLDERS:
-        if (root / folder).is_symlink():
-            continue  # somewhere else: not lab2's to list
-        for dirpath, dirs, files in os.walk(root / folder):  # links are listed, never followed
-            here = Path(dirpath).relative_to(root)
-            found |= {(here / name).as_posix() for name in files + [d for d in dirs if Path(dirpath, d).is_symlink()]}
-    return found
-
-
-def _listed(root: Path, key: str) -> set[str]:
-    """The names the marker lists under `key`, each inside a tracker folder (a hand-edited marker reaches no
-    further)."""
-    names = (_marker(root) or {}).get(key)
-    parts = [PurePosixPath(n).parts for n in names if isinstance(n, str)] if isinstance(names, list) else []
-    return {"/".join(p) for p in parts if len(p) > 1 and p[0] in TRACKER_FOLDERS and ".." not in p}
 
 
 def _update_marker(root: Path, **fields) -> None:
     write_json(root / MARKER, {**(_marker(root) or {"lab2": "run"}), **fields})
+
+
+def _listed(root: Path, key: str, folders: tuple[str, ...] = TRACKER_FOLDERS) -> set[str]:
+    """The names (relative to `root`) the marker lists under `key`, each inside one of `folders` (a hand-edited
+    marker reaches no further)."""
+    names = _marker(root).get(key)
+    parts = [PurePosixPath(n).parts for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    return {"/".join(p) for p in parts if len(p) > 1 and p[0] in folders and ".." not in p}
+
+
+def _tracker_files(root: Path) -> set[str]:
+    """The files and links now under the run folder's tracker folders, as names relative to `root` (rglob lists
+    a link, never follows it; a linked tracker folder is somewhere else: not lab2's to list)."""
+    folders = [root / name for name in TRACKER_FOLDERS if not (root / name).is_symlink()]
+    found = [p for folder in folders for p in folder.rglob("*") if p.is_symlink() or not p.is_dir()]
+    return {p.relative_to(root).as_posix() for p in found}
 
 
 def claim(root: str | Path, kind: str = "run") -> None:
@@ -185,81 +176,9 @@ def record_tracker_files(root: str | Path) -> None:
         _update_marker(root, tracker_files=sorted(files))
 
 
-def _reached_directly(root: Path, path: Path) -> bool:
-    """Whether `path` is in `root` without passing through a link (a linked folder leads to someone's files)."""
-    return path.parent.resolve() == root.resolve().joinpath(path.parent.relative_to(root))
-
-
-def owned_files(root: str | Path) -> list[Path]:
-    """Every existing file or folder under `root` that lab2 wrote: known by name, by a checkpoint's manifest or by
-    a list in the marker, never by a pattern a user's file could match."""
-    root = Path(root)
-    found = [root / name for name in RUN_FILES]
-    found += [root / "figures" / f"{figure.name}.png" for figure in RUN_FIGURES]
-    # eval/ is lab2-eval's only when lab2-eval marked it: a folder of the user's own of that name keeps its files.
-    if is_marked(root / "eval"):
-        found += [root / "eval" / name for name in (*EVAL_FILES, MARKER)]
-    for checkpoint in _entries(root / "checkpoints"):
-        if CHECKPOINT_NAME.match(checkpoint.name):
-            found += checkpoint_files(checkpoint)
-    found += _temporaries(root)
-    found += [root / name for name in sorted(_listed(root, "tracker_files"))]
-    return [p for p in found if (p.exists() or p.is_symlink()) and _reached_directly(root, p)]
-
-
-def _remove_empty_folders(top: Path) -> None:
-    for dirpath, _dirs, _files in os.walk(top, topdown=False):  # deepest first
-        try:
-            Path(dirpath).rmdir()  # only empty folders: anything a user put there stays
-        except OSError:
-            pass
-
-
-def remove_owned_files(root: str | Path) -> list[Path]:
-    """--overwrite_output_dir: delete lab2's own files under a marked `root`, then its subfolders left empty."""
-    root = Path(root)
-    if not is_marked(root):
-        raise UserError(f"{root} is not a lab2 run folder (no {MARKER}); lab2 removes files only from its own runs.")
-    removed = owned_files(root)
-    for path in removed:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    _update_marker(root, tracker_files=[], temporary_checkpoints=[])
-    for sub in ("figures", "eval", "checkpoints", *TRACKER_FOLDERS):
-        _remove_empty_folders(root / sub)
-    return removed
-
-
-def checkpoint_files(folder: str | Path) -> list[Path]:
-    """The files lab2 wrote into checkpoint `folder`: those its manifest lists, then the manifest. None without a
-    readable manifest: lab2 cannot tell its files there from anyone else's."""
-    folder = Path(folder)
-    try:
-        listed = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    names = [PurePosixPath(n) for n in listed if isinstance(n, str)] if isinstance(listed, dict) else []
-    files = [folder / n for n in names if not n.is_absolute() and ".." not in n.parts]
-    return [p for p in files if p.is_file()] + [folder / MANIFEST_FILE]
-
-
-def remove_checkpoint_files(folder: str | Path) -> bool:
-    """Delete lab2's files from a checkpoint folder (the manifest last: a removal cut short leaves a checkpoint
-    known as damaged, never files nobody lists), then the folders left empty; return whether `folder` is gone."""
-    folder = Path(folder)
-    for path in checkpoint_files(folder):
-        path.unlink(missing_ok=True)
-    _remove_empty_folders(folder)
-    return not folder.exists()
-
-
 def _temporaries(root: Path) -> list[Path]:
     """The temporary checkpoint folders the marker lists (record_temporaries), each inside checkpoints/."""
-    names = (_marker(root) or {}).get("temporary_checkpoints")
-    names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
-    return [root / "checkpoints" / n for n in names if PurePosixPath(n).name == n and n.endswith(".tmp")]
+    return [root / name for name in _listed(root, "temporary_checkpoints", ("checkpoints",)) if name.endswith(".tmp")]
 
 
 def record_temporaries(root: str | Path, folders: list[Path]) -> None:
@@ -271,46 +190,118 @@ def record_temporaries(root: str | Path, folders: list[Path]) -> None:
         return
     for leftover in set(_temporaries(root)) - set(folders):
         shutil.rmtree(leftover, ignore_errors=True)
-    _update_marker(root, temporary_checkpoints=[p.name for p in folders])
+    _update_marker(root, temporary_checkpoints=[p.relative_to(root).as_posix() for p in folders])
+
+
+def manifest_files(folder: str | Path) -> dict[str, dict] | None:
+    """{name: {"size", "sha256"}} of the files checkpoint `folder`'s manifest lists, or None when it has no readable
+    manifest. A name outside the folder or an entry that is no record makes it unreadable: it reaches nothing."""
+    try:
+        files = json.loads((Path(folder) / MANIFEST_FILE).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    names = [PurePosixPath(n) for n in files] if isinstance(files, dict) else []
+    inside = all(not n.is_absolute() and ".." not in n.parts for n in names)
+    return files if names and inside and all(isinstance(entry, dict) for entry in files.values()) else None
+
+
+def checkpoint_files(folder: str | Path) -> list[Path]:
+    """The files lab2 wrote into checkpoint `folder`: those its manifest lists, then the manifest. None without a
+    readable manifest: lab2 cannot tell its files there from anyone else's."""
+    files = manifest_files(folder)
+    listed = [Path(folder) / name for name in files or ()]
+    return [p for p in listed if p.is_file()] + ([Path(folder) / MANIFEST_FILE] if files else [])
+
+
+def _remove_empty_folders(top: Path) -> None:
+    for dirpath, _dirs, _files in os.walk(top, topdown=False):  # deepest first
+        try:
+            Path(dirpath).rmdir()  # only empty folders: anything a user put there stays
+        except OSError:
+            pass
+
+
+def remove_checkpoint_files(folder: str | Path) -> bool:
+    """Delete lab2's files from a checkpoint folder (the manifest last: a removal cut short leaves a checkpoint
+    known as damaged, never files nobody lists), then the folders left empty; return whether `folder` is gone."""
+    for path in checkpoint_files(folder):
+        path.unlink(missing_ok=True)
+    _remove_empty_folders(Path(folder))
+    return not Path(folder).exists()
+
+
+def owned_files(root: str | Path) -> list[Path]:
+    """Every existing file or folder under `root` that lab2 wrote: known by name, by a checkpoint's manifest or by
+    a list in the marker, never by a pattern a user's file could match. Never one reached through a link (a linked
+    folder leads to someone's files)."""
+    root = Path(root)
+    found = [root / name for name in RUN_FILES]
+    found += [root / "figures" / f"{figure.name}.png" for figure in RUN_FIGURES]
+    # eval/ is lab2-eval's only when lab2-eval marked it: a folder of the user's own of that name keeps its files.
+    if is_marked(root / "eval"):
+        found += [root / "eval" / name for name in (*EVAL_FILES, MARKER)]
+    for checkpoint in _entries(root / "checkpoints"):
+        if CHECKPOINT_NAME.match(checkpoint.name):
+            found += checkpoint_files(checkpoint)
+    found += _temporaries(root) + [root / name for name in sorted(_listed(root, "tracker_files"))]
+    resolved = root.resolve()
+    return [
+        p
+        for p in found
+        if (p.exists() or p.is_symlink()) and p.parent.resolve() == resolved.joinpath(p.parent.relative_to(root))
+    ]
+
+
+def remove_owned_files(root: str | Path) -> list[Path]:
+    """--overwrite_output_dir: delete lab2's own files under a marked `root`, then its subfolders left empty."""
+    root = Path(root)
+    if not is_marked(root):
+        raise UserError(f"{root} is not a lab2 run folder (no {MARKER}); lab2 removes files only from its own runs.")
+    removed = owned_files(root)
+    for path in removed:
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    _update_marker(root, tracker_files=[], temporary_checkpoints=[])
+    for sub in ("figures", "eval", "checkpoints", *TRACKER_FOLDERS):
+        _remove_empty_folders(root / sub)
+    return removed
 
 
 # ---- which folders and files a command may write ----
 
 
-def _visible_entries(folder: Path) -> list[str]:
-    return sorted(p.name for p in _entries(folder))
+def _occupant(folder: Path, flag: str) -> str | None:
+    """Who holds `folder`: None when it is missing or empty, else marked_kind ("foreign" when not marked). A file
+    there is a UserError."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder} is a file; give a folder.")
+    return (marked_kind(folder) or "foreign") if _entries(folder) else None
 
 
-def _foreign_summary(folder: Path) -> str:
-    names = _visible_entries(folder)
+def _holding(folder: Path) -> str:
+    names = sorted(p.name for p in _entries(folder))
     shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-    return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'} ({shown})"
+    return f"it holds {len(names)} entr{'y' if len(names) == 1 else 'ies'} ({shown})"
 
 
 def check_output_dir(root: str | Path, resume: bool, overwrite: bool, flag: str = "--output_dir") -> None:
     """Refuse a folder lab2 may not write into, or a run it would clobber; read-only, safe on every process."""
     root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{flag} {root} is a file; give a folder.")
-    if not root.exists() or not _visible_entries(root):
-        return
-    if not is_marked(root):
+    occupant = _occupant(root, flag)
+    if occupant == "foreign":
         raise UserError(
-            f"{flag} {root} is not empty and is not a lab2 run folder: it holds {_foreign_summary(root)}; lab2 never "
-            f"writes into a folder it did not start{', not even with --overwrite_output_dir' if overwrite else ''}. "
-            "Choose a new or empty folder "
-            "(a run of an older lab2 without the .lab2-run.json marker: move it away first)."
+            f"{flag} {root} is not empty and is not a lab2 run folder: {_holding(root)}; lab2 never writes into "
+            f"a folder it did not start{', not even with --overwrite_output_dir' if overwrite else ''}. Choose a new "
+            "or empty folder (a run of an older lab2 without the .lab2-run.json marker: move it away first)."
         )
-    if marked_kind(root) == "eval":
+    if occupant == "eval":
         raise UserError(f"{flag} {root} is a lab2-eval output folder, not a training run's; choose another {flag}.")
-    if resume or overwrite:
+    if occupant is None or resume or overwrite:
         return
-    paths = RunPaths(root)
-    if paths.summary.exists():
+    if (root / "summary.json").exists():
         raise UserError(
             f"{flag} {root} holds a finished run; pass --overwrite_output_dir to replace it, or choose another {flag}."
         )
-    if any(CHECKPOINT_NAME.match(p.name) and p.is_dir() for p in _entries(paths.checkpoints)):
+    if any(CHECKPOINT_NAME.match(p.name) and p.is_dir() for p in _entries(root / "checkpoints")):
         raise UserError(
             f"{flag} {root} holds an unfinished run's checkpoints; add --resume_from_checkpoint latest to continue it, "
             "or --overwrite_output_dir to start afresh."
@@ -320,45 +311,24 @@ def check_output_dir(root: str | Path, resume: bool, overwrite: bool, flag: str 
 def check_eval_output_dir(out: str | Path) -> None:
     """lab2-eval writes into a missing or empty folder, or one it marked before (a run's eval/ by default)."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output_dir {out} is a file; give a folder.")
-    kind = marked_kind(out)
-    if not _visible_entries(out) or kind == "eval":
-        return
-    if kind is not None:
+    occupant = _occupant(out, "--output_dir")
+    if occupant == "foreign":
+        raise UserError(
+            f"--output_dir {out} is not empty and is not a lab2-eval folder: {_holding(out)}; "
+            "lab2-eval never writes over files it did not write. Choose a new or empty folder."
+        )
+    if occupant not in (None, "eval"):
         raise UserError(
             f"--output_dir {out} is a lab2 training run's folder; lab2-eval writes only into a folder of its own. "
             f"Leave --output_dir out (it then writes {out / 'eval'}) or choose a new or empty folder."
         )
-    raise UserError(
-        f"--output_dir {out} is not empty and is not a lab2-eval folder: it holds {_foreign_summary(out)}; "
-        "lab2-eval never writes over files it did not write. Choose a new or empty folder."
-    )
 
 
 REPORT_MARK = '<meta name="generator" content="lab2-report">'  # in every page lab2 writes (lab2.report.pages)
 EXPORT_MARK = ("written_by", "lab2-export")  # in the safetensors metadata of every file lab2-export writes
 
 
-def _carries_report_mark(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return REPORT_MARK.encode() in handle.read(4096)
-    except OSError:
-        return False
-
-
-def _carries_export_mark(path: Path) -> bool:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get(EXPORT_MARK[0]) == EXPORT_MARK[1]
-    except Exception:  # not a safetensors file at all: certainly not lab2-export's
-        return False
-
-
-def check_new_file(target: Path, flag: str, command: str, replaceable) -> None:
+def _check_new_file(target: Path, flag: str, command: str, replaceable) -> None:
     """A file a command writes: its folder must exist; the file must be new, or one `replaceable(path)` knows as
     lab2's. Otherwise one UserError; nothing is written."""
     if target.is_dir():
@@ -376,15 +346,28 @@ def check_new_file(target: Path, flag: str, command: str, replaceable) -> None:
 
 def check_report_target(report: str | Path) -> None:
     """lab2-report replaces a report.html in a run folder lab2 marked, or a page it wrote (REPORT_MARK)."""
-    report = Path(report)
-    check_new_file(
-        report,
-        "--output",
-        "lab2-report",
-        lambda path: _carries_report_mark(path) or (path.name == "report.html" and marked_kind(path.parent) == "run"),
-    )
+
+    def replaceable(path: Path) -> bool:
+        if path.name == "report.html" and marked_kind(path.parent) == "run":
+            return True
+        try:
+            with open(path, "rb") as handle:
+                return REPORT_MARK.encode() in handle.read(4096)
+        except OSError:
+            return False
+
+    _check_new_file(Path(report), "--output", "lab2-report", replaceable)
 
 
 def check_export_target(output: str | Path, flag: str = "--output") -> None:
     """lab2-export writes a new file or replaces one it wrote itself (EXPORT_MARK), never a run's own model."""
-    check_new_file(Path(output), flag, "lab2-export", _carries_export_mark)
+    from safetensors import safe_open
+
+    def replaceable(path: Path) -> bool:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return (handle.metadata() or {}).get(EXPORT_MARK[0]) == EXPORT_MARK[1]
+        except Exception:  # not a safetensors file at all: certainly not lab2-export's
+            return False
+
+    _check_new_file(Path(output), flag, "lab2-export", replaceable)
