@@ -1,14 +1,18 @@
-"""How a lab2 process meets a multi-process launch: CPU placement on machines without a GPU, and a lost peer.
+"""How lab2's processes work together: what the launcher says (process count, rank, CPU placement), a lost peer or
+a taken port in one line, and stopping on a signal at the same step in every process (`StopRequest`).
 
-Launchers (torchrun, `accelerate launch`, Open MPI, `notebook_launcher`) describe the run to each process
-through environment variables; this module reads them before the Accelerator exists. Nothing here imports
-torch at module level, so the command line stays quick to answer.
+Launchers (torchrun, `accelerate launch`, Open MPI, `notebook_launcher`) describe the run to each process through
+environment variables, read here before the Accelerator exists. Nothing here imports torch at module level, so
+the command line stays quick to answer.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import MutableMapping
+from contextlib import contextmanager
 
 # Fragments of the errors torch.distributed raises when another process of the group vanished: gloo's
 # "Connection reset/closed by peer" when its socket closes (the process was killed: measured here within
@@ -125,3 +129,80 @@ def peer_lost_message(error: BaseException, output_dir: str, env: MutableMapping
         f"(rank {launched_rank(env)} saw: {detail[:200]}); training stopped. Restart every node with "
         f"--output_dir {output_dir} --resume_from_checkpoint latest to continue from the last checkpoint."
     )
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag, and every process learns at the same step whether any process got one.
+
+    A signal may reach one process and not the others (Ctrl-C in one terminal, a scheduler that signals one rank),
+    and all must leave at the same step: the next gradient all-reduce would wait forever for a rank that left. So
+    each step starts an asynchronous MAX all-reduce of the flags and reads the one started a step earlier (why not
+    Accelerate's check_trigger(): lab2.engine.loop). A second Ctrl-C stops at once. `progress` (the loop's
+    Progress) is only read, to note the step a signal came after.
+    """
+
+    def __init__(self, accelerator, progress):
+        self.accelerator, self.progress = accelerator, progress
+        self.signal_name: str | None = None
+        self.received_after_step: int | None = None
+        self.pending = None  # the exchange started one step ago: (work or None, result tensor, CUDA event or None)
+
+    def _handler(self, signum, frame):
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signal_name is None:
+            self.received_after_step = self.progress.global_step
+        self.signal_name = signal.Signals(signum).name
+
+    @contextmanager
+    def installed(self):
+        """The handlers, for the `with` block; only the main thread may install them (lab2.train() from another
+        thread keeps the caller's)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def requested_after_step(self) -> bool:
+        """Call once per optimizer step on every process, so the collectives come in the same order everywhere.
+        One process: the flag itself. Several: the answer of the exchange started a step ago, then a new one."""
+        if self.accelerator.num_processes == 1:
+            return self.signal_name is not None
+        if self.settle():
+            return True
+        import torch
+        import torch.distributed as dist
+
+        device = self.accelerator.device
+        # torch.full fills on the device with the value as a kernel argument: no host-to-device copy to wait for.
+        flag = torch.full((1,), 1 if self.signal_name else 0, dtype=torch.int32, device=device)
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, async_op=True)
+        if device.type != "cuda":  # gloo (CPU) and other devices: keep the work and read the tensor next step
+            self.pending = (work, flag, None)
+            return False
+        # NCCL: wait() makes the current stream wait for the reduction (the host goes on); the answer is copied to
+        # pinned host memory behind it, and the event marks when it has landed.
+        work.wait()
+        host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+        host.copy_(flag, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        self.pending = (None, host, copied)
+        return False
+
+    def settle(self) -> bool:
+        """Wait for the pending exchange, if any, and return its answer (the loop calls it at an epoch's end)."""
+        if self.pending is None:
+            return False
+        work, result, copied = self.pending
+        self.pending = None
+        if work is not None:
+            work.wait()  # gloo: the reduction of a step ago; it finished while this step computed
+        if copied is not None:
+            copied.synchronize()  # CUDA: waits for the previous step's kernels only, not for this step's
+        return bool(result.item())  # a host tensor by now: no device sync

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 from lab2.explain.plots import ReliabilityBins, reliability_bins
 
 
@@ -109,7 +110,7 @@ def flip_averaged_logits(model, images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(
-    model, loader, accelerator, num_classes: int, num_samples: int = 0, mean=None, std=None, tta: bool = False
+    model, loader, accelerator, num_classes: int, num_samples: int = 0, mean=CIFAR10_MEAN, std=CIFAR10_STD, tta=False
 ) -> EvalResult:
     """Evaluate `model` over `loader` on every process; the result is identical on all of them.
 

@@ -1,4 +1,4 @@
-"""Resuming: the record every checkpoint carries (progress.json), and loading a checkpoint into a new run.
+"""Checkpoints of a run: the record each carries (progress.json), saving one, and loading one into a new run.
 
 `checkpoint_record` alone builds progress.json: where training stands (the loop's Progress), the settings that give
 a mid-epoch position its meaning ('position') and the flags that define the training ('training'). On resume
@@ -22,6 +22,7 @@ from pathlib import Path
 from lab2.engine.optim import rescale_learning_rate
 from lab2.errors import UserError
 from lab2.explain.flow import read_flow_history
+from lab2.state import checkpoint
 from lab2.state.checkpoint import read_progress, resolve_resume_path
 from lab2.state.files import keep_jsonl
 
@@ -41,6 +42,14 @@ def checkpoint_record(cfg, progress, position: dict, schedule_steps: int, **sums
     """progress.json: the Progress fields (`sums` overriding the running sums), 'position' and 'training'."""
     training = {**{name: getattr(cfg, name) for name in REFUSED + APPLIED}, "schedule_steps": schedule_steps}
     return {**asdict(progress), **sums, "position": position, "training": training}
+
+
+def save_checkpoint(run, sums: tuple[float, float, float] | None = None) -> Path:
+    """Save `run`'s checkpoint at the current step, on every process (RNG state is per process). Mid-epoch, `sums`
+    (loss sum, correct, seen over all processes) replace the Progress's running sums in progress.json."""
+    mid_epoch = dict(zip(("loss_sum", "correct", "seen"), sums, strict=True)) if sums else {}
+    record = checkpoint_record(run.cfg, run.progress, run.position, run.schedule_steps, **mid_epoch)
+    return checkpoint.save_checkpoint(run.accelerator, run.paths.checkpoints, record, run.cfg.checkpoints_total_limit)
 
 
 def check_compatible(saved: dict, path: Path, model: str, num_classes: int, position: dict) -> None:

@@ -1,41 +1,44 @@
 """A run's set-up, done once before the first step: the Accelerator, CPU threads, the output folder and its lock,
-and the records a run starts with (config.json, flops.json, the trackers). The loop is lab2.engine.loop."""
+the Run record (data, model, optimizer, schedule and trackers, through one `accelerator.prepare`), and the records
+a run starts with (config.json, flops.json, the trackers). The loop is lab2.engine.loop."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from lab2.config import TrainConfig, log_with_for
+from lab2.data.cifar import load_splits
+from lab2.data.device_dataset import pipeline_loaders, use_channels_last
 from lab2.engine.distributed import is_port_taken, port_taken_message
+from lab2.engine.evaluation import EvalResult
+from lab2.engine.optim import create_optimizer, create_scheduler, scheduler_total_steps
+from lab2.engine.resume import position_settings
 from lab2.errors import UserError
+from lab2.explain.flops import count_flops
+from lab2.explain.flow import FlowReporter
+from lab2.models import create_model
 from lab2.state import run_folder
 from lab2.state.files import write_json
 from lab2.state.run_folder import RunPaths
 from lab2.tracking.startup import tracker_init_kwargs
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def launched_by_accelerate() -> bool:
-    """True under `accelerate launch`, whose launchers export their settings (ACCELERATE_DYNAMO_BACKEND among them)
-    to the script; plain python and torchrun do not."""
-    return "ACCELERATE_DYNAMO_BACKEND" in os.environ
+from lab2.tracking.trackers import Tracking
 
 
 def ensure_cpu_threads(accelerator) -> None:
     """`accelerate launch` without a config sets OMP_NUM_THREADS=1, halving CPU speed: undo that for one process.
     Started any other way, a single thread is the user's own OMP_NUM_THREADS=1 (two runs sharing the cores, say),
     and it is honoured."""
-    cores = available_cores()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # `accelerate launch` exports its settings (ACCELERATE_DYNAMO_BACKEND among them); plain python, torchrun do not.
     if (
-        launched_by_accelerate()
+        "ACCELERATE_DYNAMO_BACKEND" in os.environ
         and accelerator.device.type == "cpu"
         and accelerator.num_processes == 1
         and torch.get_num_threads() == 1
@@ -117,13 +120,8 @@ def discard_unused_run_folder(root: Path, created: list[Path]) -> None:
 
 def create_accelerator(cfg: TrainConfig):
     """The run's Accelerator; with several processes it also makes the process group, on the launcher's port."""
-    from accelerate import Accelerator
-    from accelerate.utils import (
-        DataLoaderConfiguration,
-        InitProcessGroupKwargs,
-        ProjectConfiguration,
-        TorchDynamoPlugin,
-    )
+    from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
+    from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin
 
     try:
         accelerator = Accelerator(
@@ -193,15 +191,85 @@ def start_records(cfg: TrainConfig, accelerator, paths: RunPaths, flops, trackin
         write_json(paths.flops, flops.to_dict())
         # A resume prints one line, so its "resumed from ..." line stays on the screen above the bar.
         accelerator.print(flops.table() if fresh else flops.short())
+        resuming, timeout = bool(cfg.resume_from_checkpoint), cfg.wandb_init_timeout_s
         init_kwargs, notice = tracker_init_kwargs(
-            cfg.report_to,
-            paths.root,
-            cfg.run_name,
-            bool(cfg.resume_from_checkpoint),
-            init_timeout_s=cfg.wandb_init_timeout_s,
+            cfg.report_to, paths.root, cfg.run_name, resuming, init_timeout_s=timeout
         )
         if notice:
             accelerator.print(notice)
     tracking.start(cfg.project_name, cfg.to_dict(), init_kwargs, run_folder=paths.root)
     if accelerator.is_main_process and fresh:
         tracking.log({"model/gflops_per_sample": flops.gflops_per_sample, "model/params": flops.params}, step=0)
+
+
+@dataclass
+class Run:
+    """What one training run works with, built once by `build_run`."""
+
+    cfg: TrainConfig
+    accelerator: Any
+    paths: RunPaths
+    progress: Any  # lab2.engine.loop.Progress, the one the loop updates
+    splits: Any  # lab2.data.cifar.DataSplits: images, labels, class names
+    model: torch.nn.Module  # prepared: DDP-wrapped with several processes
+    optimizer: Any
+    scheduler: Any
+    train_loader: Any
+    eval_loader: Any
+    schedule_steps: int  # the scheduler's steps over the whole run (lab2.engine.optim.scheduler_total_steps)
+    position: dict  # the settings that give progress.batch_in_epoch its meaning (checked resuming mid-epoch)
+    flops: Any  # lab2.explain.flops.FlopsReport on the main process, None on the others
+    tracking: Tracking
+    flow: FlowReporter | None  # flow statistics, histograms and images: main process, snapshots on
+    flow_every: int  # optimizer steps between flow snapshots (0: none)
+    precision: str  # what autocast runs in: fp32, bf16 or fp16
+    latest_eval: EvalResult | None = None  # the last evaluation of --eval_strategy steps
+
+
+def build_run(cfg: TrainConfig, accelerator, paths: RunPaths, progress) -> Run:
+    """Data, model, optimizer and scheduler, through one `accelerator.prepare`; trackers and flow reporter."""
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    with accelerator.main_process_first():  # downloads and fake-data generation happen once
+        splits = load_splits(cfg)
+    if len(splits.train_labels) < accelerator.num_processes or len(splits.test_labels) == 0:
+        raise UserError(
+            "the data set is too small for this run: it needs at least one image per process in each split."
+        )
+    progress.num_classes = splits.num_classes
+    model = create_model(cfg.model, splits.num_classes)
+    channels_last = use_channels_last(cfg.channels_last, accelerator.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    flops = count_flops(model) if accelerator.is_main_process else None  # rank 0 only, before wrapping
+    # The fused kernel (one op for all tensors) is the same Adam, measured ~10% faster per CPU step here.
+    fused = accelerator.device.type in ("cpu", "cuda") and cfg.optim != "sgd"
+    optimizer = create_optimizer(
+        model.parameters(), cfg.optim, cfg.learning_rate, cfg.weight_decay, cfg.momentum, fused=fused
+    )
+    loaders = pipeline_loaders(cfg, splits, accelerator.device, channels_last)
+    # One prepare for every path: Accelerate shards, evens out, reshuffles per epoch and places the batches.
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, *loaders)
+    if len(train_loader) == 0:
+        raise UserError(
+            f"--dataloader_drop_last leaves no training batch: {len(splits.train_labels)} images per epoch "
+            f"are fewer than one batch of {cfg.per_device_train_batch_size} per process; "
+            "lower --per_device_train_batch_size or drop the flag."
+        )
+    # The schedule spans the run's optimizer steps, known once the loader is sharded. Prepared, it steps once per
+    # optimizer step (skipped with the step under fp16 overflow) and save_state/load_state carry it.
+    schedule_steps = scheduler_total_steps(len(train_loader), cfg.num_train_epochs, accelerator.num_processes)
+    scheduler = create_scheduler(optimizer.optimizer, cfg.lr_scheduler_type, schedule_steps, cfg.warmup_ratio)
+    position = position_settings(cfg, len(splits.train_labels), accelerator.num_processes)
+    tracking = Tracking(accelerator)  # its notes go through the progress bar (tqdm.write), on the main process
+    flow_every = cfg.flow_every_steps(len(train_loader) * cfg.num_train_epochs)
+    flow = None
+    if accelerator.is_main_process and flow_every:
+        plain = accelerator.unwrap_model(model)
+        flow = FlowReporter(plain, tracking, paths.flow, histograms=cfg.log_histograms, printer=tracking.printer)
+    return Run(
+        cfg, accelerator, paths, progress, splits, model, optimizer, accelerator.prepare(scheduler),
+        train_loader, eval_loader, schedule_steps, position, flops, tracking, flow, flow_every,
+        autocast_precision(accelerator),
+    )  # fmt: skip
