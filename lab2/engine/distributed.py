@@ -18,40 +18,23 @@ from contextlib import contextmanager
 # "Connection reset/closed by peer" when its socket closes (the process was killed: measured here within
 # seconds), and the timeouts of gloo, the c10d store and the process group after --dist_timeout_s when
 # the peer is silent (a cut network, a frozen machine).
-PEER_LOST_SIGNS = (
-    "connection reset by peer",
-    "connection closed by peer",
-    "broken pipe",
-    "timed out",
-    "timeout",
-    "connection refused",
-    "socket",
-)
+PEER_LOST_SIGNS = ("connection reset by peer", "connection closed by peer", "broken pipe", "timed out", "timeout")
+PEER_LOST_SIGNS += ("connection refused", "socket")
+
+
+def _launcher_number(env: MutableMapping[str, str], names: tuple[str, ...], default: int) -> int:
+    return next((int(env[name]) for name in names if env.get(name, "").isdigit()), default)
 
 
 def launched_world_size(env: MutableMapping[str, str] = os.environ) -> int:
-    """The number of processes the launcher started (torchrun, accelerate, notebook_launcher or Open MPI);
-    1 without one."""
-    for name in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
-        if env.get(name, "").isdigit():
-            return int(env[name])
-    return 1
+    """The number of processes the launcher started (torchrun, accelerate, notebook_launcher or Open MPI); 1
+    without one."""
+    return _launcher_number(env, ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"), 1)
 
 
 def launched_rank(env: MutableMapping[str, str] = os.environ) -> int:
     """This process's global rank as the launcher set it (0 without a launcher)."""
-    for name in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
-        if env.get(name, "").isdigit():
-            return int(env[name])
-    return 0
-
-
-def _has_accelerator_device() -> bool:
-    import torch
-
-    if hasattr(torch, "accelerator"):  # torch >= 2.6: CUDA, ROCm, XPU, MPS, HPU, ...
-        return torch.accelerator.is_available()
-    return torch.cuda.is_available()
+    return _launcher_number(env, ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"), 0)
 
 
 def place_on_cpu_without_gpu(env: MutableMapping[str, str] = os.environ) -> str | None:
@@ -63,7 +46,12 @@ def place_on_cpu_without_gpu(env: MutableMapping[str, str] = os.environ) -> str 
     ACCELERATE_USE_CPU=1 makes them one gloo process group instead. Returns the note to print, or None
     when nothing changed (one process, a GPU present, or ACCELERATE_USE_CPU already set).
     """
-    if launched_world_size(env) <= 1 or "ACCELERATE_USE_CPU" in env or _has_accelerator_device():
+    if launched_world_size(env) <= 1 or "ACCELERATE_USE_CPU" in env:
+        return None
+    import torch
+
+    # torch >= 2.6 asks about any accelerator (CUDA, ROCm, XPU, MPS, HPU, ...); older ones about CUDA.
+    if torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available():
         return None
     env["ACCELERATE_USE_CPU"] = "1"
     return (
@@ -73,10 +61,8 @@ def place_on_cpu_without_gpu(env: MutableMapping[str, str] = os.environ) -> str 
 
 
 def prepare_process(env: MutableMapping[str, str] = os.environ) -> None:
-    """What every entry point (the command line, lab2.train) adjusts before its Accelerator exists.
-
-    Today: the CPU placement above, announced once, by rank 0.
-    """
+    """What every entry point (the command line, lab2.train) adjusts before its Accelerator exists: the CPU
+    placement above, announced once, by rank 0."""
     note = place_on_cpu_without_gpu(env)
     if note and launched_rank(env) == 0:
         print(note, flush=True)

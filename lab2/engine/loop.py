@@ -60,19 +60,17 @@ def run(cfg: TrainConfig) -> None:
     setup.check_output_dir(cfg, paths)
     # A start that fails before training removes the empty folders it made (the run folder, runs/ above it).
     created = [p for p in (paths.root, *paths.root.parents) if not p.exists()]
-    accelerator = setup.create_accelerator(cfg)
+    accelerator = setup.create_accelerator(cfg, paths)
     progress = Progress(model=cfg.model, world_size=accelerator.num_processes)
     stop = StopRequest(accelerator, progress)
     state = lock = None
     with stop.installed():  # also around closing the trackers: a signal there is still heard
         try:
-            setup.ensure_cpu_threads(accelerator)
-            setup.warn_slow_bf16(accelerator)
             lock = setup.prepare_output_dir(accelerator, cfg, paths)  # held until the last file is written
             state = setup.build_run(cfg, accelerator, paths, progress)
             if cfg.resume_from_checkpoint:
                 resume(state)
-            setup.start_records(cfg, accelerator, paths, state.flops, state.tracking, fresh=progress.global_step == 0)
+            setup.start_records(state)
             fit(state, stop)
             if stop.signal_name:  # it came after the last step's exchange: the run finished first
                 accelerator.print(

@@ -31,26 +31,6 @@ from lab2.tracking.startup import tracker_init_kwargs
 from lab2.tracking.trackers import Tracking
 
 
-def ensure_cpu_threads(accelerator) -> None:
-    """`accelerate launch` without a config sets OMP_NUM_THREADS=1, halving CPU speed: undo that for one process.
-    Started any other way, a single thread is the user's own OMP_NUM_THREADS=1 (two runs sharing the cores, say),
-    and it is honoured."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    # `accelerate launch` exports its settings (ACCELERATE_DYNAMO_BACKEND among them); plain python, torchrun do not.
-    if (
-        "ACCELERATE_DYNAMO_BACKEND" in os.environ
-        and accelerator.device.type == "cpu"
-        and accelerator.num_processes == 1
-        and torch.get_num_threads() == 1
-        and cores > 1
-    ):
-        torch.set_num_threads(cores)
-        accelerator.print(
-            f"note: running on 1 CPU thread (OMP_NUM_THREADS=1, as `accelerate launch` sets without a config); "
-            f"using all {cores} cores instead. Pass --config_file accelerate_configs/cpu.yaml to avoid this."
-        )
-
-
 def check_output_dir(cfg: TrainConfig, paths: RunPaths) -> None:
     """Refuse a folder lab2 may not write into (lab2.state.run_folder's rule), a run it would clobber, or a folder
     another lab2 process is writing to; read-only."""
@@ -60,27 +40,12 @@ def check_output_dir(cfg: TrainConfig, paths: RunPaths) -> None:
     run_folder.check_output_dir(paths.root, bool(cfg.resume_from_checkpoint), cfg.overwrite_output_dir)
 
 
-def _lock_on_main(accelerator, paths: RunPaths) -> run_folder.RunFolderLock | None:
-    """The main process takes the run folder's lock; every process learns whether it could, so all stop alike."""
-    from accelerate.utils import broadcast_object_list
-
-    lock, problem = None, None
-    if accelerator.is_main_process:
-        try:
-            lock = run_folder.RunFolderLock(paths.root)
-        except UserError as error:
-            problem = str(error)
-    if accelerator.num_processes > 1:
-        problem = broadcast_object_list([problem])[0]
-    if problem:
-        raise UserError(problem)
-    return lock
-
-
 def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> run_folder.RunFolderLock | None:
     """Create, lock and mark --output_dir (checking it is writable on every process); --overwrite_output_dir
     removes lab2's own files from it by name, never anything else. Returns the lock (main process; None on the
     others), to hold until the run has written its last file."""
+    from accelerate.utils import broadcast_object_list
+
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=paths.root):  # a nameless file: it can never be one of the user's
@@ -89,7 +54,16 @@ def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> run_fo
         raise UserError(
             f"cannot write to --output_dir {paths.root} ({exc.strerror}); choose a writable folder."
         ) from None
-    lock = _lock_on_main(accelerator, paths)  # before anything is removed or written
+    # The main process locks before anything is removed or written; every process learns whether it could, so all
+    # stop alike.
+    lock, problem = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = run_folder.RunFolderLock(paths.root)
+        except UserError as error:
+            problem = str(error)
+    if problem := broadcast_object_list([problem])[0]:
+        raise UserError(problem)
     try:
         if accelerator.is_main_process:
             if cfg.overwrite_output_dir and run_folder.is_marked(paths.root):
@@ -118,17 +92,16 @@ def discard_unused_run_folder(root: Path, created: list[Path]) -> None:
             return
 
 
-def create_accelerator(cfg: TrainConfig):
-    """The run's Accelerator; with several processes it also makes the process group, on the launcher's port."""
+def create_accelerator(cfg: TrainConfig, paths: RunPaths):
+    """The run's Accelerator, its precision checked and the CPU notes printed; with several processes it also makes
+    the process group, on the launcher's port."""
     from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
     from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin
 
     try:
         accelerator = Accelerator(
             log_with=log_with_for(cfg.report_to),
-            project_config=ProjectConfiguration(
-                project_dir=cfg.output_dir, logging_dir=str(RunPaths(cfg.output_dir).tensorboard)
-            ),
+            project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(paths.tensorboard)),
             # A seedable sampler reshuffles as seed + epoch on every process alike, whatever the loop did before:
             # both pipelines then resume mid-epoch in the same order.
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
@@ -145,6 +118,7 @@ def create_accelerator(cfg: TrainConfig):
             raise UserError(port_taken_message()) from None
         raise
     autocast_precision(accelerator)  # refuse a precision this device would not run, before any file is written
+    cpu_notes(accelerator)
     return accelerator
 
 
@@ -174,32 +148,45 @@ def cpu_has_fast_bf16() -> bool:
     return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
 
 
-def warn_slow_bf16(accelerator) -> None:
-    if accelerator.device.type == "cpu" and str(accelerator.mixed_precision) == "bf16" and not cpu_has_fast_bf16():
+def cpu_notes(accelerator) -> None:
+    """On the CPU: undo the OMP_NUM_THREADS=1 that `accelerate launch` sets without a config (it halves the speed)
+    for one process, and warn of emulated bf16. Started any other way, a single thread is the user's own
+    OMP_NUM_THREADS=1 (two runs sharing the cores, say), and it is honoured."""
+    if accelerator.device.type != "cpu":
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # `accelerate launch` exports its settings (ACCELERATE_DYNAMO_BACKEND among them); plain python, torchrun do not.
+    launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ
+    if launched and accelerator.num_processes == 1 and torch.get_num_threads() == 1 and cores > 1:
+        torch.set_num_threads(cores)
+        accelerator.print(
+            f"note: running on 1 CPU thread (OMP_NUM_THREADS=1, as `accelerate launch` sets without a config); "
+            f"using all {cores} cores instead. Pass --config_file accelerate_configs/cpu.yaml to avoid this."
+        )
+    if str(accelerator.mixed_precision) == "bf16" and not cpu_has_fast_bf16():
         accelerator.print(
             "warning: bf16 autocast on a CPU without AMX or AVX512-BF16 is emulated and was measured ~15x slower "
             "than fp32 here; use accelerate_configs/cpu.yaml (fp32) on this machine."
         )
 
 
-def start_records(cfg: TrainConfig, accelerator, paths: RunPaths, flops, tracking, fresh: bool) -> None:
+def start_records(run: Run) -> None:
     """Write config.json and flops.json, print the FLOPs table and start the trackers (on every process: only
     the main one has real trackers); a fresh run logs the model's cost at step 0."""
-    init_kwargs = {}
+    cfg, accelerator, paths, flops = run.cfg, run.accelerator, run.paths, run.flops
+    fresh, init_kwargs = run.progress.global_step == 0, {}
     if accelerator.is_main_process:
         write_json(paths.config, cfg.to_dict())
         write_json(paths.flops, flops.to_dict())
         # A resume prints one line, so its "resumed from ..." line stays on the screen above the bar.
         accelerator.print(flops.table() if fresh else flops.short())
         resuming, timeout = bool(cfg.resume_from_checkpoint), cfg.wandb_init_timeout_s
-        init_kwargs, notice = tracker_init_kwargs(
-            cfg.report_to, paths.root, cfg.run_name, resuming, init_timeout_s=timeout
-        )
+        init_kwargs, notice = tracker_init_kwargs(cfg.report_to, paths.root, cfg.run_name, resuming, timeout)
         if notice:
             accelerator.print(notice)
-    tracking.start(cfg.project_name, cfg.to_dict(), init_kwargs, run_folder=paths.root)
+    run.tracking.start(cfg.project_name, cfg.to_dict(), init_kwargs, run_folder=paths.root)
     if accelerator.is_main_process and fresh:
-        tracking.log({"model/gflops_per_sample": flops.gflops_per_sample, "model/params": flops.params}, step=0)
+        run.tracking.log({"model/gflops_per_sample": flops.gflops_per_sample, "model/params": flops.params}, step=0)
 
 
 @dataclass
