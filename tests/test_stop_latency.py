@@ -1,6 +1,6 @@
 """A stop is prompt in every process count: SIGTERM mid-epoch stops within two optimizer steps, in steps.
 
-Before lab2.engine.stop, several processes checked for a stop only every --logging_steps steps (a
+Before lab2.engine.distributed.StopRequest, several processes checked for a stop only every --logging_steps steps (a
 blocking collective), so SIGTERM at step 10 of a --logging_steps 50 run trained on to step 50.
 """
 

@@ -1,9 +1,8 @@
 """Evaluation: loss, accuracy, confusion matrix, per-class accuracy, calibration (ECE) and prediction samples.
 
-Works with any nn.Module and any loader of (images, labels) batches. With a
-loader that went through `accelerator.prepare` (both of lab2's pipelines do),
-`gather_for_metrics` drops the samples Accelerate duplicated to even out the
-last batches, so the counts are exact on any number of processes.
+Works with any nn.Module and any loader of (images, labels) batches. With a loader that went through
+`accelerator.prepare` (both of lab2's pipelines do), `gather_for_metrics` drops the samples Accelerate duplicated
+to even out the last batches, so the counts are exact on any number of processes.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD
 from lab2.explain.plots import ReliabilityBins, reliability_bins
 
 
@@ -99,26 +99,21 @@ class _SamplePool:
 
 
 def flip_averaged_logits(model, images: torch.Tensor) -> torch.Tensor:
-    """Test-time augmentation (--tta): the mean of the float32 logits of `images` and of their mirror images.
-
-    images: (B, C, H, W); the mirror flips the width axis, the flip the training
-    augmentation uses, so the model has learnt both views.
-    """
+    """Test-time augmentation (--tta): the mean of the float32 logits of `images` (B, C, H, W) and of their mirror
+    images (the width axis flipped, as the training augmentation flips: the model has learnt both views)."""
     return (model(images).float() + model(images.flip(3)).float()) / 2
 
 
 @torch.no_grad()
 def evaluate(
-    model, loader, accelerator, num_classes: int, num_samples: int = 0, mean=None, std=None, tta: bool = False
+    model, loader, accelerator, num_classes: int, num_samples: int = 0, mean=CIFAR10_MEAN, std=CIFAR10_STD, tta=False
 ) -> EvalResult:
     """Evaluate `model` over `loader` on every process; the result is identical on all of them.
 
-    `num_samples` > 0 also picks images for the predictions grid (main process;
-    `mean`/`std` undo the normalisation for display). `tta` averages each image's
-    logits with its mirror image's (`flip_averaged_logits`): twice the forward cost.
-    The loss is the plain cross-entropy of those logits, never label-smoothed, so
-    eval/loss stays comparable between recipes; the calibration (ECE) is of their
-    softmax too, so with `tta` it is the calibration of the flip-averaged logits.
+    `num_samples` > 0 also picks images for the predictions grid (main process; `mean`/`std` undo the normalisation
+    for display). `tta` averages each image's logits with its mirror image's (`flip_averaged_logits`): twice the
+    forward cost. The loss is the plain cross-entropy of those logits, never label-smoothed, so eval/loss stays
+    comparable between recipes; the calibration (ECE) is of their softmax too (with `tta`, the flip-averaged ones).
     """
     model.eval()
     pool = _SamplePool(num_samples) if num_samples and accelerator.is_main_process else None

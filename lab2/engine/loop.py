@@ -5,10 +5,11 @@ step, zero_grad, the on-device meter, then the periodic actions as plain `if ste
 pipelines reach the loop as DataLoaders that went through `accelerator.prepare`, so Accelerate shards, evens out
 and skips batches for every path. The hot loop has no host-device sync except every --logging_steps steps (the
 divergence check, the train/loss point), at checkpoints and at flow snapshots; the stop flag is an asynchronous
-exchange read one step later (lab2.engine.stop).
+exchange read one step later (lab2.engine.distributed.StopRequest).
 
-The run's set-up is lab2.engine.setup, resuming lab2.engine.resume, the per-epoch record and the final files
-lab2.engine.results. No part holds a reference back to the loop: what a function needs, it is passed.
+The run's set-up (and its Run record) is lab2.engine.setup, checkpoints and resuming lab2.engine.resume, the
+per-epoch record and the final files lab2.engine.results. No part holds a reference back to the loop: what a
+function needs, it is passed.
 """
 
 from __future__ import annotations
@@ -16,26 +17,19 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from lab2.config import TrainConfig
-from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_splits
-from lab2.data.device_dataset import pipeline_loaders, use_channels_last
 from lab2.engine import results, setup
+from lab2.engine.distributed import StopRequest
 from lab2.engine.evaluation import EvalResult, evaluate, sync_buffers
-from lab2.engine.optim import create_optimizer, create_scheduler, scheduler_total_steps, training_loss
-from lab2.engine.resume import checkpoint_record, position_settings, resume
-from lab2.engine.stop import StopExchange, StopRequest
+from lab2.engine.optim import training_loss
+from lab2.engine.resume import resume, save_checkpoint
 from lab2.errors import Diverged, TrainingStopped, UserError, is_disk_full
-from lab2.explain.flops import count_flops
-from lab2.explain.flow import FlowReporter
-from lab2.models import create_model
-from lab2.state.checkpoint import disk_full_error, save_checkpoint
+from lab2.state.checkpoint import disk_full_error
 from lab2.state.run_folder import RunPaths
-from lab2.tracking.trackers import Tracking
 
 
 @dataclass
@@ -55,34 +49,6 @@ class Progress:
     world_size: int = 1
 
 
-@dataclass
-class Run:
-    """What one training run works with, built once by `build_run`."""
-
-    cfg: TrainConfig
-    accelerator: Any
-    paths: RunPaths
-    progress: Progress
-    splits: Any  # lab2.data.cifar.DataSplits: images, labels, class names
-    model: torch.nn.Module  # prepared: DDP-wrapped with several processes
-    optimizer: Any
-    scheduler: Any
-    train_loader: Any
-    eval_loader: Any
-    schedule_steps: int  # the scheduler's steps over the whole run (lab2.engine.optim.scheduler_total_steps)
-    flops: Any  # lab2.explain.flops.FlopsReport on the main process, None on the others
-    tracking: Tracking
-    flow: FlowReporter | None  # flow statistics, histograms and images: main process, snapshots on
-    flow_every: int  # optimizer steps between flow snapshots (0: none)
-    precision: str  # what autocast runs in: fp32, bf16 or fp16
-    latest_eval: EvalResult | None = None  # the last evaluation of --eval_strategy steps
-
-    @property
-    def position(self) -> dict:
-        """The settings that give progress.batch_in_epoch its meaning (checked when resuming mid-epoch)."""
-        return position_settings(self.cfg, len(self.splits.train_labels), self.accelerator.num_processes)
-
-
 def run(cfg: TrainConfig) -> None:
     """Train as `cfg` says. Raises TrainingStopped (a signal; checkpoint saved), Diverged (NaN/inf loss) or a
     UserError; the command line (lab2.api) maps them to exit codes, lab2.train to its exceptions.
@@ -94,22 +60,23 @@ def run(cfg: TrainConfig) -> None:
     setup.check_output_dir(cfg, paths)
     # A start that fails before training removes the empty folders it made (the run folder, runs/ above it).
     created = [p for p in (paths.root, *paths.root.parents) if not p.exists()]
-    accelerator = setup.create_accelerator(cfg)
+    accelerator = setup.create_accelerator(cfg, paths)
     progress = Progress(model=cfg.model, world_size=accelerator.num_processes)
-    stop = StopRequest(progress)
+    stop = StopRequest(accelerator, progress)
     state = lock = None
     with stop.installed():  # also around closing the trackers: a signal there is still heard
         try:
-            setup.ensure_cpu_threads(accelerator)
-            setup.warn_slow_bf16(accelerator)
             lock = setup.prepare_output_dir(accelerator, cfg, paths)  # held until the last file is written
-            state = build_run(cfg, accelerator, paths, progress)
+            state = setup.build_run(cfg, accelerator, paths, progress)
             if cfg.resume_from_checkpoint:
                 resume(state)
-            setup.start_records(cfg, accelerator, paths, state.flops, state.tracking, fresh=progress.global_step == 0)
+            setup.start_records(state)
             fit(state, stop)
-            if stop.finished_note():
-                accelerator.print(stop.finished_note())
+            if stop.signal_name:  # it came after the last step's exchange: the run finished first
+                accelerator.print(
+                    f"{stop.signal_name} received while finishing; the run is complete "
+                    "(final checkpoint, weights, figures and report written)."
+                )
         except UserError:
             if state is None and created and accelerator.is_main_process:
                 setup.discard_unused_run_folder(paths.root, created)
@@ -133,54 +100,6 @@ def run(cfg: TrainConfig) -> None:
                     lock.release()
 
 
-def build_run(cfg: TrainConfig, accelerator, paths: RunPaths, progress: Progress) -> Run:
-    """Data, model, optimizer and scheduler, through one `accelerator.prepare`; trackers and flow reporter."""
-    from accelerate.utils import set_seed
-
-    set_seed(cfg.seed)
-    with accelerator.main_process_first():  # downloads and fake-data generation happen once
-        splits = load_splits(cfg)
-    if len(splits.train_labels) < accelerator.num_processes or len(splits.test_labels) == 0:
-        raise UserError(
-            "the data set is too small for this run: it needs at least one image per process in each split."
-        )
-    progress.num_classes = splits.num_classes
-    model = create_model(cfg.model, splits.num_classes)
-    channels_last = use_channels_last(cfg.channels_last, accelerator.device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    flops = count_flops(model) if accelerator.is_main_process else None  # rank 0 only, before wrapping
-    # The fused kernel (one op for all tensors) is the same Adam, measured ~10% faster per CPU step here.
-    fused = accelerator.device.type in ("cpu", "cuda") and cfg.optim != "sgd"
-    optimizer = create_optimizer(
-        model.parameters(), cfg.optim, cfg.learning_rate, cfg.weight_decay, cfg.momentum, fused=fused
-    )
-    loaders = pipeline_loaders(cfg, splits, accelerator.device, channels_last)
-    # One prepare for every path: Accelerate shards, evens out, reshuffles per epoch and places the batches.
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, *loaders)
-    if len(train_loader) == 0:
-        raise UserError(
-            f"--dataloader_drop_last leaves no training batch: {len(splits.train_labels)} images per epoch "
-            f"are fewer than one batch of {cfg.per_device_train_batch_size} per process; "
-            "lower --per_device_train_batch_size or drop the flag."
-        )
-    # The schedule spans the run's optimizer steps, known once the loader is sharded. Prepared, it steps once per
-    # optimizer step (skipped with the step under fp16 overflow) and save_state/load_state carry it.
-    schedule_steps = scheduler_total_steps(len(train_loader), cfg.num_train_epochs, accelerator.num_processes)
-    scheduler = create_scheduler(optimizer.optimizer, cfg.lr_scheduler_type, schedule_steps, cfg.warmup_ratio)
-    tracking = Tracking(accelerator)  # its notes go through the progress bar (tqdm.write), on the main process
-    flow_every = cfg.flow_every_steps(len(train_loader) * cfg.num_train_epochs)
-    flow = None
-    if accelerator.is_main_process and flow_every:
-        plain = accelerator.unwrap_model(model)
-        flow = FlowReporter(plain, tracking, paths.flow, histograms=cfg.log_histograms, printer=tracking.printer)
-    precision = setup.autocast_precision(accelerator)
-    return Run(
-        cfg, accelerator, paths, progress, splits, model, optimizer, accelerator.prepare(scheduler),
-        train_loader, eval_loader, schedule_steps, flops, tracking, flow, flow_every, precision,
-    )  # fmt: skip
-
-
 # --------------------------------------------------------------------------- one epoch
 
 EARLY_LOSS_STEPS = 5  # the bar's loss before the first --logging_steps interval: every 5 steps
@@ -188,29 +107,24 @@ EARLY_LOSS_STEPS = 5  # the bar's loss before the first --logging_steps interval
 
 class TrainMeter:
     """This process's sums over the epoch in progress (from the saved Progress when resuming mid-epoch), the progress
-    bar and the train/loss intervals. `update` only adds tensors on the device; only the methods whose docstring
-    says "one sync" read a value back to the host, and the loop calls those every --logging_steps steps, at
-    checkpoints and at the end of the epoch."""
+    bar and the train/loss intervals. `update` only adds tensors on the device; the methods that say "one sync" read
+    a value back to the host, and the loop calls those every --logging_steps steps, at checkpoints and at the end."""
 
-    def __init__(self, accelerator, progress, total_batches: int, description: str, tracking):
+    def __init__(self, accelerator, progress: Progress, total_batches: int, description: str, tracking):
         device = accelerator.device
         self.accelerator, self.progress, self.tracking = accelerator, progress, tracking
         # This process's sums (rank 0 also carries a resumed checkpoint's totals; see lab2.engine.resume).
         self.loss_sum = torch.tensor(progress.loss_sum, device=device)  # sum of loss x batch size
         self.correct = torch.tensor(progress.correct, device=device)
-        self.seen = progress.seen  # a host int: the batch size is known without a sync
+        self.seen = progress.seen  # a host number: the batch size is known without a sync
         self.first_bad_step = torch.tensor(-1, device=device)  # the first step with a NaN/inf loss, or -1
         self.interval_loss = torch.zeros((), device=device)  # sum of step losses since interval_start
         self.interval_start = progress.global_step
         self.logged_interval = False  # until the epoch's first --logging_steps interval, update() shows the loss
         self.bar = tqdm(
-            total=total_batches,
-            initial=progress.batch_in_epoch,
-            desc=description,
-            disable=not accelerator.is_main_process,
-            mininterval=1.0,
-            leave=False,
-        )
+            total=total_batches, initial=progress.batch_in_epoch, desc=description,
+            disable=not accelerator.is_main_process, mininterval=1.0, leave=False,
+        )  # fmt: skip
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Add one step (the progress already counts it); tensor ops only, no host sync."""
@@ -232,9 +146,8 @@ class TrainMeter:
         first_bad = self.first_bad_step
         if self.accelerator.num_processes > 1:
             first_bad = self.accelerator.gather(first_bad[None]).max()
-        bad_step = int(first_bad)
-        if bad_step >= 0:
-            raise Diverged(bad_step)
+        if int(first_bad) >= 0:
+            raise Diverged(int(first_bad))
 
     def log_interval(self) -> None:
         """Log the mean loss since the last interval as train/loss, and show it on the bar (one sync)."""
@@ -245,29 +158,25 @@ class TrainMeter:
         self.tracking.log({"train/loss": mean_loss}, step=self.progress.global_step)
         self.bar.set_postfix(loss=f"{mean_loss:.4f}")
         self.interval_loss.zero_()
-        self.interval_start = self.progress.global_step
-        self.logged_interval = True
+        self.interval_start, self.logged_interval = self.progress.global_step, True
 
     def totals(self) -> tuple[float, float, float]:
         """(loss_sum, correct, seen) added over all processes (one sync: a reduce)."""
         return sum_over_processes(self.accelerator, self.loss_sum, self.correct, self.seen)
 
-    def close(self) -> None:
-        self.bar.close()  # before any message, so it does not share a line with the bar
-
 
 def sum_over_processes(accelerator, *values) -> tuple[float, ...]:
-    """`values` (tensors or numbers) each added over all processes."""
+    """`values` (tensors or numbers) each added over all processes (one sync: a reduce)."""
     local = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=accelerator.device) for v in values])
     return tuple(float(t) for t in accelerator.reduce(local, "sum"))
 
 
 @contextmanager
-def flow_snapshot(accelerator, flow: FlowReporter | None, step: int, take: bool):
+def flow_snapshot(accelerator, flow, step: int, take: bool):
     """Around optimizer.step(): at a snapshot step, read the (unscaled) gradients before and the update after.
 
     Every rank unscales at a snapshot step, since fp16's unscale is a collective decision; only the main process
-    has a reporter. `poll` logs finished images at every step and never waits.
+    has a reporter (lab2.explain.flow.FlowReporter). `poll` logs finished images at every step and never waits.
     """
     if take:
         accelerator.unscale_gradients()
@@ -280,23 +189,17 @@ def flow_snapshot(accelerator, flow: FlowReporter | None, step: int, take: bool)
         flow.poll(step)
 
 
-def epoch_batches(run: Run, epoch: int):
-    """The epoch's batches: shuffled (sampler) and augmented (device Dataset) as seed + epoch, minus those a
-    resumed run already trained (Accelerate's skip_first_batches)."""
-    loader = run.train_loader
-    loader.set_epoch(epoch)
-    if hasattr(loader.dataset, "set_epoch"):  # the DeviceDataset (Accelerate skips it when the sampler has one)
-        loader.dataset.set_epoch(epoch)
-    skip = run.progress.batch_in_epoch
-    return run.accelerator.skip_first_batches(loader, skip) if skip else loader
-
-
-def train_one_epoch(run: Run, epoch: int, stop: StopRequest, exchange: StopExchange) -> None:
+def train_one_epoch(run: setup.Run, epoch: int, stop: StopRequest) -> None:
     """Train one epoch from progress.batch_in_epoch. Raises TrainingStopped or Diverged (lab2.errors)."""
     cfg, accelerator, progress = run.cfg, run.accelerator, run.progress
-    model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
-    batches = epoch_batches(run, epoch)
-    steps_in_epoch, last_epoch = len(run.train_loader), epoch == cfg.num_train_epochs - 1
+    model, optimizer, scheduler, loader = run.model, run.optimizer, run.scheduler, run.train_loader
+    # Shuffled (sampler) and augmented (the device Dataset, which Accelerate skips when the sampler has set_epoch)
+    # as seed + epoch; a resumed run skips the batches it already trained.
+    loader.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+    batches = accelerator.skip_first_batches(loader, progress.batch_in_epoch) if progress.batch_in_epoch else loader
+    steps_in_epoch, last_epoch = len(loader), epoch == cfg.num_train_epochs - 1
     meter = TrainMeter(accelerator, progress, steps_in_epoch, f"epoch {epoch + 1}/{cfg.num_train_epochs}", run.tracking)
     model.train()
     try:
@@ -322,52 +225,44 @@ def train_one_epoch(run: Run, epoch: int, stop: StopRequest, exchange: StopExcha
                 meter.log_interval()
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
                 meter.raise_if_diverged()  # never checkpoint NaN weights
-                save_mid_epoch(run, meter)
+                save_checkpoint(run, meter.totals())
             if cfg.eval_every_steps and step % cfg.eval_every_steps == 0:
                 evaluate_at_step(run, step)
-            if exchange.requested_after_step():  # every step; with several processes an async exchange
+            # Every step, every process: did any process get a signal? Not Accelerate's check_trigger(): its
+            # all-reduce blocks every step on the slowest rank and syncs the device. This one starts an async
+            # all-reduce and reads the one from a step ago, long arrived: all processes stop at the same step, at
+            # most two steps after the signal (tests/test_stop_latency.py).
+            if stop.requested_after_step():
                 stop_here(run, meter, stop)
-        if exchange.settle():  # the last step's exchange, settled here: no stop waits for an evaluation
+        if stop.settle():  # the last step's exchange, settled here: no stop waits for an evaluation
             stop_here(run, meter, stop)
         meter.raise_if_diverged()  # one sync per epoch at least
         meter.log_interval()  # the epoch's last, partial interval
     finally:
-        meter.close()
+        meter.bar.close()  # before any message, so it does not share a line with the bar
     progress.loss_sum, progress.correct, progress.seen = float(meter.loss_sum), float(meter.correct), meter.seen
 
 
-def save_checkpoint_now(run: Run, **sums):
-    """Save a checkpoint at the current step on every process (RNG state is per process)."""
-    record = checkpoint_record(run.cfg, run.progress, run.position, run.schedule_steps, **sums)
-    return save_checkpoint(run.accelerator, run.paths.checkpoints, record, run.cfg.checkpoints_total_limit)
-
-
-def save_mid_epoch(run: Run, meter: TrainMeter):
-    """Checkpoint mid-epoch: the meter's running sums, added over processes, go into progress.json."""
-    loss_sum, correct, seen = meter.totals()
-    return save_checkpoint_now(run, loss_sum=loss_sum, correct=correct, seen=seen)
-
-
-def stop_here(run: Run, meter: TrainMeter, stop: StopRequest) -> None:
+def stop_here(run: setup.Run, meter: TrainMeter, stop: StopRequest) -> None:
+    """Checkpoint mid-epoch (the meter's sums over all processes go into progress.json), then stop."""
     meter.raise_if_diverged()
-    save_mid_epoch(run, meter)
+    save_checkpoint(run, meter.totals())
     raise TrainingStopped(stop.signal_name)
 
 
 # --------------------------------------------------------------------------- evaluation and epochs
 
 
-def evaluate_model(run: Run, num_samples: int) -> EvalResult:
+def evaluate_model(run: setup.Run, num_samples: int) -> EvalResult:
     """Evaluate on the test split with rank 0's BatchNorm statistics (the ones the saved weights carry)."""
     sync_buffers(run.accelerator, run.model)
     plain = run.accelerator.unwrap_model(run.model)
     return evaluate(
-        plain, run.eval_loader, run.accelerator, run.splits.num_classes, num_samples=num_samples,
-        mean=CIFAR10_MEAN, std=CIFAR10_STD, tta=run.cfg.tta,
-    )  # fmt: skip
+        plain, run.eval_loader, run.accelerator, run.splits.num_classes, num_samples=num_samples, tta=run.cfg.tta
+    )
 
 
-def evaluate_at_step(run: Run, step: int) -> None:
+def evaluate_at_step(run: setup.Run, step: int) -> None:
     """--eval_strategy steps: evaluate mid-epoch, log eval/loss and eval/accuracy at this step (one sync)."""
     run.latest_eval = result = evaluate_model(run, num_samples=0)
     if run.accelerator.is_main_process:
@@ -378,19 +273,18 @@ def evaluate_at_step(run: Run, step: int) -> None:
         )
 
 
-def fit(run: Run, stop: StopRequest) -> None:
+def fit(run: setup.Run, stop: StopRequest) -> None:
     """Every epoch left: train, evaluate, record, checkpoint; then the final files.
 
     A stop or a NaN loss is reported here (where the checkpoint is, how to resume) and re-raised.
     """
     cfg, accelerator, progress = run.cfg, run.accelerator, run.progress
-    exchange = StopExchange(accelerator, stop)  # the stop flag, agreed on by every process
     result = None
     for epoch in range(progress.epoch, cfg.num_train_epochs):
         started = time.perf_counter()
         seen_before = progress.seen  # a mid-epoch resume's images, trained before `started`
         try:
-            train_one_epoch(run, epoch, stop, exchange)
+            train_one_epoch(run, epoch, stop)
         except Diverged as diverged:
             results.report_diverged(accelerator, run.paths, diverged.step, epoch, cfg.learning_rate)
             raise
@@ -410,7 +304,7 @@ def fit(run: Run, stop: StopRequest) -> None:
         progress.epoch, progress.batch_in_epoch = epoch + 1, 0
         progress.loss_sum = progress.correct = progress.seen = 0.0
         if cfg.checkpointing_steps == "epoch" or (last and cfg.checkpointing_steps != "none"):
-            save_checkpoint_now(run)
+            save_checkpoint(run)
     if result is None:  # resumed from a finished run's last checkpoint: evaluate once for the final files
         result = evaluate_model(run, num_samples=cfg.num_prediction_samples)
     results.finish(run, result)

@@ -1,25 +1,19 @@
 """Optimizer and learning-rate schedule, with the transformers `TrainingArguments` names and meanings.
 
-`create_optimizer` builds --optim (adam, adamw, sgd) and `create_scheduler`
-builds --lr_scheduler_type (constant, linear, cosine, one_cycle) over the run's
-optimizer steps, with --warmup_ratio of them warming up. The scheduler steps once
-per optimizer step and goes through `accelerator.prepare`, so `save_state` /
-`load_state` keep it and a resumed run continues the same schedule bit for bit.
-
-Conventions (the ones transformers' `get_scheduler` uses, written here with torch's
-own schedulers so lab2 does not need transformers):
+`create_optimizer` builds --optim (adam, adamw, sgd) and `create_scheduler` --lr_scheduler_type over the run's
+scheduler steps, with --warmup_ratio of them warming up, written with torch's own schedulers so lab2 needs no
+transformers (its `get_scheduler` conventions):
 - warm-up is linear from 0 to --learning_rate over ceil(warmup_ratio * total) steps;
-- `constant` holds --learning_rate after the warm-up (transformers' constant_with_warmup;
-  with --warmup_ratio 0, the seed's constant rate);
-- `linear` decays linearly to 0 at the last step, `cosine` follows half a cosine to 0;
-- `one_cycle` is torch's OneCycleLR with --learning_rate as its peak (max_lr), cosine
-  annealing, the peak at --warmup_ratio of the run (torch's default 0.3 when it is 0),
-  starting at peak/25 and ending at peak/1e4; it also cycles Adam's beta1 / SGD's momentum
-  between 0.85 and 0.95, as torch's does by default.
+- `constant` holds --learning_rate after the warm-up (transformers' constant_with_warmup; with --warmup_ratio 0,
+  the seed's constant rate); `linear` decays linearly to 0 at the last step, `cosine` follows half a cosine to 0;
+- `one_cycle` is torch's OneCycleLR with --learning_rate as its peak (max_lr), cosine annealing, the peak at
+  --warmup_ratio of the run (torch's default 0.3 when it is 0), from peak/25 to peak/1e4; it also cycles Adam's
+  beta1 / SGD's momentum between 0.85 and 0.95, as torch's does by default.
 
-Accelerate's prepared scheduler steps the wrapped scheduler once per process per
-optimizer step (it assumes the batch grew with the process count), so the schedule
-is laid out over `steps * num_processes` scheduler steps: see `scheduler_total_steps`.
+The scheduler goes through `accelerator.prepare`, so `save_state` / `load_state` keep it and a resumed run
+continues the same schedule bit for bit. Prepared, it steps the wrapped scheduler once per process per optimizer
+step (Accelerate assumes the batch grew with the process count), so the schedule is laid out over
+`steps * num_processes` scheduler steps (`scheduler_total_steps`).
 """
 
 from __future__ import annotations
@@ -30,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
-ONE_CYCLE_DEFAULT_PCT_START = 0.3  # torch.optim.lr_scheduler.OneCycleLR's default
 # --optim's classes, for the names lab2.config.OPTIMIZERS gives (tests/test_optim.py keeps the two equal).
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -44,16 +37,9 @@ def create_optimizer(
     momentum SGD, Nesterov when momentum > 0. `fused` picks the one-kernel Adam (CPU and CUDA; measured ~10% faster
     per CPU step here); SGD has no fused CPU kernel, so torch picks its multi-tensor (foreach) one.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {tuple(OPTIMIZERS)}")
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
     return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, fused=fused or None)
-
-
-def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
-    """Warm-up length in scheduler steps: ceil(warmup_ratio * total_steps), as transformers rounds it."""
-    return math.ceil(warmup_ratio * total_steps)
 
 
 def scheduler_total_steps(steps_per_epoch: int, epochs: int, num_processes: int = 1) -> int:
@@ -71,58 +57,39 @@ def lr_factor(kind: str, step: int, total_steps: int, warmup: int) -> float:
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))  # held at the end if stepped past it
     if kind == "linear":
         return max(0.0, 1.0 - progress)
-    if kind == "cosine":
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-    raise ValueError(f"lr_factor has no formula for {kind!r}")
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))  # cosine
 
 
 def _one_cycle(optimizer, kind: str, total_steps: int, warmup_ratio: float):
-    return OneCycleLR(
-        optimizer,
-        max_lr=[group["lr"] for group in optimizer.param_groups],
-        total_steps=total_steps,
-        pct_start=warmup_ratio or ONE_CYCLE_DEFAULT_PCT_START,
-        anneal_strategy="cos",
-    )
+    max_lr = [group["lr"] for group in optimizer.param_groups]
+    return OneCycleLR(optimizer, max_lr, total_steps=total_steps, pct_start=warmup_ratio or 0.3, anneal_strategy="cos")
 
 
 def _lambda_schedule(optimizer, kind: str, total_steps: int, warmup_ratio: float):
-    warmup = warmup_steps(total_steps, warmup_ratio)
+    warmup = math.ceil(warmup_ratio * total_steps)  # as transformers rounds it
     return LambdaLR(optimizer, lambda step: lr_factor(kind, step, total_steps, warmup))
 
 
 # --lr_scheduler_type's builders, for the names lab2.config.LR_SCHEDULERS gives (tests/test_optim.py).
-LR_SCHEDULERS = {
-    "constant": _lambda_schedule,
-    "linear": _lambda_schedule,
-    "cosine": _lambda_schedule,
-    "one_cycle": _one_cycle,
-}
+LR_SCHEDULERS = dict.fromkeys(("constant", "linear", "cosine"), _lambda_schedule) | {"one_cycle": _one_cycle}
 
 
 def create_scheduler(
     optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_ratio: float = 0.0
 ) -> LRScheduler:
     """--lr_scheduler_type `kind` over `total_steps` scheduler steps (see the module doc for each shape)."""
-    if kind not in LR_SCHEDULERS:
-        raise ValueError(f"unknown scheduler {kind!r}; choose one of {tuple(LR_SCHEDULERS)}")
     return LR_SCHEDULERS[kind](optimizer, kind, total_steps, warmup_ratio)
-
-
-def peak_learning_rate(optimizer: torch.optim.Optimizer) -> float:
-    """The rate a schedule was built around: OneCycleLR's max_lr, else the base rate the scheduler recorded."""
-    group = optimizer.param_groups[0]
-    return group.get("max_lr", group.get("initial_lr", group["lr"]))
 
 
 def rescale_learning_rate(optimizer: torch.optim.Optimizer, scheduler: LRScheduler | None, new_peak: float) -> float:
     """Scale the whole schedule so its peak becomes `new_peak` (a resumed run given another --learning_rate).
 
-    The position in the schedule is kept; every rate the optimizer groups and the
-    scheduler hold (lr, initial_lr, max_lr, min_lr, base_lrs) is multiplied by
-    new_peak / old peak. Returns the old peak.
+    The peak is OneCycleLR's max_lr, else the base rate the scheduler recorded. The position in the schedule is
+    kept; every rate the optimizer groups and the scheduler hold (lr, initial_lr, max_lr, min_lr, base_lrs) is
+    multiplied by new_peak / old peak. Returns the old peak.
     """
-    old = peak_learning_rate(optimizer)
+    first = optimizer.param_groups[0]
+    old = first.get("max_lr", first.get("initial_lr", first["lr"]))
     factor = new_peak / old
     for group in optimizer.param_groups:
         for key in ("lr", "initial_lr", "max_lr", "min_lr"):

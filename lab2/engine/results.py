@@ -1,8 +1,8 @@
 """A run's results: the per-epoch record, and at the end the weights, figures, Table-1 log, summary and report.
 
-The loop (lab2.engine.loop) hands over its Run record and numbers already summed over processes;
-everything here writes on the main process only, except the weights export,
-which gathers on every process.
+The loop (lab2.engine.loop) hands over its Run record (lab2.engine.setup.Run) and numbers already summed over
+processes; everything here writes on the main process only, except the weights export, which gathers on every
+process.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from lab2.engine.evaluation import EvalResult
 from lab2.errors import UserError
 from lab2.explain import gradcam, plots
 from lab2.explain.flow import history_figures
-from lab2.explain.plots import reliability_figure
 from lab2.figures import SNAPSHOT_FIGURES
 from lab2.flags import resume_advice
 from lab2.report.pages import write_report
@@ -23,11 +22,8 @@ from lab2.state.checkpoint import export_model, latest_good_checkpoint
 from lab2.state.files import append_jsonl, read_jsonl, write_json
 
 # Dense peak FLOP/s by device-name fragment and precision, for model FLOPs utilisation (MFU) on CUDA.
-PEAK_FLOPS = {
-    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
-    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
-    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
-}
+HOPPER = {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}
+PEAK_FLOPS = {"H200": HOPPER, "H100": HOPPER, "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}}
 
 
 def data_label(cfg) -> str:
@@ -43,30 +39,18 @@ def synthetic_note(cfg) -> str:
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for fragment, peaks in PEAK_FLOPS.items():
-        if fragment in name:
-            return peaks.get(precision)
-    return None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    return next((peaks.get(precision) for fragment, peaks in PEAK_FLOPS.items() if fragment in name), None)
 
 
 def training_log_table(metrics: list[dict]) -> str:
-    """The Table-1 training log: epoch, train loss, train acc, val loss, val acc."""
-    lines = [
-        f"{'Epoch':>5} | {'Train Loss':>10} | {'Train Acc':>9} | {'Val Loss':>8} | {'Val Acc':>7}",
-        f"{'-' * 5}-+-{'-' * 10}-+-{'-' * 9}-+-{'-' * 8}-+-{'-' * 7}",
-    ]
+    """The Table-1 training log: epoch, train loss, train acc, val loss, val acc ('-' for an epoch without)."""
+    lines = [f"{'Epoch':>5} | {'Train Loss':>10} | {'Train Acc':>9} | {'Val Loss':>8} | {'Val Acc':>7}"]
+    lines.append(f"{'-' * 5}-+-{'-' * 10}-+-{'-' * 9}-+-{'-' * 8}-+-{'-' * 7}")
     for m in metrics:
-        lines.append(
-            f"{m['epoch']:>5} | {m['train_loss']:>10.4f} | {100 * m['train_acc']:>8.2f}% | "
-            + (
-                f"{m['eval_loss']:>8.4f} | {100 * m['eval_acc']:>6.2f}%"
-                if m["eval_acc"] is not None
-                else f"{'-':>8} | {'-':>7}"
-            )  # --eval_strategy no
-        )
+        evaluated = m["eval_acc"] is not None  # --eval_strategy no
+        val = f"{m['eval_loss']:>8.4f} | {100 * m['eval_acc']:>6.2f}%" if evaluated else f"{'-':>8} | {'-':>7}"
+        lines.append(f"{m['epoch']:>5} | {m['train_loss']:>10.4f} | {100 * m['train_acc']:>8.2f}% | {val}")
     return "\n".join(lines)
 
 
@@ -76,13 +60,13 @@ def calibrated_logits(cfg) -> str:
 
 
 def end_epoch(run, epoch: int, totals: tuple[float, float, float], trained_now: float, epoch_time: float, result):
-    """Append the epoch's record to metrics.jsonl, log it, print one line (`run`: lab2.engine.loop.Run).
+    """Append the epoch's record to metrics.jsonl, log it, print one line.
 
     `totals`: (loss sum, correct, seen) over all processes, the part before a mid-epoch resume included;
     `trained_now`: the images trained in `epoch_time`, i.e. since the resume (the speed counts only those).
     `result` is None for an epoch without evaluation (--eval_strategy no): its eval fields are null."""
     loss_sum, correct, seen = totals
-    global_step = run.progress.global_step
+    step = run.progress.global_step
     record = {
         "epoch": epoch + 1,
         "train_loss": loss_sum / max(seen, 1),
@@ -93,37 +77,31 @@ def end_epoch(run, epoch: int, totals: tuple[float, float, float], trained_now: 
         "lr": run.scheduler.get_last_lr()[0],
         "epoch_time_s": epoch_time,
         "train_images_per_s": trained_now / max(epoch_time, 1e-9),
-        "global_step": global_step,
+        "global_step": step,
     }
     if not run.accelerator.is_main_process:
-        return record
+        return
     append_jsonl(run.paths.metrics, record)
-    values = {
-        "train/loss_epoch": record["train_loss"],
-        "train/accuracy": record["train_acc"],
-        "epoch": record["epoch"],
-        "perf/train_images_per_s": record["train_images_per_s"],
-    }
+    values = {"train/loss_epoch": record["train_loss"], "train/accuracy": record["train_acc"], "epoch": epoch + 1}
+    values["perf/train_images_per_s"] = record["train_images_per_s"]
+    evaluated = "no eval | "
     if result is not None:
-        values.update({"eval/loss": record["eval_loss"], "eval/accuracy": record["eval_acc"]})
+        values.update({"eval/loss": result.loss, "eval/accuracy": result.accuracy})
         if result.ece is not None:
             values["eval/ece"] = result.ece
+        evaluated = f"eval loss {result.loss:.4f} acc {100 * result.accuracy:.2f}% | "
     if run.flops.training_flops:
         achieved = record["train_images_per_s"] * run.flops.training_flops
         values["perf/train_tflops"] = achieved / 1e12
         peak = peak_flops(run.accelerator.device, run.precision)
         if peak:
             values["perf/mfu"] = achieved / peak
-    run.tracking.log(values, step=global_step)
-    evaluated = (
-        f"eval loss {record['eval_loss']:.4f} acc {100 * record['eval_acc']:.2f}% | " if result else "no eval | "
-    )
+    run.tracking.log(values, step=step)
     run.accelerator.print(
         f"epoch {epoch + 1}/{run.cfg.num_train_epochs}: "
         f"train loss {record['train_loss']:.4f} acc {100 * record['train_acc']:.2f}% | {evaluated}"
         f"{record['train_images_per_s']:.0f} img/s | {epoch_time:.1f} s" + synthetic_note(run.cfg)
     )
-    return record
 
 
 def finish(run, result: EvalResult) -> None:
@@ -145,7 +123,6 @@ def finish(run, result: EvalResult) -> None:
     if run.flow is not None:  # the last snapshots' images, before this thread draws figures of its own
         run.flow.close(step)
     figures = final_figures(run, result, metrics)
-    figures.update(gradcam_figures(run, result))
     paths.figures.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
         plots.save_figure(fig, paths.figures / f"{name}.png")
@@ -166,45 +143,41 @@ def finish(run, result: EvalResult) -> None:
         f"{'synthetic ' if cfg.dataset == 'fake' else ''}images "
         f"(best {100 * summary['best_eval_acc']:.2f}%); files in {paths.root}" + synthetic_note(cfg)
     )
-    acc.print(next_steps(paths))
+    # Where to look, and the commands a newcomer runs next.
+    acc.print(f"  report:      {paths.report} (open it in a browser)")
+    acc.print(f"  evaluate:    lab2-eval --model_path {paths.root}")
+    acc.print(f"  predict:     lab2-predict --model_path {paths.root} IMAGE.png")
+    if paths.tensorboard.is_dir():
+        acc.print(f"  TensorBoard: tensorboard --logdir {paths.tensorboard} --samples_per_plugin images=0")
     run.tracking.print_open_commands()
     # Model artifact, run summary, Table-1 table, and (MLflow) the run's files, report included.
     run.tracking.log_results(cfg.run_name, paths, summary, metrics, table, step=step)
 
 
 def final_figures(run, result: EvalResult, metrics: list[dict]) -> dict:
-    """Evaluation figures, curves, the last flow snapshot's bars and the flow heatmaps over the run."""
-    figures = plots.evaluation_figures(
-        result.confusion, result.per_class_accuracy, result.samples, run.splits.class_names
-    )
+    """Evaluation figures, curves, the last flow snapshot's bars, the flow heatmaps over the run and the Grad-CAM
+    grid (not for a model Grad-CAM cannot explain: that is said in one line, and the other files are written)."""
+    samples, classes = result.samples, run.splits.class_names
+    figures = plots.evaluation_figures(result.confusion, result.per_class_accuracy, samples, classes)
     if result.calibration is not None:
-        figures["calibration"] = reliability_figure(result.calibration, calibrated_logits(run.cfg))
+        figures["calibration"] = plots.reliability_figure(result.calibration, calibrated_logits(run.cfg))
     if metrics:
         figures["curves"] = plots.curves_figure(metrics)
     figures.update(history_figures(run.flow.history if run.flow is not None else []))
+    if samples is not None and len(samples.images) and samples.inputs is not None:
+        # The plain module: Captum's hooks and autograd.grad need neither DDP's wrapper nor a compiled graph.
+        plain = run.accelerator.unwrap_model(run.model, keep_torch_compile=False)
+        try:
+            figures["gradcam"] = gradcam.gradcam_figure(plain, samples, classes)
+        except UserError as reason:
+            run.accelerator.print(f"note: no gradcam figure: {reason}")
     return figures
-
-
-def gradcam_figures(run, result: EvalResult) -> dict:
-    """{'gradcam': the predictions grid with Grad-CAM overlays}, or {} (no samples, or a model Grad-CAM cannot
-    explain: that is said in one line, and the run's other files are still written)."""
-    samples = result.samples
-    if samples is None or not len(samples.images) or samples.inputs is None:
-        return {}
-    # The plain module: Captum's hooks and autograd.grad need neither DDP's wrapper nor a compiled graph.
-    plain = run.accelerator.unwrap_model(run.model, keep_torch_compile=False)
-    try:
-        return {"gradcam": gradcam.gradcam_figure(plain, samples, run.splits.class_names)}
-    except UserError as reason:
-        run.accelerator.print(f"note: no gradcam figure: {reason}")
-        return {}
 
 
 def run_summary(run, result: EvalResult, metrics: list[dict]) -> dict:
     """summary.json: final and best accuracy, cost, speed and where it ran."""
-    images = sum(m["train_images_per_s"] * m["epoch_time_s"] for m in metrics)
     time_s = sum(m["epoch_time_s"] for m in metrics)
-    images_per_s = images / time_s if time_s else 0.0
+    images_per_s = sum(m["train_images_per_s"] * m["epoch_time_s"] for m in metrics) / time_s if time_s else 0.0
     training_flops = run.flops.training_flops or 0
     peak = peak_flops(run.accelerator.device, run.precision)
     device = run.accelerator.device
@@ -235,27 +208,12 @@ def run_summary(run, result: EvalResult, metrics: list[dict]) -> dict:
     }
 
 
-def next_steps(paths) -> str:
-    """The lines after `done:`: where to look, and the commands a newcomer runs next."""
-    return "\n".join(
-        [
-            f"  report:      {paths.report} (open it in a browser)",
-            f"  evaluate:    lab2-eval --model_path {paths.root}",
-            f"  predict:     lab2-predict --model_path {paths.root} IMAGE.png",
-        ]
-        + (
-            [f"  TensorBoard: tensorboard --logdir {paths.tensorboard} --samples_per_plugin images=0"]
-            if paths.tensorboard.is_dir()
-            else []
-        )
-    )
-
-
 # --------------------------------------------------------------------------- endings before the end
 
 
 def report_interrupted(accelerator, paths, stop, global_step: int, epoch: int) -> None:
-    """Say when the signal came, where the run stopped and saved itself, and how to resume."""
+    """Say when the signal came (`stop`: lab2.engine.distributed.StopRequest), where the run stopped and saved
+    itself, and how to resume."""
     latest = latest_good_checkpoint(paths.checkpoints)
     came = "" if stop.received_after_step is None else f", received after step {stop.received_after_step}"
     by = stop.signal_name or "a signal to another process"  # the processes agree to stop together

@@ -1,16 +1,14 @@
-"""Resuming: the record every checkpoint carries (progress.json), and loading a checkpoint into a new run.
+"""Checkpoints of a run: the record each carries (progress.json), saving one, and loading one into a new run.
 
-`checkpoint_record` alone builds progress.json: where training stands (the loop's Progress), the settings that give
-a mid-epoch position its meaning ('position') and the flags that define the training ('training'). On resume
-`accelerator.load_state` puts the checkpoint's optimizer and scheduler back, their hyper-parameters included, so
-each flag that differs from the record is either applied or refused, never silently ignored (docs/resume.md):
-- applied: --learning_rate (the schedule is scaled to the new peak), --weight_decay and --momentum (written into
-  every optimizer group), --label_smoothing_factor (the loss reads it every step), and --num_train_epochs when the
-  schedule does not depend on the run's length (a constant rate without warm-up);
-- refused before training, in one line: --optim, --lr_scheduler_type and --warmup_ratio (the optimizer and
-  schedule state belong to the old ones), and a schedule whose length in steps changed (--num_train_epochs, the
-  batch size or the training-set size): stretching a half-done schedule over a new length is not the same
-  training as either run, so lab2 asks for the checkpoint's values or a fresh run instead.
+progress.json holds where training stands (the loop's Progress), the settings that give a mid-epoch position its
+meaning ('position') and the flags that define the training ('training'). `accelerator.load_state` puts the
+optimizer and scheduler back with their hyper-parameters, so each flag that differs from the record is either
+applied or refused, never silently ignored (docs/resume.md):
+- applied: --learning_rate (the schedule scaled to the new peak), --weight_decay and --momentum (written into
+  every optimizer group), --label_smoothing_factor (read every step), and --num_train_epochs when the schedule
+  does not depend on the run's length (a constant rate without warm-up);
+- refused in one line: --optim, --lr_scheduler_type, --warmup_ratio (the state belongs to the old ones), and a
+  schedule whose length in steps changed: stretched over a new length, a half-done schedule is neither run.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from pathlib import Path
 from lab2.engine.optim import rescale_learning_rate
 from lab2.errors import UserError
 from lab2.explain.flow import read_flow_history
+from lab2.state import checkpoint
 from lab2.state.checkpoint import read_progress, resolve_resume_path
 from lab2.state.files import keep_jsonl
 
@@ -33,6 +32,7 @@ RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")  # what Ac
 
 
 def position_settings(cfg, num_train_samples: int, world_size: int) -> dict:
+    """The POSITION settings of this run, as progress.json records them."""
     known = {"num_train_samples": num_train_samples, "world_size": world_size}
     return {name: known[name] if name in known else getattr(cfg, name) for name in POSITION}
 
@@ -41,6 +41,14 @@ def checkpoint_record(cfg, progress, position: dict, schedule_steps: int, **sums
     """progress.json: the Progress fields (`sums` overriding the running sums), 'position' and 'training'."""
     training = {**{name: getattr(cfg, name) for name in REFUSED + APPLIED}, "schedule_steps": schedule_steps}
     return {**asdict(progress), **sums, "position": position, "training": training}
+
+
+def save_checkpoint(run, sums: tuple[float, float, float] | None = None) -> Path:
+    """Save `run`'s checkpoint at the current step, on every process (RNG state is per process). Mid-epoch, `sums`
+    (loss sum, correct, seen over all processes) replace the Progress's running sums in progress.json."""
+    mid_epoch = dict(zip(("loss_sum", "correct", "seen"), sums, strict=True)) if sums else {}
+    record = checkpoint_record(run.cfg, run.progress, run.position, run.schedule_steps, **mid_epoch)
+    return checkpoint.save_checkpoint(run.accelerator, run.paths.checkpoints, record, run.cfg.checkpoints_total_limit)
 
 
 def check_compatible(saved: dict, path: Path, model: str, num_classes: int, position: dict) -> None:
@@ -68,11 +76,6 @@ def check_compatible(saved: dict, path: Path, model: str, num_classes: int, posi
         )
 
 
-def schedule_length_matters(cfg) -> bool:
-    """Only a constant rate without warm-up is the same at every step whatever the run's length."""
-    return not (cfg.lr_scheduler_type == "constant" and cfg.warmup_ratio == 0)
-
-
 def refuse_changed_settings(saved: dict | None, cfg, schedule_steps: int, path, report) -> None:
     """UserError listing every refused flag that differs from the checkpoint's; a warning when it has no record."""
     if not saved:  # written by a lab2 before the record existed
@@ -86,7 +89,9 @@ def refuse_changed_settings(saved: dict | None, cfg, schedule_steps: int, path, 
         f"--{n} {saved[n]} -> {getattr(cfg, n)}" for n in REFUSED if saved.get(n, getattr(cfg, n)) != getattr(cfg, n)
     ]
     old_steps = saved.get("schedule_steps")
-    if not changed and old_steps not in (None, schedule_steps) and schedule_length_matters(cfg):
+    # Only a constant rate without warm-up is the same at every step whatever the run's length.
+    length_matters = not (cfg.lr_scheduler_type == "constant" and cfg.warmup_ratio == 0)
+    if not changed and old_steps not in (None, schedule_steps) and length_matters:
         changed.append(
             f"the {cfg.lr_scheduler_type} schedule's length {old_steps} -> {schedule_steps} steps (--num_train_epochs "
             f"{saved.get('num_train_epochs', '?')} -> {cfg.num_train_epochs}, or another batch size or training-set "
@@ -139,7 +144,7 @@ def check_random_states(path: Path, num_processes: int, report) -> None:
 
 
 def resume(run) -> None:
-    """Load the checkpoint --resume_from_checkpoint names into `run` (lab2.engine.loop.Run): its prepared model,
+    """Load the checkpoint --resume_from_checkpoint names into `run` (lab2.engine.setup.Run): its prepared model,
     optimizer, scheduler and RNG states, and its Progress (in place). Records logged after the checkpoint are
     dropped, since the resumed run produces them again; the flow history comes back for the heatmaps."""
     cfg, accelerator, paths, progress = run.cfg, run.accelerator, run.paths, run.progress

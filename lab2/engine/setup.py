@@ -1,51 +1,34 @@
 """A run's set-up, done once before the first step: the Accelerator, CPU threads, the output folder and its lock,
-and the records a run starts with (config.json, flops.json, the trackers). The loop is lab2.engine.loop."""
+the Run record (data, model, optimizer, schedule and trackers, through one `accelerator.prepare`), and the records
+a run starts with (config.json, flops.json, the trackers). The loop is lab2.engine.loop."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from lab2.config import TrainConfig, log_with_for
+from lab2.data.cifar import load_splits
+from lab2.data.device_dataset import pipeline_loaders, use_channels_last
 from lab2.engine.distributed import is_port_taken, port_taken_message
+from lab2.engine.evaluation import EvalResult
+from lab2.engine.optim import create_optimizer, create_scheduler, scheduler_total_steps
+from lab2.engine.resume import position_settings
 from lab2.errors import UserError
+from lab2.explain.flops import count_flops
+from lab2.explain.flow import FlowReporter
+from lab2.models import create_model
 from lab2.state import run_folder
 from lab2.state.files import write_json
 from lab2.state.run_folder import RunPaths
 from lab2.tracking.startup import tracker_init_kwargs
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def launched_by_accelerate() -> bool:
-    """True under `accelerate launch`, whose launchers export their settings (ACCELERATE_DYNAMO_BACKEND among them)
-    to the script; plain python and torchrun do not."""
-    return "ACCELERATE_DYNAMO_BACKEND" in os.environ
-
-
-def ensure_cpu_threads(accelerator) -> None:
-    """`accelerate launch` without a config sets OMP_NUM_THREADS=1, halving CPU speed: undo that for one process.
-    Started any other way, a single thread is the user's own OMP_NUM_THREADS=1 (two runs sharing the cores, say),
-    and it is honoured."""
-    cores = available_cores()
-    if (
-        launched_by_accelerate()
-        and accelerator.device.type == "cpu"
-        and accelerator.num_processes == 1
-        and torch.get_num_threads() == 1
-        and cores > 1
-    ):
-        torch.set_num_threads(cores)
-        accelerator.print(
-            f"note: running on 1 CPU thread (OMP_NUM_THREADS=1, as `accelerate launch` sets without a config); "
-            f"using all {cores} cores instead. Pass --config_file accelerate_configs/cpu.yaml to avoid this."
-        )
+from lab2.tracking.trackers import Tracking
 
 
 def check_output_dir(cfg: TrainConfig, paths: RunPaths) -> None:
@@ -57,27 +40,12 @@ def check_output_dir(cfg: TrainConfig, paths: RunPaths) -> None:
     run_folder.check_output_dir(paths.root, bool(cfg.resume_from_checkpoint), cfg.overwrite_output_dir)
 
 
-def _lock_on_main(accelerator, paths: RunPaths) -> run_folder.RunFolderLock | None:
-    """The main process takes the run folder's lock; every process learns whether it could, so all stop alike."""
-    from accelerate.utils import broadcast_object_list
-
-    lock, problem = None, None
-    if accelerator.is_main_process:
-        try:
-            lock = run_folder.RunFolderLock(paths.root)
-        except UserError as error:
-            problem = str(error)
-    if accelerator.num_processes > 1:
-        problem = broadcast_object_list([problem])[0]
-    if problem:
-        raise UserError(problem)
-    return lock
-
-
 def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> run_folder.RunFolderLock | None:
     """Create, lock and mark --output_dir (checking it is writable on every process); --overwrite_output_dir
     removes lab2's own files from it by name, never anything else. Returns the lock (main process; None on the
     others), to hold until the run has written its last file."""
+    from accelerate.utils import broadcast_object_list
+
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=paths.root):  # a nameless file: it can never be one of the user's
@@ -86,7 +54,16 @@ def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> run_fo
         raise UserError(
             f"cannot write to --output_dir {paths.root} ({exc.strerror}); choose a writable folder."
         ) from None
-    lock = _lock_on_main(accelerator, paths)  # before anything is removed or written
+    # The main process locks before anything is removed or written; every process learns whether it could, so all
+    # stop alike.
+    lock, problem = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = run_folder.RunFolderLock(paths.root)
+        except UserError as error:
+            problem = str(error)
+    if problem := broadcast_object_list([problem])[0]:
+        raise UserError(problem)
     try:
         if accelerator.is_main_process:
             if cfg.overwrite_output_dir and run_folder.is_marked(paths.root):
@@ -115,22 +92,16 @@ def discard_unused_run_folder(root: Path, created: list[Path]) -> None:
             return
 
 
-def create_accelerator(cfg: TrainConfig):
-    """The run's Accelerator; with several processes it also makes the process group, on the launcher's port."""
-    from accelerate import Accelerator
-    from accelerate.utils import (
-        DataLoaderConfiguration,
-        InitProcessGroupKwargs,
-        ProjectConfiguration,
-        TorchDynamoPlugin,
-    )
+def create_accelerator(cfg: TrainConfig, paths: RunPaths):
+    """The run's Accelerator, its precision checked and the CPU notes printed; with several processes it also makes
+    the process group, on the launcher's port."""
+    from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
+    from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin
 
     try:
         accelerator = Accelerator(
             log_with=log_with_for(cfg.report_to),
-            project_config=ProjectConfiguration(
-                project_dir=cfg.output_dir, logging_dir=str(RunPaths(cfg.output_dir).tensorboard)
-            ),
+            project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(paths.tensorboard)),
             # A seedable sampler reshuffles as seed + epoch on every process alike, whatever the loop did before:
             # both pipelines then resume mid-epoch in the same order.
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
@@ -147,6 +118,7 @@ def create_accelerator(cfg: TrainConfig):
             raise UserError(port_taken_message()) from None
         raise
     autocast_precision(accelerator)  # refuse a precision this device would not run, before any file is written
+    cpu_notes(accelerator)
     return accelerator
 
 
@@ -176,32 +148,115 @@ def cpu_has_fast_bf16() -> bool:
     return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
 
 
-def warn_slow_bf16(accelerator) -> None:
-    if accelerator.device.type == "cpu" and str(accelerator.mixed_precision) == "bf16" and not cpu_has_fast_bf16():
+def cpu_notes(accelerator) -> None:
+    """On the CPU: undo the OMP_NUM_THREADS=1 that `accelerate launch` sets without a config (it halves the speed)
+    for one process, and warn of emulated bf16. Started any other way, a single thread is the user's own
+    OMP_NUM_THREADS=1 (two runs sharing the cores, say), and it is honoured."""
+    if accelerator.device.type != "cpu":
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # `accelerate launch` exports its settings (ACCELERATE_DYNAMO_BACKEND among them); plain python, torchrun do not.
+    launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ
+    if launched and accelerator.num_processes == 1 and torch.get_num_threads() == 1 and cores > 1:
+        torch.set_num_threads(cores)
+        accelerator.print(
+            f"note: running on 1 CPU thread (OMP_NUM_THREADS=1, as `accelerate launch` sets without a config); "
+            f"using all {cores} cores instead. Pass --config_file accelerate_configs/cpu.yaml to avoid this."
+        )
+    if str(accelerator.mixed_precision) == "bf16" and not cpu_has_fast_bf16():
         accelerator.print(
             "warning: bf16 autocast on a CPU without AMX or AVX512-BF16 is emulated and was measured ~15x slower "
             "than fp32 here; use accelerate_configs/cpu.yaml (fp32) on this machine."
         )
 
 
-def start_records(cfg: TrainConfig, accelerator, paths: RunPaths, flops, tracking, fresh: bool) -> None:
+def start_records(run: Run) -> None:
     """Write config.json and flops.json, print the FLOPs table and start the trackers (on every process: only
     the main one has real trackers); a fresh run logs the model's cost at step 0."""
-    init_kwargs = {}
+    cfg, accelerator, paths, flops = run.cfg, run.accelerator, run.paths, run.flops
+    fresh, init_kwargs = run.progress.global_step == 0, {}
     if accelerator.is_main_process:
         write_json(paths.config, cfg.to_dict())
         write_json(paths.flops, flops.to_dict())
         # A resume prints one line, so its "resumed from ..." line stays on the screen above the bar.
         accelerator.print(flops.table() if fresh else flops.short())
-        init_kwargs, notice = tracker_init_kwargs(
-            cfg.report_to,
-            paths.root,
-            cfg.run_name,
-            bool(cfg.resume_from_checkpoint),
-            init_timeout_s=cfg.wandb_init_timeout_s,
-        )
+        resuming, timeout = bool(cfg.resume_from_checkpoint), cfg.wandb_init_timeout_s
+        init_kwargs, notice = tracker_init_kwargs(cfg.report_to, paths.root, cfg.run_name, resuming, timeout)
         if notice:
             accelerator.print(notice)
-    tracking.start(cfg.project_name, cfg.to_dict(), init_kwargs, run_folder=paths.root)
+    run.tracking.start(cfg.project_name, cfg.to_dict(), init_kwargs, run_folder=paths.root)
     if accelerator.is_main_process and fresh:
-        tracking.log({"model/gflops_per_sample": flops.gflops_per_sample, "model/params": flops.params}, step=0)
+        run.tracking.log({"model/gflops_per_sample": flops.gflops_per_sample, "model/params": flops.params}, step=0)
+
+
+@dataclass
+class Run:
+    """What one training run works with, built once by `build_run`."""
+
+    cfg: TrainConfig
+    accelerator: Any
+    paths: RunPaths
+    progress: Any  # lab2.engine.loop.Progress, the one the loop updates
+    splits: Any  # lab2.data.cifar.DataSplits: images, labels, class names
+    model: torch.nn.Module  # prepared: DDP-wrapped with several processes
+    optimizer: Any
+    scheduler: Any
+    train_loader: Any
+    eval_loader: Any
+    schedule_steps: int  # the scheduler's steps over the whole run (lab2.engine.optim.scheduler_total_steps)
+    position: dict  # the settings that give progress.batch_in_epoch its meaning (checked resuming mid-epoch)
+    flops: Any  # lab2.explain.flops.FlopsReport on the main process, None on the others
+    tracking: Tracking
+    flow: FlowReporter | None  # flow statistics, histograms and images: main process, snapshots on
+    flow_every: int  # optimizer steps between flow snapshots (0: none)
+    precision: str  # what autocast runs in: fp32, bf16 or fp16
+    latest_eval: EvalResult | None = None  # the last evaluation of --eval_strategy steps
+
+
+def build_run(cfg: TrainConfig, accelerator, paths: RunPaths, progress) -> Run:
+    """Data, model, optimizer and scheduler, through one `accelerator.prepare`; trackers and flow reporter."""
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    with accelerator.main_process_first():  # downloads and fake-data generation happen once
+        splits = load_splits(cfg)
+    if len(splits.train_labels) < accelerator.num_processes or len(splits.test_labels) == 0:
+        raise UserError(
+            "the data set is too small for this run: it needs at least one image per process in each split."
+        )
+    progress.num_classes = splits.num_classes
+    model = create_model(cfg.model, splits.num_classes)
+    channels_last = use_channels_last(cfg.channels_last, accelerator.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    flops = count_flops(model) if accelerator.is_main_process else None  # rank 0 only, before wrapping
+    # The fused kernel (one op for all tensors) is the same Adam, measured ~10% faster per CPU step here.
+    fused = accelerator.device.type in ("cpu", "cuda") and cfg.optim != "sgd"
+    optimizer = create_optimizer(
+        model.parameters(), cfg.optim, cfg.learning_rate, cfg.weight_decay, cfg.momentum, fused=fused
+    )
+    loaders = pipeline_loaders(cfg, splits, accelerator.device, channels_last)
+    # One prepare for every path: Accelerate shards, evens out, reshuffles per epoch and places the batches.
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, *loaders)
+    if len(train_loader) == 0:
+        raise UserError(
+            f"--dataloader_drop_last leaves no training batch: {len(splits.train_labels)} images per epoch "
+            f"are fewer than one batch of {cfg.per_device_train_batch_size} per process; "
+            "lower --per_device_train_batch_size or drop the flag."
+        )
+    # The schedule spans the run's optimizer steps, known once the loader is sharded. Prepared, it steps once per
+    # optimizer step (skipped with the step under fp16 overflow) and save_state/load_state carry it.
+    schedule_steps = scheduler_total_steps(len(train_loader), cfg.num_train_epochs, accelerator.num_processes)
+    scheduler = create_scheduler(optimizer.optimizer, cfg.lr_scheduler_type, schedule_steps, cfg.warmup_ratio)
+    position = position_settings(cfg, len(splits.train_labels), accelerator.num_processes)
+    tracking = Tracking(accelerator)  # its notes go through the progress bar (tqdm.write), on the main process
+    flow_every = cfg.flow_every_steps(len(train_loader) * cfg.num_train_epochs)
+    flow = None
+    if accelerator.is_main_process and flow_every:
+        plain = accelerator.unwrap_model(model)
+        flow = FlowReporter(plain, tracking, paths.flow, histograms=cfg.log_histograms, printer=tracking.printer)
+    return Run(
+        cfg, accelerator, paths, progress, splits, model, optimizer, accelerator.prepare(scheduler),
+        train_loader, eval_loader, schedule_steps, position, flops, tracking, flow, flow_every,
+        autocast_precision(accelerator),
+    )  # fmt: skip
