@@ -21,6 +21,7 @@ from lab2.data.cifar import find_cifar10_folder
 from lab2.data.cifar_files import TEST_FILE, read_cifar_batch, read_class_names
 from lab2.errors import UserError, exit_with_user_error
 from lab2.flags import Parser, number_flag
+from lab2.state.files import atomic_write
 
 
 def file_label(class_name: str) -> str:
@@ -41,7 +42,8 @@ def write_samples(data_dir: str | Path, count: int, output: str | Path) -> list[
     written = []
     for index in range(min(count, len(labels))):
         path = output / f"{index:04d}-{file_label(names[labels[index]])}.png"
-        Image.fromarray(images[index].transpose(1, 2, 0)).save(path)  # (3, 32, 32) -> (32, 32, 3)
+        image = Image.fromarray(images[index].transpose(1, 2, 0))  # (3, 32, 32) -> (32, 32, 3)
+        atomic_write(path, lambda tmp, image=image: image.save(tmp, format="PNG"))  # a full disk: one line
         written.append(path)
     return written
 

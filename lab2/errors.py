@@ -65,7 +65,7 @@ def is_disk_full(exc: BaseException, folder=None) -> bool:
         text = str(exc)
         if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text:
             return True
-        if "StorageFull" in text:
+        if "StorageFull" in text or isinstance(exc, DiskFull):
             return True
         if "file write failed" in text and folder is not None:
             with suppress(OSError):

@@ -103,3 +103,25 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
 
 
 np.set_printoptions(linewidth=200)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs of the test's own (root only: skipped, with the reason, elsewhere), for the full-disk cases."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.skip(
+            f"cannot mount a tmpfs here ({result.stderr.strip() or 'not permitted'}); full-disk cases need root"
+        )
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill_disk(mount: Path, leave_bytes: int = 0) -> None:
+    """Fill the file system at `mount` until `leave_bytes` are free."""
+    free = shutil.disk_usage(mount).free
+    (mount / "filler").write_bytes(b"\0" * max(0, free - leave_bytes))

@@ -6,11 +6,11 @@ disk during a save or the export is one error naming the last good checkpoint, a
 temporary folder. The full-disk cases run on a small tmpfs this test mounts (root only)."""
 
 import json
-import subprocess
 
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import fill_disk
 
 from lab2.engine.resume import check_compatible
 from lab2.errors import UserError
@@ -150,34 +150,11 @@ def test_mid_epoch_resume_refuses_settings_that_move_the_position(tmp_path, sett
 # --------------------------------------------------------------------------- full disk, on a real tmpfs
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        pytest.skip(
-            f"cannot mount a tmpfs here ({result.stderr.strip() or 'not permitted'}); the full-disk cases need root"
-        )
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(mount, leave_bytes):
-    """Fill the file system until `leave_bytes` are free."""
-    import shutil
-
-    free = shutil.disk_usage(mount).free
-    (mount / "filler").write_bytes(b"\0" * max(0, free - leave_bytes))
-
-
 def test_full_disk_during_a_checkpoint(small_disk):
     accelerator, _ = _accelerator_with_state(width=128)  # ~200 KB per checkpoint
     folder = small_disk / "run" / "checkpoints"
     first = save_checkpoint(accelerator, folder, {**PROGRESS, "global_step": 2}, total_limit=3)
-    _fill(small_disk, 50_000)
+    fill_disk(small_disk, 50_000)
     with pytest.raises(UserError) as error:
         save_checkpoint(accelerator, folder, {**PROGRESS, "global_step": 4}, total_limit=3)
     message = str(error.value)
@@ -191,7 +168,7 @@ def test_full_disk_during_the_final_export(small_disk):
     accelerator, model = _accelerator_with_state(width=128)
     run = small_disk / "run"
     first = save_checkpoint(accelerator, run / "checkpoints", {**PROGRESS, "global_step": 2}, total_limit=3)
-    _fill(small_disk, 20_000)
+    fill_disk(small_disk, 20_000)
     with pytest.raises(UserError) as error:
         export_model(accelerator, model, run / "model.safetensors", {"model": "linear"})
     assert "disk is full" in str(error.value) and str(first) in str(error.value)
@@ -202,7 +179,7 @@ def test_full_disk_during_the_final_export(small_disk):
 def test_full_disk_during_a_log_append_leaves_whole_lines(small_disk):
     path = small_disk / "metrics.jsonl"
     append_jsonl(path, {"epoch": 1})
-    _fill(small_disk, 0)
+    fill_disk(small_disk, 0)
     with pytest.raises(OSError):
         append_jsonl(path, {"epoch": 2, "padding": "x" * 100_000})
     assert path.read_text() == '{"epoch": 1}\n'

@@ -16,6 +16,7 @@ from conftest import (
     assert_clean_error,
     built_once,
     cli_env,
+    fill_disk,
     run_cli,
     train_cmd,
     write_synthetic_folder,
@@ -206,3 +207,40 @@ def test_a_run_without_checkpoint_or_model_and_a_folder_that_is_no_run_are_one_l
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.count("\n") == 1 and "error:" in err, err
         assert all(fragment in err for fragment in fragments), err
+
+
+def test_a_full_disk_is_one_line_for_every_command_and_leaves_no_part_of_a_file(run_dir, small_disk):
+    """lab2-eval, lab2-export, lab2-report and examples/sample_images.py on a full disk (issue 23, item 3): one line
+    naming the folder, exit code 6 (the README's), no traceback, no temporary or partial file."""
+    fill_disk(small_disk)
+    commands = {
+        "eval": [BIN / "lab2-eval", "--model_path", run_dir, "--output_dir", small_disk / "eval"],
+        "export": [BIN / "lab2-export", run_dir, "--output", small_disk / "model.safetensors"],
+        "report": [BIN / "lab2-report", run_dir, "--output", small_disk / "report.html"],
+        "samples": [BIN / "python", REPO / "examples" / "sample_images.py", "--data_dir", run_dir.parent / "data",
+                    "--output", small_disk / "samples"],
+    }  # fmt: skip
+    for name, command in commands.items():
+        result = run_cli(command)
+        assert_clean_error(result, "disk holding", "is full")
+        assert result.returncode == 6, (name, result.stderr)
+    left = sorted(str(p.relative_to(small_disk)) for p in small_disk.rglob("*") if p.is_file())
+    assert all(p == "filler" or p.startswith("eval/") and "tmp" not in p for p in left), left  # eval's marker at most
+    assert not (small_disk / "report.html").exists() and not (small_disk / "model.safetensors").exists()
+
+
+def test_a_run_whose_report_cannot_be_written_is_not_marked_finished(run_dir, small_disk):
+    """summary.json marks a run finished; when report.html then finds the disk full, summary.json goes again."""
+    from lab2.engine.results import mark_finished
+    from lab2.errors import DiskFull
+    from lab2.state.run_folder import RunPaths
+
+    run = small_disk / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("checkpoints", "*.safetensors", "report.html"))
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").unlink()
+    fill_disk(small_disk, leave_bytes=64 * 1024)  # room for summary.json, not for the report's embedded figures
+    with pytest.raises(DiskFull, match="report.html"):
+        mark_finished(RunPaths(run), summary)
+    assert not (run / "summary.json").exists() and not (run / "report.html").exists()
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]

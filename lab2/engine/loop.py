@@ -27,7 +27,7 @@ from lab2.engine.distributed import StopRequest
 from lab2.engine.evaluation import EvalResult, evaluate, sync_buffers
 from lab2.engine.optim import training_loss
 from lab2.engine.resume import resume, save_checkpoint
-from lab2.errors import Diverged, TrainingStopped, UserError, is_disk_full
+from lab2.errors import DiskFull, Diverged, TrainingStopped, UserError, is_disk_full
 from lab2.state.checkpoint import disk_full_error
 from lab2.state.run_folder import RunPaths
 
@@ -77,6 +77,10 @@ def run(cfg: TrainConfig) -> None:
                     f"{stop.signal_name} received while finishing; the run is complete "
                     "(final checkpoint, weights, figures and report written)."
                 )
+        except DiskFull as full:
+            if getattr(full, "path", None) is None:  # a checkpoint's: it already names the last good checkpoint
+                raise
+            raise disk_full_error(full.__cause__, full.path, paths.checkpoints) from None
         except UserError:
             if state is None and created and accelerator.is_main_process:
                 setup.discard_unused_run_folder(paths.root, created)

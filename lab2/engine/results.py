@@ -19,7 +19,7 @@ from lab2.figures import SNAPSHOT_FIGURES
 from lab2.flags import resume_advice
 from lab2.report.pages import write_report
 from lab2.state.checkpoint import export_model, latest_good_checkpoint
-from lab2.state.files import append_jsonl, read_jsonl, write_json
+from lab2.state.files import append_jsonl, read_jsonl, write_json, write_text
 
 # Dense peak FLOP/s by device-name fragment and precision, for model FLOPs utilisation (MFU) on CUDA.
 HOPPER = {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}
@@ -132,12 +132,11 @@ def finish(run, result: EvalResult) -> None:
     table = training_log_table(metrics)
     if cfg.dataset == "fake":
         table = "Training log on synthetic images (--dataset fake), not CIFAR-10:\n" + table
-    paths.training_log.write_text(table + "\n", encoding="utf-8")
+    write_text(paths.training_log, table + "\n")
     acc.print(table)
     summary = run_summary(run, result, metrics)
-    write_json(paths.summary, summary)
     run.tracking.log({"eval/final_accuracy": result.accuracy}, step=step)
-    write_report(paths.root)
+    mark_finished(paths, summary)
     acc.print(
         f"done: final eval accuracy {100 * result.accuracy:.2f}% on {result.num_samples} "
         f"{'synthetic ' if cfg.dataset == 'fake' else ''}images "
@@ -152,6 +151,17 @@ def finish(run, result: EvalResult) -> None:
     run.tracking.print_open_commands()
     # Model artifact, run summary, Table-1 table, and (MLflow) the run's files, report included.
     run.tracking.log_results(cfg.run_name, paths, summary, metrics, table, step=step)
+
+
+def mark_finished(paths, summary: dict) -> None:
+    """summary.json marks the run finished, and report.html is drawn from it; a report that cannot be written (a full
+    disk) takes summary.json away again, so a run without its report never counts as finished."""
+    write_json(paths.summary, summary)
+    try:
+        write_report(paths.root)
+    except BaseException:
+        paths.summary.unlink(missing_ok=True)
+        raise
 
 
 def final_figures(run, result: EvalResult, metrics: list[dict]) -> dict:

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from lab2.errors import UserError
+from lab2.errors import DiskFull, UserError, is_disk_full
 
 # Every output's mode, as any program's: mkstemp, mkdtemp and safetensors alone make 0600/0700 whatever the umask.
 # Reading the umask means setting it: the restrictive 0o077 in between, so that a file another thread creates in
@@ -36,16 +36,26 @@ def new_temporary(beside: str | Path, folder: bool = False) -> Path:
 
 def atomic_write(target: str | Path, write: Callable[[Path], object]) -> Path:
     """Write `target` whole or not at all: `write(tmp)` fills a temporary file beside it, which is synced and then
-    renamed over `target`. Any failure (a full disk, Ctrl-C) removes the temporary file. Returns `target`."""
+    renamed over `target`. Any failure (a full disk, Ctrl-C) removes the temporary file; a full disk is a DiskFull
+    naming the folder, so every command that writes through here says it in one line. Returns `target`."""
     target = Path(target)
-    tmp = new_temporary(target)
+    tmp = None
     try:
+        tmp = new_temporary(target)
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())  # the data is on disk before the rename makes it the file
         os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, UserError) and is_disk_full(exc, target.parent):
+            full = DiskFull(
+                f"the disk holding {target.parent} is full: writing {target.name} failed and nothing was left of it; "
+                "free space there (or write somewhere else) and run the command again."
+            )
+            full.path = target  # for training's message, which names the checkpoint to resume from instead
+            raise full from exc
         raise
     return target
 
