@@ -193,7 +193,8 @@ def test_the_report_header_shows_recipe_given_flags_time_and_device_and_the_tabl
     assert "--recipe fast" in given and "--num_train_epochs 1" in given
     assert "--optim" not in given and "--output_dir" not in given  # the recipe's value; lab2's own
     minutes = sum(json.loads(line)["epoch_time_s"] for line in (fast / "metrics.jsonl").read_text().splitlines())
-    assert f"training time <b>{minutes / 60:.1f} min</b>" in header
+    assert f"wall time <b>{summary['wall_time_s'] / 60:.1f} min</b> (start-up" in header  # finished: not "so far"
+    assert f"of which training <b>{minutes / 60:.1f} min</b>" in header and summary["wall_time_s"] > 60 * minutes
     assert f"device <b>{summary['device']} x1, {summary['precision']}</b>" in header
     table = page.split("<h2>Configuration</h2>")[1]
     rows = re.findall(r"<tr class='(\w+)'><td class='l'>--(\w+)</td><td class='l'>(.*?)</td>", table)

@@ -16,6 +16,7 @@ from tracker_files import wandb_steps
 from wandb_reader import history_keys, read_records, run_file
 
 from lab2.state.checkpoint import list_checkpoints
+from lab2.state.files import read_jsonl
 from lab2.state.model_file import read_exported_model
 
 pytestmark = pytest.mark.slow
@@ -67,6 +68,8 @@ def test_accelerate_launch_one_epoch_on_the_mini_slice(mini_dir, tmp_path):
         "lr",
         "epoch_time_s",
         "train_images_per_s",
+        "wall_time_s",
+        "device",
     }
     assert summary["num_eval_samples"] == 1017 and summary["params"] == 4_441_482
     assert summary["final_eval_acc"] >= 0.18, summary  # chance is 10%; `make smoke` (16 steps) reaches ~23%
@@ -252,10 +255,17 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_bit_exact_mid_epoch(mini_dir, 
     assert 0 < progress["batch_in_epoch"] < 10, progress  # stopped mid-epoch
     name = json.loads((out / "config.json").read_text())["run_name"]
     time.sleep(1.1)  # a name taken from the clock would differ by now
+    resumed_at = time.monotonic()
     resumed = run_cli(
         train_cmd(*common, "--num_train_epochs", 1, "--output_dir", out, "--resume_from_checkpoint", "latest")
     )
     assert resumed.returncode == 0, resumed.stderr
+    # The run's wall time carries the stopped process's, up to its checkpoint, and adds the resumed one's.
+    wall, epoch_time = (
+        json.loads((out / "summary.json").read_text())["wall_time_s"],
+        read_jsonl(out / "metrics.jsonl")[-1]["epoch_time_s"],
+    )
+    assert progress["wall_time_s"] + epoch_time < wall < progress["wall_time_s"] + time.monotonic() - resumed_at
     a, b = _weights(tmp_path / "straight"), _weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _deterministic(tmp_path / "straight" / "metrics.jsonl") == _deterministic(out / "metrics.jsonl")

@@ -72,6 +72,8 @@ def test_the_report_of_an_unfinished_run_draws_its_curves_and_flow_and_says_it_i
     assert "<b>Unfinished run</b>" in page and "epochs done" in page
     assert "alt='curves'" in page and "per epoch so far (unfinished run)" in page
     assert "n/a x?" not in page
+    # The header says where it ran and how long, from the epoch records (summary.json comes at the end).
+    assert "device <b>cpu x1, fp32</b>" in page and re.search(r"wall time <b>[0-9]+\.[0-9] min</b> so far", page)
     # The flow charts and heatmaps come from flow.jsonl (issue 22): figures/ is written only at the end.
     assert not (out / "figures").exists() and (out / "flow.jsonl").read_text()
     drawn = re.findall(r"<img alt='(\w+)'", page)

@@ -47,6 +47,15 @@ class Progress:
     model: str = ""
     num_classes: int = 0
     world_size: int = 1
+    wall_time_s: float = 0.0  # the run's wall-clock seconds before this process: up to the checkpoint it resumed
+
+    def __post_init__(self):
+        self.started = time.monotonic()  # not a field, so not in progress.json: that saves wall_time() instead
+
+    def wall_time(self) -> float:
+        """The run's wall-clock seconds so far: this process's (start-up, training, evaluation, saving), plus the
+        earlier processes' up to the checkpoint this one resumed from (their time after it was trained again)."""
+        return self.wall_time_s + time.monotonic() - self.started
 
 
 def run(cfg: TrainConfig) -> None:

@@ -78,6 +78,8 @@ def end_epoch(run, epoch: int, totals: tuple[float, float, float], trained_now: 
         "epoch_time_s": epoch_time,
         "train_images_per_s": trained_now / max(epoch_time, 1e-9),
         "global_step": step,
+        "wall_time_s": run.progress.wall_time(),  # so far: a stopped run's report shows it
+        **where_it_ran(run),
     }
     if not run.accelerator.is_main_process:
         return
@@ -190,7 +192,6 @@ def run_summary(run, result: EvalResult, metrics: list[dict]) -> dict:
     images_per_s = sum(m["train_images_per_s"] * m["epoch_time_s"] for m in metrics) / time_s if time_s else 0.0
     training_flops = run.flops.training_flops or 0
     peak = peak_flops(run.accelerator.device, run.precision)
-    device = run.accelerator.device
     return {
         "data": data_label(run.cfg),
         "final_eval_acc": result.accuracy,
@@ -207,14 +208,23 @@ def run_summary(run, result: EvalResult, metrics: list[dict]) -> dict:
         "epochs": run.progress.epoch,
         "global_step": run.progress.global_step,
         "train_time_s": time_s,
+        "wall_time_s": run.progress.wall_time(),
         "train_images_per_s": images_per_s,
         "train_tflops": images_per_s * training_flops / 1e12,
         "mfu": images_per_s * training_flops / peak if peak and training_flops else None,
+        **where_it_ran(run),
+        "data_pipeline": run.cfg.data_pipeline,
+    }
+
+
+def where_it_ran(run) -> dict:
+    """The device, process count, CPU threads per process and precision: in summary.json and every epoch record."""
+    device = run.accelerator.device
+    return {
         "device": str(device) + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
         "world_size": run.accelerator.num_processes,
         "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,  # per process
         "precision": run.precision,
-        "data_pipeline": run.cfg.data_pipeline,
     }
 
 

@@ -38,7 +38,8 @@ def position_settings(cfg, num_train_samples: int, world_size: int) -> dict:
 
 
 def checkpoint_record(cfg, progress, position: dict, schedule_steps: int, **sums) -> dict:
-    """progress.json: the Progress fields (`sums` overriding the running sums), 'position' and 'training'."""
+    """progress.json: the Progress fields (`sums` overriding them: the running sums, the wall time), 'position' and
+    'training'."""
     training = {**{name: getattr(cfg, name) for name in REFUSED + APPLIED}, "schedule_steps": schedule_steps}
     return {**asdict(progress), **sums, "position": position, "training": training}
 
@@ -47,6 +48,7 @@ def save_checkpoint(run, sums: tuple[float, float, float] | None = None) -> Path
     """Save `run`'s checkpoint at the current step, on every process (RNG state is per process). Mid-epoch, `sums`
     (loss sum, correct, seen over all processes) replace the Progress's running sums in progress.json."""
     mid_epoch = dict(zip(("loss_sum", "correct", "seen"), sums, strict=True)) if sums else {}
+    mid_epoch["wall_time_s"] = run.progress.wall_time()
     record = checkpoint_record(run.cfg, run.progress, run.position, run.schedule_steps, **mid_epoch)
     return checkpoint.save_checkpoint(run.accelerator, run.paths.checkpoints, record, run.cfg.checkpoints_total_limit)
 

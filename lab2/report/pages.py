@@ -103,6 +103,17 @@ class Run:
     def training_time(self) -> float:
         return sum(m["epoch_time_s"] for m in self.metrics if _is_number(m.get("epoch_time_s")))
 
+    @property
+    def ran(self) -> dict:
+        """Where the run ran (device, world_size, precision) and its wall_time_s: summary.json's, or an unfinished
+        run's last epoch record's (so far)."""
+        return self.summary or (self.metrics[-1] if self.metrics else {})
+
+    @property
+    def wall_minutes(self) -> float | None:  # None for files from before lab2 recorded it
+        seconds = self.ran.get("wall_time_s")
+        return seconds / 60 if _is_number(seconds) else None
+
 
 def read_run(folder: str | Path) -> Run:
     """A run's files, or a UserError when `folder` is not a lab2 run (finished, running or stopped)."""
