@@ -190,7 +190,10 @@ def test_calibration_gap_has_the_legends_colour_and_the_counts_clear_the_bars(re
     gap_key = handles["gap to the mean confidence"]
     bars, gaps = ax.containers
     assert len(gaps) and all(p.get_facecolor() == gap_key.get_facecolor() for p in gaps)
-    assert all(p.get_alpha() in (None, 1) and p.get_hatch() == gap_key.get_hatch() for p in gaps)  # opaque: no blend
+    assert all(p.get_hatch() == gap_key.get_hatch() == "//" for p in gaps)
+    # No fill, no blend: a gap inside a bar (accuracy above confidence) leaves the bar's blue, up to its top, seen.
+    assert all(p.get_facecolor()[3] == 0 and p.get_alpha() in (None, 1) for p in gaps)
+    assert all(b.get_facecolor()[3] == 1 for b in bars)
     patches = _extents(fig, [*bars, *gaps])
     counts = _extents(fig, ax.texts)
     assert sorted(int(t.get_text()) for t in ax.texts) == sorted(int(c) for c in result.calibration.counts if c)

@@ -340,9 +340,9 @@ def reliability_figure(bins: ReliabilityBins, logits_note: str = "") -> Figure:
     fig, ax = _axes(6, 6)
     bar = {"width": 1 / len(bins.counts), "align": "edge"}
     ax.bar(left, accuracy, **bar, color="tab:blue", edgecolor="black", label="accuracy")
-    # Opaque and hatched, above the bar: a see-through red over blue (where accuracy is above confidence) made a
-    # purple the legend did not have.
-    ax.bar(left, confidence - accuracy, bottom=accuracy, **bar, color="mistyrose", edgecolor="tab:red", hatch="//",
+    # Hatched, without a fill: where accuracy is above confidence the gap lies inside the blue bar, and a filled
+    # one hid the bar's top (a see-through red made a purple the legend did not have). The blue is the accuracy.
+    ax.bar(left, confidence - accuracy, bottom=accuracy, **bar, facecolor="none", edgecolor="tab:red", hatch="//",
            zorder=3, label="gap to the mean confidence")  # fmt: skip
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration", zorder=4)
     for x, count in zip(left, counts, strict=True):  # above 1.0, where no bar reaches
