@@ -1,5 +1,5 @@
 # make train  - set up .venv (first time; CPU wheels without a GPU) and train SimpleCNN on CIFAR-10 (downloads it into ./data)
-# make test   - set up .venv (first time) and run the test suite (CPU only, about 11 minutes on 2 cores)
+# make test   - set up .venv (first time) and run the test suite (CPU only, about 19 minutes on 2 cores)
 # make lint   - ruff format --check and ruff check at 120 columns (CI runs it before the tests)
 # make smoke  - a 1-epoch CPU run on a small subset, to see the whole pipeline work
 # make bench  - the throughput benchmark against the seed recipe (bench/train_throughput.py)
@@ -87,7 +87,7 @@ readme-samples: $(STAMP)
 	$(MAKE) --no-print-directory smoke
 	$(BIN)/python docs/readme_samples.py --run runs/smoke --data_dir $(MINI)
 
-# Two workers, one per core: conftest.py gives each, and every program a test starts, one thread (about 11 minutes here).
+# Two workers, one per core: conftest.py gives each, and every program a test starts, one thread (about 19 minutes here).
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 

@@ -23,7 +23,7 @@ import threading
 
 from lab2.engine.distributed import is_peer_lost, launched_rank, peer_lost_message, prepare_process
 from lab2.errors import EXIT_PEER_LOST, EXIT_USER_ERROR, Diverged, TrainingStopped, UserError, exit_with_user_error
-from lab2.flags import config_from_flags, launched_by_make, parse_args
+from lab2.flags import config_from_flags, launched_by_make, parse_args, resume_advice
 from lab2.state.run_folder import RunPaths
 from lab2.tracking.startup import redirect_unwritable_caches
 
@@ -91,15 +91,30 @@ def train(**flags) -> dict | None:
     return json.loads(RunPaths(cfg.output_dir).summary.read_text(encoding="utf-8")) if launched_rank() == 0 else None
 
 
+def stopped_at_once(output_dir) -> str:
+    """What a second Ctrl-C leaves: the step or checkpoint it cut short is lost, the last complete checkpoint not."""
+    from lab2.state.checkpoint import latest_good_checkpoint
+
+    latest = latest_good_checkpoint(RunPaths(output_dir).checkpoints)
+    if latest is None:
+        return "stopped at once by a second Ctrl-C, before any checkpoint was complete: run the command again."
+    return f"stopped at once by a second Ctrl-C; the last complete checkpoint is {latest}: " + resume_advice(output_dir)
+
+
 def main(argv: list[str] | None = None) -> None:
     """lab2-train and train_accelerate.py; exit codes as docs/resume.md lists them."""
     # Under `make train` the recipe makes the launcher ignore SIGINT, so that Ctrl-C leaves lab2 to save and say
     # how to resume while the launcher and make wait; this process inherits the ignore and takes Ctrl-C back.
     if launched_by_make() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    cfg = None
     try:
         cfg = parse_args(argv)
         _run(cfg)
+    except KeyboardInterrupt:  # a second Ctrl-C (lab2.engine.distributed.StopRequest) stops at once, even mid-save
+        if cfg is not None and launched_rank() == 0:
+            print(f"lab2: {stopped_at_once(cfg.output_dir)}", file=sys.stderr, flush=True)
+        sys.exit(130)  # as a shell reports a process that Ctrl-C ended
     except UserError as error:
         # Under a launcher every rank hits the same user error: one line is enough.
         if launched_rank() == 0:

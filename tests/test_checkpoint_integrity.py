@@ -159,6 +159,7 @@ def test_full_disk_during_a_checkpoint(small_disk):
         save_checkpoint(accelerator, folder, {**PROGRESS, "global_step": 4}, total_limit=3)
     message = str(error.value)
     assert "disk is full" in message and str(first) in message and "\n" not in message, message
+    assert f"writing {folder / 'checkpoint_00000004'} failed" in message  # its name, not the temporary folder's
     assert getattr(error.value, "exit_code", None) == 6
     assert sorted(p.name for p in folder.iterdir()) == [first.name]  # no .tmp-checkpoint_* left behind
     assert resolve_resume_path("latest", small_disk / "run", report=lambda line: None) == first
@@ -171,7 +172,8 @@ def test_full_disk_during_the_final_export(small_disk):
     fill_disk(small_disk, 20_000)
     with pytest.raises(UserError) as error:
         export_model(accelerator, model, run / "model.safetensors", {"model": "linear"})
-    assert "disk is full" in str(error.value) and str(first) in str(error.value)
+    message = str(error.value)
+    assert "disk is full" in message and str(first) in message and message.count("is full") == 1, message  # not nested
     assert getattr(error.value, "exit_code", None) == 6
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]  # no .model.safetensors.tmp
 

@@ -273,6 +273,26 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_bit_exact_mid_epoch(mini_dir, 
     assert f"lab2 run: {name}" in (out / "report.html").read_text()
 
 
+def test_a_second_ctrl_c_stops_at_once_in_one_line_naming_the_last_complete_checkpoint(mini_dir, tmp_path):
+    out = tmp_path / "twice"
+    flags = ["--data_dir", mini_dir, "--max_train_samples", 1280, "--per_device_train_batch_size", 64]
+    flags += ["--max_eval_samples", 128, "--report_to", "none", "--flow_log_steps", 0, "--checkpointing_steps", 1]
+    proc = _start(train_cmd(*flags, "--num_train_epochs", 2, "--output_dir", out))
+    assert _wait_for(lambda: list_checkpoints(out / "checkpoints") or proc.poll() is not None)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # the first is heard; the second lands in the step or the save it asked for
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    (line,) = [line for line in stderr.splitlines() if "second Ctrl-C" in line]
+    latest = list_checkpoints(out / "checkpoints")[-1]
+    assert f"the last complete checkpoint is {latest}" in line and "--resume_from_checkpoint latest" in line
+    resumed = run_cli(
+        train_cmd(*flags, "--num_train_epochs", 2, "--output_dir", out, "--resume_from_checkpoint", "latest")
+    )
+    assert resumed.returncode == 0, resumed.stderr
+
+
 def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(mini_dir, tmp_path):
     out = tmp_path / "killed"
     args = [

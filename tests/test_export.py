@@ -132,6 +132,14 @@ def test_a_plain_pickle_is_one_line_without_torch_warnings(tmp_path):
     assert result.stderr.startswith("lab2-predict: error:") and "plain pickle file" in result.stderr
 
 
+@pytest.mark.parametrize("content", [b"hello\n", b"junk", b"PK\x03\x04 not a zip", b"\x80\x02K\x01."])
+def test_a_file_that_is_no_torch_save_is_one_line(tmp_path, content):
+    path = tmp_path / "model_final.pth"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="not a readable torch.save file|plain pickle file|not a state dict"):
+        read_lab_state_dict(path)
+
+
 def test_a_state_dict_of_another_model_is_a_clear_error(tmp_path, capsys):
     path = tmp_path / "other.pth"
     torch.save(nn.Linear(3, 2).state_dict(), path)

@@ -27,7 +27,7 @@ from lab2.models import create_model
 from lab2.state import run_folder
 from lab2.state.files import write_json
 from lab2.state.run_folder import RunPaths
-from lab2.tracking.startup import tracker_init_kwargs
+from lab2.tracking.startup import tracker_init_kwargs, wandb_project
 from lab2.tracking.trackers import Tracking
 
 
@@ -149,9 +149,9 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def cpu_notes(accelerator) -> None:
-    """On the CPU: undo the OMP_NUM_THREADS=1 that `accelerate launch` sets without a config (it halves the speed)
-    for one process, and warn of emulated bf16. Started any other way, a single thread is the user's own
-    OMP_NUM_THREADS=1 (two runs sharing the cores, say), and it is honoured."""
+    """On the CPU: undo the OMP_NUM_THREADS=1 that `accelerate launch` gives one process (it halves the speed; an
+    explicit --num_cpu_threads_per_process 1 looks the same to lab2), and warn of emulated bf16. Started any other
+    way, a single thread is the user's own OMP_NUM_THREADS=1 (two runs sharing the cores, say), and it is honoured."""
     if accelerator.device.type != "cpu":
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -160,8 +160,9 @@ def cpu_notes(accelerator) -> None:
     if launched and accelerator.num_processes == 1 and torch.get_num_threads() == 1 and cores > 1:
         torch.set_num_threads(cores)
         accelerator.print(
-            f"note: running on 1 CPU thread (OMP_NUM_THREADS=1, as `accelerate launch` sets without a config); "
-            f"using all {cores} cores instead. Pass --config_file accelerate_configs/cpu.yaml to avoid this."
+            f"note: `accelerate launch` gave this one process 1 CPU thread (OMP_NUM_THREADS=1: its choice without a "
+            f"config or where it counts one physical core, or --num_cpu_threads_per_process 1); using all {cores} "
+            "cores instead. For one thread (runs sharing the cores): OMP_NUM_THREADS=1 python train_accelerate.py ..."
         )
     if str(accelerator.mixed_precision) == "bf16" and not cpu_has_fast_bf16():
         accelerator.print(
@@ -175,6 +176,8 @@ def start_records(run: Run) -> None:
     the main one has real trackers); a fresh run logs the model's cost at step 0."""
     cfg, accelerator, paths, flops = run.cfg, run.accelerator, run.paths, run.flops
     fresh, init_kwargs = run.progress.global_step == 0, {}
+    if "wandb" in (log_with_for(cfg.report_to) or ()):  # config.json says the project the W&B run went to
+        cfg.project_name = wandb_project(cfg.project_name)
     if accelerator.is_main_process:
         write_json(paths.config, cfg.to_dict())
         write_json(paths.flops, flops.to_dict())

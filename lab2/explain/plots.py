@@ -286,7 +286,7 @@ def comparison_curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figu
                     ax.plot(xs, values, linestyle=linestyle, label=f"{label} {split}", **style)
     for column, (_, title, ylabel, _) in enumerate(MEASURES):
         _per_epoch(axes[0, column], ylabel, f"{title} per epoch")
-        axes[1, column].set(xlabel="training time (minutes)", ylabel=ylabel, title=f"{title} against wall time")
+        axes[1, column].set(xlabel="training time (minutes)", ylabel=ylabel, title=f"{title} against training time")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         if ax.lines:

@@ -134,11 +134,13 @@ def latest_good_checkpoint(checkpoints_dir: str | Path) -> Path | None:
 
 def disk_full_error(exc: BaseException, where: str | Path, checkpoints_dir: str | Path) -> DiskFull:
     """The one-line DiskFull error for a failed write to `where`, naming the last good checkpoint."""
+    if isinstance(exc, DiskFull) and exc.__cause__ is not None:  # atomic_write's: say the disk's own error
+        exc = exc.__cause__
     good = latest_good_checkpoint(checkpoints_dir)
     after = f"the last good checkpoint is {good}; free space, then resume with --resume_from_checkpoint latest"
     return DiskFull(
         f"the disk is full: writing {where} failed ({str(exc).splitlines()[0][:120]}); "
-        f"the partial file was removed and {after if good else 'no checkpoint was saved before it'}."
+        f"what it had written was removed, and {after if good else 'no checkpoint was saved before it'}."
     )
 
 
@@ -168,7 +170,7 @@ def save_checkpoint(accelerator, checkpoints_dir: str | Path, progress: dict, to
         if not is_disk_full(exc, checkpoints_dir):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
-        raise disk_full_error(exc, tmp, checkpoints_dir) from None
+        raise disk_full_error(exc, final, checkpoints_dir) from None  # its name: the temporary one is gone
     if main:
         if final.exists():  # the same step saved again (e.g. an interrupt right after a scheduled save)
             old = new_temporary(final, folder=True)
