@@ -215,3 +215,6 @@ def test_eleven_runs_get_eleven_different_looks(runs):
     eval_lines = [line for line in fig.axes[0].lines if line.get_label().endswith(" eval")]
     assert len(eval_lines) == 11
     assert len({(line.get_color(), line.get_marker()) for line in eval_lines}) == 11
+    # One legend, below the panels, a run per entry: none inside a panel, covering the curves.
+    assert not any(ax.get_legend() for ax in fig.axes) and len(fig.legends) == 1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [f"run{i}" for i in range(11)]

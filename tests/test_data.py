@@ -163,8 +163,10 @@ def _folder_with_class_names(root, names):
         (["cat", "   ", "dog"], "class 1's name is '   '"),
         (["cat", 7, "dog"], "class 1's name is 7"),
         (["cat", None, "dog"], "class 1's name is None"),
+        (["cat", "de\ner", "dog"], "class 1's name is 'de\\ner'"),
+        (["cat", "dog", "tab\there"], "class 2's name is 'tab\\there'"),
     ],
-    ids=["duplicates", "empty", "blank", "number", "none"],
+    ids=["duplicates", "empty", "blank", "number", "none", "newline", "tab"],
 )
 def test_bad_label_names_are_refused_naming_the_file(tmp_path, names, fragment):
     folder = _folder_with_class_names(tmp_path, names)

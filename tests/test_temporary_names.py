@@ -103,6 +103,41 @@ def test_a_killed_saves_leftover_is_recorded_and_removed_by_the_next_save(tmp_pa
     _survived(planted)
 
 
+KILLED_RESAVE = """
+import os, signal, sys, torch
+from pathlib import Path
+from accelerate import Accelerator
+from lab2.state.checkpoint import save_checkpoint
+
+accelerator = Accelerator(cpu=True)
+accelerator.prepare(torch.nn.Linear(64, 64))
+progress = {"epoch": 0, "batch_in_epoch": 4, "global_step": 4, "loss_sum": 0.0, "correct": 0.0, "seen": 0.0,
+            "model": "simple_cnn", "num_classes": 10, "world_size": 1}
+final = save_checkpoint(accelerator, sys.argv[1], progress, total_limit=2)
+(final / "notes.txt").write_text("mine")
+rename = Path.rename
+def killed_before_the_new_one_is_in_place(self, target):  # the old one is already moved aside
+    if Path(target).name == final.name:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return rename(self, target)
+Path.rename = killed_before_the_new_one_is_in_place
+save_checkpoint(accelerator, sys.argv[1], progress, total_limit=2)  # the same step again
+"""
+
+
+def test_a_same_step_save_killed_between_its_renames_loses_no_user_file(tmp_path):
+    run = tmp_path / "run"
+    claim(run)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", KILLED_RESAVE, str(run / "checkpoints")], env=env, capture_output=True
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()
+    save_checkpoint(_accelerator(), run / "checkpoints", {**PROGRESS, "global_step": 6}, total_limit=2)
+    remove_owned_files(run)  # --overwrite_output_dir: lab2's files only
+    assert [p.read_text() for p in (run / "checkpoints").rglob("notes.txt")] == ["mine"]
+
+
 def test_checkpoint_folders_lose_only_the_files_their_manifest_lists(tmp_path):
     """Pruning, saving one step again and --overwrite_output_dir remove what lab2 wrote (its manifest's list)."""
     run = tmp_path / "run"

@@ -179,13 +179,17 @@ def read_class_names(folder: Path) -> tuple[str, ...]:
 
 
 def check_class_names(names, source: str) -> tuple[str, ...]:
-    """`names` if they are distinct, non-empty strings, else one UserError naming `source`: results are keyed by
-    class name (summary.json's class_accuracy, the figures), so a duplicate would silently lose a class."""
-    bad = next((i for i, name in enumerate(names) if not isinstance(name, str) or not name.strip()), None)
+    """`names` if they are distinct, non-empty strings on one line, else one UserError naming `source`: results are
+    keyed by class name (summary.json's class_accuracy, the figures), so a duplicate would silently lose a class, and
+    a line break would split lab2-eval's table."""
+    bad = next(
+        (i for i, name in enumerate(names) if not isinstance(name, str) or not name.strip() or not name.isprintable()),
+        None,
+    )
     if bad is not None:
         raise UserError(
             f"{source}: class {bad}'s name is {_short_repr(names[bad])}; every class name must be a non-empty "
-            "string: fix the names there (one per class, in class order)."
+            "string on one line, without control characters: fix the names there (one per class, in class order)."
         )
     twice = [name for name, count in Counter(names).items() if count > 1][:3]
     classes = {name: ", ".join(str(i) for i, n in enumerate(names) if n == name) for name in twice}

@@ -131,10 +131,11 @@ def autocast_precision(accelerator) -> str:
     if precision == "no":
         return "fp32"
     if not accelerator.native_amp:
+        known = precision in ("fp16", "bf16", "fp8")
         raise UserError(
             f"mixed precision {precision!r} (ACCELERATE_MIXED_PRECISION, from the config file, --mixed_precision or "
-            f"the environment) cannot run on {accelerator.device.type}: use 'no' (fp32) or 'bf16' on a CPU, and "
-            "'fp16' or 'bf16' on a GPU."
+            f"the environment) {f'cannot run on {accelerator.device.type}' if known else 'is not a precision'}: "
+            "use 'no' (fp32) or 'bf16' on a CPU, and 'fp16' or 'bf16' on a GPU."
         )
     return precision
 

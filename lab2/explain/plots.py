@@ -289,8 +289,11 @@ def comparison_curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figu
         axes[1, column].set(xlabel="training time (minutes)", ylabel=ylabel, title=f"{title} against training time")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
+    # One legend below the panels, a run per entry: four legends of two entries per run covered the curves.
+    runs_shown = [line for line in axes[0, 0].lines if line.get_linestyle() == "-"]
+    labels = [line.get_label().removesuffix(" eval") for line in runs_shown]
+    if runs_shown:
+        fig.legend(runs_shown, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize="small")
     fig.suptitle("Runs side by side: solid = eval, dashed = train")
     return fig
 

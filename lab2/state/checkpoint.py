@@ -173,9 +173,10 @@ def save_checkpoint(accelerator, checkpoints_dir: str | Path, progress: dict, to
         raise disk_full_error(exc, final, checkpoints_dir) from None  # its name: the temporary one is gone
     if main:
         if final.exists():  # the same step saved again (e.g. an interrupt right after a scheduled save)
+            # Not recorded as temporary: killed before the end, `old` keeps the good checkpoint and any file of the
+            # user's in it, under its hidden name (only `tmp`, all lab2's, is removed by the next save).
             old = new_temporary(final, folder=True)
-            record_temporaries(root, [tmp, old])
-            final.replace(old)  # onto the new, empty folder: a good checkpoint of this step is always in place
+            final.replace(old)  # onto the new, empty folder
             tmp.rename(final)
             if not remove_checkpoint_files(old):  # files lab2 did not write were in it: they stay in the same place
                 for leftover in old.iterdir():
