@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = parse_args(argv)
         _run(cfg)
     except KeyboardInterrupt:  # a second Ctrl-C (lab2.engine.distributed.StopRequest) stops at once, even mid-save
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a third, while the line below is written, is no traceback
         if cfg is not None and launched_rank() == 0:
             print(f"lab2: {stopped_at_once(cfg.output_dir)}", file=sys.stderr, flush=True)
         sys.exit(130)  # as a shell reports a process that Ctrl-C ended
