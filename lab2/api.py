@@ -22,7 +22,15 @@ import sys
 import threading
 
 from lab2.engine.distributed import is_peer_lost, launched_rank, peer_lost_message, prepare_process
-from lab2.errors import EXIT_PEER_LOST, EXIT_USER_ERROR, Diverged, TrainingStopped, UserError, exit_with_user_error
+from lab2.errors import (
+    EXIT_PEER_LOST,
+    EXIT_USER_ERROR,
+    Diverged,
+    SecondInterrupt,
+    TrainingStopped,
+    UserError,
+    exit_with_user_error,
+)
 from lab2.flags import config_from_flags, launched_by_make, parse_args, resume_advice
 from lab2.state.run_folder import RunPaths
 from lab2.tracking.startup import redirect_unwritable_caches
@@ -111,10 +119,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = parse_args(argv)
         _run(cfg)
-    except KeyboardInterrupt:  # a second Ctrl-C (lab2.engine.distributed.StopRequest) stops at once, even mid-save
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a third, while the line below is written, is no traceback
-        if cfg is not None and launched_rank() == 0:
-            print(f"lab2: {stopped_at_once(cfg.output_dir)}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt as interrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # another Ctrl-C, while the line below is written, is no traceback
+        if launched_rank() == 0:
+            # Before the stop's handlers are in place (a Ctrl-C during start-up, torch's import perhaps cut short,
+            # so nothing here imports it) nothing was trained; a second Ctrl-C stops at once, even mid-save.
+            second = isinstance(interrupt, SecondInterrupt) and cfg is not None
+            line = (
+                stopped_at_once(cfg.output_dir) if second else "stopped by Ctrl-C during start-up; nothing was trained."
+            )
+            print(f"lab2: {line}", file=sys.stderr, flush=True)
         sys.exit(130)  # as a shell reports a process that Ctrl-C ended
     except UserError as error:
         # Under a launcher every rank hits the same user error: one line is enough.

@@ -29,6 +29,10 @@ class ManyUserErrors(UserError):
         self.lines = [f"{subject}: {problem}" for problem in problems]
 
 
+class SecondInterrupt(KeyboardInterrupt):
+    """A second Ctrl-C while a stop is under way (lab2.engine.distributed.StopRequest): lab2 stops at once."""
+
+
 class TrainingStopped(Exception):
     """A stop was requested (SIGINT/SIGTERM) and the loop saved a checkpoint before leaving."""
 

@@ -128,8 +128,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def _finish(cfg: TrainConfig) -> TrainConfig:
     """Validate, then fill in the run name and output folder (default: from the time of the run)."""
     check_values(cfg)
-    if not cfg.run_name and cfg.resume_from_checkpoint and cfg.output_dir:
-        cfg.run_name = _saved_run_name(Path(cfg.output_dir) / "config.json")  # a resumed run keeps its name
+    if cfg.resume_from_checkpoint and cfg.output_dir:
+        # A resumed run keeps its name, and its tracker project where --project_name is not given (WANDB_PROJECT
+        # may have chosen it): another one would continue the W&B run in a second project.
+        saved = _saved_config(Path(cfg.output_dir) / "config.json")
+        cfg.run_name = cfg.run_name or saved.get("run_name", "")
+        if cfg.project_name == TrainConfig.project_name:
+            cfg.project_name = saved.get("project_name", cfg.project_name)
     if not cfg.run_name:
         cfg.run_name = f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not cfg.output_dir:
@@ -137,13 +142,14 @@ def _finish(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def _saved_run_name(config_file: Path) -> str:
-    """The run_name a run folder's config.json holds, or '' (no such file, or not lab2's: the resume says so)."""
+def _saved_config(config_file: Path) -> dict[str, str]:
+    """The non-empty run_name and project_name a run folder's config.json holds ({} without the file, or for one
+    that is not lab2's: the resume says so)."""
     try:
-        name = json.loads(config_file.read_text(encoding="utf-8")).get("run_name")
+        saved = json.loads(config_file.read_text(encoding="utf-8"))
+        return {k: saved[k] for k in ("run_name", "project_name") if isinstance(saved.get(k), str) and saved[k]}
     except (OSError, ValueError, AttributeError):
-        return ""
-    return name if isinstance(name, str) else ""
+        return {}
 
 
 def config_from_flags(**flags) -> TrainConfig:

@@ -124,3 +124,15 @@ def test_a_resumed_run_keeps_the_name_its_folder_holds(tmp_path):
     assert parse_args(["--output_dir", str(tmp_path)]).run_name != "simple_cnn-20261203-084900"  # a fresh run
     (tmp_path / "config.json").write_text("[damaged")
     assert parse_args(resume).run_name.startswith("simple_cnn-")  # the resume itself reports the folder
+
+
+def test_a_resume_keeps_the_runs_name_and_tracker_project_unless_given(tmp_path):
+    """A W&B project WANDB_PROJECT chose is in config.json; a resume that took another would continue the same W&B
+    run in a second project (found by a hostile try)."""
+    (tmp_path / "config.json").write_text(json.dumps({"run_name": "first", "project_name": "from-wandb-project"}))
+    resume = ["--output_dir", str(tmp_path), "--resume_from_checkpoint", "latest"]
+    cfg = parse_args(resume)
+    assert (cfg.run_name, cfg.project_name) == ("first", "from-wandb-project")
+    cfg = parse_args([*resume, "--project_name", "chosen", "--run_name", "renamed"])
+    assert (cfg.run_name, cfg.project_name) == ("renamed", "chosen")
+    assert parse_args(["--output_dir", str(tmp_path)]).project_name == TrainConfig.project_name  # not a resume

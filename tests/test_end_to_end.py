@@ -296,6 +296,18 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line_naming_the_last_complete_chec
     assert resumed.returncode == 0, resumed.stderr
 
 
+def test_a_ctrl_c_during_start_up_is_one_line(tmp_path):
+    """Before the stop's handlers are in place a Ctrl-C is Python's KeyboardInterrupt, here while torch is being
+    imported (its library mapped): one line, exit 130, and no second import of a torch cut short."""
+    proc = _start(train_cmd("--dataset", "fake", "--output_dir", tmp_path / "run", "--report_to", "none"))
+    maps = Path(f"/proc/{proc.pid}/maps")
+    assert _wait_for(lambda: proc.poll() is not None or "libtorch" in maps.read_text(), timeout=60)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "lab2: stopped by Ctrl-C during start-up; nothing was trained."
+
+
 def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(mini_dir, tmp_path):
     out = tmp_path / "killed"
     args = [

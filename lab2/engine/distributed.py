@@ -14,6 +14,8 @@ import threading
 from collections.abc import MutableMapping
 from contextlib import contextmanager
 
+from lab2.errors import SecondInterrupt
+
 # Fragments of the errors torch.distributed raises when another process of the group vanished: gloo's
 # "Connection reset/closed by peer" when its socket closes (the process was killed: measured here within
 # seconds), and the timeouts of gloo, the c10d store and the process group after --dist_timeout_s when
@@ -135,7 +137,7 @@ class StopRequest:
 
     def _handler(self, signum, frame):
         if self.signal_name is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise SecondInterrupt
         if self.signal_name is None:
             self.received_after_step = self.progress.global_step
         self.signal_name = signal.Signals(signum).name
