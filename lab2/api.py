@@ -115,19 +115,18 @@ def main(argv: list[str] | None = None) -> None:
     # how to resume while the launcher and make wait; this process inherits the ignore and takes Ctrl-C back.
     if launched_by_make() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    cfg = None
     try:
         cfg = parse_args(argv)
         _run(cfg)
     except KeyboardInterrupt as interrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # another Ctrl-C, while the line below is written, is no traceback
         if launched_rank() == 0:
-            # Before the stop's handlers are in place (a Ctrl-C during start-up, torch's import perhaps cut short,
-            # so nothing here imports it) nothing was trained; a second Ctrl-C stops at once, even mid-save.
-            second = isinstance(interrupt, SecondInterrupt) and cfg is not None
-            line = (
-                stopped_at_once(cfg.output_dir) if second else "stopped by Ctrl-C during start-up; nothing was trained."
-            )
+            # A plain KeyboardInterrupt came before the stop's handlers were in place: nothing was trained, and
+            # torch's import may have been cut short, so that line imports nothing. SecondInterrupt: see StopRequest.
+            if isinstance(interrupt, SecondInterrupt):
+                line = stopped_at_once(cfg.output_dir)
+            else:
+                line = "stopped by Ctrl-C during start-up; nothing was trained."
             print(f"lab2: {line}", file=sys.stderr, flush=True)
         sys.exit(130)  # as a shell reports a process that Ctrl-C ended
     except UserError as error:
