@@ -275,9 +275,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_is_bit_exact_mid_epoch(mini_dir, 
 
 def test_a_second_ctrl_c_stops_at_once_in_one_line_naming_the_last_complete_checkpoint(mini_dir, tmp_path):
     out = tmp_path / "twice"
-    flags = ["--data_dir", mini_dir, "--max_train_samples", 1280, "--per_device_train_batch_size", 64]
+    flags = ["--data_dir", mini_dir, "--max_train_samples", 640, "--per_device_train_batch_size", 64]
     flags += ["--max_eval_samples", 128, "--report_to", "none", "--flow_log_steps", 0, "--checkpointing_steps", 1]
-    proc = _start(train_cmd(*flags, "--num_train_epochs", 2, "--output_dir", out))
+    proc = _start(train_cmd(*flags, "--num_train_epochs", 1, "--output_dir", out))
     assert _wait_for(lambda: list_checkpoints(out / "checkpoints") or proc.poll() is not None)
     # Ctrl-C pressed again and again: two signals that come while a C call runs reach Python as one, so one
     # "second" press may count as the first; the stop (a step and a save) outlasts a few presses 0.2 s apart.
@@ -291,7 +291,7 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line_naming_the_last_complete_chec
     latest = list_checkpoints(out / "checkpoints")[-1]
     assert f"the last complete checkpoint is {latest}" in line and "--resume_from_checkpoint latest" in line
     resumed = run_cli(
-        train_cmd(*flags, "--num_train_epochs", 2, "--output_dir", out, "--resume_from_checkpoint", "latest")
+        train_cmd(*flags, "--num_train_epochs", 1, "--output_dir", out, "--resume_from_checkpoint", "latest")
     )
     assert resumed.returncode == 0, resumed.stderr
 

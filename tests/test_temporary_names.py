@@ -192,10 +192,13 @@ def _under_umask(mask, args, **kwargs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mask, mode", [(0o077, 0o600), (0o022, 0o644)])
-def test_every_output_gets_the_mode_the_umask_gives(tmp_path, mask, mode):
-    """Files 0666 and folders 0777 less the umask, as any program's; safetensors and mkstemp alone give 0600."""
+def test_every_output_gets_the_mode_the_umask_gives(tmp_path):
+    """Files 0666 and folders 0777 less the umask, as any program's; safetensors and mkstemp alone give 0600.
+    Umask 027 tells every wrong answer apart: files 0640, not mkstemp's 0600 nor a fixed 0644; folders 0750, not
+    mkdtemp's 0700 nor a fixed 0755."""
     from PIL import Image
+
+    mask, mode = 0o027, 0o640
 
     data, run = tmp_path / "data", tmp_path / "run"
     result = _under_umask(mask, train_cmd("--data_dir", data, "--output_dir", run, *TINY, "--num_train_epochs", 1))
