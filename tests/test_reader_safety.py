@@ -116,9 +116,19 @@ def test_lab2_reads_its_own_tiny_fake_sets(tmp_path, train, test):
         (np.array([0.0, 1.0, 2.0, 3.0]), "must be whole numbers"),
         ([True, False, True, False], "must be whole numbers"),
         ([0, 1, "2", 3], "must be whole numbers"),
+        ([0, None, 2, 3], "found NoneType None"),  # found by a reader: None once meant 'nothing odd found'
         ([0, 1, 2, 10], "0..9"),
     ],
-    ids=["2d-array", "nested-list", "float-list", "float-array", "bool-list", "text-label", "out-of-range"],
+    ids=[
+        "2d-array",
+        "nested-list",
+        "float-list",
+        "float-array",
+        "bool-list",
+        "text-label",
+        "none-label",
+        "out-of-range",
+    ],
 )
 def test_label_problems_get_the_right_message(tmp_path, labels, message):
     path = _write(tmp_path / "batch", {"data": _images(4), "labels": labels})

@@ -134,10 +134,11 @@ def _labels(path: Path, labels, num_classes: int) -> np.ndarray:
         if labels.dtype.kind not in "iu":
             raise UserError(f"{path}: {whole} (class indices); got {labels.dtype} values.")
     elif isinstance(labels, (list, tuple)):
-        odd = next((v for v in labels if type(v) is not int), None)  # bool is refused too: a subclass of int
+        at = next((i for i, v in enumerate(labels) if type(v) is not int), None)  # bool too: a subclass of int
+        odd = labels[at] if at is not None else 0
         if isinstance(odd, (list, tuple, dict, np.ndarray)):
             raise UserError(f"{path}: {flat}; it holds nested {type(odd).__name__}s.")
-        if odd is not None:
+        if at is not None:
             raise UserError(f"{path}: {whole} (class indices); found {type(odd).__name__} {_short_repr(odd)}.")
         labels = np.array([v if 0 <= v < num_classes else -1 for v in labels], dtype=np.int64)  # -1: out of range
     else:
