@@ -1,6 +1,5 @@
-"""The flags in one place: `TrainConfig` (one field per flag: help, choices, range, --help section; lab2.flags builds
-the parser from it, and `asdict(cfg)` goes to the trackers and config.json), the registries' names, the recipes,
-the value checks and `--report_to`. Imports no torch, so --help answers at once."""
+"""The flags in one place: `TrainConfig` (one field per flag: help, choices, range, --help section), the registries'
+names, the recipes, the value checks and `--report_to`. Imports no torch, so --help answers at once."""
 
 from __future__ import annotations
 
@@ -61,14 +60,12 @@ RECIPES: dict[str, dict[str, object]] = {
 
 
 def recipe_values(name: str, given: set[str] | frozenset[str] = frozenset()) -> dict[str, object]:
-    """The flag values recipe `name` sets, less the flags in `given` (those the user gave explicitly); an unknown
-    name sets none (check_values refuses it)."""
+    """The values recipe `name` sets, less the flags in `given`; an unknown name sets none (check_values refuses it)."""
     return {flag: value for flag, value in RECIPES.get(str(name), {}).items() if flag not in given}
 
 
 def _flag(default, help_text: str, group: str, choices: tuple[str, ...] | None = None, **bounds):
-    """A dataclass field that is a flag: its default, --help text and section, and its choices or (numbers) range.
-    --help shows the default and the choices, so the text says only what they mean."""
+    """A field that is a flag. --help shows its default and choices, so `help_text` says only what they mean."""
     return field(default=default, metadata={"help": help_text, "group": group, "choices": choices, "bounds": bounds})
 
 
@@ -173,8 +170,7 @@ def _shown(number) -> str:
 
 
 def check_number(flag: str, value, kind: type = int, **bounds) -> int | float:
-    """`value` (a number, or its text) as a `kind` (int, or a finite float) inside `bounds`, else a UserError
-    naming `flag`, the value and the range."""
+    """`value` (a number, or its text) as a `kind` (int, or a finite float) inside `bounds`, else a UserError."""
     if isinstance(value, str):
         try:
             if not _NUMBER_TEXT.fullmatch(value):
@@ -261,8 +257,7 @@ KIND_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "True
 
 
 def _checked_value(f: dataclasses.Field, value):
-    """`value` for field `f`, checked as the command line checks it (type, choices, range), whether it came from
-    argparse, from Python (lab2.train) or from a config.json."""
+    """`value` for field `f`, checked as the command line checks it (type, choices, range)."""
     kind, optional = field_type(f)
     if f.name in STEP_FLAGS:  # a word or a step count: text or an int, as on the command line (500, not "500")
         return check_steps(f.name, value)
@@ -270,10 +265,9 @@ def _checked_value(f: dataclasses.Field, value):
         return value
     if kind is str and isinstance(value, os.PathLike):
         value = os.fspath(value)  # data_dir=Path(...) reads naturally in a notebook
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    # bool is an int in Python, but True for an epoch count is a mistake, not a 1.
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+    # bool is an int in Python, but True for an epoch count is a mistake, not a 1; an int is fine for a float.
+    allowed = (int, float) if kind is float else kind
+    if not isinstance(value, allowed) or (kind is not bool and isinstance(value, bool)):
         wanted = f"{KIND_WORDS[kind]}{' or None' if optional else ''}"
         raise UserError(f"--{f.name} must be {wanted}, got {value!r} ({type(value).__name__}).")
     if f.metadata["choices"] and value not in f.metadata["choices"]:

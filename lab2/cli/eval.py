@@ -21,7 +21,6 @@ from lab2.data.device_dataset import DeviceDataset, device_dataloader, use_chann
 from lab2.engine.evaluation import evaluate
 from lab2.errors import UserError, exit_with_user_error
 from lab2.explain import plots
-from lab2.explain.plots import reliability_figure
 from lab2.flags import Parser, number_flag
 from lab2.state.files import write_json
 from lab2.state.model_file import load_run_model
@@ -104,7 +103,7 @@ def run_eval(args) -> dict:
             ).items():
                 plots.save_figure(fig, out / f"{name}.png")
             logits = "flip-averaged logits (--tta)" if tta else "plain logits"
-            plots.save_figure(reliability_figure(result.calibration, logits), out / "calibration.png")
+            plots.save_figure(plots.reliability_figure(result.calibration, logits), out / "calibration.png")
             write_json(out / "eval.json", report)
             print(
                 f"accuracy: {100 * result.accuracy:.2f}% ({round(result.accuracy * result.num_samples)}/"

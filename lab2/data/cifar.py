@@ -99,9 +99,9 @@ def load_cifar10(data_dir: str | Path, download: bool = True) -> DataSplits:
     (md5-checked) when no folder is there."""
     data_dir = Path(data_dir)
     folder = find_cifar10_folder(data_dir)
-    if folder is None and not download:
-        raise UserError(f"no {CIFAR10_FOLDER} folder in {data_dir}. {download_help()}")
     if folder is None:
+        if not download:
+            raise UserError(f"no {CIFAR10_FOLDER} folder in {data_dir}. {download_help()}")
         from torchvision.datasets import CIFAR10
 
         created = not data_dir.exists()  # a failed download removes the folder it made, with the partial archive
@@ -142,19 +142,19 @@ def load_splits(cfg) -> DataSplits:
     return splits.truncated(cfg.max_train_samples, cfg.max_eval_samples)
 
 
-def train_transform(mean=CIFAR10_MEAN, std=CIFAR10_STD):
+def train_transform():
     """The seed's training transform: random crop 32 with zero padding 4, horizontal flip, normalise."""
     from torchvision import transforms
 
     crop_flip = [transforms.RandomCrop(32, padding=CROP_PADDING), transforms.RandomHorizontalFlip(FLIP_PROBABILITY)]
-    return transforms.Compose([*crop_flip, *test_transform(mean, std).transforms])
+    return transforms.Compose([*crop_flip, *test_transform().transforms])
 
 
-def test_transform(mean=CIFAR10_MEAN, std=CIFAR10_STD):
+def test_transform():
     """The seed's test transform: normalise only."""
     from torchvision import transforms
 
-    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
 
 
 class CustomCIFAR10(Dataset):
@@ -186,8 +186,7 @@ class CustomCIFAR10(Dataset):
 def torchvision_loaders(
     splits: DataSplits, train_batch_size: int, eval_batch_size: int, num_workers: int, seed: int, drop_last=False
 ):
-    """The seed's DataLoaders (shuffled train with crop+flip, ordered test), for accelerator.prepare;
-    `drop_last` leaves out the last partial training batch (static shapes)."""
+    """The seed's DataLoaders (shuffled train with crop+flip, ordered test), for accelerator.prepare."""
     train_set = CustomCIFAR10(splits.train_images, splits.train_labels, train_transform(), splits.class_names)
     test_set = CustomCIFAR10(splits.test_images, splits.test_labels, test_transform(), splits.class_names)
     common = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())

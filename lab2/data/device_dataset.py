@@ -23,11 +23,8 @@ def use_channels_last(setting: str, device: torch.device) -> bool:
 
 
 def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Random-crop-with-zero-padding and horizontal flip for a batch, as two gathers.
-
-    images: uint8 (B, C, H, W); offsets: int64 (B, 2) in 0..2*PAD (row, column) into the zero-padded image;
-    flips: bool (B,). Equivalent per sample to torchvision's RandomCrop(H, padding=PAD) then RandomHorizontalFlip.
-    """
+    """torchvision's RandomCrop(H, padding=PAD) then RandomHorizontalFlip for a batch, as two gathers: uint8 `images`
+    (B, C, H, W), int64 `offsets` (B, 2) in 0..2*PAD (row, column) into the zero-padded image, bool `flips` (B,)."""
     batch, channels, height, width = images.shape
     padded = F.pad(images, (PAD, PAD, PAD, PAD))  # zero fill, like torchvision's default
     rows = offsets[:, 0:1] + torch.arange(height, device=images.device)  # (B, H)
@@ -102,8 +99,7 @@ def device_dataloader(
     dataset: DeviceDataset, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last: bool = False
 ) -> DataLoader:
     """A DataLoader without workers (the data is on the device). The seeded generator makes the shuffle
-    reproducible (with `use_seedable_sampler`, seed + epoch on every process); `drop_last` gives one batch
-    shape (CUDA graphs)."""
+    reproducible (with `use_seedable_sampler`, seed + epoch on every process)."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     # collate_fn keeps the batch as it is: `__getitems__` already returns a whole one.
     loader = dict(batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0, drop_last=drop_last)

@@ -117,9 +117,8 @@ def load_hf_splits(name: str, image_column: str = "", label_column: str = "") ->
                     f"--{flag} {column!r} is not a column of {name}'s {split} split; its columns are {list(features)}."
                 )
         label = features[label_column]  # class numbers: floats would be truncated silently
-        if not isinstance(label, ClassLabel) and not (
-            isinstance(label, Value) and label.dtype.startswith(("int", "uint"))
-        ):
+        whole = isinstance(label, ClassLabel) or (isinstance(label, Value) and label.dtype.startswith(("int", "uint")))
+        if not whole:
             kind = label.dtype if isinstance(label, Value) else type(label).__name__
             raise UserError(
                 f"--dataset_name {name}: the {split} split's label column {label_column!r} holds {kind} values, not "
@@ -132,9 +131,8 @@ def load_hf_splits(name: str, image_column: str = "", label_column: str = "") ->
                 f"{type(features[image_column]).__name__} column, not an Image one; name it with --image_column."
             )
         # decode=False: lab2 decodes the stored bytes itself, so a damaged image names its row.
-        part = (
-            dataset[split].select_columns([image_column, label_column]).cast_column(image_column, Image(decode=False))
-        )
+        part = dataset[split].select_columns([image_column, label_column])
+        part = part.cast_column(image_column, Image(decode=False))
         # One decode, cached by datasets as Arrow beside the files (later runs read it); in memory when read-only.
         converted = part.map(
             _to_chw_uint8,
