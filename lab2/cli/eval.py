@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from lab2.config import TrainConfig
-from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD, load_splits
+from lab2.data.cifar import load_splits
 from lab2.data.device_dataset import DeviceDataset, device_dataloader, use_channels_last
 from lab2.engine.evaluation import evaluate
 from lab2.errors import UserError, exit_with_user_error
@@ -84,8 +84,7 @@ def run_eval(args) -> dict:
         )
         tta = cfg.tta if args.tta is None else args.tta
         model, samples = accelerator.unwrap_model(model), args.num_prediction_samples
-        # The normalisation is undone to draw the predictions grid.
-        result = evaluate(model, loader, accelerator, splits.num_classes, samples, CIFAR10_MEAN, CIFAR10_STD, tta=tta)
+        result = evaluate(model, loader, accelerator, splits.num_classes, samples, tta=tta)
         report = {
             "model_path": str(loaded.path),
             "data": "synthetic images (--dataset fake)" if cfg.dataset == "fake" else cfg.dataset_name or cfg.data_dir,

@@ -75,8 +75,7 @@ def _pick_column(features, wanted: str, names: tuple[str, ...], feature_type, wh
 
 
 def _to_chw_uint8(batch: dict, rows: list[int], image_column: str, split: str, name: str) -> dict:
-    """A batch of stored images (datasets' {'bytes', 'path'} records) as uint8 (3, 32, 32) arrays, other sizes
-    resized; a row with no image, or whose bytes do not decode, is a UserError naming it."""
+    """A batch of stored images (datasets' {'bytes', 'path'} records) as uint8 (3, 32, 32) arrays, resized."""
     from PIL import Image as PILImage
 
     pixels = []
