@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lab2.config import TrainConfig
+from lab2.config import DATASETS, TrainConfig
 from lab2.data.cifar import load_splits
 from lab2.data.device_dataset import DeviceDataset, device_dataloader, use_channels_last
 from lab2.engine.evaluation import evaluate
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_path", required=True, help="a run folder, a model.safetensors or a model_final.pth")
     parser.add_argument("--data_dir", default=None, help="folder holding cifar-10-batches-py/ (default: the run's)")
     parser.add_argument("--dataset_name", default=None, help="a Hub id or save_to_disk folder (default: the run's)")
-    parser.add_argument("--dataset", default=None, choices=("cifar10", "fake"), help="default: the run's")
+    parser.add_argument("--dataset", default=None, choices=DATASETS, help="default: the run's")
     for name, (default, text) in NUMBER_FLAGS.items():
         bounds = TrainConfig.__dataclass_fields__[name].metadata["bounds"]
         parser.add_argument(f"--{name}", type=number_flag(f"--{name}", **bounds), default=default, help=text)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from lab2.data.cifar import CIFAR10_MEAN, CIFAR10_STD, test_transform
 from lab2.errors import UserError, exit_with_user_error
@@ -30,8 +31,6 @@ SOFTWARE = "lab2-predict --explain"  # the PNG text chunk that marks an overlay 
 
 def _to_8bit_rgb(image):
     """(RGB image, note or None): high-bit-depth grayscale is scaled to 8 bits, not clipped to white."""
-    from PIL import Image
-
     if image.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         return image.convert("RGB"), None
     values = np.asarray(image, dtype=np.float64)
@@ -52,8 +51,6 @@ def _to_8bit_rgb(image):
 def read_image(path: str) -> tuple[torch.Tensor, str | None]:
     """(the (3, 32, 32) tensor the test transform makes, conversion note or None) for any image file.
     Every failure (missing, not a file, unreadable, too large, a decompression bomb) is a UserError naming the file."""
-    from PIL import Image
-
     file = Path(path)
     if not file.is_file():  # a folder is one expand_folders found no image in; a FIFO would block the read
         problem = "a folder with no image files (PNG, JPEG, ...) in it" if file.is_dir() else "not a regular file"
@@ -80,8 +77,6 @@ def read_image(path: str) -> tuple[torch.Tensor, str | None]:
 def _overlay_of_ours(path: Path) -> bool:
     if path.is_symlink() or not path.is_file():
         return False
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             return image.format == "PNG" and image.info.get("Software") == SOFTWARE
@@ -93,8 +88,6 @@ def expand_folders(paths: list[str]) -> list[str]:
     """`paths` with each folder replaced by the image files directly in it, sorted, without hidden files and the
     overlays --explain wrote (`--explain DIR DIR` predicted its own overlays the next time). A folder without any
     stays as it is, so reading it reports the problem."""
-    from PIL import Image
-
     extensions = Image.registered_extensions()  # lower case, as PIL registers them
     expanded = []
     for path in paths:
