@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lab2.config import log_with_for  # noqa: E402
+from lab2.config import parse_report_to  # noqa: E402
 from lab2.data.device_dataset import DeviceDataset, device_dataloader  # noqa: E402
 from lab2.explain.flow import FlowReporter  # noqa: E402
 from lab2.models import SimpleCNN  # noqa: E402
@@ -136,7 +136,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         accelerator = Accelerator(
-            log_with=log_with_for(args.report_to),
+            log_with=parse_report_to(args.report_to) or None,
             project_config=ProjectConfiguration(project_dir=tmp, logging_dir=str(out / "tensorboard")),
         )
         device = accelerator.device

@@ -131,9 +131,8 @@ class TrainConfig:
         return None if self.checkpointing_steps in ("epoch", "none") else int(self.checkpointing_steps)
 
     def flow_every_steps(self, total_steps: int) -> int:
-        """Optimizer steps between flow snapshots in a run of `total_steps` (0: none). `auto` aims at
-        FLOW_SNAPSHOTS over the run but never closer than FLOW_MIN_STEPS: on a CPU a snapshot costs about one
-        training step (bench/RESULTS.md), so at most ~10% of a short run and far less of a long one."""
+        """Optimizer steps between flow snapshots in a run of `total_steps` (0: none). `auto`: FLOW_SNAPSHOTS, never
+        closer than FLOW_MIN_STEPS, since a CPU snapshot costs about one step (bench/RESULTS.md): <= ~10% of a run."""
         auto = max(FLOW_MIN_STEPS, -(-total_steps // FLOW_SNAPSHOTS))
         return auto if self.flow_log_steps == "auto" else int(self.flow_log_steps)
 
@@ -156,7 +155,7 @@ def field_type(f: dataclasses.Field) -> tuple[type, bool]:
 # blanks, "nan" and "inf". What the characters allow and the type refuses ("1.5" for an int) is refused too.
 _NUMBER_TEXT = re.compile(r"[0-9.eE+-]+")
 _IN_WORDS = {int: "an integer (ASCII digits)", float: "a finite decimal number"}
-# Each bound of a range: how it reads in an error, and the test a value passes.
+KIND_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}
 _BOUNDS = {
     "minimum": (">=", operator.ge),
     "above": (">", operator.gt),
@@ -179,7 +178,7 @@ def check_number(flag: str, value, kind: type = int, **bounds) -> int | float:
         except ValueError:
             raise UserError(f"{flag} must be {_IN_WORDS[kind]}, got {value!r}.") from None
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        raise UserError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {value!r}.")
+        raise UserError(f"{flag} must be {KIND_WORDS[kind]}, got {value!r}.")
     value = kind(value)
     if kind is float and not math.isfinite(value):
         raise UserError(f"{flag} must be a finite number, got {value}.")
@@ -246,14 +245,6 @@ def parse_report_to(value: str) -> list[str]:
             "(or choose another --report_to)."
         )
     return [tracker for tracker in TRACKER_PACKAGES if tracker in names]
-
-
-def log_with_for(report_to: str) -> list[str] | None:
-    """The Accelerator's `log_with` for --report_to (a name, a comma list, all or none)."""
-    return parse_report_to(report_to) or None
-
-
-KIND_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}
 
 
 def _checked_value(f: dataclasses.Field, value):

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from lab2.config import TrainConfig, log_with_for
+from lab2.config import TrainConfig, parse_report_to
 from lab2.data.cifar import load_splits
 from lab2.data.device_dataset import pipeline_loaders, use_channels_last
 from lab2.engine.distributed import is_port_taken, port_taken_message
@@ -100,7 +100,7 @@ def create_accelerator(cfg: TrainConfig, paths: RunPaths):
 
     try:
         accelerator = Accelerator(
-            log_with=log_with_for(cfg.report_to),
+            log_with=parse_report_to(cfg.report_to) or None,
             project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(paths.tensorboard)),
             # A seedable sampler reshuffles as seed + epoch on every process alike, whatever the loop did before:
             # both pipelines then resume mid-epoch in the same order.
@@ -177,7 +177,7 @@ def start_records(run: Run) -> None:
     the main one has real trackers); a fresh run logs the model's cost at step 0."""
     cfg, accelerator, paths, flops = run.cfg, run.accelerator, run.paths, run.flops
     fresh, init_kwargs = run.progress.global_step == 0, {}
-    if "wandb" in (log_with_for(cfg.report_to) or ()):  # config.json says the project the W&B run went to
+    if "wandb" in parse_report_to(cfg.report_to):  # config.json says the project the W&B run went to
         cfg.project_name = wandb_project(cfg.project_name)
     if accelerator.is_main_process:
         write_json(paths.config, cfg.to_dict())
