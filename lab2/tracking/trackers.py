@@ -1,10 +1,7 @@
-"""Experiment tracking through Accelerate's trackers, guarded: a tracker's failure never ends a run.
-
-Scalars go through Accelerate's `log`; each tracker also gets what Accelerate lacks: histograms (W&B and
-TensorBoard), images, the model (a W&B artifact, MLflow artifacts), the summary and the Table-1 log. The first
-failure of a tracker call is one line and switches tracking off; the local files stay complete. Only the main
-process has trackers; wandb and mlflow are imported where used, so `--report_to none` never imports them.
-"""
+"""Experiment tracking through Accelerate's trackers, guarded: a tracker call's first failure is one line and
+switches tracking off, never ends a run (the local files stay complete). Scalars go through Accelerate's `log`, what
+it lacks (histograms, images, the model, the summary, the Table-1 log) to each tracker its own way. Only the main
+process has trackers; wandb and mlflow are imported where used, so `--report_to none` never imports them."""
 
 from __future__ import annotations
 
@@ -24,7 +21,6 @@ from lab2.explain.plots import figure_to_array
 from lab2.state.run_folder import record_tracker_files
 from lab2.tracking import startup
 
-HISTOGRAM_TRACKERS = {"wandb", "tensorboard"}
 # The scalars TensorBoard's HPARAMS table shows beside the flags (their last values in the run).
 HPARAM_METRICS = ("eval/accuracy", "eval/loss", "eval/ece", "train/accuracy", "train/loss_epoch", "eval/final_accuracy")
 # Summary numbers MLflow already has as metrics (epoch, model/params, model/gflops_per_sample, eval/final_accuracy).
@@ -42,8 +38,7 @@ def described(error: Exception) -> str:
 
 
 class Tracking:
-    """Guards every tracker call. `printer` defaults to tqdm.write, so a note printed while the progress bar is
-    drawn gets a line of its own."""
+    """Guards every tracker call. `printer` is tqdm.write by default: a note gets a line under the progress bar."""
 
     def __init__(self, accelerator, printer=tqdm.write):
         self.accelerator, self.printer = accelerator, printer
@@ -116,12 +111,9 @@ class Tracking:
 
     def _store_config(self, tracker, config: dict) -> None:
         """The run's configuration as each tracker keeps it (Accelerate's store_init_configuration), except:
-
-        - TensorBoard gets the hparams in its main run: Accelerate's `add_hparams` would write them to a second
-          run (`<logdir>/<timestamp>`) with no metrics; the HPARAMS table names HPARAM_METRICS instead.
-        - A resumed MLflow run already holds parameters and MLflow refuses to change one, so only new keys become
-          parameters and changed values (say --num_train_epochs) become `resumed.<key>` tags.
-        """
+        TensorBoard's hparams go to its main run, naming HPARAM_METRICS (Accelerate's `add_hparams` writes a second
+        run, `<logdir>/<timestamp>`, with no metrics); MLflow refuses to change a resumed run's parameter, so only
+        new keys become parameters and changed values (say --num_train_epochs) `resumed.<key>` tags."""
         if tracker.name == "tensorboard":
             from torch.utils.tensorboard.summary import hparams
 
@@ -157,8 +149,7 @@ class Tracking:
             self.log_flow_images(self.prepare_flow_images(arrays, step, final=True), step, step)
 
     def log_histograms(self, histograms: dict, step: int) -> None:
-        """lab2.explain.flow.Histogram values (`gradients/<param>`, `parameters/<param>`) under their keys;
-        trackers without histograms skip them, with one note."""
+        """lab2.explain.flow.Histogram values under their keys (`gradients/<param>`, `parameters/<param>`)."""
         if not histograms:
             return
         with self._guarded("logging histograms") as trackers:
@@ -174,15 +165,14 @@ class Tracking:
                 for key, h in histograms.items():
                     counts = (h.low, h.high, h.num, h.total, h.total_squares, h.edges[1:].tolist(), h.counts.tolist())
                     trackers["tensorboard"].writer.add_histogram_raw(key, *counts, global_step=step)
-            for name in trackers.keys() - HISTOGRAM_TRACKERS - self._noted:
+            for name in trackers.keys() - {"wandb", "tensorboard"} - self._noted:
                 self._noted.add(name)
                 self.printer(
                     f"note: {name} has no histograms; gradient and weight histograms go to wandb and tensorboard only."
                 )
 
     def prepare_flow_images(self, arrays: dict[str, np.ndarray], step: int, final: bool = False) -> dict[str, dict]:
-        """Per tracker, ready-to-send images; the encoding happens here, on the figure worker's thread, off the
-        training thread."""
+        """Per tracker, ready-to-send images, encoded here: on the figure worker's thread, off the training one."""
         names, prepared = self.tracker_names, {}
         if "wandb" in names:
             import wandb
@@ -216,13 +206,10 @@ class Tracking:
                     mlflow.log_image(**image)
 
     def log_results(self, run_name: str, paths, summary: dict, metrics: list[dict], training_log: str, step: int):
-        """What a finished run gives the trackers besides figures (`paths`: its lab2.state.run_folder.RunPaths):
-        the model (model.safetensors + config.json: a W&B artifact of type `model` named after the run, staged in
-        the run folder, see lab2.tracking.startup; MLflow `model/` artifacts), the summary (W&B's run summary, its
-        runs table; MLflow metrics), the Table-1 log (a wandb.Table, TensorBoard text, MLflow training_log.txt)
-        and, to MLflow, the run's other files (W&B and TensorBoard keep their own copies)."""
+        """What a finished run gives the trackers besides figures (`paths`: its RunPaths): the model (a W&B `model`
+        artifact named after the run, MLflow `model/` artifacts), the summary, the Table-1 log and, to MLflow, the
+        run's other files (W&B and TensorBoard keep their own copies)."""
         metadata = {key: summary[key] for key in ("final_eval_acc", "best_eval_acc", "gflops_per_sample", "params")}
-        # "data" says "synthetic" beside the accuracies of a --dataset fake run.
         metadata |= {"model": json.loads(paths.config.read_text())["model"], "data": summary.get("data", "")}
         numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         data = {"data": summary["data"]} if "data" in summary else {}  # what the accuracies were measured on
