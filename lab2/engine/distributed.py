@@ -1,10 +1,8 @@
 """How lab2's processes work together: what the launcher says (process count, rank, CPU placement), a lost peer or
 a taken port in one line, and stopping on a signal at the same step in every process (`StopRequest`).
 
-Launchers (torchrun, `accelerate launch`, Open MPI, `notebook_launcher`) describe the run to each process through
-environment variables, read here before the Accelerator exists. Nothing here imports torch at module level, so
-the command line stays quick to answer.
-"""
+The launchers' environment variables are read before the Accelerator exists; nothing here imports torch at module
+level, so the command line stays quick to answer."""
 
 from __future__ import annotations
 
@@ -29,8 +27,7 @@ def _launcher_number(env: MutableMapping[str, str], names: tuple[str, ...], defa
 
 
 def launched_world_size(env: MutableMapping[str, str] = os.environ) -> int:
-    """The number of processes the launcher started (torchrun, accelerate, notebook_launcher or Open MPI); 1
-    without one."""
+    """How many processes the launcher (torchrun, accelerate, notebook_launcher, Open MPI) started; 1 without one."""
     return _launcher_number(env, ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"), 1)
 
 
@@ -40,14 +37,10 @@ def launched_rank(env: MutableMapping[str, str] = os.environ) -> int:
 
 
 def place_on_cpu_without_gpu(env: MutableMapping[str, str] = os.environ) -> str | None:
-    """Before the Accelerator is created: run a multi-process launch on the CPU when the machine has no GPU.
-
-    Accelerate's torchrun path (`accelerate launch` with a MULTI_GPU or multi-node config, and
-    `notebook_launcher`) ignores `use_cpu`; on a machine without a GPU each process then falls back to a
-    single-process run, and every "node" trains alone and writes the same folder. Setting
-    ACCELERATE_USE_CPU=1 makes them one gloo process group instead. Returns the note to print, or None
-    when nothing changed (one process, a GPU present, or ACCELERATE_USE_CPU already set).
-    """
+    """Before the Accelerator exists: run a multi-process launch without a GPU as one gloo group on the CPU
+    (ACCELERATE_USE_CPU=1); the note to print, or None when nothing changed. Accelerate's torchrun path (`accelerate
+    launch` with a MULTI_GPU or multi-node config, `notebook_launcher`) ignores `use_cpu`, so without a GPU every
+    process would fall back to training alone, all of them writing the same folder."""
     if launched_world_size(env) <= 1 or "ACCELERATE_USE_CPU" in env:
         return None
     import torch
@@ -71,12 +64,9 @@ def prepare_process(env: MutableMapping[str, str] = os.environ) -> None:
 
 
 def is_peer_lost(error: BaseException, env: MutableMapping[str, str] = os.environ) -> bool:
-    """Whether `error` says another process of this distributed run is gone (killed, disconnected, timed out).
-
-    Only multi-process runs qualify, and only torch.distributed's error types (DistError and its
-    subclasses) or the RuntimeError gloo raises with a connection or timeout message; anything else is a
-    bug and keeps its traceback.
-    """
+    """Whether `error` says another process of this multi-process run is gone (killed, disconnected, timed out):
+    a torch.distributed DistError, or gloo's RuntimeError naming a connection or timeout; anything else is a bug
+    and keeps its traceback."""
     if launched_world_size(env) <= 1 or not isinstance(error, RuntimeError):
         return False
     import torch.distributed as dist
@@ -89,10 +79,8 @@ def is_peer_lost(error: BaseException, env: MutableMapping[str, str] = os.enviro
 
 
 def is_port_taken(error: BaseException) -> bool:
-    """Whether `error` is the rendezvous store failing to listen because its port is taken (EADDRINUSE).
-
-    torch.distributed raises it as a DistNetworkError, which is_peer_lost would otherwise read as a lost peer.
-    """
+    """Whether `error` is the rendezvous store's port being taken (EADDRINUSE): torch raises a DistNetworkError,
+    which is_peer_lost would otherwise read as a lost peer."""
     message = str(error).lower()
     return isinstance(error, RuntimeError) and ("eaddrinuse" in message or "address already in use" in message)
 

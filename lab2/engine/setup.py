@@ -1,6 +1,5 @@
 """A run's set-up, done once before the first step: the Accelerator, CPU threads, the output folder and its lock,
-the Run record (data, model, optimizer, schedule and trackers, through one `accelerator.prepare`), and the records
-a run starts with (config.json, flops.json, the trackers). The loop is lab2.engine.loop."""
+the Run record (through one `accelerator.prepare`) and the records a run starts with. The loop is lab2.engine.loop."""
 
 from __future__ import annotations
 
@@ -48,14 +47,12 @@ def prepare_output_dir(accelerator, cfg: TrainConfig, paths: RunPaths) -> run_fo
 
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=paths.root):  # a nameless file: it can never be one of the user's
-            pass
+        tempfile.TemporaryFile(dir=paths.root).close()  # a nameless file: it can never be one of the user's
     except OSError as exc:
         raise UserError(
             f"cannot write to --output_dir {paths.root} ({exc.strerror}); choose a writable folder."
         ) from None
-    # The main process locks before anything is removed or written; every process learns whether it could, so all
-    # stop alike.
+    # The main process locks before anything is removed or written; all learn whether it could, so all stop alike.
     lock, problem = None, None
     if accelerator.is_main_process:
         try:
@@ -107,7 +104,6 @@ def create_accelerator(cfg: TrainConfig, paths: RunPaths):
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
             # A rank that dies must not leave the others waiting forever.
             kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.dist_timeout_s))],
-            # --torch_compile_mode reduce-overhead adds CUDA graphs (static shapes: --dataloader_drop_last).
             dynamo_plugin=TorchDynamoPlugin(backend="inductor", mode=cfg.torch_compile_mode)
             if cfg.torch_compile
             else None,
@@ -124,9 +120,8 @@ def create_accelerator(cfg: TrainConfig, paths: RunPaths):
 
 def autocast_precision(accelerator) -> str:
     """What autocast really runs in (fp32, bf16, fp16), as summary.json records it. Accelerate takes any
-    ACCELERATE_MIXED_PRECISION (a config file, `--mixed_precision` or the environment) and on a CPU trains fp16 or
-    a misspelt value in fp32 without a word; lab2 refuses those, so a record never names a precision that did not
-    run."""
+    ACCELERATE_MIXED_PRECISION and on a CPU trains fp16 or a misspelt value in fp32 without a word; lab2 refuses
+    those, so a record never names a precision that did not run."""
     precision = str(accelerator.mixed_precision)
     if precision == "no":
         return "fp32"
@@ -253,7 +248,7 @@ def build_run(cfg: TrainConfig, accelerator, paths: RunPaths, progress) -> Run:
     schedule_steps = scheduler_total_steps(len(train_loader), cfg.num_train_epochs, accelerator.num_processes)
     scheduler = create_scheduler(optimizer.optimizer, cfg.lr_scheduler_type, schedule_steps, cfg.warmup_ratio)
     position = position_settings(cfg, len(splits.train_labels), accelerator.num_processes)
-    tracking = Tracking(accelerator)  # its notes go through the progress bar (tqdm.write), on the main process
+    tracking = Tracking(accelerator)
     flow_every = cfg.flow_every_steps(len(train_loader) * cfg.num_train_epochs)
     flow = None
     if accelerator.is_main_process and flow_every:
