@@ -134,10 +134,8 @@ class StopRequest:
     def installed(self):
         """The handlers, for the `with` block; only the main thread may install them (lab2.train() from another
         thread keeps the caller's)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        main = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:
             yield self
         finally:
@@ -164,8 +162,7 @@ class StopRequest:
         # NCCL: wait() makes the current stream wait for the reduction (the host goes on); the answer is copied to
         # pinned host memory behind it, and the event marks when it has landed.
         work.wait()
-        host = torch.empty(1, dtype=torch.int32, pin_memory=True)
-        host.copy_(flag, non_blocking=True)
+        host = torch.empty(1, dtype=torch.int32, pin_memory=True).copy_(flag, non_blocking=True)
         copied = torch.cuda.Event()
         copied.record()
         self.pending = (None, host, copied)
