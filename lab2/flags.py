@@ -162,7 +162,6 @@ def config_from_flags(**flags) -> TrainConfig:
         raise UserError(f"unknown flag {name!r}; {hint}the flags are lab2.config.TrainConfig's fields (see --help).")
     # None is "not given" (a notebook's `resume_from_checkpoint=None`): the flag keeps its default or recipe value.
     values = {name: value for name, value in flags.items() if value is not None}
-    # A --recipe fills in what the caller did not give, as on the command line.
     return _finish(TrainConfig(**{**recipe_values(values.get("recipe", "none"), set(values)), **values}))
 
 

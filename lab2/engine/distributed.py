@@ -14,10 +14,9 @@ from contextlib import contextmanager
 
 from lab2.errors import SecondInterrupt
 
-# Fragments of the errors torch.distributed raises when another process of the group vanished: gloo's
-# "Connection reset/closed by peer" when its socket closes (the process was killed: measured here within
-# seconds), and the timeouts of gloo, the c10d store and the process group after --dist_timeout_s when
-# the peer is silent (a cut network, a frozen machine).
+# Fragments of torch.distributed's errors when another process vanished: gloo's "Connection reset/closed by peer"
+# once its socket closes (a killed process: within seconds, measured here), and the timeouts of gloo, the c10d
+# store and the process group after --dist_timeout_s when the peer is silent (a cut network, a frozen machine).
 PEER_LOST_SIGNS = ("connection reset by peer", "connection closed by peer", "broken pipe", "timed out", "timeout")
 PEER_LOST_SIGNS += ("connection refused", "socket")
 
