@@ -1,14 +1,9 @@
 """Checkpoints of a run: the record each carries (progress.json), saving one, and loading one into a new run.
 
-progress.json holds where training stands (the loop's Progress), the settings that give a mid-epoch position its
-meaning ('position') and the flags that define the training ('training'). `accelerator.load_state` puts the
-optimizer and scheduler back with their hyper-parameters, so each flag that differs from the record is either
-applied or refused, never silently ignored (docs/resume.md):
-- applied: --learning_rate (the schedule scaled to the new peak), --weight_decay and --momentum (written into
-  every optimizer group), --label_smoothing_factor (read every step), and --num_train_epochs when the schedule
-  does not depend on the run's length (a constant rate without warm-up);
-- refused in one line: --optim, --lr_scheduler_type, --warmup_ratio (the state belongs to the old ones), and a
-  schedule whose length in steps changed: stretched over a new length, a half-done schedule is neither run.
+progress.json holds the loop's Progress, the settings that give a mid-epoch position its meaning ('position') and
+the flags that define the training ('training'). Each flag that differs from the record is applied or refused in
+one line, never silently ignored, since `accelerator.load_state` restores the old hyper-parameters; which is
+which, and why a schedule's new length is refused, is docs/resume.md ("What a resume may change").
 """
 
 from __future__ import annotations
@@ -146,9 +141,8 @@ def check_random_states(path: Path, num_processes: int, report) -> None:
 
 
 def resume(run) -> None:
-    """Load the checkpoint --resume_from_checkpoint names into `run` (lab2.engine.setup.Run): its prepared model,
-    optimizer, scheduler and RNG states, and its Progress (in place). Records logged after the checkpoint are
-    dropped, since the resumed run produces them again; the flow history comes back for the heatmaps."""
+    """Load the checkpoint --resume_from_checkpoint names into `run` (lab2.engine.setup.Run), its Progress in place;
+    records logged after the checkpoint are dropped (the resumed run logs them again)."""
     cfg, accelerator, paths, progress = run.cfg, run.accelerator, run.paths, run.progress
     path = resolve_resume_path(cfg.resume_from_checkpoint, cfg.output_dir, report=accelerator.print)
     saved = read_progress(path)

@@ -1,11 +1,9 @@
 """Checkpoints (Accelerate state plus progress.json, for resuming) and the model export, written atomically.
 
 `checkpoints/checkpoint_<global step, 8 digits>/` is filled under a temporary name, gets `manifest.json` (each
-file's size and SHA-256) last, then is renamed into place; only then are old ones pruned to total_limit. Not
-Accelerate's automatic_checkpoint_naming: it writes into the final folder and prunes first, so a kill mid-save can
-leave no good checkpoint. A checkpoint is complete exactly when every file its manifest lists matches, so a
-truncated, deleted or edited file is caught before Accelerate loads anything. A full disk is DiskFull (exit 6)
-naming the last good checkpoint.
+file's size and SHA-256) last, is renamed into place, and only then are old ones pruned: not Accelerate's
+automatic_checkpoint_naming, which writes into the final folder and prunes first (docs/resume.md, "Why checkpoints
+are built this way"). A checkpoint is complete exactly when every file its manifest lists matches.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ from lab2.state.run_folder import (
 )
 
 PROGRESS_FILE = "progress.json"
-# progress.json's numeric fields and their minimum; the first six are whole numbers, the sums finite floats.
+# progress.json's numeric fields: COUNTS whole numbers with their minimum, SUMS finite floats >= 0.
 COUNTS = {"epoch": 0, "batch_in_epoch": 0, "global_step": 0, "num_classes": 1, "world_size": 1}
 SUMS = ("loss_sum", "correct", "seen")
 
@@ -151,7 +149,6 @@ def save_checkpoint(accelerator, checkpoints_dir: str | Path, progress: dict, to
     final = checkpoints_dir / f"checkpoint_{progress['global_step']:08d}"
     if main:
         checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    # The main process makes the temporary folder and tells every process its name.
     name = [str(new_temporary(final, folder=True)) if main else None]
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
@@ -192,11 +189,8 @@ def save_checkpoint(accelerator, checkpoints_dir: str | Path, progress: dict, to
 
 
 def resolve_resume_path(resume_from: str, output_dir: str | Path, report=print_once) -> Path:
-    """The checkpoint folder `--resume_from_checkpoint` names, verified against its manifest.
-
-    'latest' is the newest checkpoint that verifies: damaged or incomplete newer ones are reported in one line
-    through `report` and skipped. An explicit path that does not verify is a UserError naming the damaged file.
-    """
+    """The checkpoint folder `--resume_from_checkpoint` names, verified against its manifest: 'latest' is the
+    newest that verifies (newer damaged ones are skipped, said in one line through `report`)."""
     if resume_from == "latest":
         checkpoints = Path(output_dir) / "checkpoints"
         good, skipped = _newest_good(checkpoints)

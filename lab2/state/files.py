@@ -35,9 +35,8 @@ def new_temporary(beside: str | Path, folder: bool = False) -> Path:
 
 
 def atomic_write(target: str | Path, write: Callable[[Path], object]) -> Path:
-    """Write `target` whole or not at all: `write(tmp)` fills a temporary file beside it, which is synced and then
-    renamed over `target`. Any failure (a full disk, Ctrl-C) removes the temporary file; a full disk is a DiskFull
-    naming the folder, so every command that writes through here says it in one line. Returns `target`."""
+    """Write `target` whole or not at all: `write(tmp)` fills a temporary file beside it, synced, then renamed over
+    `target`. Any failure removes the temporary file; a full disk is a DiskFull naming the folder. Returns `target`."""
     target = Path(target)
     tmp = None
     try:
@@ -69,12 +68,8 @@ def write_json(target: str | Path, data) -> Path:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one JSON line so that the file never keeps half a line.
-
-    The line goes out in one write() on an O_APPEND descriptor. A line left half-written by an earlier kill is
-    cut off first (readers skip it anyway); a write that fails part-way (a full disk) is cut back to the old end
-    before the error is raised.
-    """
+    """Append one JSON line, in one write() on an O_APPEND descriptor, so that the file never keeps half a line: a
+    line torn by an earlier kill is cut off first, and a write that fails part-way (a full disk) is undone."""
     data = (json.dumps(record) + "\n").encode("utf-8")
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
     try:

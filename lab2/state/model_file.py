@@ -205,10 +205,9 @@ def load_lab_model(
 
 
 def load_run_model(model_path: str | Path) -> LoadedModel:
-    """Any model lab2 can read: the lab's .pth state dict, a lab2 model.safetensors, a run folder, or a run folder
-    stopped before its model.safetensors (Ctrl-C, SIGTERM): its newest complete checkpoint's weights with the run's
-    config.json, said in one line on stderr. The checkpoint holds no class names: they come from the run's CIFAR
-    folder, else CIFAR-10's ten, else the label numbers."""
+    """Any model lab2 can read: the lab's .pth, a model.safetensors, a run folder, or a stopped run's folder (its
+    newest complete checkpoint with the run's config.json, said on stderr; class names from the run's CIFAR folder,
+    else CIFAR-10's ten, else the label numbers: a checkpoint holds none)."""
     run = Path(model_path)
     if not run.is_dir() or (run / MODEL_FILE).exists():
         return load_lab_model(run) if is_lab_checkpoint(run) else load_exported_model(run)

@@ -1,17 +1,11 @@
-"""A run folder: its file names (`RunPaths`), the one writer's lock, and lab2's one write policy: which folders and
-files every command may write, replace or remove.
+"""A run folder: its file names (`RunPaths`), the one writer's lock, and lab2's one write policy (docs/file-safety.md)
+for every command: which folders and files it may write, replace or remove.
 
-The rule (README, "Your files are safe"), for lab2-train, lab2-eval, lab2-export, lab2-report and the trackers:
-
-- lab2 writes a new file, or replaces or removes a file it wrote: known by name in a folder it marked as its
-  own (the marker `.lab2-run.json`, which also says which command's folder it is), or by a marker inside the
-  file (lab2-export's metadata, lab2-report's <meta name="generator">);
-- folders: a command writes into a missing or empty folder, or one it marked itself;
-- the trackers' files (wandb/, mlruns/, tensorboard/) are known by a list in the marker: the files that appeared
-  there while lab2's trackers ran (`record_tracker_files`), never by W&B's or MLflow's own naming; a
-  checkpoint's files by its manifest, a killed save's temporary folder by the marker: never by a name pattern;
-- `--overwrite_output_dir` removes only those files (`owned_files`), never a whole folder holding something else;
-- anything else is a UserError (one line, exit 2), before anything is written.
+lab2 writes a new file, or replaces or removes one it wrote, known by name in a folder it marked as its own
+(`.lab2-run.json`, which also says which command's folder it is), by a mark inside the file, by a checkpoint's
+manifest or by a list in the marker (the trackers' files, a killed save's temporary folder): never by a name
+pattern. A command writes into a missing or empty folder, or one it marked itself; anything else is a UserError
+(one line, exit 2), before anything is written.
 """
 
 from __future__ import annotations
@@ -182,9 +176,8 @@ def _temporaries(root: Path) -> list[Path]:
 
 
 def record_temporaries(root: str | Path, folders: list[Path]) -> None:
-    """Make a run's marker list exactly `folders`, the temporary checkpoint folders a save fills (before it writes
-    into them; [] once done), and remove, whole, any it listed before and no longer does: a killed save's
-    leftover. lab2 made each under a new random name (files.new_temporary), so nothing in one is anyone's else."""
+    """Make a run's marker list exactly `folders`, the temporary checkpoint folders a save fills ([] once done), and
+    remove, whole, any it listed before: a killed save's, made by files.new_temporary, so nothing in it is yours."""
     root = Path(root)
     if marked_kind(root) != "run":
         return
@@ -206,7 +199,7 @@ def manifest_files(folder: str | Path) -> dict[str, dict] | None:
 
 
 def checkpoint_files(folder: str | Path) -> list[Path]:
-    """The files lab2 wrote into checkpoint `folder`: those its manifest lists, then the manifest. None without a
+    """The files lab2 wrote into checkpoint `folder`: those its manifest lists, then the manifest. Nothing without a
     readable manifest: lab2 cannot tell its files there from anyone else's."""
     files = manifest_files(folder)
     listed = [Path(folder) / name for name in files or ()]
@@ -232,8 +225,7 @@ def remove_checkpoint_files(folder: str | Path) -> bool:
 
 def owned_files(root: str | Path) -> list[Path]:
     """Every existing file or folder under `root` that lab2 wrote: known by name, by a checkpoint's manifest or by
-    a list in the marker, never by a pattern a user's file could match. Never one reached through a link (a linked
-    folder leads to someone's files)."""
+    a list in the marker, never by a pattern, and never one reached through a link (it leads to someone's files)."""
     root = Path(root)
     found = [root / name for name in RUN_FILES]
     found += [root / "figures" / f"{figure.name}.png" for figure in RUN_FIGURES]
