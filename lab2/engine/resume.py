@@ -42,7 +42,7 @@ def checkpoint_record(cfg, progress, position: dict, schedule_steps: int, **sums
 def save_checkpoint(run, sums: tuple[float, float, float] | None = None) -> Path:
     """Save `run`'s checkpoint at the current step, on every process (RNG state is per process). Mid-epoch, `sums`
     (loss sum, correct, seen over all processes) replace the Progress's running sums in progress.json."""
-    overrides = dict(zip(("loss_sum", "correct", "seen"), sums, strict=True)) if sums else {}
+    overrides = dict(zip(checkpoint.SUMS, sums, strict=True)) if sums else {}
     overrides["wall_time_s"] = run.progress.wall_time()
     record = checkpoint_record(run.cfg, run.progress, run.position, run.schedule_steps, **overrides)
     return checkpoint.save_checkpoint(run.accelerator, run.paths.checkpoints, record, run.cfg.checkpoints_total_limit)

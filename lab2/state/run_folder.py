@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import time
+from contextlib import suppress
 from pathlib import Path, PurePosixPath
 
 from lab2.errors import UserError
@@ -40,7 +41,6 @@ class RunPaths:
     training_log = property(lambda self: self.root / "training_log.txt")
     report = property(lambda self: self.root / "report.html")
     tensorboard = property(lambda self: self.root / "tensorboard")
-    wandb = property(lambda self: self.root / "wandb")
 
 
 # ---- one writer per run folder ----
@@ -208,10 +208,8 @@ def checkpoint_files(folder: str | Path) -> list[Path]:
 
 def _remove_empty_folders(top: Path) -> None:
     for dirpath, _dirs, _files in os.walk(top, topdown=False):  # deepest first
-        try:
+        with suppress(OSError):
             Path(dirpath).rmdir()  # only empty folders: anything a user put there stays
-        except OSError:
-            pass
 
 
 def remove_checkpoint_files(folder: str | Path) -> bool:
@@ -232,9 +230,7 @@ def owned_files(root: str | Path) -> list[Path]:
     # eval/ is lab2-eval's only when lab2-eval marked it: a folder of the user's own of that name keeps its files.
     if is_marked(root / "eval"):
         found += [root / "eval" / name for name in (*EVAL_FILES, MARKER)]
-    for checkpoint in _entries(root / "checkpoints"):
-        if CHECKPOINT_NAME.match(checkpoint.name):
-            found += checkpoint_files(checkpoint)
+    found += [f for c in _entries(root / "checkpoints") if CHECKPOINT_NAME.match(c.name) for f in checkpoint_files(c)]
     found += _temporaries(root) + [root / name for name in sorted(_listed(root, "tracker_files"))]
     resolved = root.resolve()
     return [
@@ -351,7 +347,7 @@ def check_report_target(report: str | Path) -> None:
     _check_new_file(Path(report), "--output", "lab2-report", replaceable)
 
 
-def check_export_target(output: str | Path, flag: str = "--output") -> None:
+def check_export_target(output: str | Path) -> None:
     """lab2-export writes a new file or replaces one it wrote itself (EXPORT_MARK), never a run's own model."""
     from safetensors import safe_open
 
@@ -362,4 +358,4 @@ def check_export_target(output: str | Path, flag: str = "--output") -> None:
         except Exception:  # not a safetensors file at all: certainly not lab2-export's
             return False
 
-    _check_new_file(Path(output), flag, "lab2-export", replaceable)
+    _check_new_file(Path(output), "--output", "lab2-export", replaceable)
