@@ -11,6 +11,7 @@ from lab2.explain.flow import (
     FlowHealth,
     FlowSnapshot,
     flow_parameters,
+    history_matrix,
     read_flow_history,
 )
 from lab2.models import SimpleCNN
@@ -57,7 +58,7 @@ def test_snapshot_values_match_a_direct_computation():
     assert abs(snapshot.weight_mean[i] - before.abs().mean().item()) < 1e-7
     ratio = ((weight.detach() - before).norm() / before.norm()).item()
     assert abs(snapshot.update_ratio[i] - ratio) < 1e-6
-    assert collector.matrix("grad_mean").shape == (10, 1)
+    assert history_matrix(collector.history, "grad_mean").shape == (10, 1)
     # The change from the weights the collector started with, taken at snapshot time after the steps in between.
     start = collector.start[i].clone()
     optimizer.step()
@@ -219,7 +220,7 @@ def test_heatmap_of_a_history_whose_early_snapshots_lack_the_batchnorm_layers():
     collector.history = [old]
     collector.before_step()
     collector.after_step(step=200)
-    matrix = collector.matrix("grad_mean")
+    matrix = history_matrix(collector.history, "grad_mean")
     assert matrix.shape == (10, 2)
     assert torch.isnan(matrix[LAB_BARS.index("bn1"), 0]) and matrix[LAB_BARS.index("conv1"), 0] == 1e-3
     assert not torch.isnan(matrix[:, 1]).any()

@@ -99,13 +99,13 @@ def flow_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 class FlowCollector:
     """`before_step()`, then after optimizer.step() `after_step(step)`: one FlowSnapshot."""
 
-    def __init__(self, model: nn.Module, histograms: str = "all", bins: int = HISTOGRAM_BINS):
+    def __init__(self, model: nn.Module, histograms: str = "all"):
         self.parameters = flow_parameters(model)
         self.layer_names = [name.removesuffix(".weight") for name, _ in self.parameters]
         # By --log_histograms (its choices checked there): the flow's weights, none, or every trainable parameter.
         trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad and histograms != "off"]
         self.histogram_parameters = self.parameters if histograms == "weights" else trainable
-        self.bins = bins
+        self.bins = HISTOGRAM_BINS
         self.start = [p.detach().clone() for _, p in self.parameters]  # W_0, for weight_change
         self.history: list[FlowSnapshot] = []  # a resumed run sets it from flow.jsonl, for the heatmaps
         self._pending: tuple[torch.Tensor, list[torch.Tensor], torch.Tensor] | None = None
@@ -145,11 +145,6 @@ class FlowCollector:
         }
         self.history.append(snapshot)
         return snapshot
-
-    def matrix(self, statistic: str) -> torch.Tensor:
-        """(layers, snapshots) of one statistic, rows the last snapshot's layers; NaN where a snapshot lacks the layer
-        (a flow.jsonl written before BatchNorm was tracked has 6 layers in its early snapshots, 10 later)."""
-        return history_matrix(self.history, statistic) if self.history else torch.empty(len(self.layer_names), 0)
 
 
 class FlowHealth:
@@ -257,7 +252,8 @@ def read_flow_history(path: str | Path) -> list[FlowSnapshot]:
 
 
 def history_matrix(history: list[FlowSnapshot], statistic: str) -> torch.Tensor:
-    """(layers, snapshots) values of one statistic; rows are the last snapshot's layers (see FlowCollector.matrix)."""
+    """(layers, snapshots) of one statistic, rows the last snapshot's layers; NaN where a snapshot lacks the layer
+    (a flow.jsonl written before BatchNorm was tracked has 6 layers in its early snapshots, 10 later)."""
     columns = [dict(s.per_layer(statistic)) for s in history]
     return torch.tensor([[column.get(layer, float("nan")) for column in columns] for layer in history[-1].layers])
 

@@ -107,7 +107,7 @@ def flow_heatmap_figure(layers: Sequence[str], steps: Sequence[int], values: np.
 
 
 def flow_heatmaps(layers: Sequence[str], steps: Sequence[int], matrix) -> dict[str, Figure]:
-    """Every HEATMAPS figure; `matrix(statistic)` gives its (layers, snapshots) values (FlowCollector.matrix)."""
+    """Every HEATMAPS figure; `matrix(statistic)` gives its (layers, snapshots) values (flow.history_matrix)."""
     return {name: flow_heatmap_figure(layers, steps, matrix(stat), name) for name, (stat, _, _) in HEATMAPS.items()}
 
 
@@ -116,14 +116,12 @@ def plain(names: Sequence) -> list[str]:
     return [str(name).replace("$", r"\$") for name in names]
 
 
-def most_confused(confusion: np.ndarray, limit: int = MAX_CLASSES_DRAWN) -> np.ndarray:
-    """The indices, in class order, of the `limit` classes with the most mistakes (as the true or the predicted
-    class): what a matrix of 2,000 classes (a 2,000 x 2,000 image, out of memory) is cut to."""
+def most_confused(confusion: np.ndarray) -> np.ndarray:
+    """The indices, in class order, of the MAX_CLASSES_DRAWN classes with the most mistakes (as the true or the
+    predicted class): what a matrix of 2,000 classes (a 2,000 x 2,000 image, out of memory) is cut to."""
     confusion = np.asarray(confusion)
-    if len(confusion) <= limit:
-        return np.arange(len(confusion))
     mistakes = confusion.sum(axis=0) + confusion.sum(axis=1) - 2 * np.diag(confusion)
-    return np.sort(np.argsort(-mistakes, kind="stable")[:limit])
+    return np.sort(np.argsort(-mistakes, kind="stable")[:MAX_CLASSES_DRAWN])
 
 
 def _of_all(shown, total: int, which: str) -> str:
@@ -179,9 +177,8 @@ def class_accuracy_figure(accuracy: Sequence[float], class_names: Sequence[str])
     shown = shown if len(accuracy) > MAX_CLASSES_DRAWN else np.arange(len(accuracy))
     fig, ax = _axes(max(6, 0.6 * len(shown) + 2), 4.5)
     bars = ax.bar(np.arange(len(shown)), np.nan_to_num(accuracy[shown]), color="tab:blue")
-    ax.bar_label(
-        bars, [f"{a:.1f}" if ok else "n/a" for a, ok in zip(accuracy[shown], measured[shown], strict=True)], fontsize=8
-    )
+    values = [f"{a:.1f}" if ok else "n/a" for a, ok in zip(accuracy[shown], measured[shown], strict=True)]
+    ax.bar_label(bars, values, fontsize=8)
     # The macro mean: each class counts once, whatever its size (it differs from the overall accuracy).
     mean = accuracy[measured].mean() if measured.any() else float("nan")
     absent = len(accuracy) - int(measured.sum())
@@ -269,11 +266,9 @@ def curves_figure(metrics: Sequence[dict]) -> Figure:
 
 
 def comparison_curves_figure(runs: Sequence[tuple[str, Sequence[dict]]]) -> Figure:
-    """Loss and accuracy of every run, train and eval overlaid: per epoch (top) and per minute of training (bottom).
-
-    `runs`: (label, metrics.jsonl records) per run. One colour and marker per run, eval solid and train dashed,
-    so any pair of curves can be told apart in print as well as on screen.
-    """
+    """Loss and accuracy of each (label, metrics.jsonl records) in `runs`, train and eval overlaid: per epoch (top)
+    and per minute of training (bottom). One colour and marker per run, eval solid and train dashed, so any pair of
+    curves can be told apart in print as well as on screen."""
     fig = Figure(figsize=(11, 8), layout="constrained")
     axes = fig.subplots(2, 2)
     for i, (label, metrics) in enumerate(runs):
