@@ -107,8 +107,7 @@ def end_epoch(run, epoch: int, totals: tuple[float, float, float], trained_now: 
 
 
 def finish(run, result: EvalResult) -> None:
-    """Final files: weights, figures, flow heatmaps, Table-1 log, summary.json (last but the report: it marks the
-    run finished), report."""
+    """Final files: weights, figures, Table-1 log, then summary.json (it marks the run finished) and the report."""
     acc, cfg, paths, step = run.accelerator, run.cfg, run.paths, run.progress.global_step
     metadata = {
         "model": cfg.model,
@@ -125,7 +124,6 @@ def finish(run, result: EvalResult) -> None:
     if run.flow is not None:  # the last snapshots' images, before this thread draws figures of its own
         run.flow.close(step)
     figures = final_figures(run, result, metrics)
-    paths.figures.mkdir(parents=True, exist_ok=True)
     for name, fig in figures.items():
         plots.save_figure(fig, paths.figures / f"{name}.png")
     # The flow bars went to the trackers at every snapshot; the files keep the last ones.
@@ -167,8 +165,7 @@ def mark_finished(paths, summary: dict) -> None:
 
 
 def final_figures(run, result: EvalResult, metrics: list[dict]) -> dict:
-    """Evaluation figures, curves, the last flow snapshot's bars, the flow heatmaps over the run and the Grad-CAM
-    grid (not for a model Grad-CAM cannot explain: that is said in one line, and the other files are written)."""
+    """The figures/ of a run; no gradcam for a model Grad-CAM cannot explain (one line says so, the rest are drawn)."""
     samples, classes = result.samples, run.splits.class_names
     figures = plots.evaluation_figures(result.confusion, result.per_class_accuracy, samples, classes)
     if result.calibration is not None:
@@ -232,8 +229,7 @@ def where_it_ran(run) -> dict:
 
 
 def report_interrupted(accelerator, paths, stop, global_step: int, epoch: int) -> None:
-    """Say when the signal came (`stop`: lab2.engine.distributed.StopRequest), where the run stopped and saved
-    itself, and how to resume."""
+    """Say when the `stop` (a StopRequest) came, where the run stopped and saved itself, and how to resume."""
     latest = latest_good_checkpoint(paths.checkpoints)
     came = "" if stop.received_after_step is None else f", received after step {stop.received_after_step}"
     by = stop.signal_name or "a signal to another process"  # the processes agree to stop together

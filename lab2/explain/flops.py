@@ -8,7 +8,7 @@ Kw x Hout x Wout, a linear 2 x in x out (x tokens).
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -30,8 +30,8 @@ class FlopsReport:
     layers: list[LayerFlops]
     params: int
     forward_flops: int
-    training_flops: int | None = None  # forward + backward, measured by FlopCounterMode
-    input_shape: list[int] = field(default_factory=lambda: [1, 3, 32, 32])
+    training_flops: int | None  # forward + backward, measured by FlopCounterMode
+    input_shape: list[int]
     convention: str = "2 FLOPs per multiply-add; Conv2d and Linear layers only; per sample"
 
     @property
@@ -96,15 +96,9 @@ def count_flops(model: nn.Module, input_shape=(1, 3, 32, 32), with_training: boo
         for layer in (m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))):
             hooks.enter_context(layer.register_forward_hook(hook))
         model(torch.zeros(input_shape, device=next(model.parameters()).device))
-    report = FlopsReport(
-        layers=layers,
-        params=sum(p.numel() for p in model.parameters()),
-        forward_flops=sum(layer.flops for layer in layers),
-        input_shape=[1, *input_shape[1:]],
-    )
-    if with_training:
-        report.training_flops = measured_flops(model, input_shape, backward=True) // batch
-    return report
+    training = measured_flops(model, input_shape, backward=True) // batch if with_training else None
+    params = sum(p.numel() for p in model.parameters())
+    return FlopsReport(layers, params, sum(layer.flops for layer in layers), training, [1, *input_shape[1:]])
 
 
 def measured_flops(model: nn.Module, input_shape=(1, 3, 32, 32), backward: bool = False) -> int:

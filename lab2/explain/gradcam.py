@@ -96,8 +96,7 @@ def explain_image_figure(
     bars_ax.bar_label(bars, fmt="%.1f%%", fontsize=8)
     bars_ax.set_yticks(rows, list(top_classes))
     bars_ax.invert_yaxis()  # the most likely class on top
-    bars_ax.set_xlim(0, 115)
-    bars_ax.set_xlabel("probability (%)")
+    bars_ax.set(xlim=(0, 115), xlabel="probability (%)")
     bars_ax.set_title(f"top-{len(top_classes)} classes", fontsize=9)
     fig.suptitle(*plots.plain([title]), fontsize=9)
     return fig
