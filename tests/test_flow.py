@@ -216,7 +216,7 @@ def test_heatmap_of_a_history_whose_early_snapshots_lack_the_batchnorm_layers():
     F.cross_entropy(model(x), y).backward()
     collector = FlowCollector(model)
     six = [layer for layer in LAB_BARS if not layer.startswith("bn")]
-    old = FlowSnapshot(100, six, [1e-3] * 6, [1e-2] * 6, [0.1] * 6, [1.0] * 6, [1e-3] * 6)
+    old = FlowSnapshot(100, six, [1e-3] * 6, [1e-2] * 6, [0.1] * 6, [1.0] * 6, [1e-3] * 6, [float("nan")] * 6)
     collector.history = [old]
     collector.before_step()
     collector.after_step(step=200)

@@ -39,12 +39,9 @@ class FlowSnapshot:
     weight_mean: list[float]
     weight_max: list[float]
     update_ratio: list[float]
-    weight_change: list[float] = field(default_factory=list)  # NaN per layer in a flow.jsonl written without it
+    weight_change: list[float]  # NaN per layer in a flow.jsonl written without it
     # "gradients/<param>" and "parameters/<param>" -> Histogram; not part of flow.jsonl.
     histograms: dict[str, Histogram] = field(default_factory=dict, compare=False, repr=False)
-
-    def __post_init__(self):
-        self.weight_change = self.weight_change or [float("nan")] * len(self.layers)
 
     def per_layer(self, statistic: str) -> list[tuple[str, float]]:
         return list(zip(self.layers, getattr(self, statistic), strict=True))
