@@ -13,6 +13,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,10 +170,8 @@ def _figures(run: Run) -> list[dict]:
 
         drawable = [m for m in run.metrics if all(_is_number(m.get(key)) for key in CURVE_KEYS)]
         drawn = {"curves": plots.curves_figure(drawable)} if drawable else {}
-        try:
+        with suppress(KeyError, TypeError, ValueError, AttributeError):  # a flow.jsonl not lab2's: no flow figures
             drawn.update(flow.history_figures(flow.read_flow_history(paths.flow)))
-        except (KeyError, TypeError, ValueError, AttributeError):  # a flow.jsonl lab2 did not write: no flow figures
-            pass
     figures = []
     for f in RUN_FIGURES:
         png = paths.figures / f"{f.name}.png"
@@ -228,10 +227,9 @@ def config_difference_rows(runs: Sequence[Run]) -> list[list[str]]:
 def _confusion(run: Run):
     """(class names, square count matrix) from summary.json, or None when it has none in lab2's layout."""
     matrix = run.summary.get("confusion_matrix")
-    square = isinstance(matrix, list) and len(matrix) > 0
-    if not square or not all(
-        isinstance(r, list) and len(r) == len(matrix) and all(isinstance(c, int) for c in r) for r in matrix
-    ):
+    rows = matrix if isinstance(matrix, list) else []
+    square = all(isinstance(r, list) and len(r) == len(rows) and all(isinstance(c, int) for c in r) for r in rows)
+    if not rows or not square:
         return None
     names = list(run.summary.get("class_accuracy") or {})
     return (names if len(names) == len(matrix) else [str(i) for i in range(len(matrix))]), matrix
