@@ -24,9 +24,8 @@ from lab2.data.cifar_files import (
 from lab2.errors import UserError
 from lab2.flags import launched_by_make
 
-# Normalisation constants in [0, 1] units: the course lab's, since its recipe is the one reproduced.
-# The mean is the training set's per-channel mean. The std is NOT the exact per-channel standard
-# deviation of the training pixels, which is (0.2470, 0.2435, 0.2616): (0.2023, 0.1994, 0.2010) is the
+# Normalisation constants in [0, 1] units: the course lab's, since its recipe is the one reproduced. The mean is the
+# training pixels' per-channel mean; the std is NOT their exact per-channel std, (0.2470, 0.2435, 0.2616), but the
 # widely copied value (seemingly the mean of per-image stds), kept because the lab trained with it.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)

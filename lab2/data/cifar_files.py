@@ -1,12 +1,11 @@
 """The official CIFAR-10 batch files: their layout, a reader that runs no code, and a writer (--dataset fake, tests).
 
-A batch file is a pickle, and a pickle can call any function it names while it loads. The reader's unpickler
-resolves the few names batch files use to stand-ins of its own and refuses every other name before anything
-runs. numpy's own constructors are never called by the file: given a file's arguments they allocate whatever
-shape it states, and crash on some object arrays; `_Array` hands numpy only a plain dtype of lab2's making, a
-shape and the file's bytes, which must fill it. The loaded values are then checked as data: 'data' uint8
-(N, 3072), 'labels' a flat list of N class numbers, read element by element, so nothing nested is built and a
-small file cannot expand. Every failure is one UserError naming the file and what to do.
+A batch file is a pickle, which can call any function it names while it loads. The reader's unpickler maps the few
+names batch files use to stand-ins of its own and refuses every other name before anything runs. numpy's own
+constructors never see the file's arguments (they allocate any shape stated, and crash on some object arrays):
+`_Array` hands numpy a plain dtype of lab2's making, a shape and the file's bytes, which must fill it. The values
+are then checked as data ('data' uint8 (N, 3072), 'labels' N class numbers read one by one, so a small file cannot
+expand); every failure is one UserError naming the file and what to do.
 """
 
 from __future__ import annotations
@@ -46,8 +45,7 @@ class _Dtype:
 
 
 class _Array:
-    """A pickled array, `numpy.core.multiarray._reconstruct(ndarray, (0,), 'b')` then its state: recorded, and
-    built by `array()` once the whole file has loaded."""
+    """A pickled array (`_reconstruct(ndarray, (0,), 'b')`, then its state), built by `array()` after the load."""
 
     def __init__(self, *args):
         self.state = None
@@ -183,13 +181,10 @@ def check_class_names(names, source: str) -> tuple[str, ...]:
     """`names` if they are distinct, non-empty strings on one line, else one UserError naming `source`: results are
     keyed by class name (summary.json's class_accuracy, the figures), so a duplicate would silently lose a class, and
     a line break would split lab2-eval's table."""
-    bad = next(
-        (i for i, name in enumerate(names) if not isinstance(name, str) or not name.strip() or not name.isprintable()),
-        None,
-    )
-    if bad is not None:
+    bad = [i for i, name in enumerate(names) if not isinstance(name, str) or not name.strip() or not name.isprintable()]
+    if bad:
         raise UserError(
-            f"{source}: class {bad}'s name is {_short_repr(names[bad])}; every class name must be a non-empty "
+            f"{source}: class {bad[0]}'s name is {_short_repr(names[bad[0]])}; every class name must be a non-empty "
             "string on one line, without control characters: fix the names there (one per class, in class order)."
         )
     twice = [name for name, count in Counter(names).items() if count > 1][:3]
@@ -200,9 +195,6 @@ def check_class_names(names, source: str) -> tuple[str, ...]:
             "results are reported by class name, so give each class its own name there."
         )
     return tuple(names)
-
-
-# --------------------------------------------------------------------------- writing: the fake set and tests
 
 
 def write_cifar_batch(path: str | Path, images: np.ndarray, labels, batch_label: str = "") -> None:

@@ -31,10 +31,8 @@ def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) 
     steps = torch.arange(width, device=images.device)
     # A flip reads the crop's columns right to left: fold it into the column index.
     cols = offsets[:, 1:2] + torch.where(flips[:, None], width - 1 - steps, steps)  # (B, W)
-    row_index = rows[:, None, :, None].expand(batch, channels, height, width + 2 * PAD)
-    out = padded.gather(2, row_index)
-    col_index = cols[:, None, None, :].expand(batch, channels, height, width)
-    return out.gather(3, col_index)
+    out = padded.gather(2, rows[:, None, :, None].expand(batch, channels, height, width + 2 * PAD))
+    return out.gather(3, cols[:, None, None, :].expand(batch, channels, height, width))
 
 
 def augmentation_for_epoch(num_samples: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,10 +21,6 @@ from lab2.errors import UserError
 IMAGE_NAMES = ("img", "image", "images", "pixel_values")
 LABEL_NAMES = ("label", "labels", "fine_label", "coarse_label")
 TEST_SPLITS = ("test", "validation", "valid")
-HUB_HELP = (
-    "Check the id; without network access, pass --data_dir with a cifar-10-batches-py folder, "
-    "or --dataset_name with a folder written by datasets' save_to_disk."
-)
 
 
 def _load(name: str):
@@ -40,8 +36,11 @@ def _load(name: str):
                 "class name, so give each class its own name (then save the dataset again)."
             ) from None
         if not saved:
-            why = f"{type(exc).__name__}: {exc}"
-            raise UserError(f"--dataset_name {name}: could not load it from the Hub ({why}). {HUB_HELP}") from None
+            raise UserError(
+                f"--dataset_name {name}: could not load it from the Hub ({type(exc).__name__}: {exc}). Check the id; "
+                "without network access, pass --data_dir with a cifar-10-batches-py folder, or --dataset_name with a "
+                "folder written by datasets' save_to_disk."
+            ) from None
         try:  # load_from_disk fails on a 0-row split (IndexError): its state.json lists no data file
             states = {p.parent.name: json.loads(p.read_text("utf-8")) for p in sorted(Path(name).glob("*/state.json"))}
             _refuse_empty(name, [split for split, state in states.items() if not state["_data_files"]])
