@@ -1,14 +1,5 @@
-"""Training as a Python call, `lab2.train(**flags)`, and as a command, `main()` (lab2-train, train_accelerate.py).
-
-    import lab2
-    summary = lab2.train(data_dir="../shared/data/cifar10-mini", num_train_epochs=1, report_to="none")
-    summary["final_eval_acc"]
-
-On several processes from a notebook (the function must create the only Accelerator, so nothing in the
-kernel may have trained before):
-
-    from accelerate import notebook_launcher
-    notebook_launcher(lambda: lab2.train(dataset="fake", output_dir="runs/two"), num_processes=2)
+"""Training as a Python call, `lab2.train(**flags)`, and as a command, `main()` (lab2-train, train_accelerate.py);
+docs/notebooks.md shows the call, on one process and on several (notebook_launcher).
 
 The flags are checked before torch is imported, so `import lab2`, `--help` and flag mistakes answer at once. The
 exceptions that end a run (lab2.errors) become exit codes on the command line and Python exceptions here.
@@ -41,8 +32,7 @@ _ONE_TRAINING_AT_A_TIME = threading.Lock()
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the run stopped without exporting the bad weights (exit code 4 on the command
-    line)."""
+    """The loss became NaN or inf: the run stopped without exporting the bad weights (lab2-train's exit code 4)."""
 
 
 def _run(cfg) -> None:
@@ -58,10 +48,8 @@ def _run(cfg) -> None:
 def train(**flags) -> dict | None:
     """Train as `train_accelerate.py` would with these flags; return the run's summary (summary.json's content).
 
-    Flags are lab2.config.TrainConfig's fields, with the command line's names and defaults:
-    `train(dataset="fake", num_train_epochs=1)` is `train_accelerate.py --dataset fake --num_train_epochs 1`.
-    Folder flags also take `pathlib.Path`; None means not given. The run writes the same files as the command
-    line, under `output_dir` (default runs/<run_name>).
+    Flags are lab2.config.TrainConfig's fields, with the command line's names and defaults (`dataset="fake"` is
+    `--dataset fake`); folders may be `pathlib.Path`s, None means not given. It writes what the command line does.
 
     Raises:
         ValueError: an unknown flag, a wrong type or an invalid value (the message names the flag), or any
@@ -72,8 +60,8 @@ def train(**flags) -> dict | None:
         RuntimeError: another lab2.train call is running in this process (another thread); or, from
             torch.distributed, another process of a multi-process run was lost.
 
-    In a multi-process run (notebook_launcher, accelerate launch) the main process returns the summary
-    and the others return None: only rank 0 writes the run's files.
+    On several processes (notebook_launcher, accelerate launch) only rank 0 writes the run's files and returns the
+    summary; the others return None.
     """
     try:
         cfg = config_from_flags(**flags)

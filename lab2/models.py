@@ -13,11 +13,9 @@ from lab2.errors import UserError
 
 
 class SimpleCNN(nn.Module):
-    """The course lab's SimpleCNN, exactly: 4,441,482 parameters, 161,163,264 FLOPs per 32x32 sample.
-
-    Its modules carry the lab's names, so the lab's `model_final.pth` state dict loads as it is, and plots,
-    flow.jsonl and tracker keys read conv1 ... fc2.
-    """
+    """The course lab's SimpleCNN, exactly: 4,441,482 parameters, 161,163,264 FLOPs per 32x32 sample. Its modules
+    carry the lab's names, so the lab's `model_final.pth` state dict loads as it is, and plots, flow.jsonl and
+    tracker keys read conv1 ... fc2."""
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
@@ -46,9 +44,7 @@ class SimpleCNN(nn.Module):
         return self.fc2(x)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "simple_cnn": SimpleCNN,
-}
+MODELS: dict[str, Callable[..., nn.Module]] = {"simple_cnn": SimpleCNN}
 
 
 def create_model(name: str, num_classes: int = 10) -> nn.Module:

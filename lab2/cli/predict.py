@@ -69,9 +69,7 @@ def read_image(path: str) -> tuple[torch.Tensor, str | None]:
         raise
     except Exception as exc:  # PIL raises many types (OSError, DecompressionBombError, ValueError, SyntaxError...)
         raise UserError(f"{path}: not a readable image ({type(exc).__name__}: {str(exc)[:120]}).") from None
-    if image.size != (32, 32):
-        image = image.resize((32, 32), Image.Resampling.BILINEAR)
-    return test_transform()(image), note
+    return test_transform()(image.resize((32, 32), Image.Resampling.BILINEAR)), note  # a copy when already 32x32
 
 
 def _overlay_of_ours(path: Path) -> bool:
@@ -107,8 +105,7 @@ def plan_overlays(folder: Path, image_paths: list[str]) -> dict[str, Path]:
     """The --explain file of each image, checked before anything is written: each is new, or one lab2 wrote."""
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--explain {folder} is a file; give a folder for the Grad-CAM images.")
-    targets: dict[str, Path] = {}
-    taken: set[str] = set()
+    targets, taken = {}, set()
     for path in image_paths:
         name, copy = f"{Path(path).name}.gradcam.png", 1
         while name in taken:  # cat.png from two folders: cat.png.gradcam.png, then cat.png-2.gradcam.png
