@@ -19,6 +19,7 @@ SCRIPTS = sorted(path.name for path in BENCH.glob("*.py"))
 # Each script's small run, given the synthetic folder (its parent `data`, holding cifar-10-batches-py); slow ones
 # start lab2's training command or several processes.
 SMALL = {
+    "code_size.py": (lambda data: ["--rev", "HEAD"], False),
     "cifar_reader_cost.py": (lambda data: ["--data_dir", data, "--rounds", "1"], False),
     "cpu_precision.py": (lambda data: ["--tiny"], False),
     "flow_overhead.py": (lambda data: ["--tiny"], False),
