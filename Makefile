@@ -87,7 +87,7 @@ readme-samples: $(STAMP)
 	$(MAKE) --no-print-directory smoke
 	$(BIN)/python docs/readme_samples.py --run runs/smoke --data_dir $(MINI)
 
-# Two workers, one per core: conftest.py gives each, and every program a test starts, one thread (about 19 minutes here).
+# Two workers, one per core: conftest.py gives each, and every program a test starts, one thread (about 14 minutes here).
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
