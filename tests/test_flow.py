@@ -11,6 +11,7 @@ from lab2.explain.flow import (
     FlowHealth,
     FlowSnapshot,
     flow_parameters,
+    history_figures,
     history_matrix,
     read_flow_history,
 )
@@ -76,6 +77,25 @@ def test_a_flow_jsonl_written_before_weight_change_reads_back_as_blank(tmp_path)
     append_jsonl(tmp_path / "flow.jsonl", record)
     (old,) = read_flow_history(tmp_path / "flow.jsonl")
     assert old.grad_mean == [1e-4, 1e-3] and np.isnan(old.weight_change).all()
+
+
+def test_records_lab2_did_not_write_are_skipped_with_one_warning_and_the_rest_draw(tmp_path, capsys):
+    """A hand-edited or foreign flow.jsonl (null or text statistics, no layers, a text step) gave a traceback in
+    lab2-report and on resume; now its odd records are skipped, and an inf gradient (a diverged run) draws blank."""
+    path = tmp_path / "flow.jsonl"
+    good = _snapshot(10, 1e-4, 1e-3).to_record()
+    append_jsonl(path, good)
+    for layers in ({n: {**v, "grad_mean": None} for n, v in good["layers"].items()}, {}, [1, 2], "abc"):
+        append_jsonl(path, {**good, "layers": layers})
+    append_jsonl(path, {**good, "step": "x"})
+    diverged = _snapshot(30, float("inf"), 1e-3).to_record()
+    append_jsonl(path, diverged)
+    history = read_flow_history(path)
+    assert [s.step for s in history] == [10, 30]
+    assert capsys.readouterr().err.count("skipped 5 record(s) that are not flow snapshots lab2 wrote") == 1
+    figures = history_figures(history)
+    image = figures["heatmap_grad_mean"].axes[0].images[0].get_array()
+    assert np.isnan(image.filled(np.nan)[0, 1]) and np.isfinite(image.filled(np.nan)[0, 0])
 
 
 def test_scaled_gradients_are_read_unscaled():

@@ -10,6 +10,7 @@ Histograms (`--log_histograms`) are keyed as wandb.watch keys them. One device-t
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -239,12 +240,20 @@ class FlowReporter(FlowCollector):
 
 
 def read_flow_history(path: str | Path) -> list[FlowSnapshot]:
-    """flow.jsonl's snapshots: a resumed run's heatmaps cover its whole history."""
-    snapshots = []
-    for record in read_jsonl(path):
-        names = list(record["layers"])
-        values = {stat: [record["layers"][n].get(stat, float("nan")) for n in names] for stat in STATISTICS}
-        snapshots.append(FlowSnapshot(record["step"], names, **values))
+    """flow.jsonl's snapshots: a resumed run's heatmaps cover its whole history. A record not in lab2's form (a
+    null or text statistic, no layers) is skipped with a warning, as resuming drops one without a step."""
+    records, snapshots = read_jsonl(path), []
+    for record in records:
+        try:
+            if not (layers := record["layers"]):
+                continue
+            values = {stat: [float(layers[n].get(stat, "nan")) for n in layers] for stat in STATISTICS}
+            snapshots.append(FlowSnapshot(int(record["step"]), list(layers), **values))
+        except (LookupError, TypeError, ValueError, AttributeError, OverflowError):
+            pass
+    if len(snapshots) < len(records):
+        skipped = len(records) - len(snapshots)
+        print(f"warning: {path}: skipped {skipped} record(s) that are not flow snapshots lab2 wrote.", file=sys.stderr)
     return snapshots
 
 

@@ -82,15 +82,14 @@ HEATMAPS = {  # figure name -> (flow statistic, title, colour bar label)
 
 
 def flow_heatmap_figure(layers: Sequence[str], steps: Sequence[int], values: np.ndarray, name: str) -> Figure:
-    """Heatmap `name` (a HEATMAPS key) of (layers, snapshots) values, log colour scale; blank where not positive."""
+    """Heatmap `name` (a HEATMAPS key) of (layers, snapshots) values, log colour scale; blank where not positive
+    or not finite (a diverged run's inf gradients)."""
     _, title, label = HEATMAPS[name]
     values = np.asarray(values, dtype=float)
-    positive = values[values > 0]
-    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
+    drawn = np.where((values > 0) & np.isfinite(values), values, np.nan)
+    norm = LogNorm(vmin=np.nanmin(drawn), vmax=np.nanmax(drawn)) if np.isfinite(drawn).any() else None
     fig, ax = _axes(max(6, 0.25 * len(steps) + 3), max(3, 0.4 * len(layers) + 1.5))
-    image = ax.imshow(
-        np.where(values > 0, values, np.nan), aspect="auto", norm=norm, cmap="viridis", interpolation="nearest"
-    )
+    image = ax.imshow(drawn, aspect="auto", norm=norm, cmap="viridis", interpolation="nearest")
     ax.set_yticks(np.arange(len(layers)), list(layers))
     # A tick per snapshot, every k-th labelled: labels evenly spaced in columns, so no snapshot looks missing.
     ax.set_xticks(np.arange(len(steps)), minor=True)

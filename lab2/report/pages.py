@@ -13,7 +13,6 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,8 +169,7 @@ def _figures(run: Run) -> list[dict]:
 
         drawable = [m for m in run.metrics if all(_is_number(m.get(key)) for key in CURVE_KEYS)]
         drawn = {"curves": plots.curves_figure(drawable)} if drawable else {}
-        with suppress(KeyError, TypeError, ValueError, AttributeError):  # a flow.jsonl not lab2's: no flow figures
-            drawn.update(flow.history_figures(flow.read_flow_history(paths.flow)))
+        drawn.update(flow.history_figures(flow.read_flow_history(paths.flow)))
     figures = []
     for f in RUN_FIGURES:
         png = paths.figures / f"{f.name}.png"
