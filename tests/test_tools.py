@@ -187,6 +187,33 @@ def test_a_stopped_run_is_evaluated_predicted_and_exported_from_its_checkpoint(s
     assert json.loads((tmp_path / "e2" / "eval.json").read_text())["accuracy"] == report["accuracy"]
 
 
+def test_one_checkpoint_of_a_run_is_evaluated_and_a_damaged_or_lone_one_is_one_line(stopped_run, tmp_path, capsys):
+    """--model_path <run>/checkpoints/checkpoint_N reads that checkpoint with the run's config.json; it said "was not
+    written by lab2" before, as its model.safetensors carries no export metadata."""
+    from lab2.cli import eval as eval_cli
+    from lab2.cli import predict as predict_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run / "run", run)
+    checkpoint = sorted((run / "checkpoints").glob("checkpoint_*"))[0]
+    step = json.loads((checkpoint / "progress.json").read_text())["global_step"]
+    eval_cli.main(list(map(str, ["--model_path", checkpoint, "--output_dir", tmp_path / "eval"])))
+    note = capsys.readouterr().err
+    assert note.startswith(f"lab2: using checkpoints/{checkpoint.name} (") and f"step {step})" in note, note
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["accuracy"] == _checkpoint_accuracy(checkpoint, stopped_run / "data")
+    lone = tmp_path / "lone" / "checkpoints" / checkpoint.name
+    shutil.copytree(checkpoint, lone)
+    with open(checkpoint / "model.safetensors", "ab") as handle:
+        handle.write(b"x")
+    damaged = ["model.safetensors is", "bytes, the manifest says"]
+    for path, fragments in ((checkpoint, damaged), (lone, ["config.json is missing", "inside its run folder"])):
+        with pytest.raises(SystemExit) as exit_:
+            predict_cli.main(list(map(str, ["--model_path", path, "x.png"])))
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1 and all(f in err for f in fragments), err
+
+
 def test_a_run_without_checkpoint_or_model_and_a_folder_that_is_no_run_are_one_line(stopped_run, tmp_path, capsys):
     from lab2.cli import eval as eval_cli
     from lab2.cli import predict as predict_cli

@@ -23,7 +23,7 @@ from lab2.errors import UserError, exit_with_user_error
 from lab2.explain import plots
 from lab2.flags import Parser, number_flag
 from lab2.state.files import write_json
-from lab2.state.model_file import load_run_model
+from lab2.state.model_file import MODEL_PATH_HELP, load_run_model
 from lab2.state.run_folder import check_eval_output_dir, claim
 
 NUMBER_FLAGS = {  # name: (default, help), each with the training flag's checked type and range
@@ -35,7 +35,7 @@ NUMBER_FLAGS = {  # name: (default, help), each with the training flag's checked
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="lab2-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_path", required=True, help="a run folder, a model.safetensors or a model_final.pth")
+    parser.add_argument("--model_path", required=True, help=MODEL_PATH_HELP)
     parser.add_argument("--data_dir", default=None, help="folder holding cifar-10-batches-py/ (default: the run's)")
     parser.add_argument("--dataset_name", default=None, help="a Hub id or save_to_disk folder (default: the run's)")
     parser.add_argument("--dataset", default=None, choices=DATASETS, help="default: the run's")

@@ -23,7 +23,7 @@ from lab2.errors import UserError, exit_with_user_error
 from lab2.explain import gradcam
 from lab2.flags import Parser, number_flag
 from lab2.state.files import atomic_write
-from lab2.state.model_file import load_run_model, top_k
+from lab2.state.model_file import MODEL_PATH_HELP, load_run_model, top_k
 
 MAX_PIXELS = 64_000_000  # larger images are refused before decoding: a small file can decode to gigabytes
 SOFTWARE = "lab2-predict --explain"  # the PNG text chunk that marks an overlay as lab2's own
@@ -138,7 +138,7 @@ def write_overlay(target: Path, model, image: torch.Tensor, top: list[dict], top
 
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(prog="lab2-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_path", required=True, help="a run folder, a model.safetensors or a model_final.pth")
+    parser.add_argument("--model_path", required=True, help=MODEL_PATH_HELP)
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or folders of them")
     parser.add_argument("--top_k", type=number_flag("--top_k", minimum=1, maximum=1000), default=3, help="per image")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")

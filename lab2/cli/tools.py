@@ -32,7 +32,9 @@ def export_main(argv: list[str] | None = None) -> None:
         description="Write a lab2 model.safetensors (with the metadata lab2-eval and lab2-predict read) from the "
         "course lab's model_final.pth, or from a run folder: a stopped run gives its newest checkpoint's weights.",
     )
-    parser.add_argument("source", help="the lab's model_final.pth (torch.save of a state dict), or a run folder")
+    parser.add_argument(
+        "source", help="the lab's model_final.pth (torch.save of a state dict), a run folder or one of its checkpoints"
+    )
     parser.add_argument("--output", help="default: model.safetensors beside a .pth, RUN.safetensors beside RUN")
     parser.add_argument("--model", default="simple_cnn", help="the lab2 model a .pth file's weights belong to")
     parser.add_argument("--class_names", default=",".join(CIFAR10_CLASSES), help="a .pth file's, comma-separated")

@@ -204,21 +204,34 @@ def load_lab_model(
 # ---- what lab2-eval, lab2-predict and lab2-export read ----
 
 
-def load_run_model(model_path: str | Path) -> LoadedModel:
-    """Any model lab2 can read: the lab's .pth, a model.safetensors, a run folder, or a stopped run's folder (its
-    newest complete checkpoint with the run's config.json, said on stderr; class names from the run's CIFAR folder,
-    else CIFAR-10's ten, else the label numbers: a checkpoint holds none)."""
-    run = Path(model_path)
-    if not run.is_dir() or (run / MODEL_FILE).exists():
-        return load_lab_model(run) if is_lab_checkpoint(run) else load_exported_model(run)
-    from lab2.state.checkpoint import latest_good_checkpoint, print_once, read_progress  # it imports this module
+MODEL_PATH_HELP = "a run folder or one of its checkpoints, a model.safetensors or a model_final.pth"
 
+
+def load_run_model(model_path: str | Path) -> LoadedModel:
+    """Any model lab2 can read: the lab's .pth, a model.safetensors, a run folder, one of its checkpoints, or a
+    stopped run's folder (its newest complete checkpoint). A checkpoint is read with the run's config.json (said on
+    stderr; class names from the run's CIFAR folder, else CIFAR-10's ten, else the label numbers: it holds none)."""
+    checkpoint = Path(model_path)
+    given = (checkpoint / "progress.json").is_file()  # one checkpoint of a run: <run>/checkpoints/checkpoint_N
+    run = checkpoint.parent.parent if given else checkpoint
+    if not given and (not run.is_dir() or (run / MODEL_FILE).exists()):
+        return load_lab_model(run) if is_lab_checkpoint(run) else load_exported_model(run)
+    # A late import: lab2.state.checkpoint imports this module.
+    from lab2.state.checkpoint import checkpoint_problem, latest_good_checkpoint, print_once, read_progress
+
+    if given and not (run / "config.json").is_file():
+        raise UserError(
+            f"{checkpoint} is read with its run's config.json, and {run / 'config.json'} is missing; give "
+            "the checkpoint inside its run folder (<run>/checkpoints/), or the run folder."
+        )
     if not (run / "config.json").is_file():
         raise UserError(
             f"{run} is not a lab2 run folder: a run folder holds config.json with model.safetensors (a "
             "finished run) or checkpoints/ (a stopped one); give a run's --output_dir, a .safetensors or a .pth file."
         )
-    checkpoint = latest_good_checkpoint(run / "checkpoints")
+    if given and (problem := checkpoint_problem(checkpoint)):
+        raise UserError(f"{problem}; give another checkpoint, or the run folder for its newest complete one.")
+    checkpoint = checkpoint if given else latest_good_checkpoint(run / "checkpoints")
     if checkpoint is None:
         raise UserError(
             f"{run}: no such file {MODEL_FILE} and no complete checkpoint in {run / 'checkpoints'} (the "
@@ -237,8 +250,9 @@ def load_run_model(model_path: str | Path) -> LoadedModel:
     consume_prefix_in_state_dict_if_present(state, "_orig_mod.")  # a --torch_compile run's names
     model = create_model(progress["model"], progress["num_classes"])
     model.load_state_dict(state)
+    why = "" if given else f"no {MODEL_FILE} in {run} (the run did not finish); "
     print_once(
-        f"lab2: no {MODEL_FILE} in {run} (the run did not finish); using {checkpoint.relative_to(run)} "
+        f"lab2: {why}using {checkpoint.relative_to(run)} "
         f"(epoch {progress['epoch'] + 1}, batch {progress['batch_in_epoch']}, step {progress['global_step']})"
     )
     return LoadedModel(model.eval(), names, config, checkpoint / MODEL_FILE)
