@@ -40,14 +40,20 @@ def _layer_axes(layers: Sequence[str], ylabel: str, title: str):
     return fig, ax
 
 
+def _bar_heights(values: Sequence[float]) -> np.ndarray:
+    """Heights for a log axis: a zero is drawn as a sliver, an inf or NaN (a diverged run) not at all."""
+    values = np.asarray(values, dtype=float)
+    return np.where(np.isfinite(values), np.maximum(values, 1e-30), np.nan)
+
+
 def flow_bar_figure(
     layers: Sequence[str], mean: Sequence[float], maximum: Sequence[float], kind: str, step: int
 ) -> Figure:
     title, label = STAT_TITLES[kind]
     fig, ax = _layer_axes(layers, label, f"{title} at step {step}")
     x = np.arange(len(layers))
-    ax.bar(x - 0.2, np.maximum(maximum, 1e-30), width=0.4, label=f"max {label}", color="tab:orange")
-    ax.bar(x + 0.2, np.maximum(mean, 1e-30), width=0.4, label=f"mean {label}", color="tab:blue")
+    ax.bar(x - 0.2, _bar_heights(maximum), width=0.4, label=f"max {label}", color="tab:orange")
+    ax.bar(x + 0.2, _bar_heights(mean), width=0.4, label=f"mean {label}", color="tab:blue")
     ax.legend()
     return fig
 
@@ -59,7 +65,7 @@ def update_ratio_figure(layers: Sequence[str], ratios: Sequence[float], step: in
     for bound in UPDATE_RATIO_RANGE:
         ax.axhline(bound, color="tab:red", linestyle=":", linewidth=1)
     ax.plot([], [], color="tab:red", linestyle=":", label="warning outside {:g}..{:g}".format(*UPDATE_RATIO_RANGE))
-    ax.bar(np.arange(len(layers)), np.maximum(ratios, 1e-30), color="tab:purple", label="||dW|| / ||W||")
+    ax.bar(np.arange(len(layers)), _bar_heights(ratios), color="tab:purple", label="||dW|| / ||W||")
     ax.legend()
     return fig
 
