@@ -187,11 +187,14 @@ def test_a_stopped_run_is_evaluated_predicted_and_exported_from_its_checkpoint(s
     assert json.loads((tmp_path / "e2" / "eval.json").read_text())["accuracy"] == report["accuracy"]
 
 
-def test_one_checkpoint_of_a_run_is_evaluated_and_a_damaged_or_lone_one_is_one_line(stopped_run, tmp_path, capsys):
+def test_one_checkpoint_of_a_run_is_evaluated_and_a_damaged_or_lone_one_is_one_line(
+    stopped_run, tmp_path, capsys, monkeypatch
+):
     """--model_path <run>/checkpoints/checkpoint_N reads that checkpoint with the run's config.json; it said "was not
     written by lab2" before, as its model.safetensors carries no export metadata."""
     from lab2.cli import eval as eval_cli
     from lab2.cli import predict as predict_cli
+    from lab2.state.run_folder import remove_checkpoint_files
 
     run = tmp_path / "run"
     shutil.copytree(stopped_run / "run", run)
@@ -202,12 +205,27 @@ def test_one_checkpoint_of_a_run_is_evaluated_and_a_damaged_or_lone_one_is_one_l
     assert note.startswith(f"lab2: using checkpoints/{checkpoint.name} (") and f"step {step})" in note, note
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["accuracy"] == _checkpoint_accuracy(checkpoint, stopped_run / "data")
+    # Relative, from inside the run: the default output is the checkpoint's eval/, which goes with the checkpoint
+    # (a stale eval.json once stayed in a re-saved checkpoint of the same step).
+    monkeypatch.chdir(run / "checkpoints")
+    eval_cli.main(["--model_path", checkpoint.name])
+    assert json.loads((checkpoint / "eval" / "eval.json").read_text())["accuracy"] == report["accuracy"]
+    assert remove_checkpoint_files(checkpoint) and not checkpoint.exists()
+    shutil.copytree(stopped_run / "run" / "checkpoints" / checkpoint.name, checkpoint)
+    capsys.readouterr()
     lone = tmp_path / "lone" / "checkpoints" / checkpoint.name
     shutil.copytree(checkpoint, lone)
+    listed = tmp_path / "listed"  # a config.json of another shape: one line, where it was an AttributeError
+    shutil.copytree(run, listed)
+    (listed / "config.json").write_text("[]")
     with open(checkpoint / "model.safetensors", "ab") as handle:
         handle.write(b"x")
     damaged = ["model.safetensors is", "bytes, the manifest says"]
-    for path, fragments in ((checkpoint, damaged), (lone, ["config.json is missing", "inside its run folder"])):
+    for path, fragments in (
+        (checkpoint, damaged),
+        (lone, ["config.json is missing", "inside its run folder"]),
+        (listed / "checkpoints" / checkpoint.name, ["config.json is not a readable lab2 configuration"]),
+    ):
         with pytest.raises(SystemExit) as exit_:
             predict_cli.main(list(map(str, ["--model_path", path, "x.png"])))
         err = capsys.readouterr().err

@@ -212,7 +212,9 @@ def load_run_model(model_path: str | Path) -> LoadedModel:
     stopped run's folder (its newest complete checkpoint). A checkpoint is read with the run's config.json (said on
     stderr; class names from the run's CIFAR folder, else CIFAR-10's ten, else the label numbers: it holds none)."""
     checkpoint = Path(model_path)
-    given = (checkpoint / "progress.json").is_file()  # one checkpoint of a run: <run>/checkpoints/checkpoint_N
+    # One checkpoint of a run, <run>/checkpoints/checkpoint_N: resolved, so that "." or a link finds its run.
+    given = any((checkpoint / name).is_file() for name in ("progress.json", "manifest.json"))
+    checkpoint = checkpoint.resolve() if given else checkpoint
     run = checkpoint.parent.parent if given else checkpoint
     if not given and (not run.is_dir() or (run / MODEL_FILE).exists()):
         return load_lab_model(run) if is_lab_checkpoint(run) else load_exported_model(run)
@@ -240,16 +242,20 @@ def load_run_model(model_path: str | Path) -> LoadedModel:
     progress = read_progress(checkpoint)
     try:
         config = validate_config(config_from_dict(json.loads((run / "config.json").read_text(encoding="utf-8"))))
-    except (OSError, ValueError, TypeError, UserError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError, UserError) as exc:
         raise UserError(f"{run / 'config.json'} is not a readable lab2 configuration ({exc}).") from None
     folder = None if config.dataset_name else find_cifar10_folder(config.data_dir)
     names = read_class_names(folder) if folder else CIFAR10_CLASSES
     if len(names) != progress["num_classes"]:
         names = tuple(map(str, range(progress["num_classes"])))
-    state = load_file(checkpoint / MODEL_FILE)
-    consume_prefix_in_state_dict_if_present(state, "_orig_mod.")  # a --torch_compile run's names
     model = create_model(progress["model"], progress["num_classes"])
-    model.load_state_dict(state)
+    try:  # its manifest passed: a file rewritten with its manifest still gets one line
+        state = load_file(checkpoint / MODEL_FILE)
+        consume_prefix_in_state_dict_if_present(state, "_orig_mod.")  # a --torch_compile run's names
+        model.load_state_dict(state)
+    except Exception as exc:
+        first = (str(exc) or type(exc).__name__).splitlines()[0][:200]
+        raise UserError(f"{checkpoint} does not hold the model its progress.json names ({first}).") from None
     why = "" if given else f"no {MODEL_FILE} in {run} (the run did not finish); "
     print_once(
         f"lab2: {why}using {checkpoint.relative_to(run)} "

@@ -198,11 +198,19 @@ def manifest_files(folder: str | Path) -> dict[str, dict] | None:
     return files if names and inside and all(isinstance(entry, dict) for entry in files.values()) else None
 
 
+def eval_files(folder: str | Path) -> list[Path]:
+    """lab2-eval's files in `folder`/eval, a run's or a checkpoint's: only when lab2-eval marked it, so a folder of
+    the user's own of that name keeps its files."""
+    out = Path(folder) / "eval"
+    return [out / name for name in (*EVAL_FILES, MARKER)] if is_marked(out) else []
+
+
 def checkpoint_files(folder: str | Path) -> list[Path]:
-    """The files lab2 wrote into checkpoint `folder`: those its manifest lists, then the manifest. Nothing without a
-    readable manifest: lab2 cannot tell its files there from anyone else's."""
+    """The files lab2 wrote into checkpoint `folder`: lab2-eval's results of it (they go with it), those its
+    manifest lists, then the manifest. Nothing without a readable manifest: lab2 cannot tell its files there from
+    anyone else's."""
     files = manifest_files(folder)
-    listed = [Path(folder) / name for name in files or ()]
+    listed = [*eval_files(folder), *(Path(folder) / name for name in files or ())] if files else []
     return [p for p in listed if p.is_file()] + ([Path(folder) / MANIFEST_FILE] if files else [])
 
 
@@ -227,9 +235,7 @@ def owned_files(root: str | Path) -> list[Path]:
     root = Path(root)
     found = [root / name for name in RUN_FILES]
     found += [root / "figures" / f"{figure.name}.png" for figure in RUN_FIGURES]
-    # eval/ is lab2-eval's only when lab2-eval marked it: a folder of the user's own of that name keeps its files.
-    if is_marked(root / "eval"):
-        found += [root / "eval" / name for name in (*EVAL_FILES, MARKER)]
+    found += eval_files(root)
     found += [f for c in _entries(root / "checkpoints") if CHECKPOINT_NAME.match(c.name) for f in checkpoint_files(c)]
     found += _temporaries(root) + [root / name for name in sorted(_listed(root, "tracker_files"))]
     resolved = root.resolve()
